@@ -1,0 +1,29 @@
+"""Node registry: each node module lists its own classes; the pack's mapping is built once here."""
+
+from importlib import import_module
+
+# Node modules, each defining NODE_CLASSES (a list of node classes with a DISPLAY_NAME attribute).
+_NODE_MODULES = ("dit", "lora", "text", "sampling", "vae")
+
+
+def _collect():
+    classes, names = {}, {}
+    for module_name in _NODE_MODULES:
+        try:
+            module = import_module(f".{module_name}", __name__)
+        except ModuleNotFoundError as error:
+            # Only a node module that does not exist yet is skipped; a broken import inside one
+            # (its own missing dependency) must surface.
+            if error.name != f"{__name__}.{module_name}":
+                raise
+            continue
+        for cls in module.NODE_CLASSES:
+            node_id = cls.__name__
+            if node_id in classes:
+                raise RuntimeError(f"node id {node_id} is defined twice")
+            classes[node_id] = cls
+            names[node_id] = cls.DISPLAY_NAME
+    return classes, names
+
+
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = _collect()

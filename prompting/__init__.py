@@ -1,0 +1,1 @@
+"""NewBie XML prompts: parsing, validation, building, system prompts, encoder texts."""

@@ -1,0 +1,1 @@
+"""Headless workflow runner and command line."""

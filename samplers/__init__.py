@@ -1,0 +1,1 @@
+"""Flow-matching schedules, ODE solvers, CFG and guidance-distilled combination."""
