@@ -1,0 +1,62 @@
+"""The synthetic shapes dataset and the adherence checker that judges the embedded model."""
+
+import dataclasses
+import random
+
+import numpy as np
+
+from nextdit_nodes.training.adherence import classify_shape, score_image, summarise
+from nextdit_nodes.training.shapes import (
+    COLOURS, SHAPES, Scene, ShapeObject, held_out, held_out_scenes, plain_caption, render,
+    training_scene, xml_caption,
+)
+
+
+def test_checker_scores_rendered_captions_as_right_and_shuffled_ones_near_chance():
+    scenes = held_out_scenes(200)
+    images = [render(scene) for scene in scenes]
+    right = summarise([score_image(image, scene) for image, scene in zip(images, scenes)])
+    assert min(right.values()) >= 98.0
+    shuffled = scenes[1:] + scenes[:1]
+    wrong = summarise([score_image(image, scene) for image, scene in zip(images, shuffled)])
+    # Chance of the right colour in a requested cell: ~2 occupied cells of 9, 1 colour of 6.
+    assert wrong["colour_position_per_object"] < 15.0
+    assert wrong["all_right_per_image"] < 5.0
+
+
+def test_checker_notices_each_wrong_attribute():
+    obj = ShapeObject("square", "red", "large", 1, 1)
+    image = render(Scene((obj,), "gray"))
+    for field, value in (("colour", "blue"), ("size", "small"), ("shape", "triangle"), ("row", 0)):
+        asked = dataclasses.replace(obj, **{field: value})
+        (score,) = score_image(image, Scene((asked,), "gray"))
+        verdict = {"colour": score.colour_position, "row": score.colour_position,
+                   "size": score.size, "shape": score.shape}[field]
+        assert not verdict, field
+
+
+def test_shape_classifier_on_ideal_masks():
+    yy, xx = np.mgrid[0:21, 0:21]
+    circle = (xx - 10) ** 2 + (yy - 10) ** 2 <= 100
+    square = np.ones((15, 15), bool)
+    triangle = np.abs(xx - 10) <= yy / 2
+    assert [classify_shape(m) for m in (circle, square, triangle)] == ["circle", "square", "triangle"]
+
+
+def test_held_out_combinations_never_appear_in_training_but_their_parts_do():
+    rng = random.Random(0)
+    seen = [obj for _ in range(2000) for obj in training_scene(rng).objects]
+    assert not any(held_out(obj) for obj in seen)
+    assert {o.shape for o in seen} == set(SHAPES) and {o.colour for o in seen} == set(COLOURS)
+    assert {(o.row, o.column) for o in seen} == {(r, c) for r in range(3) for c in range(3)}
+    assert all(held_out(obj) for scene in held_out_scenes(50) for obj in scene.objects)
+
+
+def test_captions_name_every_object():
+    scene = Scene((ShapeObject("circle", "red", "small", 0, 2),
+                   ShapeObject("triangle", "blue", "large", 2, 0)), "white")
+    xml = xml_caption(scene)
+    assert "<character_2>\n<n>triangle</n>\n<appearance>blue, large</appearance>" in xml
+    assert "<position>top_right</position>" in xml and "<count>two objects</count>" in xml
+    assert plain_caption(scene) == ("a small red circle at the top right and a large blue "
+                                    "triangle at the bottom left, on a white background")
