@@ -1,1 +1,26 @@
-"""NewBie XML prompts: parsing, validation, building, system prompts, encoder texts."""
+"""NewBie XML prompts: parsing, validation, building, system prompts, encoder texts.
+
+Pure stdlib: no torch, no ComfyUI.
+"""
+
+from .encoder_texts import encoder_texts
+from .system_prompts import (
+    CUSTOM,
+    PLAIN_OFFICIAL,
+    PROMPT_START,
+    SYSTEM_PROMPT_CHOICES,
+    SYSTEM_PROMPTS,
+    XML_OFFICIAL,
+    resolve_system_prompt,
+)
+
+__all__ = [
+    "CUSTOM",
+    "PLAIN_OFFICIAL",
+    "PROMPT_START",
+    "SYSTEM_PROMPTS",
+    "SYSTEM_PROMPT_CHOICES",
+    "XML_OFFICIAL",
+    "encoder_texts",
+    "resolve_system_prompt",
+]
