@@ -4,6 +4,8 @@ Pure stdlib: no torch, no ComfyUI.
 """
 
 from .encoder_texts import encoder_texts
+from .errors import PromptError
+from .parse import MAX_PROMPT_CHARS, ParsedPrompt, parse_prompt
 from .system_prompts import (
     CUSTOM,
     PLAIN_OFFICIAL,
@@ -15,6 +17,10 @@ from .system_prompts import (
 )
 
 __all__ = [
+    "MAX_PROMPT_CHARS",
+    "ParsedPrompt",
+    "PromptError",
+    "parse_prompt",
     "CUSTOM",
     "PLAIN_OFFICIAL",
     "PROMPT_START",
