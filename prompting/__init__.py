@@ -3,6 +3,7 @@
 Pure stdlib: no torch, no ComfyUI.
 """
 
+from .builder import add_caption, add_character, add_general_tags
 from .encoder_texts import encoder_texts
 from .errors import PromptError
 from .parse import MAX_PROMPT_CHARS, ParsedPrompt, parse_prompt
@@ -15,8 +16,14 @@ from .system_prompts import (
     XML_OFFICIAL,
     resolve_system_prompt,
 )
+from .tags import CHARACTER_FIELDS, GENERAL_FIELDS
 
 __all__ = [
+    "CHARACTER_FIELDS",
+    "GENERAL_FIELDS",
+    "add_caption",
+    "add_character",
+    "add_general_tags",
     "MAX_PROMPT_CHARS",
     "ParsedPrompt",
     "PromptError",
