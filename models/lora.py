@@ -1,0 +1,233 @@
+"""Applying LoRAs to a Next-DiT without touching the incoming model or copying its weights.
+
+``apply_lora(model, lora, strength)`` returns a new model object whose module tree is a shallow
+structural copy of ``model``: every module is a new object, but every parameter and buffer is the
+same tensor as in ``model``. On the copy, each targeted Linear gets a forward hook that adds
+``strength · Δ(x)`` to its output (Δ = scale·up(down(x)) for low-rank deltas, the Kronecker product
+applied without materialising it for LoKr, a dense delta where the file holds one); small non-Linear
+targets (norm-layer deltas) get a new parameter ``W + strength·ΔW`` on the copy only. So:
+
+- the incoming model (and every other graph branch using it) keeps the base weights;
+- memory overhead is about the LoRA's own size;
+- applying a second LoRA to the result copies it again and stacks both;
+- the state-dict keys of the result are the base model's (the LoRA tensors are non-persistent
+  buffers of the hooked Linears, so ``.to(device)`` moves them with the model).
+
+Note that the parameters are shared: moving or casting the result in place (``.to()``) moves the
+shared base tensors too, exactly like moving the base model would.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..loaders.lora import Dense, Kron, LowRank, ParsedLora, TargetTable, read_lora
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoraReport:
+    """What one LoRA application did, for the node's display and the log."""
+
+    name: str
+    format: str
+    strength: float
+    alpha_source: str
+    lines: list[str]          # grouped per module: "layers.0-35.attention.qkv: applied"
+    n_applied: int
+    n_not_applied: int
+
+    @property
+    def text(self) -> str:
+        head = f"LoRA {self.name}: {self.format}, strength {self.strength:g}"
+        if self.strength == 0:
+            head += " (strength 0: the model is returned unchanged)"
+        return "\n".join([head, f"alpha: {self.alpha_source}", *self.lines])
+
+
+def lora_targets(model: nn.Module) -> TargetTable:
+    """The Linears (out, in) and small parameterised leaf modules of ``model``, by module path."""
+    linears, params = {}, {}
+    for path, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            linears[path] = (module.out_features, module.in_features)
+        elif path and not list(module.children()) and module._parameters:
+            params[path] = {name: tuple(p.shape) for name, p in module._parameters.items() if p is not None}
+    model_params = getattr(model, "params", None)
+    qkv_split = None
+    if model_params is not None:
+        hd = model_params.head_dim
+        qkv_split = (model_params.n_heads * hd, model_params.n_kv_heads * hd, model_params.n_kv_heads * hd)
+    return TargetTable(linears, params, qkv_split)
+
+
+def load_lora(model: nn.Module, path, strength: float = 1.0) -> tuple[nn.Module, LoraReport]:
+    """Read the LoRA at ``path`` for ``model`` and apply it at ``strength`` (see ``apply_lora``).
+
+    Raises WeightsError (naming the file) for a LoRA of another model or one where nothing applies.
+    """
+    parsed = read_lora(path, lora_targets(model))
+    patched = apply_lora(model, parsed, strength)
+    report = _report(parsed, strength)
+    if report.n_not_applied:
+        log.warning("%s\n(%d module(s) of the LoRA were not applied)", report.text, report.n_not_applied)
+    else:
+        log.info("%s", report.text)
+    return patched, report
+
+
+def apply_lora(model: nn.Module, lora: ParsedLora, strength: float) -> nn.Module:
+    """A new model sharing ``model``'s tensors, with ``lora``'s deltas added at ``strength``.
+
+    ``model`` itself is never modified. Strength 0 returns ``model`` unchanged.
+    """
+    if strength == 0:
+        return model
+    patched = _structural_copy(model)
+    for path, deltas in lora.deltas.items():
+        module = patched.get_submodule(path)
+        if isinstance(module, nn.Linear):
+            _hook_linear(module, deltas, strength)
+        else:
+            _replace_params(module, deltas, strength)
+    patched.lora_stack = tuple(getattr(model, "lora_stack", ())) + ((str(lora.path), strength),)
+    return patched
+
+
+# ---- the structural copy --------------------------------------------------------------------
+
+def _structural_copy(module: nn.Module) -> nn.Module:
+    """New module objects all the way down; the same parameter and buffer tensors.
+
+    Every container in a module's ``__dict__`` (``_parameters``, ``_buffers``, ``_modules``, the hook
+    dicts, the non-persistent buffer set ...) is copied too, so adding a buffer or a hook to the
+    copy never reaches the original.
+    """
+    new = copy.copy(module)
+    state = vars(new)
+    for name, value in list(state.items()):
+        if isinstance(value, (dict, set, list)):
+            state[name] = copy.copy(value)
+    new._modules = {name: (None if child is None else _structural_copy(child))
+                    for name, child in module._modules.items()}
+    return new
+
+
+# ---- Linear targets: a forward hook ---------------------------------------------------------
+
+def _storage_dtype(linear: nn.Linear) -> torch.dtype:
+    """LoRA tensors are kept in the layer's compute precision (fp32 for fp8-stored weights)."""
+    dtype = linear.weight.dtype
+    return dtype if dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64) else torch.float32
+
+
+class _LoraHook:
+    """Forward hook adding one LoRA's deltas to a Linear's output.
+
+    Its tensors are non-persistent buffers of that Linear named ``<prefix>_*``; they are cast to the
+    activation dtype at call time (a no-op when they already match).
+    """
+
+    def __init__(self, prefix: str, low_rank: bool, krons: list[tuple[float, tuple | None]],
+                 denses: list[tuple[bool, bool, tuple | None]]):
+        self.prefix = prefix
+        self.low_rank = low_rank
+        self.krons = krons      # per Kron: (factor, rows)
+        self.denses = denses    # per Dense: (has weight, has bias, rows)
+
+    def __call__(self, module: nn.Linear, args: tuple, output: Tensor) -> Tensor:
+        x = args[0]
+        buffers = module._buffers
+        p = self.prefix
+        if self.low_rank:
+            down, up = buffers[f"{p}_down"].to(x.dtype), buffers[f"{p}_up"].to(x.dtype)
+            output = output + F.linear(F.linear(x, down), up).to(output.dtype)
+        for i, (factor, rows) in enumerate(self.krons):
+            w1, w2 = buffers[f"{p}_kron{i}_w1"].to(x.dtype), buffers[f"{p}_kron{i}_w2"].to(x.dtype)
+            output = _add_rows(output, _kron_forward(x, w1, w2) * factor, rows)
+        for i, (has_weight, has_bias, rows) in enumerate(self.denses):
+            weight = buffers[f"{p}_dense{i}_w"].to(x.dtype) if has_weight else None
+            bias = buffers[f"{p}_dense{i}_b"].to(x.dtype) if has_bias else None
+            if weight is not None:
+                output = _add_rows(output, F.linear(x, weight, bias), rows)
+            elif bias is not None:
+                output = _add_rows(output, bias.expand(*x.shape[:-1], -1), rows)
+        return output
+
+
+def _kron_forward(x: Tensor, w1: Tensor, w2: Tensor) -> Tensor:
+    """x @ kron(w1, w2)^T without building the product: w1 [a, c], w2 [b, d], x [..., c·d] -> [..., a·b]."""
+    c, d = w1.shape[1], w2.shape[1]
+    grid = x.reshape(*x.shape[:-1], c, d)                 # (..., c, d)
+    y = torch.matmul(torch.matmul(w1, grid), w2.T)       # (..., a, b)
+    return y.reshape(*x.shape[:-1], w1.shape[0] * w2.shape[0])
+
+
+def _add_rows(output: Tensor, delta: Tensor, rows: tuple[int, int] | None) -> Tensor:
+    delta = delta.to(output.dtype)
+    if rows is None:
+        return output + delta
+    return output + F.pad(delta, (rows[0], output.shape[-1] - rows[1]))
+
+
+def _pad_rows(up: Tensor, rows: tuple[int, int] | None, out_features: int) -> Tensor:
+    if rows is None:
+        return up
+    return F.pad(up, (0, 0, rows[0], out_features - rows[1]))
+
+
+def _hook_linear(linear: nn.Linear, deltas: list, strength: float) -> None:
+    """Register this LoRA's deltas on ``linear`` (a copy owned by the patched model)."""
+    index = sum(isinstance(h, _LoraHook) for h in linear._forward_hooks.values())
+    prefix = f"lora{index}"
+    device, dtype = linear.weight.device, _storage_dtype(linear)
+
+    def keep(name: str, tensor: Tensor) -> None:
+        linear.register_buffer(f"{prefix}_{name}", tensor.to(device=device, dtype=dtype), persistent=False)
+
+    low_ranks = [d for d in deltas if isinstance(d, LowRank)]
+    if low_ranks:
+        # All low-rank parts of this LoRA as one pair: downs stacked, ups side by side (zero rows
+        # outside a q/k/v slice), strength·scale folded into the ups.
+        keep("down", torch.cat([d.down.float() for d in low_ranks]))
+        keep("up", torch.cat([_pad_rows(d.up.float() * (d.scale * strength), d.rows, linear.out_features)
+                              for d in low_ranks], dim=1))
+    krons = [d for d in deltas if isinstance(d, Kron)]
+    for i, kron in enumerate(krons):
+        keep(f"kron{i}_w1", kron.w1.float())
+        keep(f"kron{i}_w2", kron.w2.float())
+    denses = [d for d in deltas if isinstance(d, Dense)]
+    for i, dense in enumerate(denses):
+        if dense.weight is not None:
+            keep(f"dense{i}_w", dense.weight.float() * (dense.scale * strength))
+        if dense.bias is not None:
+            keep(f"dense{i}_b", dense.bias.float() * (dense.scale * strength))
+    linear.register_forward_hook(_LoraHook(
+        prefix, bool(low_ranks), [(k.scale * strength, k.rows) for k in krons],
+        [(d.weight is not None, d.bias is not None, d.rows) for d in denses]))
+
+
+# ---- other targets (norm layers): new parameters on the copy --------------------------------
+
+def _replace_params(module: nn.Module, deltas: list, strength: float) -> None:
+    """``W + strength·ΔW`` as new parameters of ``module`` (a copy); only this small layer is materialised."""
+    for delta in deltas:
+        for name, tensor in (("weight", delta.weight), ("bias", delta.bias)):
+            if tensor is None:
+                continue
+            base = module._parameters[name]
+            merged = base.detach().float() + tensor.to(base.device).float() * (delta.scale * strength)
+            module._parameters[name] = nn.Parameter(merged.to(base.dtype), requires_grad=False)
+
+
+def _report(parsed: ParsedLora, strength: float) -> LoraReport:
+    return LoraReport(Path(parsed.path).name, parsed.format, strength, parsed.alpha_source,
+                      parsed.report_lines(), len(parsed.applied), len(parsed.not_applied))
