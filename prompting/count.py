@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 # "1girl", "2girls", "6+girls", "3boys", "1other" (danbooru's count tags).
-_NUMBERED = re.compile(r"([0-9]{1,3})(\+?)(girl|boy|other)s?")
+_NUMBERED = re.compile(r"([0-9]{1,3})(\+?)_?(girl|boy|other)s?")
 _MULTIPLE = re.compile(r"multiple_(girl|boy|other)s?")
 
 
