@@ -1,11 +1,66 @@
-"""``python -m nextdit_nodes``: placeholder until the runner lands (issue 7)."""
+"""``python -m nextdit_nodes COMMAND ...``: the headless command line.
+
+Each subcommand is a module under ``runtime/`` with ``register(subparsers)``, which adds its parser
+and sets ``func`` (called with the parsed arguments; returns an exit code or None for 0).
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+from importlib import import_module
+
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, RunnerError
+
+# Subcommand modules; one not written yet is skipped (like the node registry's modules).
+_COMMAND_MODULES = ("run", "list_nodes", "distill", "train_embedded", "check_embedded")
+
+EXIT_CODES_HELP = """exit codes:
+  0    success
+  1    internal error (a bug: please report it with the traceback)
+  2    bad command line
+  3    the workflow cannot be used: not JSON, not a workflow, unknown node type, broken link,
+       cycle, wrong number of widget values, or an input value that is not allowed
+  4    a model file the workflow names is missing (the message says where we looked and where
+       to get it)
+  5    a node failed while running (the message names the node)
+  130  interrupted (Ctrl-C)"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m nextdit_nodes",
+        description="Run NewBie-image / Next-DiT workflows without a browser, and the pack's tools.",
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = import_module(f".{name}", __package__)
+        except ModuleNotFoundError as error:
+            if error.name != f"{__package__}.{name}":
+                raise
+            continue
+        module.register(subparsers)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nextdit_nodes")
-    parser.parse_args(argv)
-    return 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args) or 0
+    except RunnerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into `head` and the like
+        return 0

@@ -1,0 +1,168 @@
+"""Check a graph before anything runs, with ComfyUI's rules (``execution.py`` ``validate_inputs``).
+
+Required inputs present, links pointing at existing nodes and outputs of a matching type, no
+cycles, constants converted to their declared type and inside min/max, COMBO values among the
+choices, then the class's own ``VALIDATE_INPUTS`` (which receives only the inputs its signature
+names, linked ones as ``None``, and takes over the default checks of those inputs).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Mapping
+
+from .errors import MissingModelError, ValidationError
+from .graph import GraphNode, Link, Workflow
+from .specs import InputSpec, input_specs
+
+# Called for a COMBO value that is not among the choices: True = a model file input whose file
+# exists (a path, or a file added since), a string = a model file input whose file is missing
+# (the message), False = not a model file input.
+ModelCheck = Callable[[GraphNode, str, Any], "bool | str"]
+
+
+def needed_nodes(workflow: Workflow, classes: Mapping[str, type]) -> list[str]:
+    """Output nodes and everything they depend on, dependencies first; raises on cycles."""
+    outputs = [node_id for node_id, node in workflow.nodes.items()
+               if getattr(classes[node.class_type], "OUTPUT_NODE", False)]
+    if not outputs:
+        raise ValidationError(["the workflow has no output node (for example SaveImage or "
+                               "PreviewImage), so there is nothing to run"])
+    order: list[str] = []
+    state: dict[str, str] = {}  # "visiting" | "done"
+
+    def visit(node_id: str, path: list[str]) -> None:
+        if state.get(node_id) == "done":
+            return
+        if state.get(node_id) == "visiting":
+            cycle = path[path.index(node_id):] + [node_id]
+            shown = " -> ".join(workflow.nodes[n].describe() for n in cycle)
+            raise ValidationError([f"dependency cycle: {shown}; remove one of these links"])
+        state[node_id] = "visiting"
+        for value in workflow.nodes[node_id].inputs.values():
+            if isinstance(value, Link) and value.node_id in workflow.nodes:
+                visit(value.node_id, path + [node_id])
+        state[node_id] = "done"
+        order.append(node_id)
+
+    for node_id in outputs:
+        visit(node_id, [])
+    return order
+
+
+def _types_match(received: Any, expected: str) -> bool:
+    if received == expected or "*" in (received, expected):
+        return True
+    if not isinstance(received, str):
+        return False
+    return bool({t.strip() for t in received.split(",")} & {t.strip() for t in expected.split(",")})
+
+
+def _convert(spec: InputSpec, value: Any) -> Any:
+    if spec.type == "INT":
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{value} is not a whole number")
+        return int(value)
+    if spec.type == "FLOAT":
+        return float(value)
+    if spec.type == "STRING":
+        return str(value)
+    if spec.type == "BOOLEAN":
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        return bool(value)
+    return value
+
+
+def _check_constant(node: GraphNode, spec: InputSpec, model_check: ModelCheck | None,
+                    missing: list[str]) -> list[str]:
+    where = f"{node.describe()}: input {spec.name!r}"
+    value = node.inputs[spec.name]
+    try:
+        value = node.inputs[spec.name] = _convert(spec, value)
+    except (TypeError, ValueError) as error:
+        return [f"{where}: {value!r} is not a valid {spec.type} value ({error})"]
+    low, high = spec.options.get("min"), spec.options.get("max")
+    if low is not None and value < low:
+        return [f"{where}: {value} is smaller than the minimum {low}"]
+    if high is not None and value > high:
+        return [f"{where}: {value} is bigger than the maximum {high}"]
+    if spec.type == "COMBO" and value not in (spec.choices or ()):
+        verdict = model_check(node, spec.name, value) if model_check is not None else False
+        if isinstance(verdict, str):
+            missing.append(verdict)
+            return []
+        if verdict:
+            return []
+        shown = ", ".join(repr(c) for c in spec.choices[:20]) if spec.choices else "(none)"
+        more = f" and {len(spec.choices) - 20} more" if spec.choices and len(spec.choices) > 20 else ""
+        return [f"{where}: {value!r} is not one of the choices: {shown}{more}"]
+    return []
+
+
+def _custom_validation(node: GraphNode, cls: type) -> list[str]:
+    function = getattr(cls, "VALIDATE_INPUTS", None)
+    if function is None:
+        return []
+    argspec = inspect.getfullargspec(function)
+    wanted = set(argspec.args) | set(argspec.kwonlyargs)
+    everything = argspec.varkw is not None
+    arguments = {name: (None if isinstance(value, Link) else value)
+                 for name, value in node.inputs.items() if everything or name in wanted}
+    if "input_types" in wanted:
+        arguments["input_types"] = {}
+    try:
+        verdict = function(**arguments)
+    except Exception as error:  # noqa: BLE001 - reported as a validation problem of this node
+        return [f"{node.describe()}: VALIDATE_INPUTS raised {type(error).__name__}: {error}"]
+    if verdict is True:
+        return []
+    detail = "" if verdict is False else f": {verdict}"
+    return [f"{node.describe()}: invalid inputs{detail}"]
+
+
+def validate(workflow: Workflow, classes: Mapping[str, type], node_ids: list[str],
+             model_check: ModelCheck | None = None) -> None:
+    """Check ``node_ids``; raise :class:`ValidationError` listing every problem found."""
+    problems: list[str] = []
+    missing_models: list[str] = []
+    for node_id in node_ids:
+        node = workflow.nodes[node_id]
+        cls = classes[node.class_type]
+        custom = getattr(cls, "VALIDATE_INPUTS", None)
+        argspec = inspect.getfullargspec(custom) if custom is not None else None
+        custom_names = set(argspec.args) if argspec else set()
+        custom_all = bool(argspec and argspec.varkw)
+        for spec in input_specs(cls).values():
+            if spec.name not in node.inputs:
+                if spec.required:
+                    problems.append(f"{node.describe()}: required input {spec.name!r} is missing "
+                                    f"(connect it, or give it a value)")
+                continue
+            value = node.inputs[spec.name]
+            if isinstance(value, Link):
+                problems += _check_link(workflow, classes, node, spec, value)
+            elif spec.name not in custom_names and not custom_all:
+                problems += _check_constant(node, spec, model_check, missing_models)
+        problems += _custom_validation(node, cls)
+    if problems:
+        raise ValidationError(problems + missing_models)
+    if missing_models:
+        raise MissingModelError("\n".join(missing_models))
+
+
+def _check_link(workflow: Workflow, classes: Mapping[str, type], node: GraphNode,
+                spec: InputSpec, link: Link) -> list[str]:
+    where = f"{node.describe()}: input {spec.name!r}"
+    upstream = workflow.nodes.get(link.node_id)
+    if upstream is None:
+        return [f"{where} is linked to node {link.node_id}, which is not in the workflow"]
+    returns = classes[upstream.class_type].RETURN_TYPES
+    if not 0 <= link.slot < len(returns):
+        return [f"{where} is linked to output {link.slot} of {upstream.describe()}, which has "
+                f"only {len(returns)} output(s)"]
+    received = returns[link.slot]
+    if not _types_match(received, spec.type):
+        return [f"{where} expects {spec.type} but is linked to a {received} output of "
+                f"{upstream.describe()}"]
+    return []
