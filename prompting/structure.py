@@ -25,6 +25,9 @@ TAG = re.compile(r"<(/?)([A-Za-z_][\w.\-]*)[ \t\r\n]*(/?)>")
 _BLOCKS = ("character", "general")
 _FIELDS = ("character_field", "general_field", "caption")
 _UNKNOWN_REPORTED = 20  # distinct unknown tag names named in warnings; the rest are summarised
+# NewBie prompts nest three deep (<image>, a block, a field); a deeper pile of known tags is not
+# a prompt, and refusing it keeps the parse linear in the text length.
+MAX_DEPTH = 16
 
 
 @dataclass
@@ -34,6 +37,7 @@ class _Open:
     start: int  # offset of its "<"
     content: int  # offset just after its ">"
     block: dict[str, str] | None = None  # where a block's fields go
+    owner: _Open | None = None  # the innermost block (character or general_tags) around it
 
 
 def known_tags_in(text: str) -> list[str]:
@@ -99,7 +103,14 @@ class _State:
     def open(self, name: str, kind: str, start: int, content: int) -> None:
         self.saw_known = True
         parent = self.stack[-1] if self.stack else None
-        entry = _Open(name, kind, start, content)
+        if len(self.stack) >= MAX_DEPTH:
+            raise error_at(
+                self.source, start,
+                f"<{name}> is nested {MAX_DEPTH + 1} tags deep; NewBie prompts nest at most 3 "
+                "deep (<image>, a block, a field): close the tags before opening new ones",
+            )
+        owner = parent if parent is not None and parent.kind in _BLOCKS else None
+        entry = _Open(name, kind, start, content, owner=owner or (parent.owner if parent else None))
         if parent is not None and parent.kind in _FIELDS:
             self.warn(f"<{name}> is inside <{parent.name}>: field tags hold text, not other tags")
         if kind == "character":
@@ -145,7 +156,7 @@ class _State:
 
     def _finish_element(self, entry: _Open, close_start: int) -> None:
         value = self.source[entry.content:close_start].strip()
-        block = next((e for e in reversed(self.stack) if e.kind in _BLOCKS), None)
+        block = entry.owner
         if entry.kind == "character_field":
             if block is not None and block.kind == "character":
                 self._put(block.block, entry.name, value, f"<{block.name}>")

@@ -278,6 +278,19 @@ def test_a_prompt_just_under_the_limit_is_parsed():
     assert any("appears" in w for w in parsed.warnings)
 
 
+def test_known_tags_nested_absurdly_deep_are_refused():
+    text = "<character_1>\n" + "<n>" * 100_000 + "x" + "</n>" * 100_000 + "\n</character_1>"
+    with pytest.raises(PromptError) as caught:
+        parse_prompt(text)
+    # The 17th open tag: <character_1> plus 15 <n> come before it on line 2.
+    assert (caught.value.line, caught.value.column) == (2, 15 * 3 + 1)
+    assert "nested" in caught.value.message
+    # Three deep (the official layout) is fine, with a warning for the field inside a field.
+    parsed = parse_prompt("<image><character_1><n><gender>1girl</gender></n></character_1></image>")
+    assert parsed.characters == [{"gender": "1girl", "n": "<gender>1girl</gender>"}]
+    assert any("field tags hold text" in w for w in parsed.warnings)
+
+
 def test_entity_bomb_is_inert_text():
     bomb = (
         '<?xml version="1.0"?>\n<!DOCTYPE lolz [\n <!ENTITY lol "lol">\n'
