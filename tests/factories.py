@@ -10,6 +10,7 @@ module), so `NextDiT.load_state_dict(official_state_dict(p))` also checks our mo
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from pathlib import Path
 
 import torch
@@ -93,9 +94,11 @@ def official_state_dict(params: NextDiTParams, seed: int = 0, norm_final: bool =
     """Random weights under the official key names, chosen so that a wrong formula shows:
     matrices ~ N(0, 1/fan_in) (activations stay O(1)), biases ~ N(0, 0.1^2), every norm weight
     uniform in [0.5, 1.5], adaLN / gates / guidance embedder all non-zero."""
-    gen = torch.Generator().manual_seed(seed)
     out = {}
     for key, shape in official_shapes(params, norm_final).items():
+        # One generator per key: a tensor depends only on (seed, key, shape), so configs that differ
+        # by optional modules (clip, guidance) share every other weight.
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
         if len(shape) == 2:
             w = torch.randn(shape, generator=gen) / shape[1] ** 0.5
         elif key.endswith(".bias"):
@@ -108,8 +111,14 @@ def official_state_dict(params: NextDiTParams, seed: int = 0, norm_final: bool =
 
 def random_dit(params: NextDiTParams, seed: int = 0) -> NextDiT:
     """A NextDiT (fp32, CPU, eval mode) holding `official_state_dict(params, seed)`."""
-    model = NextDiT(params)
-    model.load_state_dict(official_state_dict(params, seed))
+    return dit_from_state_dict(params, official_state_dict(params, seed))
+
+
+def dit_from_state_dict(params: NextDiTParams, state_dict: dict[str, torch.Tensor]) -> NextDiT:
+    """A NextDiT (eval mode, no grad) built on meta and holding exactly these tensors (assign=True)."""
+    with torch.device("meta"):
+        model = NextDiT(params)
+    model.load_state_dict(state_dict, assign=True)
     return model.eval().requires_grad_(False)
 
 
