@@ -23,7 +23,8 @@ _TAG_TOOLTIPS = {
     "body_type": "Body type tags, e.g. petite, chibi. Empty = left out.",
     "expression": "Facial expression tags, e.g. smile, >_<, open_mouth. Empty = left out.",
     "action": "Action and pose tags, e.g. standing, waving, holding_umbrella. Empty = left out.",
-    "interaction": "What this character does with others, e.g. hand_holding, hug. Empty = left out.",
+    "interaction": "What this character does with others, e.g. hand_holding, hug. "
+                   "Empty = left out.",
     "position": "Where the character stands in the image, e.g. center_left, right_side. "
                 "Empty = left out.",
     "count": "Head count of the whole image, e.g. 2girls, multiple_girls or 1girl, 1boy; it should "

@@ -42,7 +42,7 @@ def caption_block(caption: str) -> str:
 
 
 def append_block(prompt: str, block: str) -> str:
-    """``block`` after ``prompt``, separated by one blank line (just ``block`` if prompt is blank)."""
+    """``block`` after ``prompt``, one blank line between (just ``block`` for a blank prompt)."""
     if not prompt.strip():
         return block
     return prompt.rstrip() + "\n\n" + block

@@ -69,7 +69,9 @@ def parse_structure(source: str, start: int, end: int, result: ParsedPrompt) -> 
     state.text_between(cursor, end)
     if state.stack:
         top = state.stack[-1]
-        raise error_at(source, top.start, f"<{top.name}> is never closed: add </{top.name}> after its content")
+        raise error_at(
+            source, top.start, f"<{top.name}> is never closed: add </{top.name}> after its content"
+        )
     state.finish(source[start:end])
 
 
@@ -134,7 +136,8 @@ class _State:
 
     def _check_block_parent(self, name: str, parent: _Open | None) -> None:
         if parent is not None and parent.kind in _BLOCKS:
-            self.warn(f"<{name}> is inside <{parent.name}>; blocks do not nest, close </{parent.name}> first")
+            self.warn(f"<{name}> is inside <{parent.name}>; blocks do not nest, "
+                      f"close </{parent.name}> first")
 
     def close(self, name: str, start: int) -> None:
         if self.stack and self.stack[-1].name == name:
@@ -144,7 +147,8 @@ class _State:
         if opened is None:
             raise error_at(
                 self.source, start,
-                f"</{name}> has no matching <{name}> before it: add the opening <{name}> or remove </{name}>",
+                f"</{name}> has no matching <{name}> before it: add the opening <{name}> or "
+                f"remove </{name}>",
             )
         top = self.stack[-1]
         line, column = locate(self.source, top.start)
@@ -170,7 +174,8 @@ class _State:
             self._put(self.result.general, entry.name, value, "<general_tags>")
         elif entry.kind == "caption":
             if block is not None:
-                self.warn(f"<caption> is inside <{block.name}>; put it at the top level or directly in <image>")
+                self.warn(f"<caption> is inside <{block.name}>; put it at the top level or "
+                          "directly in <image>")
             if self.result.caption is None:
                 self.result.caption = value
             else:
@@ -207,7 +212,8 @@ class _State:
             times = f" ({count} times)" if count > 1 else ""
             self.warn(f"unknown tag <{name}>{times} is kept as plain text{_suggestion(name)}")
         if len(names) > _UNKNOWN_REPORTED:
-            self.warn(f"... and {len(names) - _UNKNOWN_REPORTED} more unknown tag names, kept as text")
+            extra = len(names) - _UNKNOWN_REPORTED
+            self.warn(f"... and {extra} more unknown tag names, kept as text")
 
 
 def _suggestion(name: str) -> str:
@@ -228,13 +234,16 @@ def _check_numbers(result: ParsedPrompt) -> None:
     counts = Counter(numbers)
     for number, times in counts.items():
         if times > 1:
-            result.warnings.append(f"<character_{number}> appears {times} times; number each character once")
+            result.warnings.append(
+                f"<character_{number}> appears {times} times; number each character once"
+            )
     if 0 in counts:
         result.warnings.append("<character_0>: character numbers start at 1")
     gaps, previous = [], 0
     for number in sorted(counts):
         if number > previous + 1:
-            gaps.append(str(previous + 1) if number == previous + 2 else f"{previous + 1}-{number - 1}")
+            first, last = previous + 1, number - 1
+            gaps.append(str(first) if first == last else f"{first}-{last}")
         previous = number
     if gaps:
         result.warnings.append(
@@ -259,7 +268,9 @@ def _check_count(result: ParsedPrompt) -> None:
     if head_count.exact is not None and head_count.exact != described:
         result.warnings.append(f"<count>{value}</count> means {head_count.exact} but {people}")
     elif head_count.exact is None and described < head_count.at_least:
-        result.warnings.append(f"<count>{value}</count> means at least {head_count.at_least} but {people}")
+        result.warnings.append(
+            f"<count>{value}</count> means at least {head_count.at_least} but {people}"
+        )
 
 
 def _short(text: str, limit: int = 40) -> str:

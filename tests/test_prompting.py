@@ -522,3 +522,23 @@ def test_encoder_texts(prompt, system, expected):
 def test_encoder_texts_rejects_non_strings():
     with pytest.raises(TypeError):
         encoder_texts(None, "")
+
+
+def test_prompting_is_pure_stdlib_without_xml_libraries():
+    import ast
+    import sys
+    from pathlib import Path
+
+    import nextdit_nodes.prompting as package
+
+    banned = {"xml", "pyexpat", "lxml", "defusedxml"}
+    for path in Path(package.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                roots = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots = [node.module.split(".")[0]]
+            else:
+                continue
+            for root in roots:
+                assert root in sys.stdlib_module_names and root not in banned, (path.name, root)
