@@ -34,7 +34,7 @@ from .solvers import denoised, get_solver
 log = logging.getLogger(__name__)
 
 Callback = Callable[[int, int, Tensor], None]  # (step 0-based, total steps, x0 estimate normalised)
-MAX_SIDE = 8192  # pixels; far beyond what the model was trained for, but a hard safety limit
+MAX_SIDE = 4096  # pixels per side: twice the largest official resolution (2048); a safety limit
 
 
 class NonFiniteError(FloatingPointError):

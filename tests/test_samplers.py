@@ -160,3 +160,262 @@ def test_combine_cfg_is_the_official_formula_per_sample(renorm):
     assert scaled == {0.0: [False] * 3, 1.0: [True] * 3, 5.0: [False, True, True]}[renorm]
     for b in range(3):
         assert torch.allclose(out[b], _official_cfg(cond[b], uncond[b], 4.0, renorm), atol=1e-6)
+
+
+# ---- sample(...) on a tiny random Next-DiT against an independent official reference ---------
+
+from factories import random_dit, tiny_params, with_guidance  # noqa: E402
+
+from nextdit_nodes.samplers import NonFiniteError, sample  # noqa: E402
+from nextdit_nodes.samplers.conditioning import prompt_batches  # noqa: E402
+from nextdit_nodes.samplers.guidance import GuidedVelocity  # noqa: E402
+
+_SCALE, _SHIFT = 0.3611, 0.1159  # FLUX VAE constants (research §7)
+
+
+def _prompt(params, length, seed, pad=0):
+    """(cap_feats (L, cap_dim), pooled (clip_dim,)) of one random prompt; our CONDITIONING entry
+    carries ``pad`` extra garbage tokens masked out."""
+    g = torch.Generator().manual_seed(seed)
+    feats, pooled = torch.randn(length, params.cap_dim, generator=g), torch.randn(params.clip_dim, generator=g)
+    garbage = 1e3 * torch.randn(pad, params.cap_dim, generator=g)
+    mask = torch.cat([torch.ones(length), torch.zeros(pad)])
+    entry = [torch.cat([feats, garbage])[None], {"pooled_output": pooled[None], "attention_mask": mask[None],
+                                                  "gemma_text": "x", "jina_text": "x", "prompt_warnings": []}]
+    return (feats, pooled), entry
+
+
+def _official_sampler(model, noise, conds, unconds, steps, shift, cfg, renorm, trunc, guidance=None,
+                      start_latent=None, t_start=0.0):
+    """NB-repo demo sampling, written from research §8: linspace(0, 1, steps+1) shifted by
+    t/(t + s − s t), torchdiffeq midpoint on that grid, forward_with_cfg per evaluation with batch 1
+    and SEPARATE unpadded forwards for cond and uncond; raw = x/0.3611 + 0.1159."""
+    if t_start == 0.0:
+        u = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    else:  # img2img: evenly spaced unshifted points from the one whose shifted time is t_start
+        u0 = shift * t_start / (1 + (shift - 1) * t_start)
+        u = torch.linspace(u0, 1, steps + 1, dtype=torch.float64)
+    ts = (u / (u + shift - shift * u)).tolist()
+
+    def forward(x1, t, prompt):
+        feats, pooled = prompt
+        g = None if guidance is None else torch.tensor([guidance])
+        return model(x1, torch.tensor([t], dtype=torch.float32), feats[None],
+                     torch.ones(1, feats.shape[0], dtype=torch.bool), pooled[None], g)
+
+    def drift(x, t):
+        out = []
+        for b in range(x.shape[0]):
+            x1 = x[b:b + 1]
+            cond_eps = forward(x1, t, conds[b])
+            if t < trunc and cfg != 1:
+                uncond_eps = forward(x1, t, unconds[b])
+                half = uncond_eps + cfg * (cond_eps - uncond_eps)
+                if renorm > 0:
+                    max_new = torch.linalg.vector_norm(cond_eps) * renorm
+                    new = torch.linalg.vector_norm(half)
+                    if new >= max_new:
+                        half = half * (max_new / new)
+            else:
+                half = cond_eps
+            out.append(half)
+        return torch.cat(out)
+
+    x = noise.clone() if start_latent is None else t_start * start_latent + (1 - t_start) * noise
+    with torch.no_grad():
+        for t0, t1 in zip(ts, ts[1:]):
+            dt = t1 - t0
+            x = x + dt * drift(x + 0.5 * dt * drift(x, t0), t0 + 0.5 * dt)
+    return x / _SCALE + _SHIFT
+
+
+def _max_rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return random_dit(tiny_params(), seed=3)
+
+
+@pytest.mark.parametrize("cfg,renorm,trunc", [(4.0, 0.0, 1.0), (4.0, 1.0, 1.0), (4.0, 0.0, 0.3), (1.0, 0.0, 1.0)],
+                         ids=["plain", "renorm", "truncated", "no-cfg"])
+def test_sample_matches_official_midpoint_sampler_with_cfg(tiny_model, cfg, renorm, trunc):
+    p = tiny_model.params
+    pos, pos_entry = _prompt(p, 7, seed=1, pad=3)     # different caption lengths; ours carries padding
+    neg, neg_entry = _prompt(p, 3, seed=2)
+    seed, steps, shift = 1234, 4, 6.0
+    noise = torch.randn(2, 16, 8, 8, generator=torch.Generator("cpu").manual_seed(seed))  # KSampler's noise
+    expected = _official_sampler(tiny_model, noise, [pos, pos], [neg, neg], steps, shift, cfg, renorm, trunc)
+    out = sample(tiny_model, [pos_entry], [neg_entry], width=64, height=64, seed=seed, steps=steps,
+                 solver="midpoint", shift=shift, cfg=cfg, renorm_cfg=renorm, cfg_trunc=trunc, batch_size=2)
+    assert out["samples"].shape == (2, 16, 8, 8) and out["samples"].dtype == torch.float32
+    assert _max_rel(out["samples"], expected) < 1e-4
+
+
+def test_cfg_changes_the_result_and_truncation_matters(tiny_model):
+    """Guard against a reference and sampler that would agree by both ignoring a setting."""
+    p = tiny_model.params
+    _, pos_entry = _prompt(p, 5, seed=1)
+    _, neg_entry = _prompt(p, 2, seed=2)
+    run = lambda **kw: sample(tiny_model, [pos_entry], [neg_entry], 64, 64, 0, 3, "midpoint", 6.0,  # noqa: E731
+                              **{"cfg": 4.0, "renorm_cfg": 0.0, "cfg_trunc": 1.0, **kw})["samples"]
+    base = run()
+    assert _max_rel(run(cfg=1.0), base) > 1e-2
+    assert _max_rel(run(cfg_trunc=0.2), base) > 1e-3
+    assert _max_rel(run(renorm_cfg=1.0), base) > 1e-3
+
+
+def test_batch_prompts_and_guidance_match_reference(tiny_model):
+    """One prompt per latent (n = batch) and a distilled guidance scale combined with CFG."""
+    p = with_guidance(tiny_params())
+    model = random_dit(p, seed=4)
+    prompts = [_prompt(p, n, seed=10 + n) for n in (6, 2)]
+    negs = [_prompt(p, n, seed=20 + n) for n in (1, 4)]
+    entry = lambda ps: [torch.nn.utils.rnn.pad_sequence([f for (f, _), _ in ps], batch_first=True),  # noqa: E731
+                        {"pooled_output": torch.stack([q for (_, q), _ in ps]),
+                         "attention_mask": torch.nn.utils.rnn.pad_sequence(
+                             [torch.ones(f.shape[0]) for (f, _), _ in ps], batch_first=True)}]
+    noise = torch.randn(2, 16, 8, 8, generator=torch.Generator("cpu").manual_seed(7))
+    expected = _official_sampler(model, noise, [a for a, _ in prompts], [a for a, _ in negs], 3, 6.0,
+                                 3.0, 0.0, 1.0, guidance=2.5)
+    out = sample(model, [entry(prompts)], [entry(negs)], 64, 64, 7, 3, "midpoint", 6.0, 3.0, 0.0, 1.0,
+                 guidance=2.5, batch_size=2)
+    assert _max_rel(out["samples"], expected) < 1e-4
+    no_guidance = sample(model, [entry(prompts)], [entry(negs)], 64, 64, 7, 3, "midpoint", 6.0, 3.0, 0.0, 1.0,
+                         batch_size=2)
+    assert _max_rel(no_guidance["samples"], expected) > 1e-3
+
+
+def test_img2img_starts_at_one_minus_denoise_on_the_shifted_grid(tiny_model):
+    p = tiny_model.params
+    pos, pos_entry = _prompt(p, 5, seed=1)
+    raw = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(9))
+    noise = torch.randn(1, 16, 8, 8, generator=torch.Generator("cpu").manual_seed(5))
+    expected = _official_sampler(tiny_model, noise, [pos], None, 3, 6.0, 1.0, 0.0, 1.0,
+                                 start_latent=(raw - _SHIFT) * _SCALE, t_start=0.4)
+    out = sample(tiny_model, [pos_entry], None, 64, 64, 5, 3, "midpoint", 6.0, 1.0, 0.0, 1.0,
+                 latent={"samples": raw}, denoise=0.6)
+    assert _max_rel(out["samples"], expected) < 1e-4
+
+
+def test_denoise_zero_returns_the_input_latent(tiny_model):
+    _, pos_entry = _prompt(tiny_model.params, 5, seed=1)
+    raw = torch.randn(2, 16, 8, 8)
+    out = sample(tiny_model, [pos_entry], None, 64, 64, 0, 4, "euler", 6.0, 1.0, 0.0, 1.0,
+                 latent={"samples": raw}, denoise=0.0)
+    assert torch.equal(out["samples"], raw) and out["samples"] is not raw
+
+
+def test_packed_cfg_equals_two_separate_forwards(tiny_model):
+    p = tiny_model.params
+    (pf, pp), pos_entry = _prompt(p, 9, seed=1)
+    (nf, npool), neg_entry = _prompt(p, 2, seed=2, pad=5)
+    pos = prompt_batches([pos_entry], 2, p.cap_dim, p.clip_dim)
+    neg = prompt_batches([neg_entry], 2, p.cap_dim, p.clip_dim)
+    velocity = GuidedVelocity(tiny_model, pos, neg, cfg=5.0, renorm_cfg=0.0, cfg_trunc=1.0)
+    x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.full((2,), 0.37)
+    with torch.no_grad():
+        v_cond = tiny_model(x, t, pf.expand(2, -1, -1), torch.ones(2, 9, dtype=torch.bool), pp.expand(2, -1))
+        v_uncond = tiny_model(x, t, nf.expand(2, -1, -1), torch.ones(2, 2, dtype=torch.bool), npool.expand(2, -1))
+        packed = velocity(x, 0.37)
+    assert _max_rel(packed, v_uncond + 5.0 * (v_cond - v_uncond)) < 1e-5
+
+
+def test_core_comfy_conditioning_with_only_pooled_output_samples(tiny_model):
+    p = tiny_model.params
+    (feats, pooled), ours = _prompt(p, 6, seed=1)
+    core = [[feats[None].clone(), {"pooled_output": pooled[None].clone()}]]  # no mask, no extra keys
+    (nf, npool), neg_ours = _prompt(p, 3, seed=2)
+    neg_core = [[nf[None].clone(), {"pooled_output": npool[None].clone()}]]
+    args = (64, 64, 11, 2, "euler", 6.0, 4.0, 0.0, 1.0)
+    out_core = sample(tiny_model, core, neg_core, *args)["samples"]
+    out_ours = sample(tiny_model, [ours], [neg_ours], *args)["samples"]
+    assert torch.isfinite(out_core).all()
+    assert _max_rel(out_core, out_ours) < 1e-6
+
+
+def test_callback_raising_at_step_k_stops_there_and_leaves_the_model_usable(tiny_model):
+    p = tiny_model.params
+    _, pos_entry = _prompt(p, 4, seed=1)
+    calls, seen = [], []
+    handle = tiny_model.register_forward_hook(lambda *_: calls.append(1))
+
+    def stop_at_2(step, total, x0):
+        seen.append((step, total, tuple(x0.shape)))
+        if step == 2:
+            raise KeyboardInterrupt("user cancelled")
+
+    args = (64, 64, 3, 5, "midpoint", 6.0, 1.0, 0.0, 1.0)
+    try:
+        before = sample(tiny_model, [pos_entry], None, *args)["samples"]
+        calls.clear()
+        with pytest.raises(KeyboardInterrupt):
+            sample(tiny_model, [pos_entry], None, *args, callback=stop_at_2)
+        assert seen == [(0, 5, (1, 16, 8, 8)), (1, 5, (1, 16, 8, 8)), (2, 5, (1, 16, 8, 8))]
+        assert len(calls) == 2 + 2 + 1  # steps 0 and 1 (two evaluations each), step 2's first
+    finally:
+        handle.remove()
+    after = sample(tiny_model, [pos_entry], None, *args)["samples"]
+    assert torch.equal(before, after)
+    assert not tiny_model.training and not any(q.requires_grad for q in tiny_model.parameters())
+
+
+def test_callback_x0_estimate_is_x_plus_one_minus_t_times_v(tiny_model):
+    _, pos_entry = _prompt(tiny_model.params, 4, seed=1)
+    estimates = []
+    out = sample(tiny_model, [pos_entry], None, 64, 64, 3, 3, "euler", 6.0, 1.0, 0.0, 1.0,
+                 callback=lambda s, n, x0: estimates.append(x0.clone()))
+    # Euler's last step from t to 1 is x + (1 − t)·v: its x0 estimate IS the final latent.
+    assert len(estimates) == 3
+    assert _max_rel(out["samples"], estimates[-1] / _SCALE + _SHIFT) < 1e-6
+
+
+def test_injected_nan_raises_the_documented_error_naming_the_step(tiny_model):
+    _, pos_entry = _prompt(tiny_model.params, 4, seed=1)
+    calls = []
+
+    def poison(module, inputs, output):
+        calls.append(1)
+        if len(calls) == 4:  # euler: one evaluation per step, so step 4
+            return output * float("nan")
+        return output
+
+    handle = tiny_model.register_forward_hook(poison)
+    try:
+        with pytest.raises(NonFiniteError, match=r"step 4 of 6.*(fp32|bf16)"):
+            sample(tiny_model, [pos_entry], None, 64, 64, 3, 6, "euler", 6.0, 1.0, 0.0, 1.0)
+    finally:
+        handle.remove()
+
+
+def test_guidance_on_weights_without_embedder_is_refused(tiny_model):
+    _, pos_entry = _prompt(tiny_model.params, 4, seed=1)
+    with pytest.raises(ValueError, match="no guidance embedder"):
+        sample(tiny_model, [pos_entry], None, 64, 64, 0, 2, "euler", 6.0, 1.0, 0.0, 1.0, guidance=3.5)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(width=60), "multiple of 16"), (dict(height=99999), "multiple of 16"), (dict(steps=0), "steps"),
+    (dict(cfg=4.0, negative=None), "negative"), (dict(solver="rk4"), "unknown solver"),
+    (dict(denoise=0.5), "needs an input latent"), (dict(shift=0.0), "shift"),
+])
+def test_bad_settings_fail_before_any_model_call(tiny_model, kwargs, match):
+    _, pos_entry = _prompt(tiny_model.params, 4, seed=1)
+    args = dict(model=tiny_model, positive=[pos_entry], negative=None, width=64, height=64, seed=0, steps=2,
+                solver="euler", shift=6.0, cfg=1.0, renorm_cfg=0.0, cfg_trunc=1.0)
+    calls = []
+    handle = tiny_model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=match):
+            sample(**{**args, **kwargs})
+    finally:
+        handle.remove()
+    assert not calls
+
+
+def test_wrong_text_encoder_width_is_a_clear_error(tiny_model):
+    bad = [[torch.randn(1, 5, 17), {"pooled_output": torch.randn(1, 32)}]]
+    with pytest.raises(ValueError, match="caption features are 17 wide"):
+        sample(tiny_model, bad, None, 64, 64, 0, 2, "euler", 6.0, 1.0, 0.0, 1.0)

@@ -1,0 +1,116 @@
+"""Node NextDiTSampler: NEXTDIT_MODEL + CONDITIONING → LATENT (FLUX VAE raw space).
+
+The work is ``samplers.sample``; this node adds progress, interrupts and latent previews.
+Defaults are the official NewBie demo's settings (NB-repo ``demo.py``): midpoint, 18 grid points
+(= 17 solver steps), shift 6, CFG 5, CFG truncation 0.25, no renorm.
+"""
+
+from __future__ import annotations
+
+from . import host
+
+SOLVERS = ("euler", "midpoint", "heun", "dpmpp_2m")   # = samplers.solvers.SOLVERS
+MAX_SIDE = 4096                                      # = samplers.sample.MAX_SIDE
+PREVIEW_SIZE = 512
+
+
+class NextDiTSampler:
+    DISPLAY_NAME = "NextDiT Sampler"
+    CATEGORY = "NextDiT/sampling"
+    DESCRIPTION = (
+        "Samples images with a Next-DiT (NewBie-image / Lumina-2) the way the official code does: "
+        "rectified-flow ODE on the shifted time grid, NewBie's CFG with optional renormalisation "
+        "and truncation (cond and uncond in one packed forward), or a guidance-distilled model's "
+        "guidance scale in a single forward. Outputs a LATENT in the FLUX VAE's space, so core "
+        "VAEDecode works too. Connect a latent and lower denoise for image-to-image."
+    )
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Sampled latents (B, 16, H/8, W/8) in the FLUX VAE's raw space.",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        side = {"default": 1024, "min": 16, "max": MAX_SIDE, "step": 16}
+        return {
+            "required": {
+                "model": ("NEXTDIT_MODEL", {"tooltip": "The Next-DiT from NextDiT Loader (or a LoRA loader)."}),
+                "positive": ("CONDITIONING", {
+                    "tooltip": "The prompt: NextDiT Text Encode's output, or core ComfyUI's NewBie "
+                               "text encoder."}),
+                "width": ("INT", {**side, "tooltip": f"Image width in pixels, a multiple of 16 up to "
+                                                     f"{MAX_SIDE}. Ignored when a latent is connected."}),
+                "height": ("INT", {**side, "tooltip": f"Image height in pixels, a multiple of 16 up to "
+                                                      f"{MAX_SIDE}. Ignored when a latent is connected."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64,
+                                       "tooltip": "Images per run (each with its own noise)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                                 "tooltip": "Noise seed. The same seed and size give the same starting noise "
+                                            "as core ComfyUI's KSampler, on any device."}),
+                "steps": ("INT", {"default": 17, "min": 1, "max": 1000,
+                                  "tooltip": "Solver steps (intervals of the time grid). The official scripts' "
+                                             "num_sampling_steps counts grid points = steps + 1: their default "
+                                             "18 is 17 here. midpoint and heun evaluate the model twice per step."}),
+                "solver": (list(SOLVERS), {"default": "midpoint",
+                                           "tooltip": "ODE solver. midpoint: the official default (2 evaluations "
+                                                      "per step). euler and dpmpp_2m: 1 per step. heun: 2."}),
+                "shift": ("FLOAT", {"default": 6.0, "min": 0.01, "max": 100.0, "step": 0.1,
+                                    "tooltip": "Time shift s of the grid, t ← t/(t + s − s·t); NewBie uses 6. "
+                                               "Larger spends more steps at high noise."}),
+                "cfg": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 30.0, "step": 0.1,
+                                  "tooltip": "Classifier-free guidance scale; 1 = off (negative unused, half the "
+                                             "cost). Official demo: 5."}),
+                "renorm_cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.05,
+                                         "tooltip": "0 = off. Otherwise the guided velocity is scaled down to at "
+                                                    "most renorm_cfg × the conditional one's norm, per image "
+                                                    "(official CFG renorm; 1 is the model code's default)."}),
+                "cfg_trunc": ("FLOAT", {"default": 0.25, "min": 0.0, "max": 100.0, "step": 0.01,
+                                        "tooltip": "CFG only while the data-time t (0 = noise, 1 = image) is below "
+                                                   "this, then the prompt alone. Official demo: 0.25. 1 or more = "
+                                                   "CFG on every step."}),
+                "guidance": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1,
+                                       "tooltip": "0 = off. For guidance-distilled weights (made by `python -m "
+                                                  "nextdit_nodes distill`): the guidance scale fed to their "
+                                                  "embedder, one forward per step; use with cfg 1."}),
+            },
+            "optional": {
+                "negative": ("CONDITIONING", {"tooltip": "Negative prompt, needed when cfg is not 1 (the "
+                                                         "official default is an empty prompt)."}),
+                "latent": ("LATENT", {"tooltip": "Optional starting latent for image-to-image (e.g. from "
+                                                 "NextDiT VAE Encode); its size replaces width/height."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                      "tooltip": "With a latent: how much noise to start from (sampling starts "
+                                                 "at data-time 1 − denoise). 1 = ignore the latent's content, "
+                                                 "0 = return it unchanged."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, width=None, height=None, steps=None):
+        # Linked inputs arrive as None: only constants can be checked before the run.
+        for name, side in (("width", width), ("height", height)):
+            if side is not None and (side < 16 or side % 16 or side > MAX_SIDE):
+                return f"{name} {side} must be a multiple of 16 between 16 and {MAX_SIDE}"
+        if steps is not None and steps < 1:
+            return f"steps must be at least 1; got {steps}"
+        return True
+
+    def sample(self, model, positive, width, height, batch_size, seed, steps, solver, shift, cfg,
+               renorm_cfg, cfg_trunc, guidance, negative=None, latent=None, denoise=1.0, unique_id=None):
+        from ..samplers import sample
+        from ..samplers.preview import preview_image
+
+        progress = host.Progress(steps, unique_id)
+
+        def on_step(step: int, total: int, x0) -> None:
+            host.check_interrupt()
+            progress.update(step + 1, ("JPEG", preview_image(x0[0]), PREVIEW_SIZE))
+
+        out = sample(model, positive, negative, width, height, seed, steps, solver, shift, cfg, renorm_cfg,
+                     cfg_trunc, guidance=guidance, batch_size=batch_size, latent=latent, denoise=denoise,
+                     callback=on_step)
+        return (out,)
+
+
+NODE_CLASSES = [NextDiTSampler]

@@ -1,0 +1,127 @@
+"""NextDiTSampler node: inputs per DESIGN.md §4, validation, progress with previews, interrupts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from factories import random_dit, tiny_params
+from PIL import Image
+
+from nextdit_nodes import NODE_CLASS_MAPPINGS
+from nextdit_nodes.nodes import host
+from nextdit_nodes.nodes.sampling import NextDiTSampler
+from nextdit_nodes.samplers import sample
+from nextdit_nodes.samplers.preview import latent_to_rgb
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_dit(tiny_params(), seed=5)
+
+
+def _conditioning(params, length, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, length, params.cap_dim, generator=g),
+             {"pooled_output": torch.randn(1, params.clip_dim, generator=g),
+              "attention_mask": torch.ones(1, length)}]]
+
+
+def _kwargs(model, **over):
+    return {"model": model, "positive": _conditioning(model.params, 5, 1), "width": 64, "height": 48,
+            "batch_size": 1, "seed": 42, "steps": 3, "solver": "midpoint", "shift": 6.0, "cfg": 4.0,
+            "renorm_cfg": 0.0, "cfg_trunc": 1.0, "guidance": 0.0,
+            "negative": _conditioning(model.params, 2, 2), **over}
+
+
+def test_inputs_follow_the_design_table_and_all_have_tooltips():
+    spec = NextDiTSampler.INPUT_TYPES()
+    assert list(spec["required"]) == ["model", "positive", "width", "height", "batch_size", "seed", "steps",
+                                      "solver", "shift", "cfg", "renorm_cfg", "cfg_trunc", "guidance"]
+    assert list(spec["optional"]) == ["negative", "latent", "denoise"]
+    for name, (kind, options) in {**spec["required"], **spec["optional"]}.items():
+        assert options.get("tooltip"), name
+    required = spec["required"]
+    assert required["solver"][0] == ["euler", "midpoint", "heun", "dpmpp_2m"]
+    # Official demo defaults: midpoint, 18 grid points = 17 steps, shift 6, cfg 5, trunc 0.25, renorm 0.
+    assert {k: required[k][1]["default"] for k in ("solver", "steps", "shift", "cfg", "cfg_trunc", "renorm_cfg")} \
+        == {"solver": "midpoint", "steps": 17, "shift": 6.0, "cfg": 5.0, "cfg_trunc": 0.25, "renorm_cfg": 0.0}
+    assert "steps + 1" in required["steps"][1]["tooltip"]
+    assert required["seed"][1]["control_after_generate"] is True
+    assert NextDiTSampler.RETURN_TYPES == ("LATENT",) and NextDiTSampler.__name__.startswith("NextDiT")
+    assert NODE_CLASS_MAPPINGS["NextDiTSampler"] is NextDiTSampler
+    assert NextDiTSampler.CATEGORY.startswith("NextDiT/") and NextDiTSampler.DESCRIPTION
+
+
+@pytest.mark.parametrize("values,ok", [
+    (dict(width=1024, height=1536, steps=17), True), (dict(width=1000, height=1024, steps=17), False),
+    (dict(width=1024, height=8192, steps=17), False), (dict(width=1024, height=1024, steps=0), False),
+    (dict(width=None, height=None, steps=None), True),  # linked inputs are unknown before the run
+])
+def test_validate_inputs(values, ok):
+    result = NextDiTSampler.VALIDATE_INPUTS(**values)
+    assert (result is True) == ok
+    if not ok:
+        assert isinstance(result, str) and ("multiple of 16" in result or "steps" in result)
+
+
+def test_node_output_equals_sample_and_reports_progress_with_previews(model):
+    updates = []
+    previous = host.set_progress_hook(lambda done, total, preview: updates.append((done, total, preview)))
+    try:
+        (out,) = NextDiTSampler().sample(**_kwargs(model), unique_id="7")
+    finally:
+        host.set_progress_hook(previous)
+    args = _kwargs(model)
+    args.pop("guidance")
+    expected = sample(**args)
+    assert torch.equal(out["samples"], expected["samples"])
+    assert [(d, t) for d, t, _ in updates] == [(1, 3), (2, 3), (3, 3)]
+    for _, _, (fmt, image, size) in updates:
+        assert fmt == "JPEG" and size == 512 and isinstance(image, Image.Image)
+        assert image.size == (64 // 8, 48 // 8) and image.mode == "RGB"
+
+
+def test_interrupt_stops_at_the_next_step(model, monkeypatch):
+    class Interrupted(Exception):
+        pass
+
+    checks = []
+
+    def interrupt_on_second_check():
+        checks.append(1)
+        if len(checks) == 2:
+            raise Interrupted
+
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    monkeypatch.setattr(host, "check_interrupt", interrupt_on_second_check)
+    try:
+        with pytest.raises(Interrupted):
+            NextDiTSampler().sample(**_kwargs(model, steps=10))
+    finally:
+        handle.remove()
+    assert len(calls) == 3  # step 0 (2 evaluations) + step 1's first evaluation, then stopped
+
+
+def test_missing_negative_with_cfg_is_a_clear_error_before_the_first_step(model):
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match="needs a negative conditioning"):
+            NextDiTSampler().sample(**_kwargs(model, negative=None, cfg=5.0))
+    finally:
+        handle.remove()
+    assert not calls
+    (out,) = NextDiTSampler().sample(**_kwargs(model, negative=None, cfg=1.0))  # cfg 1: not needed
+    assert torch.isfinite(out["samples"]).all()
+
+
+def test_latent_preview_projection_orientation():
+    # Channel k set to 1 everywhere gives factor row k + bias, mapped from [-1, 1] to [0, 255]
+    # (ComfyUI Flux latent_rgb_factors: channel 4 row is (0.0859, 0.0721, 0.0329), bias (-0.0329, -0.0718, -0.0851)).
+    latent = torch.zeros(16, 2, 3)
+    latent[4] = 1.0
+    expected = [int((v + 1.0) * 127.5) for v in (0.0859 - 0.0329, 0.0721 - 0.0718, 0.0329 - 0.0851)]
+    rgb = latent_to_rgb(latent)
+    assert rgb.shape == (2, 3, 3) and rgb.dtype == torch.uint8
+    assert rgb[1, 2].tolist() == expected
