@@ -6,7 +6,7 @@ Pure stdlib: no torch, no ComfyUI.
 from .builder import add_caption, add_character, add_general_tags
 from .encoder_texts import encoder_texts
 from .errors import PromptError
-from .parse import MAX_PROMPT_CHARS, ParsedPrompt, parse_prompt
+from .parse import MAX_PROMPT_CHARS, ParsedPrompt, parse_prompt, prompt_warnings
 from .system_prompts import (
     CUSTOM,
     PLAIN_OFFICIAL,
@@ -28,6 +28,7 @@ __all__ = [
     "ParsedPrompt",
     "PromptError",
     "parse_prompt",
+    "prompt_warnings",
     "CUSTOM",
     "PLAIN_OFFICIAL",
     "PROMPT_START",

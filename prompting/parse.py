@@ -74,6 +74,17 @@ def parse_prompt(text: str | bytes) -> ParsedPrompt:
     return result
 
 
+def prompt_warnings(text: str) -> list[str]:
+    """Warnings for a prompt that will be encoded anyway: never raises for unreadable XML.
+
+    The model reads text, so an encode node reports a PromptError as one more warning.
+    """
+    try:
+        return parse_prompt(text).warnings
+    except PromptError as error:
+        return [f"the prompt's XML cannot be read ({error}); it is encoded as written"]
+
+
 def _as_text(text: str | bytes) -> str:
     if isinstance(text, str):
         return text

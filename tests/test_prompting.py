@@ -252,6 +252,15 @@ def test_structure_errors(text, line, column, words):
     assert words in caught.value.message
 
 
+def test_prompt_warnings_never_raise_for_bad_xml():
+    from nextdit_nodes.prompting import prompt_warnings
+
+    (warning,) = prompt_warnings("<character_1>\n<n>a</n>")
+    assert "line 1, column 1" in warning and "never closed" in warning
+    assert prompt_warnings("<character_1><n>a</n></character_1>") == []
+    assert prompt_warnings("<character_1></character_1>") == ["<character_1> is empty"]
+
+
 def test_prompt_error_is_picklable_and_a_value_error():
     import pickle
 
