@@ -266,18 +266,54 @@ def _safe_torch_load(path: Path):
                                      f"that made it.") from error
         with open(path, "rb") as handle:
             what = _describe_non_weights(path, handle.read(256))
+        if what and "name" in what:     # pickle/zip signatures are what a .pt file should have
+            what = None
         raise WeightsError(path, f"not a readable PyTorch checkpoint ({what or error}); the file may be "
                                  f"truncated or not a weights file at all: download it again") from error
 
 
 def _globals_needing_code(path: Path, allowed: list) -> list[str]:
     """Names of the non-allowed globals a pickle references, found without unpickling it."""
+    import zipfile
+
     allowed_names = {f"{cls.__module__}.{cls.__qualname__}" for cls in allowed}
-    try:
-        found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception:  # noqa: BLE001 - an unreadable file has no list; the caller says so
-        return []
+    if zipfile.is_zipfile(path):
+        try:
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:  # noqa: BLE001 - an unreadable file has no list; the caller says so
+            return []
+    else:
+        found = [name for name in _raw_pickle_globals(path) if not _torch_allows(name)]
     return [name for name in found if name not in allowed_names]
+
+
+def _raw_pickle_globals(path: Path) -> list[str]:
+    """Globals named by the opcodes of a legacy (non-zip) pickle file, read without executing it."""
+    import pickletools
+
+    names: list[str] = []
+    with open(path, "rb") as handle:
+        for _ in range(8):    # the legacy torch format is a few pickles back to back, then raw data
+            strings: list[str] = []
+            try:
+                for opcode, arg, _pos in pickletools.genops(handle):
+                    if opcode.name == "GLOBAL":
+                        names.append(str(arg).replace(" ", "."))
+                    elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        names.append(f"{strings[-2]}.{strings[-1]}")
+                    elif isinstance(arg, str):
+                        strings.append(arg)
+            except Exception:  # noqa: BLE001 - end of the pickles (raw tensor bytes follow)
+                break
+    return names
+
+
+def _torch_allows(name: str) -> bool:
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+        return name in _get_allowed_globals()
+    except ImportError:   # private helper gone in some torch version: judge by module
+        return name.startswith(("torch.", "collections.OrderedDict"))
 
 
 def _is_tensor_dict(obj) -> bool:

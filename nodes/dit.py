@@ -1,0 +1,56 @@
+"""Node NextDiTLoader: a Next-DiT weight file -> NEXTDIT_MODEL (what `loaders.load_dit` returns)."""
+
+from __future__ import annotations
+
+from . import host
+
+WEIGHT_DTYPES = ("auto", "bf16", "fp16", "fp32", "fp8_e4m3fn")   # = loaders.dtypes.WEIGHT_DTYPES
+
+
+class NextDiTLoader:
+    DISPLAY_NAME = "NextDiT Loader"
+    CATEGORY = "NextDiT/loaders"
+    DESCRIPTION = (
+        "Loads a NewBie-image / Lumina-2 Next-DiT diffusion model from diffusion_models: a "
+        ".safetensors file, sharded safetensors, a diffusers/HF folder or a .pt/.pth/.ckpt training "
+        "checkpoint (DDP/compile prefixes and all-in-one files handled). The configuration is read "
+        "from the tensor shapes; a file of another model is refused with a message saying what it is."
+    )
+    RETURN_TYPES = ("NEXTDIT_MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The Next-DiT, ready for NextDiTSampler (or NextDiTLoraLoader).",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "dit_name": (host.list_model_files("diffusion_models"), {
+                "tooltip": "Next-DiT weights in models/diffusion_models (e.g. NewBie-image-Exp0.1 "
+                           "bf16 .safetensors). Headless, a path also works."}),
+            "weight_dtype": (list(WEIGHT_DTYPES), {
+                "default": "auto",
+                "tooltip": "Precision of the weights in memory. auto: bf16 on a GPU that supports it, "
+                           "fp16 on older GPUs, fp32 on the CPU. fp8_e4m3fn halves memory again (about "
+                           "3.5 GB for NewBie): block weights stored in fp8, computed in bf16 on a GPU, "
+                           "at a small quality cost."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, dit_name):
+        # Replaces the dropdown check so a path works headless; a missing file is said early.
+        try:
+            host.resolve_model_file("diffusion_models", dit_name)
+        except FileNotFoundError as error:
+            return str(error)
+        return True
+
+    def load(self, dit_name: str, weight_dtype: str = "auto"):
+        from ..loaders import load_dit
+
+        if weight_dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+        path = host.resolve_model_file("diffusion_models", dit_name)
+        return (load_dit(path, dtype=weight_dtype, device=host.torch_device()),)
+
+
+NODE_CLASSES = [NextDiTLoader]
