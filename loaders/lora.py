@@ -32,6 +32,7 @@ from torch import Tensor
 
 from .errors import WeightsError
 from .files import read_metadata, read_state_dict
+from .keys import group_keys
 
 log = logging.getLogger(__name__)
 
@@ -225,13 +226,34 @@ def _strip_dotted(name: str) -> str:
     return name
 
 
+# Official Next-DiT module patterns ({} = an index), to name an underscored LoRA module that the
+# model lacks (``lora_unet_layers_40_attention_qkv`` -> ``layers.40.attention.qkv``) in reports.
+_OFFICIAL_PATTERNS = tuple(
+    [f"{blocks}.{{}}.{leaf}" for blocks in ("layers", "noise_refiner", "context_refiner")
+     for leaf in ("attention.qkv", "attention.out", "feed_forward.w1", "feed_forward.w2",
+                  "feed_forward.w3", "adaLN_modulation.{}", "attention_norm1", "attention_norm2",
+                  "ffn_norm1", "ffn_norm2", "attention.q_norm", "attention.k_norm")]
+    + ["x_embedder", "t_embedder.mlp.{}", "cap_embedder.{}", "clip_text_pooled_proj.{}",
+       "time_text_embed.{}", "guidance_embedder.mlp.{}", "final_layer.linear",
+       "final_layer.adaLN_modulation.{}", "norm_final"])
+_UNDERSCORED_PATTERNS = {pattern.replace(".", "_"): pattern for pattern in _OFFICIAL_PATTERNS}
+
+
+def _dotted_guess(bare: str) -> str:
+    """An underscored module name in official dotted form if it fits an official pattern."""
+    numbers = re.findall(r"(?<=_)\d+(?=_|$)", bare)
+    pattern = re.sub(r"(?<=_)\d+(?=_|$)", "{}", bare)
+    official = _UNDERSCORED_PATTERNS.get(pattern)
+    return official.format(*numbers) if official else bare
+
+
 def _resolve(raw: str, dotted: dict, underscored: dict) -> tuple[str, tuple[str, Rows | None] | None]:
     """(display name, (official path, rows) or None) for a LoRA module name."""
     for prefix in _UNDERSCORE_PREFIXES:
         if raw.startswith(prefix):
             bare = raw[len(prefix):]
             target = underscored.get(bare)
-            return (_display(target) if target else raw), target
+            return (_display(target) if target else _dotted_guess(bare)), target
     name = _strip_dotted(raw)
     target = dotted.get(name)
     return (_display(target) if target else name), target
@@ -310,6 +332,13 @@ def _alpha_rule(path: Path, metadata: dict[str, str], ranks: set[int], newbie_pe
                               patterns, bool(config.get("use_rslora")))
         log.warning("%s does not describe this LoRA (r=%s, file ranks %s): ignored",
                     config_path, r, sorted(ranks))
+        rule = _alpha_rule_without_config(path, metadata, newbie_peft)
+        return replace(rule, source=f"{rule.source} ({config_path.name} next to the file has r={r}, "
+                                    f"not this LoRA's rank {sorted(ranks)}: ignored)")
+    return _alpha_rule_without_config(path, metadata, newbie_peft)
+
+
+def _alpha_rule_without_config(path: Path, metadata: dict[str, str], newbie_peft: bool) -> _AlphaRule:
     if "lora_adapter_metadata" in metadata:  # diffusers writes its LoraConfig as JSON here
         try:
             config = json.loads(metadata["lora_adapter_metadata"])
@@ -512,34 +541,11 @@ def _nothing_applies(keys: list[str], parsed: ParsedLora) -> str:
 
 # ---- report grouping ------------------------------------------------------------------------
 
-_INDEX = re.compile(r"(?<=[._])(\d+)(?=[._]|$)")
-
-
-def group_status_lines(status: dict[str, str]) -> list[str]:
-    """``{name: status}`` -> lines with layer indices collapsed: ``layers.0-35.attention.qkv: applied``.
-
-    Names differing only in their first numeric path component (and sharing the status) become one
-    line with the index ranges (``0-3,5,7-9``).
-    """
-    buckets: dict[tuple[str, str], list[int]] = {}
+def group_status_lines(status: dict[str, str], limit: int = 40) -> list[str]:
+    """``{module: status}`` -> one line per status and module pattern, layer indices folded into
+    ranges by ``keys.group_keys``: ``layers.0-35.attention.qkv: applied``. Applied lines first."""
+    by_status: dict[str, list[str]] = {}
     for name, state in status.items():
-        match = _INDEX.search(name)
-        if match is None:
-            buckets.setdefault((name, state), [])
-            continue
-        pattern = name[: match.start()] + "{}" + name[match.end():]
-        buckets.setdefault((pattern, state), []).append(int(match.group(1)))
-    lines = []
-    for (pattern, state), indices in buckets.items():
-        label = pattern.replace("{}", _ranges(sorted(set(indices)))) if indices else pattern
-        lines.append(f"{label}: {state}")
-    return lines
-
-
-def _ranges(indices: list[int]) -> str:
-    spans, start = [], indices[0]
-    for prev, cur in zip(indices, indices[1:] + [None]):
-        if cur is None or cur != prev + 1:
-            spans.append(f"{start}" if start == prev else f"{start}-{prev}")
-            start = cur
-    return ",".join(spans)
+        by_status.setdefault(state, []).append(name)
+    order = sorted(by_status, key=lambda state: state != "applied")
+    return [f"{line}: {state}" for state in order for line in group_keys(by_status[state], limit=limit)]

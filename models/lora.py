@@ -95,7 +95,7 @@ def apply_lora(model: nn.Module, lora: ParsedLora, strength: float) -> nn.Module
     for path, deltas in lora.deltas.items():
         module = patched.get_submodule(path)
         if isinstance(module, nn.Linear):
-            _hook_linear(module, deltas, strength)
+            _hook_linear(module, deltas, strength, getattr(model, "compute_dtype", None))
         else:
             _replace_params(module, deltas, strength)
     patched.lora_stack = tuple(getattr(model, "lora_stack", ())) + ((str(lora.path), strength),)
@@ -123,10 +123,15 @@ def _structural_copy(module: nn.Module) -> nn.Module:
 
 # ---- Linear targets: a forward hook ---------------------------------------------------------
 
-def _storage_dtype(linear: nn.Linear) -> torch.dtype:
-    """LoRA tensors are kept in the layer's compute precision (fp32 for fp8-stored weights)."""
-    dtype = linear.weight.dtype
-    return dtype if dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64) else torch.float32
+_COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _storage_dtype(linear: nn.Linear, compute: torch.dtype | None) -> torch.dtype:
+    """LoRA tensors are kept in the layer's compute precision: its weight dtype, or for weights
+    stored in fp8 the model's compute dtype (so nothing is cast per call)."""
+    if linear.weight.dtype in _COMPUTE_DTYPES:
+        return linear.weight.dtype
+    return compute if compute in _COMPUTE_DTYPES else torch.float32
 
 
 class _LoraHook:
@@ -184,11 +189,11 @@ def _pad_rows(up: Tensor, rows: tuple[int, int] | None, out_features: int) -> Te
     return F.pad(up, (0, 0, rows[0], out_features - rows[1]))
 
 
-def _hook_linear(linear: nn.Linear, deltas: list, strength: float) -> None:
+def _hook_linear(linear: nn.Linear, deltas: list, strength: float, compute: torch.dtype | None) -> None:
     """Register this LoRA's deltas on ``linear`` (a copy owned by the patched model)."""
     index = sum(isinstance(h, _LoraHook) for h in linear._forward_hooks.values())
     prefix = f"lora{index}"
-    device, dtype = linear.weight.device, _storage_dtype(linear)
+    device, dtype = linear.weight.device, _storage_dtype(linear, compute)
 
     def keep(name: str, tensor: Tensor) -> None:
         linear.register_buffer(f"{prefix}_{name}", tensor.to(device=device, dtype=dtype), persistent=False)

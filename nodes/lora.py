@@ -1,0 +1,54 @@
+"""Node NextDiTLoraLoader: NEXTDIT_MODEL + a LoRA file -> a patched NEXTDIT_MODEL (input untouched)."""
+
+from __future__ import annotations
+
+from . import host
+
+
+class NextDiTLoraLoader:
+    DISPLAY_NAME = "NextDiT LoRA Loader"
+    CATEGORY = "NextDiT/loaders"
+    DESCRIPTION = (
+        "Applies a LoRA to a Next-DiT model, whatever trained it: kohya/sd-scripts (lora_unet_*), "
+        "NewbieLoraTrainer LoRA (PEFT, alpha from its adapter_config.json) and LoKr (LyCORIS), "
+        "diffusers Lumina-2 names (to_q/to_k/to_v fused onto qkv), ComfyUI diffusion_model.* and "
+        "bare module paths. The incoming model is not modified and its weights are not copied; chain "
+        "several loaders to stack LoRAs. The report lists which modules were patched and which were not."
+    )
+    RETURN_TYPES = ("NEXTDIT_MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The model with the LoRA added (the input model is unchanged).",)
+    FUNCTION = "apply"
+    OUTPUT_NODE = False
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("NEXTDIT_MODEL", {
+                "tooltip": "The Next-DiT from NextDiTLoader (or from another NextDiTLoraLoader to stack LoRAs)."}),
+            "lora_name": (host.list_model_files("loras"), {
+                "tooltip": "LoRA file (or PEFT adapter folder) in models/loras. Headless, a path also works."}),
+            "strength": ("FLOAT", {
+                "default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                "tooltip": "Multiplier of the LoRA's change: 1 as trained, 0 leaves the model as it is, "
+                           "negative values push away from what the LoRA learned."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, lora_name):
+        # Replaces the dropdown check so a path works headless; a missing file is said early.
+        try:
+            host.resolve_model_file("loras", lora_name)
+        except FileNotFoundError as error:
+            return str(error)
+        return True
+
+    def apply(self, model, lora_name: str, strength: float = 1.0):
+        from ..models.lora import load_lora
+
+        path = host.resolve_model_file("loras", lora_name)
+        patched, report = load_lora(model, path, float(strength))
+        return {"ui": {"text": [report.text]}, "result": (patched,)}
+
+
+NODE_CLASSES = [NextDiTLoraLoader]
