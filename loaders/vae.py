@@ -1,0 +1,233 @@
+"""Loading a VAE file as a NEXTDIT_VAE: the FLUX autoencoder or the TAEF1 tiny decoder.
+
+The kind comes from the key names (``vae_keys.detect_layout``), the diffusers config from tensor
+shapes; the latent constants from the file's safetensors metadata (``latent_scale`` /
+``latent_shift``), FLUX's by default. Anything that is not a usable VAE raises ``WeightsError``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .errors import WeightsError
+from .files import open_weights, read_metadata
+from .keys import describe_contents, group_keys
+from .vae_keys import detect_layout, ldm_to_diffusers, select_vae_keys, taesd_to_diffusers
+
+# LDM autoencoders use GroupNorm(32, C) everywhere; the group count is not in the weights.
+NORM_GROUPS = 32
+FLUX_LATENT_CHANNELS = 16
+# Peak activation memory of an untiled decode per image pixel, in units of the widest
+# full-resolution channel count (elements); measured on the CPU with full-size FLUX widths
+# (benchmarks/vae.py).
+KL_PEAK_FACTOR = 4.0
+TINY_PEAK_FACTOR = 3.0
+
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def load_vae(path, device=None, dtype: str = "auto"):
+    """A :class:`~models.vae.NextDiTVAE` from ``path`` (file, diffusers ``vae/`` folder, or a
+    pipeline folder holding one), on ``device`` (default CPU) in ``dtype`` (auto, fp32, bf16, fp16;
+    auto is bf16 on a GPU that supports it, else fp32)."""
+    import torch
+
+    from ..models.latent_format import METADATA_SCALE_KEY, latent_format_from_metadata
+    from ..models.vae import NextDiTVAE
+
+    path = Path(path)
+    # Headers only: the whole file is checked before any tensor data is read.
+    refs = open_weights(path, subfolder="vae")
+    state = select_vae_keys(refs)
+    metadata = read_metadata(path)
+    try:
+        latent_format = latent_format_from_metadata(metadata)
+    except ValueError as error:
+        raise WeightsError(path, f"bad latent format in the file's metadata: {error}") from None
+    layout = detect_layout(state)
+    if layout is None:
+        what = describe_contents({key: ref.shape for key, ref in refs.items()})
+        raise WeightsError(path, f"not a VAE: it looks like {what}. Expected the FLUX "
+                                 f"autoencoder (ae.safetensors or a diffusers vae/ folder) or the "
+                                 f"TAEF1 tiny decoder (taef1_decoder.pth / .safetensors).")
+    device = torch.device(device or "cpu")
+    torch_dtype = _resolve_dtype(dtype, device)
+    if layout in ("ldm", "diffusers_kl"):
+        state = ldm_to_diffusers(state) if layout == "ldm" else state
+        model, info = _build_kl(path, state)
+    else:
+        state = taesd_to_diffusers(state) if layout == "taesd" else state
+        model, info = _build_tiny(path, state)
+    if info.latent_channels != FLUX_LATENT_CHANNELS and METADATA_SCALE_KEY not in metadata:
+        raise WeightsError(path, f"a VAE with {info.latent_channels} latent channels (e.g. an SD / "
+                                 f"SDXL VAE); NewBie's latents have {FLUX_LATENT_CHANNELS}: use the "
+                                 f"FLUX.1 autoencoder ae.safetensors or TAEF1.")
+    what = "FLUX-type autoencoder" if info.kind == "flux" else "tiny autoencoder (TAESD/TAEF1)"
+    _load_strict(path, model, state, torch_dtype, what)
+    model.to(device=device).eval().requires_grad_(False)
+    return NextDiTVAE(model, latent_format, info)
+
+
+def _resolve_dtype(name: str, device):
+    import torch
+
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if name not in _DTYPES:
+        raise ValueError(f"dtype={name!r}; expected auto or one of {', '.join(_DTYPES)}")
+    return getattr(torch, _DTYPES[name])
+
+
+def _indices(state: dict, pattern: str) -> list[int]:
+    return sorted({int(m.group(1)) for key in state if (m := re.match(pattern, key))})
+
+
+def infer_kl_config(path, state: dict) -> dict:
+    """``AutoencoderKL`` config from diffusers-named shapes (the decoder is required)."""
+    up = _indices(state, r"decoder\.up_blocks\.(\d+)\.")
+    if "decoder.conv_in.weight" not in state or not up:
+        raise WeightsError(path, "an autoencoder without its decoder (decoder.conv_in / up blocks "
+                                 "missing): the file is incomplete")
+    # Decoder levels run from the widest to the full-resolution one; configs list them reversed.
+    widths = [state[f"decoder.up_blocks.{i}.resnets.0.conv1.weight"].shape[0] for i in up][::-1]
+    odd = [w for w in widths if w % NORM_GROUPS]
+    if odd:
+        raise WeightsError(path, f"channel counts {widths} are not multiples of {NORM_GROUPS} "
+                                 f"(GroupNorm groups): not an LDM/FLUX autoencoder")
+    decoder_layers = len(_indices(state, r"decoder\.up_blocks\.0\.resnets\.(\d+)\."))
+    has_encoder = "encoder.conv_in.weight" in state
+    return dict(
+        in_channels=state["encoder.conv_in.weight"].shape[1] if has_encoder else 3,
+        out_channels=state["decoder.conv_out.weight"].shape[0],
+        down_block_types=["DownEncoderBlock2D"] * len(widths),
+        up_block_types=["UpDecoderBlock2D"] * len(widths),
+        block_out_channels=widths,
+        layers_per_block=decoder_layers - 1,  # the decoder has one block more per level
+        latent_channels=state["decoder.conv_in.weight"].shape[1],
+        norm_num_groups=NORM_GROUPS,
+        use_quant_conv="quant_conv.weight" in state,
+        use_post_quant_conv="post_quant_conv.weight" in state,
+        mid_block_add_attention="decoder.mid_block.attentions.0.to_q.weight" in state,
+    )
+
+
+def _build_kl(path, state: dict):
+    import torch
+    from diffusers import AutoencoderKL
+
+    from ..models.vae import VAEInfo
+
+    config = infer_kl_config(path, state)
+    with torch.device("meta"):
+        model = AutoencoderKL(**config)
+    has_encoder = "encoder.conv_in.weight" in state
+    if not has_encoder:  # decoder-only file: decode works, encode is refused
+        model.encoder = None
+        model.quant_conv = None
+    widths = config["block_out_channels"]
+    full_res_width = max(widths[:2])  # the last upsample runs at full resolution on widths[1]
+    info = VAEInfo(kind="flux", latent_channels=config["latent_channels"],
+                   downscale=2 ** (len(widths) - 1), can_encode=has_encoder,
+                   decode_elements_per_pixel=KL_PEAK_FACTOR * full_res_width, source=path.name)
+    return model, info
+
+
+def _layer_kinds(state: dict, half: str) -> list[tuple[int, str]]:
+    """(index, "conv" | "block") of the weighted layers of ``{half}.layers`` in order."""
+    kinds = []
+    for index in _indices(state, rf"{half}\.layers\.(\d+)\."):
+        if f"{half}.layers.{index}.conv.0.weight" in state:
+            kinds.append((index, "block"))
+        elif f"{half}.layers.{index}.weight" in state:
+            kinds.append((index, "conv"))
+    return kinds
+
+
+def infer_tiny_config(path, state: dict) -> dict:
+    """``AutoencoderTiny`` config from diffusers-named shapes: stages are runs of blocks, closed by
+    a conv in the decoder and opened by one in the encoder."""
+    decoder = _layer_kinds(state, "decoder")
+    if not decoder or decoder[0] != (0, "conv") or decoder[-1][1] != "conv":
+        raise WeightsError(path, "a tiny autoencoder without a complete decoder (decoder.layers.0 "
+                                 "conv … final conv): only TAEF1 decoders can be used")
+    blocks, widths, run = [], [], 0
+    for index, kind in decoder[1:]:
+        if kind == "block":
+            run += 1
+            width = state[f"decoder.layers.{index}.conv.0.weight"].shape[0]
+        else:
+            blocks.append(run)
+            widths.append(width if run else state[f"decoder.layers.{index}.weight"].shape[1])
+            run = 0
+    config = dict(latent_channels=state["decoder.layers.0.weight"].shape[1],
+                  out_channels=state[f"decoder.layers.{decoder[-1][0]}.weight"].shape[0],
+                  num_decoder_blocks=tuple(blocks), decoder_block_out_channels=tuple(widths))
+    encoder = _layer_kinds(state, "encoder")
+    if encoder:
+        blocks, widths = [], []
+        for index, kind in encoder[:-1]:  # the last conv maps to the latent channels
+            if kind == "conv":
+                blocks.append(0)
+                widths.append(state[f"encoder.layers.{index}.weight"].shape[0])
+            else:
+                blocks[-1] += 1
+        config.update(in_channels=state["encoder.layers.0.weight"].shape[1],
+                      num_encoder_blocks=tuple(blocks), encoder_block_out_channels=tuple(widths))
+    return config
+
+
+def _build_tiny(path, state: dict):
+    import torch
+    from diffusers import AutoencoderTiny
+
+    from ..models.vae import VAEInfo
+
+    config = infer_tiny_config(path, state)
+    with torch.device("meta"):
+        model = AutoencoderTiny(**config)
+    has_encoder = "num_encoder_blocks" in config
+    if not has_encoder:
+        model.encoder = None
+    info = VAEInfo(kind="tiny", latent_channels=config["latent_channels"],
+                   downscale=2 ** (len(config["num_decoder_blocks"]) - 1), can_encode=has_encoder,
+                   decode_elements_per_pixel=TINY_PEAK_FACTOR * config["decoder_block_out_channels"][-1],
+                   source=path.name)
+    return model, info
+
+
+def _load_strict(path, model, state: dict, dtype, what: str) -> None:
+    """Read every tensor into ``model`` (built on the meta device) in ``dtype``, or raise
+    WeightsError listing what is missing / unexpected / misshapen before reading any data."""
+    import torch
+
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    wrong = [f"{key} {tuple(state[key].shape)} (expected {expected[key]})"
+             for key in expected if key in state and not _fits(state[key].shape, expected[key])]
+    problems = []
+    if missing:
+        problems.append("missing: " + ", ".join(group_keys(missing)))
+    if unexpected:
+        problems.append("unexpected: " + ", ".join(group_keys(unexpected)))
+    if wrong:
+        problems.append("wrong shape: " + ", ".join(wrong[:6]) + (" …" if len(wrong) > 6 else ""))
+    if problems:
+        raise WeightsError(path, f"does not fit the {what} its shapes suggest; "
+                                 + "; ".join(problems)
+                                 + ". The file may be truncated, or a different model.")
+    tensors = {}
+    for key, shape in expected.items():
+        ref = state[key]
+        tensor = ref.load(dtype) if hasattr(ref, "load") else torch.as_tensor(ref).to(dtype)
+        tensors[key] = tensor.reshape(shape)  # LDM's 1×1 attention convs → linear weights
+    model.load_state_dict(tensors, strict=True, assign=True)
+
+
+def _fits(shape, expected: tuple) -> bool:
+    """Equal shapes, or a [C,C,1,1] 1×1 conv where a [C,C] linear weight is expected."""
+    shape = tuple(shape)
+    return shape == expected or (len(shape) == 4 and shape[2:] == (1, 1) and shape[:2] == expected)

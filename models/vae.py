@@ -1,0 +1,159 @@
+"""The NEXTDIT_VAE object: a diffusers autoencoder plus the latent format and the image conventions.
+
+Conventions (research/newbie-model.md §7): LATENT values are in the FLUX VAE's raw space;
+the FLUX autoencoder decodes raw latents to [-1,1] and the image is ``clamp((x + 1) / 2, 0, 1)``;
+encoding maps the image to [-1,1] and keeps the mean of the latent distribution (no sampling), as
+the official training did. The tiny decoder (TAEF1) works on the normalised latent, so raw latents
+go through ``latent_format.from_raw`` first (and its encoder's output through ``to_raw``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .latent_format import LatentFormat
+from .tiled_decode import count_tiles, free_memory_bytes, should_tile, tiled_decode
+
+logger = logging.getLogger(__name__)
+
+TILED_CHOICES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class VAEInfo:
+    """What the loader learned about the weights."""
+
+    kind: str  # "flux" (AutoencoderKL) | "tiny" (AutoencoderTiny)
+    latent_channels: int
+    downscale: int  # image pixels per latent pixel, per side
+    can_encode: bool
+    # Estimated peak activation memory of an untiled decode, in elements per image pixel.
+    decode_elements_per_pixel: float
+    source: str = ""
+
+
+class NextDiTVAE:
+    """Decode raw LATENTs to IMAGEs and encode IMAGEs to raw LATENTs.
+
+    ``model`` is a diffusers ``AutoencoderKL`` (kind "flux") or ``AutoencoderTiny`` ("tiny"), in
+    eval mode on its device and dtype; decoder-only weights have ``model.encoder`` set to None.
+    """
+
+    def __init__(self, model: torch.nn.Module, latent_format: LatentFormat, info: VAEInfo):
+        self.model = model
+        self.latent_format = latent_format
+        self.info = info
+
+    @property
+    def kind(self) -> str:
+        return self.info.kind
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def __repr__(self) -> str:
+        return (f"NextDiTVAE(kind={self.kind!r}, latent_channels={self.info.latent_channels}, "
+                f"downscale={self.info.downscale}, {self.latent_format}, source={self.info.source!r})")
+
+    @torch.inference_mode()
+    def decode(self, raw_latent: torch.Tensor, tiled: str = "auto", tile: int = 64,
+               overlap: int = 16, on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """raw latent [B,C,h,w] → IMAGE [B,h*f,w*f,3] float32 in [0,1] on the CPU.
+
+        ``tiled``: "on", "off", or "auto" (tile when an untiled decode would not fit in the free
+        memory of the VAE's device). ``tile``/``overlap`` are in latent pixels. Samples are decoded
+        one at a time; ``on_step(done, total)`` is called after each decoder call.
+        """
+        self._check_latent(raw_latent)
+        if tiled not in TILED_CHOICES:
+            raise ValueError(f"tiled={tiled!r}; expected one of {', '.join(TILED_CHOICES)}")
+        latent = raw_latent if self.kind == "flux" else self.latent_format.from_raw(raw_latent)
+        batch, _, height, width = latent.shape
+        use_tiles = self._use_tiles(tiled, (height, width))
+        per_sample = count_tiles((height, width), tile, overlap) if use_tiles else 1
+        done = 0
+
+        def step() -> None:
+            nonlocal done
+            done += 1
+            if on_step is not None:
+                on_step(done, batch * per_sample)
+
+        images = []
+        for index in range(batch):
+            sample = latent[index:index + 1].to(self.device, self.dtype)
+            if use_tiles:
+                image = tiled_decode(self._decode_model_space, sample, self.info.downscale,
+                                     tile=tile, overlap=overlap, on_tile=step)
+            else:
+                image = self._decode_model_space(sample)
+                step()
+            images.append(((image.float() + 1) / 2).clamp(0, 1).cpu())
+        return torch.cat(images).permute(0, 2, 3, 1).contiguous()
+
+    @torch.inference_mode()
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """IMAGE [B,H,W,C≥3] in [0,1] → raw latent [B,C_latent,H/f,W/f] float32 on the CPU.
+
+        Sizes that are not multiples of the VAE's factor f are centre-cropped down to one.
+        """
+        if not self.info.can_encode:
+            raise ValueError(f"this VAE ({self.info.source or self.kind}) has no encoder weights: "
+                             f"the tiny decoder only decodes. Load the full FLUX VAE "
+                             f"(ae.safetensors) to encode images.")
+        if image.ndim != 4 or image.shape[-1] < 3:
+            raise ValueError(f"expected an IMAGE [B,H,W,3], got shape {tuple(image.shape)}")
+        pixels = _crop_to_multiple(image[..., :3], self.info.downscale)
+        pixels = pixels.permute(0, 3, 1, 2).to(self.device, self.dtype) * 2 - 1
+        latents = []
+        for index in range(pixels.shape[0]):
+            encoded = self.model.encode(pixels[index:index + 1])
+            if self.kind == "flux":
+                latent = encoded.latent_dist.mean  # the distribution's mode: no sampling
+            else:
+                latent = self.latent_format.to_raw(encoded.latents.float())
+            latents.append(latent.float().cpu())
+        return torch.cat(latents)
+
+    def _decode_model_space(self, latent: torch.Tensor) -> torch.Tensor:
+        """The decoder's own input space → image [B,3,H,W] in about [-1,1]."""
+        return self.model.decode(latent).sample
+
+    def _use_tiles(self, tiled: str, latent_hw: tuple[int, int]) -> bool:
+        if tiled != "auto":
+            return tiled == "on"
+        image_hw = (latent_hw[0] * self.info.downscale, latent_hw[1] * self.info.downscale)
+        free = free_memory_bytes(self.device)
+        bytes_per_pixel = self.info.decode_elements_per_pixel * self.dtype.itemsize
+        decision = should_tile(image_hw, bytes_per_pixel, free)
+        logger.debug("tiled=auto: %s for %sx%s (free %.1f GiB)", decision, *image_hw, free / 2**30)
+        return decision
+
+    def _check_latent(self, latent: torch.Tensor) -> None:
+        channels = self.info.latent_channels
+        if latent.ndim != 4 or latent.shape[1] != channels:
+            raise ValueError(f"this VAE decodes latents [B,{channels},h,w]; got shape "
+                             f"{tuple(latent.shape)}. Was the LATENT made for another model?")
+
+
+def _crop_to_multiple(image: torch.Tensor, factor: int) -> torch.Tensor:
+    """Centre-crop [B,H,W,C] so H and W are multiples of ``factor`` (as core VAEEncode does)."""
+    height, width = image.shape[1], image.shape[2]
+    new_h, new_w = height // factor * factor, width // factor * factor
+    if new_h == 0 or new_w == 0:
+        raise ValueError(f"image {height}x{width} is smaller than the VAE's factor {factor}")
+    if (new_h, new_w) != (height, width):
+        logger.warning("cropping the image from %dx%d to %dx%d (multiples of %d) before encoding",
+                       width, height, new_w, new_h, factor)
+        top, left = (height - new_h) // 2, (width - new_w) // 2
+        image = image[:, top:top + new_h, left:left + new_w]
+    return image
