@@ -100,8 +100,7 @@ def _as_text(text: str | bytes) -> str:
 
 
 def _strip_system_prompt(text: str, result: ParsedPrompt) -> int:
-    """Detect a leading system prompt ("You are ... <Prompt Start>"); return where the rest starts.
-    """
+    """Find a leading system prompt ("You are ... <Prompt Start>"); return where the rest starts."""
     end = text.find(PROMPT_START)
     # Leading means nothing tag-like before it: system prompts are plain sentences.
     if end < 0 or "<" in text[:end]:

@@ -72,7 +72,7 @@ def parse_structure(source: str, start: int, end: int, result: ParsedPrompt) -> 
         raise error_at(
             source, top.start, f"<{top.name}> is never closed: add </{top.name}> after its content"
         )
-    state.finish(source[start:end])
+    state.finish(start, end)
 
 
 class _State:
@@ -111,8 +111,11 @@ class _State:
                 f"<{name}> is nested {MAX_DEPTH + 1} tags deep; NewBie prompts nest at most 3 "
                 "deep (<image>, a block, a field): close the tags before opening new ones",
             )
-        owner = parent if parent is not None and parent.kind in _BLOCKS else None
-        entry = _Open(name, kind, start, content, owner=owner or (parent.owner if parent else None))
+        if parent is None:
+            owner = None
+        else:
+            owner = parent if parent.kind in _BLOCKS else parent.owner
+        entry = _Open(name, kind, start, content, owner=owner)
         if parent is not None and parent.kind in _FIELDS:
             self.warn(f"<{name}> is inside <{parent.name}>: field tags hold text, not other tags")
         if kind == "character":
@@ -191,7 +194,7 @@ class _State:
         else:
             block[name] = value
 
-    def finish(self, text: str) -> None:
+    def finish(self, start: int, end: int) -> None:
         result = self.result
         if self.roots:
             result.dialect = "image"
@@ -201,7 +204,7 @@ class _State:
         _check_numbers(result)
         _check_count(result)
         self._report_unknown()
-        if "<!" in text or "<?" in text:
+        if self.source.find("<!", start, end) >= 0 or self.source.find("<?", start, end) >= 0:
             self.warn("markup declarations (<!DOCTYPE>, <!ENTITY>, <?...?>, <![CDATA[) are not "
                       "processed: they are kept as plain text and no entity is expanded")
 
