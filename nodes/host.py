@@ -143,3 +143,16 @@ def torch_device():
         return mm.get_torch_device()
     except ImportError:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def free_memory(bytes_needed: int, device) -> None:
+    """Ask ComfyUI to unload its own models until ``bytes_needed`` bytes are free on ``device``
+    (before the pack moves large weights there); a no-op headless and for the CPU."""
+    try:
+        import comfy.model_management as mm  # noqa: PLC0415
+    except ImportError:
+        return
+    import torch  # noqa: PLC0415
+
+    if torch.device(device).type != "cpu":
+        mm.free_memory(bytes_needed, torch.device(device))
