@@ -16,12 +16,14 @@ class HeadCount:
 
     ``exact`` is the total when every mentioned group has an exact number, else None;
     ``at_least`` the smallest total the value allows; ``conflicts`` lists self-contradictions
-    such as "1girl" next to "multiple_girls".
+    such as "1girl" next to "multiple_girls"; ``groups`` the exact number per group
+    ("girl", "boy", "other") when ``exact`` is known.
     """
 
     exact: int | None
     at_least: int
     conflicts: tuple[str, ...] = ()
+    groups: tuple[tuple[str, int], ...] = ()
 
 
 def read_head_count(value: str) -> HeadCount | None:
@@ -64,4 +66,5 @@ def read_head_count(value: str) -> HeadCount | None:
             conflicts.append("no_humans next to a head count")
         else:
             total, at_least = 0, 0
-    return HeadCount(total, at_least, tuple(conflicts))
+    by_group = tuple(sorted(exact.items())) if total is not None and not no_humans else ()
+    return HeadCount(total, at_least, tuple(conflicts), by_group)

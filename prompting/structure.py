@@ -274,6 +274,24 @@ def _check_count(result: ParsedPrompt) -> None:
         result.warnings.append(
             f"<count>{value}</count> means at least {head_count.at_least} but {people}"
         )
+    elif head_count.groups:
+        _check_genders(result, value, dict(head_count.groups))
+
+
+def _check_genders(result: ParsedPrompt, value: str, groups: dict[str, int]) -> None:
+    """When every character's <gender> is a single person ("1girl"), their tally must match."""
+    genders = [read_head_count(c.get("gender", "")) for c in result.characters]
+    if not all(g is not None and g.exact == 1 and g.groups for g in genders):
+        return
+    tally: dict[str, int] = {}
+    for gender in genders:
+        group = gender.groups[0][0]
+        tally[group] = tally.get(group, 0) + 1
+    if tally != groups:
+        written = ", ".join(c["gender"] for c in result.characters)
+        result.warnings.append(
+            f"<count>{value}</count> disagrees with the characters' genders ({written})"
+        )
 
 
 def _short(text: str, limit: int = 40) -> str:

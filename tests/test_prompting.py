@@ -388,6 +388,20 @@ def test_count_against_characters(count, characters, warns):
     assert any("<count>" in w for w in warnings) == warns, warnings
 
 
+@pytest.mark.parametrize("count, genders, warns", [
+    ("2girls", ["1girl", "1boy"], True),
+    ("1girl, 1boy", ["1boy", "1girl"], False),
+    ("1girl, 1boy", ["1girl", "1girl"], True),
+    ("2girls", ["1girl", "tall"], False),  # a gender we cannot read: no comparison
+])
+def test_count_against_the_characters_genders(count, genders, warns):
+    text = "".join(
+        f"<character_{i}><gender>{g}</gender></character_{i}>" for i, g in enumerate(genders, 1)
+    ) + f"<general_tags><count>{count}</count></general_tags>"
+    warnings = parse_prompt(text).warnings
+    assert any("genders" in w for w in warnings) == warns, warnings
+
+
 def test_head_count_reading():
     assert (read_head_count("2girls, multiple_girls").exact, read_head_count("2girls").at_least) == (2, 2)
     assert read_head_count("1girl, 2boys").exact == 3
