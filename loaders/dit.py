@@ -5,7 +5,8 @@ Order of work, so that a wrong file fails before any heavy reading:
    `norm_final` dropped), infer the params from shapes, build the model on the meta device and
    compare every key and shape strictly;
 2. data: read each tensor straight into its storage dtype and hand it to the model with
-   `load_state_dict(assign=True)`, so no second copy of the weights ever exists.
+   `load_state_dict(assign=True)`, so no second copy of the weights ever exists (a tensor already
+   in the wanted dtype is a paged-in private memory map of the file: no copy at all; see files.py).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def load_dit(path, dtype: str = "fp32", device: torch.device | str = "cpu"):
     for key in expected:
         storage = plan.storage(key)
         if storage == dtypes.FP8:
-            weight, scale = dtypes.quantize_fp8(state.pop(key).load())
+            weight, scale = dtypes.quantize_fp8(state.pop(key).load(own=True))
             tensors[key], tensors[key + "_scale"] = weight.to(device), scale.to(device)
         else:
             tensors[key] = state.pop(key).load(storage, device)

@@ -9,11 +9,15 @@ the caller's job (``loaders/keys.py``).
 Two entry points:
 - ``open_weights(path)`` -> ``{key: TensorRef}``: shapes and dtypes from the file header only, so
   a caller can validate everything before reading a byte of data, then read each tensor straight
-  into its final dtype (``ref.load(dtype, device)``). Safetensors data is read with plain file
-  reads into freshly allocated memory, never memory-mapped: the result owns its memory (nothing
-  changes if the file is replaced on disk) and the process never holds a mapped copy of the file
-  next to the loaded copy.
+  into its final dtype (``ref.load(dtype, device)``).
 - ``read_state_dict(path)`` -> ``{key: Tensor}``: the same, all loaded.
+
+How data is read, so that the weights never exist twice in memory:
+- wanted in the file's own dtype on the CPU: the tensor is a private (copy-on-write) memory map of
+  the file, paged in at once (``_prefault``). No copy at all; writing into it never touches the file.
+- wanted in another dtype or on another device: the bytes are read with plain file reads into a
+  buffer for this one tensor, converted, and the buffer dropped, so no mapping of the whole file
+  stays resident next to the converted weights.
 """
 
 from __future__ import annotations
@@ -47,22 +51,28 @@ _SAFETENSORS_DTYPES = {
 
 @dataclass(frozen=True)
 class TensorRef:
-    """One tensor of a weight file, not yet read. ``load`` reads it (in the file's dtype unless
-    ``dtype`` is given) into memory it owns; the only transient copy is this one tensor."""
+    """One tensor of a weight file, not yet read.
+
+    ``reader(dtype, device, own)`` returns it in ``dtype`` (None: the file's) on ``device`` (None:
+    CPU); ``own`` asks for fresh memory even where a memory map would do (for a tensor that is only
+    an input to a copy, so the map's pages do not stay resident). The only transient copy a read
+    makes is of this one tensor.
+    """
 
     file: Path
     shape: tuple[int, ...]
     dtype: torch.dtype
-    reader: Callable[[], torch.Tensor]
+    reader: Callable[[torch.dtype | None, torch.device | None, bool], torch.Tensor]
 
-    def load(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
-        tensor = self.reader()
-        return tensor.to(device=device, dtype=dtype or tensor.dtype)
+    def load(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+             own: bool = False) -> torch.Tensor:
+        return self.reader(dtype, torch.device(device) if device is not None else None, own)
 
     @classmethod
     def of(cls, tensor: torch.Tensor, file: Path | str = "<memory>") -> "TensorRef":
         """A ref to a tensor already in memory (tests, pickles)."""
-        return cls(Path(file), tuple(tensor.shape), tensor.dtype, lambda: tensor)
+        return cls(Path(file), tuple(tensor.shape), tensor.dtype,
+                   lambda dtype, device, own: tensor.to(device=device, dtype=dtype or tensor.dtype))
 
 
 def open_weights(path, subfolder: str | None = None) -> dict[str, TensorRef]:
@@ -84,7 +94,8 @@ def open_weights(path, subfolder: str | None = None) -> dict[str, TensorRef]:
 
 
 def read_state_dict(path, subfolder: str | None = None) -> dict[str, torch.Tensor]:
-    """All tensors of ``path`` as ``{key: tensor}`` in the file's dtypes, in memory they own."""
+    """All tensors of ``path`` as ``{key: tensor}`` in the file's dtypes (safetensors data is a
+    private memory map of the file, already paged in)."""
     return {key: ref.load() for key, ref in open_weights(path, subfolder).items()}
 
 
@@ -177,8 +188,42 @@ def _read_exact(path: Path, offset: int, out: torch.Tensor) -> None:
             done += got
 
 
+def _prefault(tensor: torch.Tensor) -> None:
+    """Page a memory-mapped tensor in now (one byte per 4 KiB page), so the model is really in
+    memory when loading returns instead of being read from disk during the first step."""
+    if tensor.numel():
+        tensor.reshape(-1).view(torch.uint8)[::4096].sum()
+
+
+class _SafetensorsFile:
+    """Reads tensors of one safetensors file; the memory map is opened on first use."""
+
+    def __init__(self, path: Path, data_start: int):
+        self.path, self.data_start = path, data_start
+        self._handle = None
+
+    def mapped(self, key: str) -> torch.Tensor:
+        if self._handle is None:
+            from safetensors import safe_open
+
+            try:
+                self._handle = safe_open(str(self.path), framework="pt")
+            except Exception as error:  # noqa: BLE001 - its own stricter checks failed
+                raise WeightsError(self.path, f"not a readable safetensors file ({error})") from error
+        tensor = self._handle.get_tensor(key)
+        _prefault(tensor)
+        return tensor
+
+    def read(self, begin: int, end: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        buffer = torch.empty(end - begin, dtype=torch.uint8)
+        if end > begin:
+            _read_exact(self.path, self.data_start + begin, buffer)
+        return buffer.view(dtype).reshape(shape)
+
+
 def _open_safetensors(path: Path) -> dict[str, TensorRef]:
     header, data_start = _read_safetensors_header(path)
+    source = _SafetensorsFile(path, data_start)
     refs = {}
     for key, info in header.items():
         if key == "__metadata__":
@@ -186,11 +231,10 @@ def _open_safetensors(path: Path) -> dict[str, TensorRef]:
         begin, end = info["data_offsets"]
         dtype, shape = _SAFETENSORS_DTYPES[info["dtype"]], tuple(int(d) for d in info["shape"])
 
-        def reader(begin=begin, end=end, dtype=dtype, shape=shape):
-            buffer = torch.empty(end - begin, dtype=torch.uint8)
-            if end > begin:
-                _read_exact(path, data_start + begin, buffer)
-            return buffer.view(dtype).reshape(shape)
+        def reader(want, device, own, key=key, begin=begin, end=end, dtype=dtype, shape=shape):
+            if not own and want in (None, dtype) and (device is None or device.type == "cpu"):
+                return source.mapped(key)
+            return source.read(begin, end, dtype, shape).to(device=device, dtype=want or dtype)
 
         refs[key] = TensorRef(path, shape, dtype, reader)
     return refs

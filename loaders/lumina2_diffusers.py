@@ -51,8 +51,9 @@ def _fused(parts: list[TensorRef]) -> TensorRef:
     q = parts[0]
     rows = sum(part.shape[0] for part in parts)
 
-    def reader():
-        return torch.cat([part.load() for part in parts], dim=0)
+    def reader(dtype, device, own):
+        # Parts read into fresh memory (not mapped), so only the fused copy stays.
+        return torch.cat([part.load(dtype, device, own=True) for part in parts], dim=0)
 
     return TensorRef(q.file, (rows, *q.shape[1:]), q.dtype, reader)
 
