@@ -73,12 +73,13 @@ def resolve_dtypes(name: str, device: torch.device | str) -> tuple[torch.dtype, 
 
 
 def load_text_encoders(gemma_path, jina_path, device: torch.device | str = "cpu",
-                       dtype: str = "auto") -> TextEncoders:
+                       dtype: str = "auto", make_room=None) -> TextEncoders:
     """NEXTDIT_TEXT for two weight paths; ``device`` is where encoding runs (the weights stay on
-    the CPU between encodes). Loads now, so a bad file fails here."""
+    the CPU between encodes; ``make_room(bytes, device)`` is called before they move there).
+    Loads now, so a bad file fails here."""
     gemma_dtype, jina_dtype = resolve_dtypes(dtype, device)
     load = partial(_load_pair, Path(gemma_path), Path(jina_path), gemma_dtype, jina_dtype)
-    return TextEncoders(load, compute_device=device, encoders=load(),
+    return TextEncoders(load, compute_device=device, encoders=load(), make_room=make_room,
                         name=f"{Path(gemma_path).name} + {Path(jina_path).name}")
 
 

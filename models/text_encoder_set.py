@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 CACHE_SIZE = 32
 
 Loader = Callable[[], "tuple[Encoder, Encoder]"]
+MakeRoom = Callable[[int, torch.device], None]   # (bytes needed, device): the host frees memory
 
 
 class TextEncoders:
@@ -32,8 +33,9 @@ class TextEncoders:
 
     def __init__(self, load: Loader, compute_device: torch.device | str = "cpu",
                  name: str = "", cache_size: int = CACHE_SIZE,
-                 encoders: tuple[Encoder, Encoder] | None = None):
+                 encoders: tuple[Encoder, Encoder] | None = None, make_room: MakeRoom | None = None):
         self._load = load
+        self._make_room = make_room
         self.compute_device = torch.device(compute_device)
         self.storage_device = torch.device("cpu")
         self.name = name
@@ -71,6 +73,8 @@ class TextEncoders:
             return _copy(self._cache[key])
         gemma, jina = self._ensure_loaded()
         try:
+            if self.compute_device != self.storage_device and self._make_room is not None:
+                self._make_room(self.weight_bytes(), self.compute_device)
             self._move(self.compute_device)
             result = encode_pair(gemma, jina, gemma_text, jina_text)
         finally:
@@ -94,6 +98,12 @@ class TextEncoders:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def weight_bytes(self) -> int:
+        """Memory the loaded encoders' weights take (0 when freed)."""
+        if self._pair is None:
+            return 0
+        return sum(p.numel() * p.element_size() for e in self._pair for p in e.model.parameters())
 
     def clear_cache(self) -> None:
         self._cache.clear()

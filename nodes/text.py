@@ -75,7 +75,7 @@ class NextDiTTextEncoderLoader:
         compute = host.torch_device() if device == "auto" else "cpu"
         return (load_text_encoders(host.resolve_model_file("text_encoders", gemma_name),
                                    host.resolve_model_file("text_encoders", jina_name),
-                                   device=compute, dtype=dtype),)
+                                   device=compute, dtype=dtype, make_room=host.free_memory),)
 
 
 class NextDiTTextEncode:

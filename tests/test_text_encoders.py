@@ -186,9 +186,9 @@ def test_gemma_vision_tower_is_never_read(gemma_files, monkeypatch):
         return {k: tf_ref(ref, k) for k, ref in refs.items()}
 
     def tf_ref(ref, key):
-        def reader():
+        def reader(*args):
             read.append(key)
-            return ref.load()
+            return ref.reader(*args)
         return type(ref)(ref.file, ref.shape, ref.dtype, reader)
 
     monkeypatch.setattr(lte, "open_weights", recording)
@@ -362,3 +362,30 @@ def test_tokenizer_must_come_from_the_file(gemma_ref, jina_ref, tmp_path):
     save_file(tensors, str(tmp_path / "mixed.safetensors"), metadata={"config": json.dumps(tf.JINA_FILE_CONFIG)})
     with pytest.raises(WeightsError, match="tokenizer does not belong"):
         lte.load_jina(tmp_path / "mixed.safetensors")
+
+
+def test_gpu_policy_makes_room_visits_the_gpu_and_comes_back(gemma, jina, monkeypatch):
+    # Control flow only (this machine may have no GPU): moves are recorded instead of done.
+    events = []
+    encoders = TextEncoders(lambda: (gemma, jina), compute_device="cuda", encoders=(gemma, jina),
+                            make_room=lambda size, device: events.append(("make_room", size, device.type)))
+    monkeypatch.setattr(encoders, "_move", lambda device: events.append(("move", device.type)))
+    encoders.encode("policy " + TEXTS[0], TEXTS[0])
+    size = sum(p.numel() * p.element_size() for m in (gemma.model, jina.model) for p in m.parameters())
+    assert events == [("make_room", size, "cuda"), ("move", "cuda"), ("move", "cpu")]
+    events.clear()
+    encoders.encode("policy " + TEXTS[0], TEXTS[0])                # cached: the GPU is not touched
+    assert events == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_encoding_on_the_gpu_matches_the_cpu_and_leaves_weights_on_the_cpu(gemma_files, jina_files):
+    cpu = lte.load_text_encoders(gemma_files["comfy"], jina_files["original_lora"], device="cpu", dtype="fp32")
+    gpu = lte.load_text_encoders(gemma_files["comfy"], jina_files["original_lora"], device="cuda", dtype="fp32")
+    want, got = cpu.encode("x " + TEXTS[1], TEXTS[1]), gpu.encode("x " + TEXTS[1], TEXTS[1])
+    assert got.cap_feats.device.type == "cpu" and got.pooled.device.type == "cpu"
+    torch.testing.assert_close(got.cap_feats, want.cap_feats, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.pooled, want.pooled, rtol=1e-4, atol=1e-4)
+    assert {p.device.type for e in (gpu.gemma, gpu.jina) for p in e.model.parameters()} == {"cpu"}
+    bf16 = lte.load_text_encoders(gemma_files["comfy"], jina_files["comfy"], device="cuda", dtype="auto")
+    assert torch.isfinite(bf16.encode(TEXTS[0], TEXTS[0]).cap_feats).all()
