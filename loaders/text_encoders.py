@@ -5,13 +5,15 @@ Gemma 3 (text model only; the vision tower is never read):
   ``model.language_model.*`` (what newer transformers save), next to ``vision_tower.*`` and
   ``multi_modal_projector.*``;
 - text-only layouts: ``model.*`` (``Gemma3ForCausalLM``, ComfyUI ``gemma_3_4b_it_bf16.safetensors``)
-  or bare ``Gemma3TextModel`` keys; also ``language_model.*``.
+  or bare ``Gemma3TextModel`` keys; also ``language_model.*`` (``Gemma3Model``, as the official
+  ComfyUI-Newbie-Nodes ``convert_text_encoders.py`` saves it).
 Jina CLIP v2 (text tower only): the original ``text_model.transformer.roberta.*`` layout with its
 ``retrieval.query`` LoRA merged in, ComfyUI ``jina_clip_v2_bf16.safetensors`` (``model.*``), bare
 or ``roberta.``-prefixed flash keys, and transformers ``JinaEmbeddingsV3Model`` keys.
 
-Tokenizers come from the same place: a folder's tokenizer files, or a single file's
-``spiece_model`` tensor (a serialized SentencePiece model).
+Tokenizers come from the same place: a folder's tokenizer files, a single file's ``spiece_model``
+tensor (a serialized SentencePiece model), or the tokenizer files the official converter stores
+base64-encoded in the metadata (``tokenizer_files``). Never from the network.
 
 Config: a model whose shapes are the real one's gets the real config fixed in
 ``models/text_encoders.py``. A smaller model takes its sizes from tensor shapes (vocab, hidden,
@@ -291,6 +293,9 @@ def _tokenizer(path: Path, refs: dict, add_bos: bool, add_eos: bool):
             return SentencePieceTokenizer(proto, add_bos=add_bos, add_eos=add_eos)
         except Exception as error:  # noqa: BLE001 - sentencepiece raises plain RuntimeError
             raise WeightsError(path, f"its spiece_model tensor is not a SentencePiece model ({error})") from error
+    embedded = read_metadata(path).get("tokenizer_files") if not path.is_dir() else None
+    if embedded:
+        return _metadata_tokenizer(path, embedded)
     folder = _tokenizer_folder(path)
     if folder is None:
         raise WeightsError(path, "no tokenizer found: the file has no spiece_model tensor and no "
@@ -300,6 +305,22 @@ def _tokenizer(path: Path, refs: dict, add_bos: bool, add_eos: bool):
         return HFTokenizer(folder)
     except Exception as error:  # noqa: BLE001 - transformers raises many types here
         raise WeightsError(folder, f"its tokenizer files cannot be read ({error})") from error
+
+
+def _metadata_tokenizer(path: Path, embedded: str):
+    """A tokenizer saved into the metadata as ``{file name: base64 bytes}`` (the official
+    ComfyUI-Newbie-Nodes ``convert_text_encoders.py`` format)."""
+    import base64
+    import tempfile
+
+    try:
+        files = {Path(name).name: base64.b64decode(data) for name, data in json.loads(embedded).items()}
+        with tempfile.TemporaryDirectory() as folder:
+            for name, data in files.items():
+                (Path(folder) / name).write_bytes(data)
+            return HFTokenizer(folder)   # reads every file now
+    except Exception as error:  # noqa: BLE001 - bad JSON/base64 or unreadable tokenizer files
+        raise WeightsError(path, f"the tokenizer stored in its metadata cannot be read ({error})") from error
 
 
 def _check_special(path: Path, tokenizer, bos: int, vocab: int, eos: int | None = None) -> None:

@@ -38,7 +38,8 @@ def jina_ref():
 @pytest.fixture(scope="module")
 def gemma_files(gemma_ref, tmp_path_factory):
     root = tmp_path_factory.mktemp("gemma")
-    return {layout: tf.write_gemma(root / (layout + (".safetensors" if layout == "comfy" else "")),
+    single = ("comfy", "newbie_converter")
+    return {layout: tf.write_gemma(root / (layout + (".safetensors" if layout in single else "")),
                                    gemma_ref[1], layout) for layout in tf.GEMMA_LAYOUTS}
 
 
@@ -192,7 +193,7 @@ def test_gemma_vision_tower_is_never_read(gemma_files, monkeypatch):
         return type(ref)(ref.file, ref.shape, ref.dtype, reader)
 
     monkeypatch.setattr(lte, "open_weights", recording)
-    for layout in ("hf_multimodal_legacy", "hf_multimodal"):
+    for layout in ("hf_multimodal_legacy", "hf_multimodal", "newbie_converter"):
         read.clear()
         lte.load_gemma(gemma_files[layout])
         assert read and not [k for k in read if "vision" in k or "multi_modal" in k or "lm_head" in k]

@@ -107,7 +107,7 @@ def _junk(shape, seed=5) -> torch.Tensor:
 
 # ---- Gemma layouts ----------------------------------------------------------------------------
 
-GEMMA_LAYOUTS = ("comfy", "hf_text", "hf_bare", "hf_multimodal_legacy", "hf_multimodal")
+GEMMA_LAYOUTS = ("comfy", "hf_text", "hf_bare", "hf_multimodal_legacy", "hf_multimodal", "newbie_converter")
 
 
 def _save_gemma_tokenizer(folder: Path) -> None:
@@ -132,9 +132,15 @@ def write_gemma(path: Path, state: dict, layout: str, with_config: bool = True,
             tensors["spiece_model"] = _uint8(gemma_spm())
         save_file(tensors, str(path), metadata={"config": json.dumps(config)} if with_config else None)
         return path
-    path.mkdir(parents=True, exist_ok=True)
     vision = {"vision_tower.vision_model.embeddings.patch_embedding.weight": _junk((8, 3, 2, 2)),
               "multi_modal_projector.mm_input_projection_weight": _junk((8, 64))}
+    if layout == "newbie_converter":   # ComfyUI-Newbie-Nodes convert_text_encoders.py (Gemma3Model)
+        tensors = {**{"language_model." + k: v for k, v in state.items()}, **vision}
+        metadata = {"format": "newbie_text_encoder", "config": json.dumps({"text_config": config}),
+                    "tokenizer_files": json.dumps(_gemma_tokenizer_files())}
+        save_file(tensors, str(path), metadata=metadata)
+        return path
+    path.mkdir(parents=True, exist_ok=True)
     if layout == "hf_text":        # Gemma3ForCausalLM.save_pretrained
         shards = [{"model." + k: v for k, v in state.items()}]
     elif layout == "hf_bare":      # Gemma3TextModel.save_pretrained
@@ -158,6 +164,15 @@ def write_gemma(path: Path, state: dict, layout: str, with_config: bool = True,
     if with_tokenizer:
         _save_gemma_tokenizer(path)
     return path
+
+
+def _gemma_tokenizer_files() -> dict[str, str]:
+    import base64
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        _save_gemma_tokenizer(Path(folder))
+        return {p.name: base64.b64encode(p.read_bytes()).decode("ascii") for p in Path(folder).iterdir()}
 
 
 def _save_shards(folder: Path, shards: list[dict]) -> None:
