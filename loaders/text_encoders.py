@@ -39,16 +39,15 @@ import torch
 
 from ..models import text_encoders as te
 from ..models.text_encoder_set import TextEncoders
-from ..models.text_tokenizers import HFTokenizer, SentencePieceTokenizer
 from . import jina_keys
 from .errors import WeightsError
 from .files import TensorRef, open_weights, read_metadata
 from .keys import describe_contents, group_keys
+from .text_tokenizers import check_special, tokenizer_for
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "sentencepiece.bpe.model", "spiece.model")
 
 GEMMA_PREFIXES = ("model.language_model.", "language_model.model.", "language_model.", "model.", "")
 GEMMA_NOT_TEXT = ("vision_tower.", "vision_model.", "multi_modal_projector.", "lm_head.", "spiece_model")
@@ -106,8 +105,8 @@ def load_gemma(path, dtype: torch.dtype = torch.float32) -> te.Encoder:
     model = te.build_gemma(config)
     _check_keys(path, model, _shapes(tower), "Gemma 3 text model")
     model.load_state_dict({k: ref.load(dtype) for k, ref in tower.items()}, strict=True, assign=True)
-    tokenizer = _tokenizer(path, refs, add_bos=True, add_eos=False)
-    _check_special(path, tokenizer, bos=config.bos_token_id, vocab=config.vocab_size)
+    tokenizer = tokenizer_for(path, refs, add_bos=True, add_eos=False)
+    check_special(path, tokenizer, bos=config.bos_token_id, vocab=config.vocab_size)
     return te.Encoder(model, tokenizer, str(path))
 
 
@@ -141,8 +140,8 @@ def load_jina(path, dtype: torch.dtype = torch.float32) -> te.Encoder:
     model = te.build_jina(config)
     _check_keys(path, model, {k: tuple(v.shape) for k, v in state.items()}, "Jina CLIP v2 text model")
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
-    tokenizer = _tokenizer(path, refs, add_bos=True, add_eos=True)
-    _check_special(path, tokenizer, bos=config.bos_token_id, vocab=config.vocab_size, eos=config.eos_token_id)
+    tokenizer = tokenizer_for(path, refs, add_bos=True, add_eos=True)
+    check_special(path, tokenizer, bos=config.bos_token_id, vocab=config.vocab_size, eos=config.eos_token_id)
     return te.Encoder(model, tokenizer, str(path))
 
 
@@ -275,61 +274,3 @@ def _check_keys(path: Path, model: torch.nn.Module, shapes: dict, what: str) -> 
         lines.append("wrong shape: " + "; ".join(f"{k} {shapes[k]} (expected {expected[k]})" for k in wrong[:6]))
     raise WeightsError(path, f"does not match a {what}: " + " | ".join(lines) +
                              ". The file is incomplete or holds a different model.")
-
-
-# ---- tokenizers -------------------------------------------------------------------------------
-
-def _tokenizer_folder(path: Path) -> Path | None:
-    candidates = [path] if path.is_dir() else [path.parent]
-    if path.is_dir() and path.name.startswith("text_encoder"):   # diffusers-style repo
-        candidates.append(path.parent / path.name.replace("text_encoder", "tokenizer", 1))
-    return next((c for c in candidates if any((c / f).is_file() for f in TOKENIZER_FILES)), None)
-
-
-def _tokenizer(path: Path, refs: dict, add_bos: bool, add_eos: bool):
-    if "spiece_model" in refs and not path.is_dir():
-        proto = refs["spiece_model"].load().contiguous().numpy().tobytes()
-        try:
-            return SentencePieceTokenizer(proto, add_bos=add_bos, add_eos=add_eos)
-        except Exception as error:  # noqa: BLE001 - sentencepiece raises plain RuntimeError
-            raise WeightsError(path, f"its spiece_model tensor is not a SentencePiece model ({error})") from error
-    embedded = read_metadata(path).get("tokenizer_files") if not path.is_dir() else None
-    if embedded:
-        return _metadata_tokenizer(path, embedded)
-    folder = _tokenizer_folder(path)
-    if folder is None:
-        raise WeightsError(path, "no tokenizer found: the file has no spiece_model tensor and no "
-                                 "tokenizer files (tokenizer.json / tokenizer.model) sit next to it. "
-                                 "Use the ComfyUI single file or the complete HF folder.")
-    try:
-        return HFTokenizer(folder)
-    except Exception as error:  # noqa: BLE001 - transformers raises many types here
-        raise WeightsError(folder, f"its tokenizer files cannot be read ({error})") from error
-
-
-def _metadata_tokenizer(path: Path, embedded: str):
-    """A tokenizer saved into the metadata as ``{file name: base64 bytes}`` (the official
-    ComfyUI-Newbie-Nodes ``convert_text_encoders.py`` format)."""
-    import base64
-    import tempfile
-
-    try:
-        files = {Path(name).name: base64.b64decode(data) for name, data in json.loads(embedded).items()}
-        with tempfile.TemporaryDirectory() as folder:
-            for name, data in files.items():
-                (Path(folder) / name).write_bytes(data)
-            return HFTokenizer(folder)   # reads every file now
-    except Exception as error:  # noqa: BLE001 - bad JSON/base64 or unreadable tokenizer files
-        raise WeightsError(path, f"the tokenizer stored in its metadata cannot be read ({error})") from error
-
-
-def _check_special(path: Path, tokenizer, bos: int, vocab: int, eos: int | None = None) -> None:
-    problems = []
-    if tokenizer.bos_id != bos:
-        problems.append(f"its BOS id is {tokenizer.bos_id}, the model's is {bos}")
-    if eos is not None and tokenizer.eos_id != eos:
-        problems.append(f"its EOS id is {tokenizer.eos_id}, the model's is {eos}")
-    if tokenizer.vocab_size > vocab:
-        problems.append(f"it has {tokenizer.vocab_size} tokens, the model only {vocab}")
-    if problems:
-        raise WeightsError(path, "the tokenizer does not belong to this model: " + "; ".join(problems))

@@ -1,0 +1,78 @@
+"""Finding a text encoder's tokenizer in its own files (never the network).
+
+A folder's tokenizer files (``tokenizer.json`` / ``tokenizer.model`` / ``sentencepiece.bpe.model``;
+for a diffusers-style ``text_encoder*/`` folder also the sibling ``tokenizer*/``), a single file's
+``spiece_model`` tensor (ComfyUI: a serialized SentencePiece model), or tokenizer files stored
+base64-encoded in the safetensors metadata (``tokenizer_files``: the official
+ComfyUI-Newbie-Nodes converter). ``check_special`` refuses a tokenizer whose special ids or
+vocabulary do not fit the model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..models.text_tokenizers import HFTokenizer, SentencePieceTokenizer
+from .errors import WeightsError
+from .files import read_metadata
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "sentencepiece.bpe.model", "spiece.model")
+
+
+def _tokenizer_folder(path: Path) -> Path | None:
+    candidates = [path] if path.is_dir() else [path.parent]
+    if path.is_dir() and path.name.startswith("text_encoder"):   # diffusers-style repo
+        candidates.append(path.parent / path.name.replace("text_encoder", "tokenizer", 1))
+    return next((c for c in candidates if any((c / f).is_file() for f in TOKENIZER_FILES)), None)
+
+
+def tokenizer_for(path: Path, refs: dict, add_bos: bool, add_eos: bool):
+    """The tokenizer stored with the weights at ``path`` (``refs``: its tensors); ``add_bos`` /
+    ``add_eos`` apply to SentencePiece models (HF tokenizers carry their own rule)."""
+    if "spiece_model" in refs and not path.is_dir():
+        proto = refs["spiece_model"].load().contiguous().numpy().tobytes()
+        try:
+            return SentencePieceTokenizer(proto, add_bos=add_bos, add_eos=add_eos)
+        except Exception as error:  # noqa: BLE001 - sentencepiece raises plain RuntimeError
+            raise WeightsError(path, f"its spiece_model tensor is not a SentencePiece model ({error})") from error
+    embedded = read_metadata(path).get("tokenizer_files") if not path.is_dir() else None
+    if embedded:
+        return _metadata_tokenizer(path, embedded)
+    folder = _tokenizer_folder(path)
+    if folder is None:
+        raise WeightsError(path, "no tokenizer found: the file has no spiece_model tensor and no "
+                                 "tokenizer files (tokenizer.json / tokenizer.model) sit next to it. "
+                                 "Use the ComfyUI single file or the complete HF folder.")
+    try:
+        return HFTokenizer(folder)
+    except Exception as error:  # noqa: BLE001 - transformers raises many types here
+        raise WeightsError(folder, f"its tokenizer files cannot be read ({error})") from error
+
+
+def _metadata_tokenizer(path: Path, embedded: str):
+    """A tokenizer saved into the metadata as ``{file name: base64 bytes}`` (the official
+    ComfyUI-Newbie-Nodes ``convert_text_encoders.py`` format)."""
+    import base64
+    import tempfile
+
+    try:
+        files = {Path(name).name: base64.b64decode(data) for name, data in json.loads(embedded).items()}
+        with tempfile.TemporaryDirectory() as folder:
+            for name, data in files.items():
+                (Path(folder) / name).write_bytes(data)
+            return HFTokenizer(folder)   # reads every file now
+    except Exception as error:  # noqa: BLE001 - bad JSON/base64 or unreadable tokenizer files
+        raise WeightsError(path, f"the tokenizer stored in its metadata cannot be read ({error})") from error
+
+
+def check_special(path: Path, tokenizer, bos: int, vocab: int, eos: int | None = None) -> None:
+    problems = []
+    if tokenizer.bos_id != bos:
+        problems.append(f"its BOS id is {tokenizer.bos_id}, the model's is {bos}")
+    if eos is not None and tokenizer.eos_id != eos:
+        problems.append(f"its EOS id is {tokenizer.eos_id}, the model's is {eos}")
+    if tokenizer.vocab_size > vocab:
+        problems.append(f"it has {tokenizer.vocab_size} tokens, the model only {vocab}")
+    if problems:
+        raise WeightsError(path, "the tokenizer does not belong to this model: " + "; ".join(problems))
