@@ -35,6 +35,13 @@ _FLASH_RENAMES = (
     (re.compile(r"^encoder\.layers\.(\d+)\.norm2\."), r"layers.\1.post_mlp_layernorm."),
     (re.compile(r"^encoder\.layers\.(\d+)\.mlp\."), r"layers.\1.mlp."),
 )
+_TO_FLASH = (
+    (re.compile(r"^embeddings\.LayerNorm\."), "emb_ln."),
+    (re.compile(r"^layers\.(\d+)\.self_attn\.o_proj\."), r"encoder.layers.\1.mixer.out_proj."),
+    (re.compile(r"^layers\.(\d+)\.post_attention_layernorm\."), r"encoder.layers.\1.norm1."),
+    (re.compile(r"^layers\.(\d+)\.post_mlp_layernorm\."), r"encoder.layers.\1.norm2."),
+    (re.compile(r"^layers\.(\d+)\.mlp\."), r"encoder.layers.\1.mlp."),
+)
 _WQKV = re.compile(r"^encoder\.layers\.(\d+)\.mixer\.Wqkv\.(weight|bias)$")
 
 
@@ -108,6 +115,25 @@ def flash_to_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
                 out[f"layers.{layer}.self_attn.{name}.{kind}"] = part.contiguous()
             continue
         for pattern, replacement in _FLASH_RENAMES:
+            if pattern.match(key):
+                key = pattern.sub(replacement, key, count=1)
+                break
+        out[key] = tensor
+    return out
+
+
+def transformers_to_flash(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of ``flash_to_transformers`` (q, k, v concatenated back into ``Wqkv``)."""
+    out = {}
+    for key, tensor in state.items():
+        match = re.match(r"^layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$", key)
+        if match:
+            layer, part, kind = match.groups()
+            if part == "q":
+                out[f"encoder.layers.{layer}.mixer.Wqkv.{kind}"] = torch.cat(
+                    [state[f"layers.{layer}.self_attn.{p}_proj.{kind}"] for p in "qkv"], dim=0)
+            continue
+        for pattern, replacement in _TO_FLASH:
             if pattern.match(key):
                 key = pattern.sub(replacement, key, count=1)
                 break

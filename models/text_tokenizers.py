@@ -27,6 +27,7 @@ class SentencePieceTokenizer:
 
         self._processor = sentencepiece.SentencePieceProcessor()
         self._processor.LoadFromSerializedProto(model_proto)
+        self.model_proto = bytes(model_proto)
         self.add_bos, self.add_eos = add_bos, add_eos
         self.bos_id = self._processor.bos_id()
         self.eos_id = self._processor.eos_id()
@@ -46,6 +47,7 @@ class HFTokenizer:
 
         self._tokenizer = AutoTokenizer.from_pretrained(
             str(folder), local_files_only=True, trust_remote_code=False)
+        self.save_pretrained = self._tokenizer.save_pretrained
         self.bos_id = self._tokenizer.bos_token_id
         self.eos_id = self._tokenizer.eos_token_id
         self.pad_id = self._tokenizer.pad_token_id

@@ -390,3 +390,29 @@ def test_encoding_on_the_gpu_matches_the_cpu_and_leaves_weights_on_the_cpu(gemma
     assert {p.device.type for e in (gpu.gemma, gpu.jina) for p in e.model.parameters()} == {"cpu"}
     bf16 = lte.load_text_encoders(gemma_files["comfy"], jina_files["comfy"], device="cuda", dtype="auto")
     assert torch.isfinite(bf16.encode(TEXTS[0], TEXTS[0]).cap_feats).all()
+
+
+def test_saved_single_files_load_back_identically(gemma_files, jina_files, jina_ref, tmp_path):
+    from safetensors import safe_open
+
+    from nextdit_nodes.loaders.text_encoder_save import save_gemma, save_jina
+
+    for layout in ("hf_multimodal", "comfy"):            # HF tokenizer -> metadata; SentencePiece -> tensor
+        source = lte.load_gemma(gemma_files[layout])
+        save_gemma(tmp_path / f"g_{layout}.safetensors", source)
+        again = lte.load_gemma(tmp_path / f"g_{layout}.safetensors")
+        assert again.model.config.layer_types == source.model.config.layer_types
+        for text in TEXTS:
+            torch.testing.assert_close(te.encode_gemma(again, [text]).features,
+                                       te.encode_gemma(source, [text]).features, rtol=0, atol=1e-5)
+    source = lte.load_jina(jina_files["original_lora"])
+    save_jina(tmp_path / "j.safetensors", source)
+    with safe_open(str(tmp_path / "j.safetensors"), "pt") as handle:       # ComfyUI's key names
+        saved = {k: handle.get_tensor(k) for k in handle.keys() if k != "spiece_model"}
+    expected = {"model." + k: v for k, v in tf.to_flash(jina_ref[1]).items()}
+    assert saved.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(saved[key], expected[key], rtol=0, atol=1e-6)
+    again = lte.load_jina(tmp_path / "j.safetensors")
+    torch.testing.assert_close(te.encode_jina(again, TEXTS).pooled, te.encode_jina(source, TEXTS).pooled,
+                               rtol=0, atol=1e-5)
