@@ -89,12 +89,12 @@ class JointTransformerBlock(nn.Module):
         if self.adaLN_modulation is None:
             x = x + self.attention_norm2(self.attention(self.attention_norm1(x), segments, cos, sin))
             return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
-        mod = segments.per_token(self.adaLN_modulation(c))                     # (T, 4*dim)
-        scale_msa, gate_msa, scale_mlp, gate_mlp = mod.chunk(4, dim=-1)
-        h = self.attention(self.attention_norm1(x) * (1 + scale_msa), segments, cos, sin)
-        x = x + torch.tanh(gate_msa) * self.attention_norm2(h)
-        h = self.feed_forward(self.ffn_norm1(x) * (1 + scale_mlp))
-        return x + torch.tanh(gate_mlp) * self.ffn_norm2(h)
+        # Per-sample (B, dim) factors, broadcast over each sample's tokens by `segments.scale`.
+        scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(4, dim=-1)
+        h = self.attention(segments.scale(self.attention_norm1(x), 1 + scale_msa), segments, cos, sin)
+        x = x + segments.scale(self.attention_norm2(h), torch.tanh(gate_msa))
+        h = self.feed_forward(segments.scale(self.ffn_norm1(x), 1 + scale_mlp))
+        return x + segments.scale(self.ffn_norm2(h), torch.tanh(gate_mlp))
 
 
 class TimestepEmbedder(nn.Module):
@@ -124,5 +124,5 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: Tensor, segments: Segments, c: Tensor) -> Tensor:
         """x: (T, dim) image tokens; c: (B, adaln_dim). Returns (T, p*p*C)."""
-        scale = segments.per_token(self.adaLN_modulation(c))
-        return self.linear(F.layer_norm(x, (x.shape[-1],), eps=1e-6) * (1 + scale))
+        scale = 1 + self.adaLN_modulation(c)
+        return self.linear(segments.scale(F.layer_norm(x, (x.shape[-1],), eps=1e-6), scale))

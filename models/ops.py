@@ -12,10 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# `enable_gqa` arrived in torch 2.5; older torch repeats the kv heads explicitly.
-_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
-
-
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Sinusoid of a scalar per sample, computed in fp32.
 
@@ -81,11 +77,11 @@ class Segments:
     def uniform(self) -> bool:
         return len(set(self.lengths)) == 1
 
-    def per_token(self, per_sample: Tensor) -> Tensor:
-        """(B, C) per-sample vectors -> (T, C), each row repeated over its sample's tokens."""
-        if self.uniform and len(self.lengths) == 1:
-            return per_sample.expand(self.total, -1)
-        return per_sample.repeat_interleave(self.lengths_t, dim=0, output_size=self.total)
+    def scale(self, x: Tensor, per_sample: Tensor) -> Tensor:
+        """x (T, C) times per-sample vectors (B, C), each broadcast over its sample's tokens."""
+        if self.uniform:
+            return (x.unflatten(0, (len(self.lengths), -1)) * per_sample[:, None]).flatten(0, 1)
+        return x * per_sample.repeat_interleave(self.lengths_t, dim=0, output_size=self.total)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, segments: Segments) -> Tensor:
@@ -101,18 +97,20 @@ def attention(q: Tensor, k: Tensor, v: Tensor, segments: Segments) -> Tensor:
         return out.transpose(1, 2).flatten(0, 1).flatten(1)
     outs = []
     for qs, ks, vs in zip(*(x.split(segments.lengths) for x in (q, k, v))):
-        outs.append(_sdpa(qs.transpose(0, 1), ks.transpose(0, 1), vs.transpose(0, 1)).transpose(0, 1))
+        outs.append(_sdpa(*(x.transpose(0, 1)[None] for x in (qs, ks, vs)))[0].transpose(0, 1))
     return torch.cat(outs).flatten(1)
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """SDPA over (..., heads, L, D) with grouped kv heads."""
-    n_rep = q.shape[-3] // k.shape[-3]
-    if n_rep == 1:
-        return F.scaled_dot_product_attention(q, k, v)
-    if _SDPA_HAS_GQA:
-        return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-    k, v = (x.repeat_interleave(n_rep, dim=-3) for x in (k, v))
+    """SDPA over (B, heads, L, D) with grouped kv heads.
+
+    The kv heads are repeated explicitly (tiny next to the attention itself): SDPA's `enable_gqa`
+    is honoured only by the flash backend and would send fp32 CUDA or older torch to the math
+    kernel, which materialises the L x L scores.
+    """
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1:
+        k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
     return F.scaled_dot_product_attention(q, k, v)
 
 
