@@ -24,7 +24,7 @@ KNOWN_MODEL_FILES: dict[str, tuple[str, str]] = {
 
 # Files nobody can download: the user makes them with one of the pack's commands.
 MADE_LOCALLY: dict[str, tuple[str, str]] = {
-    "NewBie-Image-Exp0.1-guidance-distilled.safetensors": (
+    "NewBie-Image-Exp0.1-bf16-distilled.safetensors": (
         "diffusion_models", "make it from the NewBie weights with `python -m nextdit_nodes "
                             "distill` (it writes this file name by default; see docs/models.md)"),
 }

@@ -100,6 +100,10 @@ def _check_constant(node: GraphNode, spec: InputSpec, model_check: ModelCheck | 
     return []
 
 
+def _unlisted_choice(spec: InputSpec, value: Any) -> bool:
+    return spec.type == "COMBO" and value not in (spec.choices or ())
+
+
 def _custom_validation(node: GraphNode, cls: type) -> list[str]:
     function = getattr(cls, "VALIDATE_INPUTS", None)
     if function is None:
@@ -133,6 +137,7 @@ def validate(workflow: Workflow, classes: Mapping[str, type], node_ids: list[str
         argspec = inspect.getfullargspec(custom) if custom is not None else None
         custom_names = set(argspec.args) if argspec else set()
         custom_all = bool(argspec and argspec.varkw)
+        missing_before = len(missing_models)
         for spec in input_specs(cls).values():
             if spec.name not in node.inputs:
                 if spec.required:
@@ -144,7 +149,14 @@ def validate(workflow: Workflow, classes: Mapping[str, type], node_ids: list[str
                 problems += _check_link(workflow, classes, node, spec, value)
             elif spec.name not in custom_names and not custom_all:
                 problems += _check_constant(node, spec, model_check, missing_models)
-        problems += _custom_validation(node, cls)
+            elif _unlisted_choice(spec, value) and model_check is not None:
+                # The class checks this input itself, but a missing model file deserves the
+                # runner's message (where we looked, where to get it) and exit code.
+                verdict = model_check(node, spec.name, value)
+                if isinstance(verdict, str):
+                    missing_models.append(verdict)
+        if len(missing_models) == missing_before:
+            problems += _custom_validation(node, cls)
     if problems:
         raise ValidationError(problems + missing_models)
     if missing_models:

@@ -1,0 +1,207 @@
+"""Build the pack's example workflows in the real ComfyUI editor, save them as the editor does,
+and screenshot each graph as its template-browser thumbnail (``<same stem>.jpg``).
+
+The NewBie weights cannot be downloaded here, so the thumbnails are screenshots of the graphs,
+never invented outputs. Outside CI; needs a running ComfyUI with the pack linked in:
+
+  SCRATCH=~/scratch ../shared/comfy-host/comfy_run.sh --port 8199 --isolated
+  ~/scratch/e2e-venv/bin/python tests/comfy_host/make_example_workflows.py \
+      --url http://127.0.0.1:8199 --out example_workflows
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from frontend import build_graph, editor, fit_view, load_graph, screenshot_jpg
+
+REPO = "https://huggingface.co/Comfy-Org/NewBie-image-Exp0.1_repackaged/resolve/main/split_files"
+DIT = "NewBie-Image-Exp0.1-bf16.safetensors"
+GEMMA = "gemma_3_4b_it_bf16.safetensors"
+JINA = "jina_clip_v2_bf16.safetensors"
+VAE = "ae.safetensors"
+# The file `python -m nextdit_nodes distill` writes by default (runtime/distill.py).
+DISTILLED = "NewBie-Image-Exp0.1-bf16-distilled.safetensors"
+
+# ComfyUI's missing-model dialog offers these downloads (the property core templates carry).
+MODELS = {
+    DIT: {"name": DIT, "url": f"{REPO}/diffusion_models/{DIT}", "directory": "diffusion_models"},
+    GEMMA: {"name": GEMMA, "url": f"{REPO}/text_encoders/{GEMMA}", "directory": "text_encoders"},
+    JINA: {"name": JINA, "url": f"{REPO}/text_encoders/{JINA}", "directory": "text_encoders"},
+    VAE: {"name": VAE, "url": "https://huggingface.co/Comfy-Org/z_image_turbo/resolve/main/"
+                              "split_files/vae/ae.safetensors", "directory": "vae"},
+}
+
+# The official README's two-character example (research newbie-model.md §6).
+README_XML = """<character_1>
+<n>$character_1$</n>
+<gender>1girl</gender>
+<appearance>chibi, red_eyes, blue_hair, long_hair, hair_between_eyes, head_tilt, tareme, closed_mouth</appearance>
+<clothing>school_uniform, serafuku, white_sailor_collar, white_shirt, short_sleeves, red_neckerchief, bow, blue_skirt, miniskirt, pleated_skirt, blue_hat, mini_hat, thighhighs, grey_thighhighs, black_shoes, mary_janes</clothing>
+<expression>happy, smile</expression>
+<action>standing, holding, holding_briefcase</action>
+<position>center_left</position>
+</character_1>
+
+<character_2>
+<n>$character_2$</n>
+<gender>1girl</gender>
+<appearance>chibi, red_eyes, pink_hair, long_hair, very_long_hair, multi-tied_hair, open_mouth</appearance>
+<clothing>school_uniform, serafuku, white_sailor_collar, white_shirt, short_sleeves, red_neckerchief, bow, red_skirt, miniskirt, pleated_skirt, hair_bow, multiple_hair_bows, white_bow, ribbon_trim, ribbon-trimmed_bow, white_thighhighs, black_shoes, mary_janes, bow_legwear, bare_arms</clothing>
+<expression>happy, smile</expression>
+<action>standing, holding, holding_briefcase, waving</action>
+<position>center_right</position>
+</character_2>
+
+<general_tags>
+<count>2girls, multiple_girls</count>
+<style>anime_style, digital_art</style>
+<background>white_background, simple_background</background>
+<atmosphere>cheerful</atmosphere>
+<quality>high_resolution, detailed</quality>
+<objects>briefcase</objects>
+<other>alternate_costume</other>
+</general_tags>"""
+
+# Official NewBie settings (NB-repo demo.py: 1024², 18 grid points = 17 midpoint steps, CFG 5,
+# cfg_trunc 0.25, no renorm, shift 6; negative = "" with no system prompt).
+OFFICIAL_SAMPLER = {"width": 1024, "height": 1024, "batch_size": 1, "seed": 42,
+                    "control_after_generate": "fixed", "steps": 17, "solver": "midpoint",
+                    "shift": 6.0, "cfg": 5.0, "renorm_cfg": 0.0, "cfg_trunc": 0.25, "guidance": 0.0,
+                    "denoise": 1.0}
+
+
+def _loaders(dit: str, models_for_dit: bool = True) -> list[dict]:
+    dit_node = {"type": "NextDiTLoader", "pos": [0, 0], "width": 330,
+                "widgets": {"dit_name": dit, "weight_dtype": "auto"}}
+    if models_for_dit:
+        dit_node["models"] = [MODELS[dit]]
+    return [
+        dit_node,
+        {"type": "NextDiTTextEncoderLoader", "pos": [0, 160], "width": 330,
+         "widgets": {"gemma_name": GEMMA, "jina_name": JINA, "device": "auto", "dtype": "auto"},
+         "models": [MODELS[GEMMA], MODELS[JINA]]},
+        {"type": "NextDiTVAELoader", "pos": [0, 380], "width": 330, "widgets": {"vae_name": VAE},
+         "models": [MODELS[VAE]]},
+    ]
+
+
+def _tail(x: int) -> list[dict]:
+    return [{"type": "NextDiTVAEDecode", "pos": [x, 0], "widgets": {"tiled": "auto"}},
+            {"type": "SaveImage", "pos": [x + 280, 0], "size": [420, 460],
+             "widgets": {"filename_prefix": "NewBie"}}]
+
+
+def text_to_image() -> dict:
+    nodes = _loaders(DIT) + [
+        {"type": "NextDiTTextEncode", "title": "Positive", "pos": [420, 0], "size": [460, 520],
+         "widgets": {"prompt": README_XML, "system_prompt": "xml (official)", "custom_system_prompt": ""}},
+        {"type": "NextDiTTextEncode", "title": "Negative (empty, as the official demo)",
+         "pos": [420, 560], "size": [460, 200],
+         "widgets": {"prompt": "", "system_prompt": "none", "custom_system_prompt": ""}},
+        {"type": "NextDiTSampler", "pos": [920, 0], "width": 300, "widgets": OFFICIAL_SAMPLER},
+        *_tail(1270),
+    ]
+    # indices: 0 dit, 1 text, 2 vae, 3 pos, 4 neg, 5 sampler, 6 decode, 7 save
+    links = [[1, 0, 3, "text_encoders"], [1, 0, 4, "text_encoders"], [0, 0, 5, "model"],
+             [3, 0, 5, "positive"], [4, 0, 5, "negative"], [2, 0, 6, "vae"], [5, 0, 6, "samples"],
+             [6, 0, 7, "images"]]
+    return {"nodes": nodes, "links": links}
+
+
+CHARACTERS = [
+    {"n": "$character_1$", "gender": "1girl",
+     "appearance": "chibi, red_eyes, blue_hair, long_hair, hair_between_eyes, head_tilt, tareme, closed_mouth",
+     "clothing": "school_uniform, serafuku, white_sailor_collar, white_shirt, short_sleeves, red_neckerchief, "
+                 "bow, blue_skirt, miniskirt, pleated_skirt, blue_hat, mini_hat, thighhighs, grey_thighhighs, "
+                 "black_shoes, mary_janes",
+     "body_type": "", "expression": "happy, smile", "action": "standing, holding, holding_briefcase",
+     "interaction": "", "position": "center_left"},
+    {"n": "$character_2$", "gender": "1girl",
+     "appearance": "chibi, red_eyes, pink_hair, long_hair, very_long_hair, multi-tied_hair, open_mouth",
+     "clothing": "school_uniform, serafuku, white_sailor_collar, white_shirt, short_sleeves, red_neckerchief, "
+                 "bow, red_skirt, miniskirt, pleated_skirt, hair_bow, multiple_hair_bows, white_bow, ribbon_trim, "
+                 "ribbon-trimmed_bow, white_thighhighs, black_shoes, mary_janes, bow_legwear, bare_arms",
+     "body_type": "", "expression": "happy, smile", "action": "standing, holding, holding_briefcase, waving",
+     "interaction": "", "position": "center_right"},
+]
+GENERAL = {"count": "2girls, multiple_girls", "artists": "", "style": "anime_style, digital_art",
+           "background": "white_background, simple_background", "environment": "", "perspective": "",
+           "atmosphere": "cheerful", "lighting": "", "quality": "high_resolution, detailed",
+           "objects": "briefcase", "other": "alternate_costume", "resolution": ""}
+
+
+def builder_two_characters() -> dict:
+    nodes = _loaders(DIT) + [
+        {"type": "NextDiTXMLCharacter", "title": "Character 1", "pos": [420, -780], "size": [360, 640],
+         "widgets": CHARACTERS[0]},
+        {"type": "NextDiTXMLCharacter", "title": "Character 2", "pos": [820, -780], "size": [360, 640],
+         "widgets": CHARACTERS[1]},
+        {"type": "NextDiTXMLGeneralTags", "pos": [1220, -780], "size": [360, 700], "widgets": GENERAL},
+        {"type": "NextDiTXMLPrompt", "pos": [1620, -780], "size": [360, 300],
+         "widgets": {"prompt": "", "caption": ""}},
+        {"type": "NextDiTTextEncode", "title": "Positive", "pos": [420, 40], "size": [400, 200],
+         "widgets": {"prompt": "", "system_prompt": "xml (official)", "custom_system_prompt": ""}},
+        {"type": "NextDiTTextEncode", "title": "Negative (empty, as the official demo)",
+         "pos": [420, 300], "size": [400, 200],
+         "widgets": {"prompt": "", "system_prompt": "none", "custom_system_prompt": ""}},
+        {"type": "NextDiTSampler", "pos": [880, 40], "width": 300, "widgets": OFFICIAL_SAMPLER},
+        *_tail(1230),
+    ]
+    # 0 dit, 1 text, 2 vae, 3 char1, 4 char2, 5 general, 6 xml prompt, 7 pos, 8 neg, 9 sampler,
+    # 10 decode, 11 save
+    links = [[3, 0, 4, "prompt"], [4, 0, 5, "prompt"], [5, 0, 6, "prompt"], [6, 0, 7, "prompt"],
+             [1, 0, 7, "text_encoders"], [1, 0, 8, "text_encoders"], [0, 0, 9, "model"],
+             [7, 0, 9, "positive"], [8, 0, 9, "negative"], [2, 0, 10, "vae"], [9, 0, 10, "samples"],
+             [10, 0, 11, "images"]]
+    return {"nodes": nodes, "links": links}
+
+
+def guidance_distilled() -> dict:
+    sampler = {**OFFICIAL_SAMPLER, "cfg": 1.0, "guidance": 4.0, "cfg_trunc": 100.0}
+    nodes = _loaders(DISTILLED, models_for_dit=False) + [
+        {"type": "NextDiTTextEncode", "title": "Positive", "pos": [420, 0], "size": [460, 520],
+         "widgets": {"prompt": README_XML, "system_prompt": "xml (official)", "custom_system_prompt": ""}},
+        {"type": "NextDiTSampler", "title": "Sampler (guidance-distilled: one forward per step)",
+         "pos": [920, 0], "width": 400, "widgets": sampler},
+        *_tail(1370),
+    ]
+    nodes[0]["title"] = "Student made by `python -m nextdit_nodes distill`"
+    # 0 dit, 1 text, 2 vae, 3 pos, 4 sampler, 5 decode, 6 save
+    links = [[1, 0, 3, "text_encoders"], [0, 0, 4, "model"], [3, 0, 4, "positive"],
+             [2, 0, 5, "vae"], [4, 0, 5, "samples"], [5, 0, 6, "images"]]
+    return {"nodes": nodes, "links": links}
+
+
+EXAMPLES = {
+    "NewBie XML text to image": text_to_image,
+    "NewBie XML two characters with builder nodes": builder_two_characters,
+    "NewBie guidance-distilled text to image": guidance_distilled,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8199")
+    parser.add_argument("--out", type=Path, default=Path("example_workflows"))
+    parser.add_argument("--only", default=None, help="build only the example with this name")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with editor(args.url) as (page, _events):
+        for name, make in EXAMPLES.items():
+            if args.only and name != args.only:
+                continue
+            workflow = build_graph(page, make())
+            path = args.out / f"{name}.json"
+            path.write_text(json.dumps(workflow, indent=2, ensure_ascii=False) + "\n")
+            load_graph(page, json.loads(path.read_text()))  # what a user gets on opening it
+            page.keyboard.press("Escape")  # a missing-models dialog, where the files are absent
+            fit_view(page)
+            screenshot_jpg(page, path.with_suffix(".jpg"))
+            print(f"wrote {path} and its thumbnail")
+
+
+if __name__ == "__main__":
+    main()
