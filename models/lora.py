@@ -154,7 +154,7 @@ class _LoraHook:
         p = self.prefix
         if self.low_rank:
             down, up = buffers[f"{p}_down"].to(x.dtype), buffers[f"{p}_up"].to(x.dtype)
-            output = output + F.linear(F.linear(x, down), up).to(output.dtype)
+            output = _add_low_rank(output, F.linear(x, down), up)
         for i, (factor, rows) in enumerate(self.krons):
             w1, w2 = buffers[f"{p}_kron{i}_w1"].to(x.dtype), buffers[f"{p}_kron{i}_w2"].to(x.dtype)
             output = _add_rows(output, _kron_forward(x, w1, w2) * factor, rows)
@@ -166,6 +166,17 @@ class _LoraHook:
             elif bias is not None:
                 output = _add_rows(output, bias.expand(*x.shape[:-1], -1), rows)
         return output
+
+
+def _add_low_rank(output: Tensor, hidden: Tensor, up: Tensor) -> Tensor:
+    """output + hidden @ up^T; in place (one fused addmm, no temporary the size of the output)
+    when nothing needs the unpatched output for a gradient."""
+    in_place_ok = (output.dtype == hidden.dtype and output.is_contiguous()
+                   and not (torch.is_grad_enabled() and output.requires_grad))
+    if in_place_ok:
+        output.view(-1, output.shape[-1]).addmm_(hidden.reshape(-1, hidden.shape[-1]), up.T)
+        return output
+    return output + F.linear(hidden, up).to(output.dtype)
 
 
 def _kron_forward(x: Tensor, w1: Tensor, w2: Tensor) -> Tensor:

@@ -390,6 +390,64 @@ def test_bf16_model(tmp_path, params, inputs):
     assert (bf16(**inputs) - reference).abs().max() > 5 * (out - reference).abs().max()
 
 
+def test_fp8_model_from_load_dit(tmp_path, params, inputs):
+    from factories import write_dit_checkpoint
+
+    from nextdit_nodes.loaders import load_dit
+
+    write_dit_checkpoint(tmp_path / "dit.safetensors", params, seed=12)
+    fp32 = load_dit(tmp_path / "dit.safetensors", dtype="fp32")
+    fp8 = load_dit(tmp_path / "dit.safetensors", dtype="fp8_e4m3fn")
+    deltas = write_kohya(tmp_path / "k.safetensors", fp32, BLOCK_TARGETS + EMBEDDER_TARGETS)
+    reference = merged_model(fp32, deltas, 1.0)(**inputs)
+    patched, report = load_lora(fp8, tmp_path / "k.safetensors", 1.0)
+    assert report.n_not_applied == 0
+    out = patched(**inputs)
+    fp8_error = (out - reference).abs().max()
+    assert fp8_error / reference.abs().max() < 0.1
+    assert (fp8(**inputs) - reference).abs().max() > 5 * fp8_error
+
+
+def test_lycoris_full_diff_and_norm_deltas(tmp_path, base, inputs):
+    """LyCORIS `full` (.diff/.diff_b, ΔW as is) and norm-layer (.w_norm/.b_norm, added) deltas."""
+    gen = torch.Generator().manual_seed(13)
+    diff = 0.2 * torch.randn(shape_of(base, "x_embedder"), generator=gen)
+    diff_b = 0.2 * torch.randn(shape_of(base, "x_embedder")[0], generator=gen)
+    w_norm = 0.3 * torch.randn(shape_of(base, "layers.0.attention_norm1"), generator=gen)
+    out_diff = 0.1 * torch.randn(shape_of(base, "layers.1.attention.out"), generator=gen)
+    save_file({"lycoris_x_embedder.diff": diff, "lycoris_x_embedder.diff_b": diff_b,
+               "lycoris_layers_0_attention_norm1.w_norm": w_norm,
+               "lycoris_layers_1_attention_out.diff": out_diff}, str(tmp_path / "full.safetensors"))
+    patched, report = load_lora(base, tmp_path / "full.safetensors", 0.5)
+    reference = merged_model(base, {"x_embedder": diff, "layers.0.attention_norm1": w_norm,
+                                    "layers.1.attention.out": out_diff}, 0.5)
+    with torch.no_grad():
+        reference.x_embedder.bias.add_(0.5 * diff_b)
+    assert report.n_applied == 3
+    assert close(patched(**inputs), reference(**inputs))
+    assert (reference(**inputs) - base(**inputs)).abs().max() > 1e-2
+
+
+def test_peft_alpha_pattern_and_rslora(tmp_path, base, inputs):
+    targets = ["layers.0.attention.qkv", "layers.1.attention.out"]
+    config = {"r": 4, "lora_alpha": 4, "alpha_pattern": {"attention.out": 8}}
+    qkv = write_peft(tmp_path / "p", base, targets[:1], 4, 4.0, config=config, seed=20)
+    out = write_peft(tmp_path / "q", base, targets[1:], 4, 8.0, seed=21)
+    tensors = {}
+    for folder in ("p", "q"):
+        from safetensors.torch import load_file
+        tensors.update(load_file(str(tmp_path / folder / "adapter_model.safetensors")))
+    (tmp_path / "both").mkdir()
+    save_file(tensors, str(tmp_path / "both" / "adapter_model.safetensors"))
+    (tmp_path / "both" / "adapter_config.json").write_text(json.dumps(config))
+    patched, _ = load_lora(base, tmp_path / "both", 1.0)
+    assert_matches_merged(patched, base, add(qkv, out), 1.0, inputs)
+    # use_rslora: scale = alpha / sqrt(r) = 4 / 2.
+    (tmp_path / "both" / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 4, "use_rslora": True}))
+    patched, _ = load_lora(base, tmp_path / "both", 1.0)
+    assert_matches_merged(patched, base, add(qkv, out, weights=[2.0, 1.0]), 1.0, inputs)
+
+
 # ---- reports and refusals ----------------------------------------------------------------------
 
 def test_report_groups_modules(tmp_path, inputs):
