@@ -75,7 +75,7 @@ def lora_delta(module: str, weight: torch.Tensor, lora_a: torch.Tensor, lora_b: 
 def merge_lora(state: dict[str, torch.Tensor], task: int = 0,
                alpha: float = DEFAULT_LORA_ALPHA) -> dict[str, torch.Tensor]:
     """``state`` with every LoRA-parametrised weight replaced by its merged ``<module>.weight``
-    (computed in float32, stored in the original weight's dtype)."""
+    (float32: the caller casts once, to the dtype the model runs in)."""
     merged = {}
     for key, tensor in state.items():
         if key.endswith((LORA_A, LORA_B)):
@@ -89,7 +89,7 @@ def merge_lora(state: dict[str, torch.Tensor], task: int = 0,
         except KeyError:
             raise ValueError(f"{module}: LoRA-parametrised weight without its lora_A/lora_B") from None
         delta = lora_delta(module, tensor, lora_a, lora_b, task, alpha)
-        merged[module + ".weight"] = (tensor.float() + delta).to(tensor.dtype)
+        merged[module + ".weight"] = tensor.float() + delta
     stray = [k for k in state if k.endswith((LORA_A, LORA_B)) and
              k.rsplit(".parametrizations.", 1)[0] + ORIGINAL not in state]
     if stray:

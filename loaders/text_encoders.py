@@ -218,20 +218,21 @@ def _infer_gemma_shapes(path: Path, shapes: dict) -> dict:
 def _infer_jina_shapes(path: Path, shapes: dict, file_config: dict) -> dict:
     what = "Jina CLIP v2 text model"
     vocab, hidden = _need(path, shapes, "embeddings.word_embeddings.weight", what)
-    heads = file_config.get("num_attention_heads")
-    if heads is None:
-        if hidden == te.JINA_CLIP_V2_SHAPES["hidden_size"] or hidden % te.JINA_HEAD_DIM == 0:
-            heads = hidden // te.JINA_HEAD_DIM
-        else:
-            raise WeightsError(path, f"cannot tell the attention heads of a {hidden}-wide Jina model; "
-                                     f"store them as num_attention_heads in the file's metadata "
-                                     f"'config' JSON")
-    return dict(
+    sizes = dict(
         vocab_size=vocab, hidden_size=hidden, num_hidden_layers=_layer_count(shapes),
-        num_attention_heads=int(heads),
         intermediate_size=_need(path, shapes, "layers.0.mlp.fc1.weight", what)[0],
         type_vocab_size=_need(path, shapes, "embeddings.token_type_embeddings.weight", what)[0],
     )
+    real = dict(te.JINA_CLIP_V2_SHAPES)
+    heads = real.pop("num_attention_heads")
+    if sizes != real:   # heads cannot be seen in the tensors: the file says, or head_dim 64
+        heads = file_config.get("num_attention_heads")
+        if heads is None and hidden % te.JINA_HEAD_DIM:
+            raise WeightsError(path, f"cannot tell the attention heads of a {hidden}-wide Jina model; "
+                                     f"store them as num_attention_heads in the file's metadata "
+                                     f"'config' JSON")
+        heads = heads or hidden // te.JINA_HEAD_DIM
+    return {**sizes, "num_attention_heads": int(heads)}
 
 
 def _file_config(path: Path) -> dict:

@@ -115,8 +115,13 @@ def test_real_gemma_config_is_pinned():
     torch.testing.assert_close(rope.sliding_attention_inv_freq, 1.0 / (1e4 ** exponent))
 
 
-def test_real_jina_config_is_pinned():
-    config = lte.jina_config_for(dict(te.JINA_CLIP_V2_SHAPES), {"num_attention_heads": 8})
+def test_real_jina_config_is_pinned(tmp_path):
+    # The real file's tensor shapes (research §5.2) give the real config, whatever a config says.
+    real_shapes = {"embeddings.word_embeddings.weight": (250002, 1024),
+                   "embeddings.token_type_embeddings.weight": (1, 1024),
+                   "layers.0.mlp.fc1.weight": (4096, 1024), "layers.23.mlp.fc1.weight": (4096, 1024)}
+    shapes = lte._infer_jina_shapes(tmp_path, real_shapes, {"num_attention_heads": 8})
+    config = lte.jina_config_for(shapes, {"num_attention_heads": 8, "rope_theta": 10000.0})
     assert (config.vocab_size, config.hidden_size, config.num_hidden_layers) == (250002, 1024, 24)
     assert (config.num_attention_heads, config.intermediate_size) == (16, 4096)
     assert config.rope_parameters["rope_theta"] == 20000.0
