@@ -21,7 +21,7 @@ from nextdit_nodes.loaders import text_encoders as lte
 from nextdit_nodes.models import text_encoders as te
 from nextdit_nodes.models.text_encoder_set import TextEncoders
 
-TEXTS = ["a girl with long blue hair", "masterpiece, best quality, 1girl, solo, smile at night", ""]
+TEXTS = ["a girl with long blue hair", "masterpiece, best quality,  1girl,\n<n>solo</n>, smile at night", ""]
 
 
 @pytest.fixture(scope="module")
