@@ -105,6 +105,14 @@ def should_tile(image_hw: tuple[int, int], bytes_per_pixel: float, free_bytes: i
     return estimate > FREE_MEMORY_SHARE * free_bytes
 
 
+def fitting_tile(bytes_per_pixel: float, free_bytes: int, scale: int, overlap: int) -> int:
+    """The largest square latent tile (a multiple of 8, at least ``2 * overlap + 8``) whose
+    estimated decode peak stays under :data:`FREE_MEMORY_SHARE` of ``free_bytes``: fewer, larger
+    tiles mean less recomputed overlap and fewer seams."""
+    side = int(math.sqrt(FREE_MEMORY_SHARE * free_bytes / bytes_per_pixel)) // scale // 8 * 8
+    return max(side, 2 * overlap + 8)
+
+
 def free_memory_bytes(device: torch.device) -> int:
     """Memory a decode may still use on ``device``: for CUDA the driver's free memory plus what
     torch's cache holds unused; for the CPU the kernel's MemAvailable."""

@@ -16,11 +16,15 @@ from dataclasses import dataclass
 import torch
 
 from .latent_format import LatentFormat
-from .tiled_decode import count_tiles, free_memory_bytes, should_tile, tiled_decode
+from .tiled_decode import count_tiles, fitting_tile, free_memory_bytes, should_tile, tiled_decode
 
 logger = logging.getLogger(__name__)
 
 TILED_CHOICES = ("auto", "on", "off")
+# Latent pixels: 512×512-pixel FLUX tiles (about 1 GiB of fp32 activations each) overlapping by
+# 128 pixels, of which the outer 32 on each side are dropped (see tiled_decode).
+DEFAULT_TILE = 64
+DEFAULT_OVERLAP = 16
 
 
 @dataclass(frozen=True)
@@ -65,20 +69,24 @@ class NextDiTVAE:
                 f"downscale={self.info.downscale}, {self.latent_format}, source={self.info.source!r})")
 
     @torch.inference_mode()
-    def decode(self, raw_latent: torch.Tensor, tiled: str = "auto", tile: int = 64,
-               overlap: int = 16, on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    def decode(self, raw_latent: torch.Tensor, tiled: str = "auto", tile: int | None = None,
+               overlap: int = DEFAULT_OVERLAP,
+               on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """raw latent [B,C,h,w] → IMAGE [B,h*f,w*f,3] float32 in [0,1] on the CPU.
 
         ``tiled``: "on", "off", or "auto" (tile when an untiled decode would not fit in the free
-        memory of the VAE's device). ``tile``/``overlap`` are in latent pixels. Samples are decoded
-        one at a time; ``on_step(done, total)`` is called after each decoder call.
+        memory of the VAE's device, then with the largest tile that fits). ``tile``/``overlap``
+        are in latent pixels; ``tile`` None means :data:`DEFAULT_TILE` for "on" and the fitting
+        size for "auto". Samples are decoded one at a time; ``on_step(done, total)`` is called
+        after each decoder call.
         """
         self._check_latent(raw_latent)
         if tiled not in TILED_CHOICES:
             raise ValueError(f"tiled={tiled!r}; expected one of {', '.join(TILED_CHOICES)}")
         latent = raw_latent if self.kind == "flux" else self.latent_format.from_raw(raw_latent)
         batch, _, height, width = latent.shape
-        use_tiles = self._use_tiles(tiled, (height, width))
+        use_tiles, auto_tile = self._plan_tiles(tiled, (height, width), overlap)
+        tile = tile or auto_tile
         per_sample = count_tiles((height, width), tile, overlap) if use_tiles else 1
         done = 0
 
@@ -128,15 +136,19 @@ class NextDiTVAE:
         """The decoder's own input space → image [B,3,H,W] in about [-1,1]."""
         return self.model.decode(latent).sample
 
-    def _use_tiles(self, tiled: str, latent_hw: tuple[int, int]) -> bool:
+    def _plan_tiles(self, tiled: str, latent_hw: tuple[int, int], overlap: int) -> tuple[bool, int]:
+        """(whether to tile, the tile size to use when none is given)."""
         if tiled != "auto":
-            return tiled == "on"
+            return tiled == "on", DEFAULT_TILE
         image_hw = (latent_hw[0] * self.info.downscale, latent_hw[1] * self.info.downscale)
         free = free_memory_bytes(self.device)
         bytes_per_pixel = self.info.decode_elements_per_pixel * self.dtype.itemsize
-        decision = should_tile(image_hw, bytes_per_pixel, free)
-        logger.debug("tiled=auto: %s for %sx%s (free %.1f GiB)", decision, *image_hw, free / 2**30)
-        return decision
+        if not should_tile(image_hw, bytes_per_pixel, free):
+            return False, DEFAULT_TILE
+        tile = fitting_tile(bytes_per_pixel, free, self.info.downscale, overlap)
+        logger.info("decoding %dx%d in tiles of %d latent pixels (%.1f GiB free)",
+                    image_hw[1], image_hw[0], tile, free / 2**30)
+        return True, tile
 
     def _check_latent(self, latent: torch.Tensor) -> None:
         channels = self.info.latent_channels
