@@ -155,12 +155,12 @@ def _split_key(key: str) -> tuple[str, str] | None:
 # (model described, regex over keys); checked in order, first hit names the model.
 _FOREIGN_MODELS = (
     ("FLUX.1", re.compile(r"(double_blocks|single_blocks|single_transformer_blocks)[._]\d")),
-    ("SDXL", re.compile(r"^(lora_te[12]_|text_encoder_2\.)|"
-                        r"(input_blocks|output_blocks|down_blocks|up_blocks)[._]\d+[._]"
-                        r"(attentions[._]\d+[._]transformer_blocks[._][1-9]|1[._]transformer_blocks)")),
-    ("Stable Diffusion 1.x/2.x or SDXL (a UNet)",
-     re.compile(r"(input_blocks|output_blocks|middle_block|down_blocks|up_blocks|mid_block)[._]")),
-    ("SD3 (MMDiT)", re.compile(r"(joint_blocks[._]\d|transformer_blocks[._]\d+[._]attn[._]add_q_proj)")),
+    # SDXL: two text encoders, or attentions with more than one transformer block (SD 1.x has one).
+    ("SDXL", re.compile(r"^(lora_te[12]_|text_encoder_2\.)|attentions[._]\d+[._]transformer_blocks[._][1-9]|"
+                        r"(input|output)_blocks[._]\d+[._]1[._]transformer_blocks[._][1-9]")),
+    ("a Stable Diffusion UNet (SD 1.x/2.x or SDXL)",
+     re.compile(r"(input_blocks|output_blocks|middle_block|down_blocks|up_blocks|mid_block)[._]\d")),
+    ("SD3 or FLUX.1 (an MMDiT)", re.compile(r"joint_blocks[._]\d|transformer_blocks[._]\d+[._]attn[._]add_q_proj")),
     ("Wan / a video DiT", re.compile(r"blocks[._]\d+[._](self_attn|cross_attn)[._]")),
 )
 
@@ -497,7 +497,8 @@ def read_lora(path, table: TargetTable) -> ParsedLora:
 
     alpha_source = rule.source if uses_alpha_rule else _tensor_alpha_source(groups, lokr_alpha)
     parsed = ParsedLora(path, format_name, alpha_source, deltas, status)
-    if not deltas:
+    # Nothing applies, or another model's LoRA where a stray key happens to fit (x_embedder ...).
+    if not deltas or (_looks_made_for(list(state)) and 2 * len(parsed.applied) < len(groups)):
         raise WeightsError(path, _nothing_applies(list(state), parsed))
     return parsed
 

@@ -124,6 +124,12 @@ def test_kohya_blocks_and_embedders(tmp_path, base, inputs):
     assert_matches_merged(patched, base, deltas, 0.8, inputs)
     assert report.n_applied == len(deltas) and report.n_not_applied == 0
     assert "kohya" in report.format and ".alpha" in report.alpha_source
+    # With autograd on (the output needs a gradient) the delta is added out of place: same result.
+    with torch.enable_grad():
+        x = inputs["x"].clone().requires_grad_(True)
+        out = patched(**{**inputs, "x": x})
+        out.square().sum().backward()
+    assert close(out.detach(), merged_model(base, deltas, 0.8)(**inputs)) and x.grad.abs().sum() > 0
 
 
 # ---- NewbieLoraTrainer PEFT ------------------------------------------------------------------
@@ -504,6 +510,19 @@ def test_flux_lora_refused(tmp_path, base, names):
         load_lora(base, tmp_path / "flux_style.safetensors", 1.0)
 
 
+def test_flux_lora_with_a_fitting_stray_key_is_still_refused(tmp_path, base):
+    # FLUX's diffusers names include `transformer.x_embedder`; sized to fit here, it must not
+    # make the rest of a FLUX LoRA count as a Next-DiT one.
+    tensors = {"transformer.x_embedder.lora_A.weight": torch.zeros(4, 64),
+               "transformer.x_embedder.lora_B.weight": torch.zeros(48, 4)}
+    for i in range(3):
+        tensors[f"transformer.single_transformer_blocks.{i}.attn.to_q.lora_A.weight"] = torch.zeros(4, 48)
+        tensors[f"transformer.single_transformer_blocks.{i}.attn.to_q.lora_B.weight"] = torch.zeros(48, 4)
+    save_file(tensors, str(tmp_path / "flux_diffusers.safetensors"))
+    with pytest.raises(WeightsError, match="flux_diffusers.safetensors.*FLUX"):
+        load_lora(base, tmp_path / "flux_diffusers.safetensors", 1.0)
+
+
 def test_text_encoder_keys_are_reported_not_applied(tmp_path, base, inputs):
     deltas = write_kohya(tmp_path / "k.safetensors", base, ["layers.0.attention.qkv"])
     from safetensors.torch import load_file
@@ -534,3 +553,37 @@ def test_node_lists_resolves_and_applies(tmp_path, monkeypatch, base, inputs):
     (patched,) = returned["result"]
     assert "layers.0.attention.qkv: applied" in returned["ui"]["text"][0]
     assert_matches_merged(patched, base, deltas, 0.5, inputs)
+
+
+# ---- a guidance-distilled student (samplers/distill.py) -------------------------------------
+
+def test_distilled_student_loads_runs_and_takes_a_lora(tmp_path, params):
+    from nextdit_nodes.loaders import load_dit
+    from nextdit_nodes.samplers.distill import DistillConfig, distill, save_student
+
+    teacher = random_dit(params, seed=14)
+    gen = torch.Generator().manual_seed(15)
+
+    def conditioning(length):
+        return [[torch.randn(1, length, params.cap_dim, generator=gen),
+                 {"pooled_output": torch.randn(1, params.clip_dim, generator=gen)}]]
+
+    config = DistillConfig(mode="lora", rank=4, iterations=3, batch_size=1, lr=1e-2, width=64, height=64,
+                           trajectory_steps=2)
+    student = distill(teacher, [conditioning(5)], conditioning(2), config, progress=False)
+    path = save_student(student, tmp_path / "student.safetensors")
+
+    loaded = load_dit(path)
+    assert loaded.params.guidance_embed
+    inputs = {**random_inputs(params, [4], latent_hw=(4, 4), seed=3), "guidance": torch.tensor([4.0])}
+    with torch.no_grad():
+        expected = student.model(**inputs)
+    assert close(loaded(**inputs), expected)
+    # The trained adapters were merged in: the student differs from its teacher.
+    assert (expected - teacher(**{k: v for k, v in inputs.items() if k != "guidance"})).abs().max() > 1e-4
+
+    targets = BLOCK_TARGETS + ["guidance_embedder.mlp.0", "guidance_embedder.mlp.2"]
+    deltas = write_kohya(tmp_path / "k.safetensors", loaded, targets)
+    patched, report = load_lora(loaded, tmp_path / "k.safetensors", 0.5)
+    assert report.n_not_applied == 0
+    assert_matches_merged(patched, loaded, deltas, 0.5, inputs)
