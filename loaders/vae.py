@@ -1,12 +1,16 @@
 """Loading a VAE file as a NEXTDIT_VAE: the FLUX autoencoder or the TAEF1 tiny decoder.
 
 The kind comes from the key names (``vae_keys.detect_layout``), the diffusers config from tensor
-shapes; the latent constants from the file's safetensors metadata (``latent_scale`` /
-``latent_shift``), FLUX's by default. Anything that is not a usable VAE raises ``WeightsError``.
+shapes. What shapes cannot tell comes from the file: the safetensors ``__metadata__`` keys
+``latent_scale`` / ``latent_shift`` (``models/latent_format.py``) and ``norm_num_groups``, or for a
+diffusers folder its ``config.json`` (``norm_num_groups``; ``scaling_factor`` / ``shift_factor``
+when ``shift_factor`` is set). Defaults are FLUX's: constants 0.3611 / 0.1159, GroupNorm 32.
+Anything that is not a usable VAE raises ``WeightsError``.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -15,8 +19,10 @@ from .files import open_weights, read_metadata
 from .keys import describe_contents, group_keys
 from .vae_keys import detect_layout, ldm_to_diffusers, select_vae_keys, taesd_to_diffusers
 
-# LDM autoencoders use GroupNorm(32, C) everywhere; the group count is not in the weights.
+# LDM/FLUX autoencoders use GroupNorm(32, C) everywhere; the group count is not in the weights,
+# so a VAE built otherwise must say so in its metadata or config.json.
 NORM_GROUPS = 32
+METADATA_NORM_GROUPS_KEY = "norm_num_groups"
 FLUX_LATENT_CHANNELS = 16
 # Peak activation memory of an untiled decode per image pixel, in units of the widest
 # full-resolution channel count (elements); measured on the CPU with full-size FLUX widths
@@ -40,11 +46,12 @@ def load_vae(path, device=None, dtype: str = "auto"):
     # Headers only: the whole file is checked before any tensor data is read.
     refs = open_weights(path, subfolder="vae")
     state = select_vae_keys(refs)
-    metadata = read_metadata(path)
+    metadata = {**_folder_config(path), **read_metadata(path)}
     try:
         latent_format = latent_format_from_metadata(metadata)
+        groups = int(metadata.get(METADATA_NORM_GROUPS_KEY, NORM_GROUPS))
     except ValueError as error:
-        raise WeightsError(path, f"bad latent format in the file's metadata: {error}") from None
+        raise WeightsError(path, f"bad settings in the file's metadata / config.json: {error}") from None
     layout = detect_layout(state)
     if layout is None:
         what = describe_contents({key: ref.shape for key, ref in refs.items()})
@@ -55,7 +62,7 @@ def load_vae(path, device=None, dtype: str = "auto"):
     torch_dtype = _resolve_dtype(dtype, device)
     if layout in ("ldm", "diffusers_kl"):
         state = ldm_to_diffusers(state) if layout == "ldm" else state
-        model, info = _build_kl(path, state)
+        model, info = _build_kl(path, state, groups)
     else:
         state = taesd_to_diffusers(state) if layout == "taesd" else state
         model, info = _build_tiny(path, state)
@@ -67,6 +74,30 @@ def load_vae(path, device=None, dtype: str = "auto"):
     _load_strict(path, model, state, torch_dtype, what)
     model.to(device=device).eval().requires_grad_(False)
     return NextDiTVAE(model, latent_format, info)
+
+
+def _folder_config(path: Path) -> dict[str, str]:
+    """A diffusers folder's config.json settings, as metadata-style strings ({} for files)."""
+    if not path.is_dir():
+        return {}
+    folder = path / "vae" if (path / "vae").is_dir() else path
+    if not (folder / "config.json").is_file():
+        return {}
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except ValueError as error:
+        raise WeightsError(folder / "config.json", f"not readable JSON ({error})") from None
+    settings = {}
+    if config.get("norm_num_groups") is not None:
+        settings[METADATA_NORM_GROUPS_KEY] = str(config["norm_num_groups"])
+    # diffusers' default config carries SD's 0.18215 and no shift: only a set shift means the
+    # folder declares its own latent format (FLUX's vae/config.json does: 0.3611 / 0.1159).
+    if config.get("shift_factor") is not None and config.get("scaling_factor") is not None:
+        from ..models.latent_format import METADATA_SCALE_KEY, METADATA_SHIFT_KEY
+
+        settings[METADATA_SCALE_KEY] = str(config["scaling_factor"])
+        settings[METADATA_SHIFT_KEY] = str(config["shift_factor"])
+    return settings
 
 
 def _resolve_dtype(name: str, device):
@@ -85,18 +116,19 @@ def _indices(state: dict, pattern: str) -> list[int]:
     return sorted({int(m.group(1)) for key in state if (m := re.match(pattern, key))})
 
 
-def infer_kl_config(path, state: dict) -> dict:
-    """``AutoencoderKL`` config from diffusers-named shapes (the decoder is required)."""
+def infer_kl_config(path, state: dict, groups: int = NORM_GROUPS) -> dict:
+    """``AutoencoderKL`` config from diffusers-named shapes (the decoder is required) and the
+    GroupNorm group count, which shapes cannot tell."""
     up = _indices(state, r"decoder\.up_blocks\.(\d+)\.")
     if "decoder.conv_in.weight" not in state or not up:
         raise WeightsError(path, "an autoencoder without its decoder (decoder.conv_in / up blocks "
                                  "missing): the file is incomplete")
     # Decoder levels run from the widest to the full-resolution one; configs list them reversed.
     widths = [state[f"decoder.up_blocks.{i}.resnets.0.conv1.weight"].shape[0] for i in up][::-1]
-    odd = [w for w in widths if w % NORM_GROUPS]
-    if odd:
-        raise WeightsError(path, f"channel counts {widths} are not multiples of {NORM_GROUPS} "
-                                 f"(GroupNorm groups): not an LDM/FLUX autoencoder")
+    if groups <= 0 or any(w % groups for w in widths):
+        raise WeightsError(path, f"channel counts {widths} are not multiples of {groups} "
+                                 f"(GroupNorm groups): not an LDM/FLUX autoencoder, or its "
+                                 f"'{METADATA_NORM_GROUPS_KEY}' setting is wrong")
     decoder_layers = len(_indices(state, r"decoder\.up_blocks\.0\.resnets\.(\d+)\."))
     has_encoder = "encoder.conv_in.weight" in state
     return dict(
@@ -107,20 +139,20 @@ def infer_kl_config(path, state: dict) -> dict:
         block_out_channels=widths,
         layers_per_block=decoder_layers - 1,  # the decoder has one block more per level
         latent_channels=state["decoder.conv_in.weight"].shape[1],
-        norm_num_groups=NORM_GROUPS,
+        norm_num_groups=groups,
         use_quant_conv="quant_conv.weight" in state,
         use_post_quant_conv="post_quant_conv.weight" in state,
         mid_block_add_attention="decoder.mid_block.attentions.0.to_q.weight" in state,
     )
 
 
-def _build_kl(path, state: dict):
+def _build_kl(path, state: dict, groups: int):
     import torch
     from diffusers import AutoencoderKL
 
     from ..models.vae import VAEInfo
 
-    config = infer_kl_config(path, state)
+    config = infer_kl_config(path, state, groups)
     with torch.device("meta"):
         model = AutoencoderKL(**config)
     has_encoder = "encoder.conv_in.weight" in state

@@ -128,6 +128,42 @@ def test_all_in_one_checkpoints_carry_the_vae_under_a_prefix(files, flux_vae, re
                                    atol=0, rtol=0)
 
 
+def test_decoder_only_file_decodes_and_refuses_encode(flux_vae, reference, tmp_path):
+    decoder_only = {k: v for k, v in _contiguous(reference.state_dict()).items()
+                    if k.startswith("decoder.")}
+    save_file(decoder_only, str(tmp_path / "decoder_only.safetensors"))
+    vae = load_vae(tmp_path / "decoder_only.safetensors")
+    raw = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(15))
+    torch.testing.assert_close(vae.decode(raw), flux_vae.decode(raw), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="no encoder"):
+        vae.encode(torch.rand(1, 16, 16, 3))
+
+
+def test_group_count_and_constants_from_config_json_or_metadata(tmp_path):
+    # The embedded model's own VAE is FLUX-shaped but narrower, with GroupNorm(16): weights cannot
+    # show the group count, so the folder's config.json or the file's metadata must carry it.
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(16)
+    config = {**_diffusers_config(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=16),
+              "norm_num_groups": 16, "scaling_factor": 1.5, "shift_factor": 0.05}
+    model = randomize(AutoencoderKL(**config), seed=16).eval()
+    model.save_pretrained(str(tmp_path / "own" / "vae"))
+    state = _contiguous(model.state_dict())
+    save_file(state, str(tmp_path / "own.safetensors"),
+              metadata={"norm_num_groups": "16", "latent_scale": "1.5", "latent_shift": "0.05"})
+    save_file(state, str(tmp_path / "no_metadata.safetensors"))
+    raw = torch.randn(1, 16, 6, 6, generator=torch.Generator().manual_seed(17))
+    with torch.no_grad():
+        expected = _to_image(model.decode(raw).sample)
+    for path in (tmp_path / "own", tmp_path / "own.safetensors"):
+        vae = load_vae(path)
+        assert vae.latent_format == LatentFormat(scale=1.5, shift=0.05)
+        torch.testing.assert_close(vae.decode(raw), expected, atol=2e-5, rtol=0)
+    # Without the setting the default GroupNorm(32) loads (same shapes) but decodes differently.
+    assert not torch.allclose(load_vae(tmp_path / "no_metadata.safetensors").decode(raw), expected)
+
+
 @pytest.fixture(scope="module")
 def invertible_vae(tmp_path_factory):
     model = make_invertible(LdmAutoencoder(ch=128, ch_mult=(1, 1), num_res_blocks=1)).eval()
@@ -344,6 +380,10 @@ def test_wrong_files_raise_weights_error_naming_file_and_kind(tmp_path, referenc
     sd_vae = randomize(LdmAutoencoder(ch=32, ch_mult=(1, 2), z_channels=4), seed=1).state_dict()
     with pytest.raises(WeightsError, match="4 latent channels"):
         load_vae(_write(tmp_path, "sdxl_vae.safetensors", sd_vae))
+
+    encoder_only = {f"{k}": v for k, v in taesd_encoder().state_dict().items()}
+    with pytest.raises(WeightsError, match="without a complete decoder"):
+        load_vae(_write(tmp_path, "taef1_encoder.safetensors", encoder_only))
 
 
 def test_decode_refuses_a_latent_of_the_wrong_shape(flux_vae):
