@@ -1,0 +1,203 @@
+"""GPU/memory policy on the CPU: the fp16-safe path, block offloading, the `auto` dtype policy,
+torch.compile wiring, and the host's model placement (headless and under ComfyUI's manager)."""
+
+from __future__ import annotations
+
+import torch
+import pytest
+
+from factories import dit_from_state_dict, official_state_dict, random_dit, random_inputs, tiny_params
+from nextdit_nodes.models import offload
+from nextdit_nodes.models.fp16 import make_fp16_safe, row_scale
+
+
+def _forward(model, inputs):
+    with torch.no_grad():
+        return model(**inputs)
+
+
+def _rel(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+# ---- fp16-safe path ---------------------------------------------------------------------------
+
+def _overflowing_state(p, where: str) -> dict:
+    """fp16-representable weights that push one part of the forward past fp16's 65504."""
+    sd = official_state_dict(p, seed=3)
+    for key in sd:
+        if where == "residual" and key.endswith(("attention_norm2.weight", "ffn_norm2.weight")):
+            sd[key] = sd[key] * 3e4      # every branch adds ~3e4 * O(1) to the residual stream
+        if where == "swiglu" and key.endswith(("feed_forward.w1.weight", "feed_forward.w3.weight")):
+            sd[key] = sd[key] * 300.0    # silu(w1 x) * (w3 x) ~ 1e5
+    return {k: v.half() for k, v in sd.items()}
+
+
+@pytest.mark.parametrize("where", ["residual", "swiglu", "captions"])
+def test_fp16_safe_forward_matches_fp32_where_naive_fp16_overflows(where):
+    p = tiny_params()
+    sd16 = _overflowing_state(p, where)
+    inputs = random_inputs(p, [5, 9], seed=1)
+    if where == "captions":   # Gemma pre-norm hidden states carry outliers beyond fp16's range
+        inputs["cap_feats"][:, 0] *= 2e5
+    reference = _forward(dit_from_state_dict(p, {k: v.float() for k, v in sd16.items()}), inputs)
+
+    naive = dit_from_state_dict(p, dict(sd16))
+    naive.compute_dtype = torch.float16
+    assert not torch.isfinite(_forward(naive, inputs)).all(), "the test must overflow a naive fp16 forward"
+
+    safe = make_fp16_safe(dit_from_state_dict(p, dict(sd16)))
+    out = _forward(safe, inputs)
+    assert torch.isfinite(out).all()
+    assert _rel(out, reference) < 0.01
+
+
+def test_fp16_safe_keeps_block_matrices_in_fp16_and_the_rest_fp32():
+    p = tiny_params()
+    model = make_fp16_safe(dit_from_state_dict(p, {k: v.half() for k, v in official_state_dict(p).items()}))
+    for name, param in model.named_parameters():
+        block_matrix = name.startswith(offload.BLOCK_LISTS) and param.ndim == 2
+        assert param.dtype == (torch.float16 if block_matrix else torch.float32), name
+    # Ordinary weights: the same result as fp32 compute on the same (fp16-rounded) weights.
+    reference = dit_from_state_dict(p, {k: v.half().float() for k, v in official_state_dict(p).items()})
+    inputs = random_inputs(p, [4, 4])
+    assert _rel(_forward(model, inputs), _forward(reference, inputs)) < 5e-3
+
+
+def test_fp16_safe_with_fp8_block_weights():
+    from nextdit_nodes.loaders import dtypes
+
+    p = tiny_params()
+    sd = official_state_dict(p)
+    model = dit_from_state_dict(p, {k: v.half() for k, v in sd.items()})
+    dtypes.make_fp8_linears(model)
+    for name, module in model.named_modules():
+        if isinstance(module, dtypes.FP8Linear):
+            module.weight.data, module.weight_scale = dtypes.quantize_fp8(sd[name + ".weight"])
+    for param in model.parameters():          # reference: FP8Linear and the rest computed in fp32
+        if param.dtype != dtypes.FP8:
+            param.data = param.data.float()
+    expected = _forward(model, random_inputs(p, [6]))
+    make_fp16_safe(model)
+    assert model.layers[0].attention.qkv.weight.dtype == dtypes.FP8
+    out = _forward(model, random_inputs(p, [6]))
+    assert _rel(out, expected) < 5e-3
+
+
+def test_row_scale_is_a_power_of_two_that_brings_rows_into_range():
+    x = torch.tensor([[1.0, -3.0], [1e6, 2.0], [-70000.0, 0.0], [0.0, 0.0]])
+    s = row_scale(x)
+    assert torch.equal(s, torch.exp2(torch.log2(s).round()))      # exact powers of two
+    assert (s >= 1).all() and ((x / s).abs().amax(-1) <= 64).all()
+    assert s[0].item() == 1.0 and s[3].item() == 1.0
+    assert (x / s * 2).abs().amax(-1)[1] > 64                     # the smallest such power
+
+
+# ---- block offloading --------------------------------------------------------------------------
+
+def _rest_pointers(model):
+    return {id(p): p.data_ptr() for b in offload.repeated_blocks(model) for p in b.parameters()}
+
+
+def test_offloaded_forward_streams_one_block_at_a_time_and_matches_exactly():
+    p = tiny_params()
+    model = random_dit(p)
+    inputs = random_inputs(p, [5, 3])
+    expected = _forward(model, inputs)
+
+    offload.offload_blocks(model, "cpu")    # CPU stands in for the device: copies are still made
+    blocks = offload.repeated_blocks(model)
+    at_rest = _rest_pointers(model)
+    seen = []
+
+    def probe(block_index):
+        def check(module, args):   # runs inside the block, after the offloader's pre-hook
+            swapped_in = [i for i, b in enumerate(blocks)
+                          if any(q.data_ptr() != at_rest[id(q)] for q in b.parameters())]
+            assert swapped_in == [block_index], (block_index, swapped_in)
+            assert all(q.data_ptr() != at_rest[id(q)] for q in blocks[block_index].parameters())
+            seen.append(block_index)
+        return check
+
+    for i, block in enumerate(blocks):
+        block.attention.register_forward_pre_hook(probe(i))
+    out = _forward(model, inputs)
+    assert seen == list(range(len(blocks)))
+    assert torch.equal(out, expected)
+    assert _rest_pointers(model) == at_rest           # every block back on its CPU tensors
+    assert not model.layers[0].__dict__.get("_offload_homes")
+    state = model.__dict__[offload._STATE]
+    assert set(state.prefetched) == set()              # nothing left behind after the last block
+
+
+def test_offload_budget_keeps_leading_blocks_resident_and_remove_restores():
+    p = tiny_params()
+    model = random_dit(p)
+    inputs = random_inputs(p, [4])
+    expected = _forward(model, inputs)
+    blocks = offload.repeated_blocks(model)
+    sizes = [sum(t.numel() * t.element_size() for t in b.parameters()) for b in blocks]
+    rest = sum(t.numel() * t.element_size() for n, t in model.named_parameters() if not n.startswith(offload.BLOCK_LISTS))
+
+    resident = offload.offload_blocks(model, "cpu", budget=sum(sizes[:3]) + 1)
+    assert resident == rest + sum(sizes[:3])
+    assert offload.streamed_block_count(model) == len(blocks) - 3
+    assert [bool(b._forward_pre_hooks) for b in blocks] == [False] * 3 + [True] * (len(blocks) - 3)
+    assert torch.equal(_forward(model, inputs), expected)
+
+    offload.remove_offload(model)
+    assert not offload.is_offloaded(model) and not any(b._forward_pre_hooks for b in blocks)
+    assert torch.equal(_forward(model, inputs), expected)
+
+
+def test_offload_recovers_from_a_forward_interrupted_inside_a_block():
+    p = tiny_params()
+    model = random_dit(p)
+    inputs = random_inputs(p, [4])
+    expected = _forward(model, inputs)
+    offload.offload_blocks(model, "cpu")
+    at_rest = _rest_pointers(model)
+
+    def boom(module, args):
+        raise KeyboardInterrupt
+    handle = model.layers[1].feed_forward.register_forward_pre_hook(boom)
+    with pytest.raises(KeyboardInterrupt):
+        _forward(model, inputs)
+    handle.remove()
+    assert torch.equal(_forward(model, inputs), expected)
+    assert _rest_pointers(model) == at_rest
+
+
+def test_offload_works_for_lora_copies_sharing_the_weights():
+    from nextdit_nodes.loaders.lora import LowRank, ParsedLora
+    from nextdit_nodes.models.lora import apply_lora
+    from pathlib import Path
+
+    p = tiny_params()
+    model = random_dit(p)
+    gen = torch.Generator().manual_seed(5)
+    target = "layers.1.feed_forward.w2"
+    lora = ParsedLora(Path("x.safetensors"), "test", "test",
+                      {target: [LowRank(torch.randn(4, p.ffn_dim, generator=gen),
+                                        torch.randn(p.dim, 4, generator=gen), 0.5)]}, {target: "applied"})
+    inputs = random_inputs(p, [6])
+    expected = _forward(apply_lora(model, lora, 1.0), inputs)
+    offload.offload_blocks(model, "cpu")
+    patched = apply_lora(model, lora, 1.0)
+    assert torch.equal(_forward(patched, inputs), expected)
+    assert not torch.equal(_forward(model, inputs), expected)   # the LoRA really mattered
+
+
+# ---- dtype policy ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device,bf16,expected", [
+    ("cpu", True, torch.float32),
+    ("cuda", True, torch.bfloat16),
+    ("cuda", False, torch.float16),
+])
+def test_auto_dtype_policy(monkeypatch, device, bf16, expected):
+    from nextdit_nodes.loaders import dtypes
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    assert dtypes.resolve("auto", device).compute == expected
+    assert dtypes.resolve("fp8_e4m3fn", device) == dtypes.DtypePlan(expected, fp8=True)
