@@ -399,7 +399,7 @@ def _convert(module: str, parts: dict[str, Tensor], rule: _AlphaRule,
         return "DoRA weight decomposition: not supported"
     alpha = float(parts["alpha"].float().item()) if "alpha" in parts else None
     if roles == {"down", "up"}:
-        down, up = parts["down"], parts["up"]
+        down, up = _as_matrix(parts["down"]), _as_matrix(parts["up"])
         if down.dim() != 2 or up.dim() != 2 or down.shape[0] != up.shape[1]:
             return f"malformed low-rank pair (down {list(down.shape)}, up {list(up.shape)})"
         rank = int(down.shape[0])
@@ -416,6 +416,13 @@ def _convert(module: str, parts: dict[str, Tensor], rule: _AlphaRule,
         bias = parts.get("diff_b", parts.get("b_norm"))
         return Dense(weight, bias)
     return f"unrecognised tensor set ({', '.join(sorted(roles)) or 'alpha only'})"
+
+
+def _as_matrix(tensor: Tensor) -> Tensor:
+    """Some converters keep a Linear's factors as 1x1-conv weights [o, i, 1, 1]."""
+    if tensor.dim() == 4 and tensor.shape[2:] == (1, 1):
+        return tensor.flatten(1)
+    return tensor
 
 
 def _check_shape(delta: Delta, target: str, rows: Rows | None, table: TargetTable) -> str | None:

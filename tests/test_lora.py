@@ -320,6 +320,19 @@ def test_diffusers_qkv_rows_on_gqa_config(tmp_path):
         assert_matches_merged(patched, model, deltas, 1.0, inputs)
 
 
+def test_lokr_on_a_diffusers_qkv_slice(tmp_path, params, base, inputs):
+    # LyCORIS names built from diffusers modules: `attn.to_k` is rows 48:72 of the fused qkv here.
+    gen = torch.Generator().manual_seed(16)
+    w1, w2 = torch.randn(4, 6, generator=gen), torch.randn(6, 8, generator=gen) / 48 ** 0.5   # kron: 24x48
+    save_file({"lycoris_layers_1_attn_to_k.lokr_w1": w1, "lycoris_layers_1_attn_to_k.lokr_w2": w2,
+               "lycoris_layers_1_attn_to_k.alpha": torch.tensor(1.0)}, str(tmp_path / "k.safetensors"))
+    qkv = torch.zeros(shape_of(base, "layers.1.attention.qkv"))
+    qkv[48:72] = torch.kron(w1, w2)      # both factors full: scale 1
+    patched, report = load_lora(base, tmp_path / "k.safetensors", 1.0)
+    assert report.lines == ["layers.1.attention.qkv[48:72]: applied"]
+    assert_matches_merged(patched, base, {"layers.1.attention.qkv": qkv}, 1.0, inputs)
+
+
 # ---- ComfyUI diffusion_model.* and bare (DiffSynth) ---------------------------------------------
 
 def write_dotted(path, model, targets, prefix, rank=4, alpha=None, seed=6):
