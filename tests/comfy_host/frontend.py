@@ -21,8 +21,9 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 
 # Builds a graph from {"nodes": [{type, title?, pos, size?, widgets: {name: value}, models?}],
 # "links": [[from index, output slot, to index, input name]]} with the editor's own objects,
-# and returns what the editor saves (app.graph.serialize()).
-_BUILD_JS = """(spec) => {
+# and returns the workflow as the editor writes it into a queued prompt and its PNGs
+# (app.graphToPrompt(): the saved graph plus extra.frontendVersion).
+_BUILD_JS = """async (spec) => {
   const LG = window.LiteGraph || window.comfyAPI?.litegraph?.LiteGraph;
   app.graph.clear();
   const made = [];
@@ -49,7 +50,7 @@ _BUILD_JS = """(spec) => {
     if (!made[from].connect(slot, target, index)) throw new Error("cannot link " + from + " -> " + input);
   }
   app.graph.setDirtyCanvas(true, true);
-  return app.graph.serialize();
+  return (await app.graphToPrompt()).workflow;
 }"""
 
 

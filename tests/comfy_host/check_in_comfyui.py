@@ -1,0 +1,199 @@
+"""The pack inside real ComfyUI with the real frontend (issue 7, point 4; outside CI).
+
+Checks, against a running ComfyUI that has the pack linked as ``custom_nodes/nextdit-nodes`` and
+the tiny random-weight files of ``tests/runtime_models.py`` in its models folder:
+  1. the pack imported without errors or warnings (from the server log);
+  2. every pack node is in /object_info with a description and a tooltip on every input;
+  3. the examples are listed in /api/workflow_templates and their thumbnails are served;
+  4. a graph built in the editor from the pack's nodes runs with the Run button to
+     execution_success, with progress messages for the sampler; the saved workflow and the image
+     ComfyUI wrote are kept as test fixtures (tests/data/);
+  5. a longer run is interrupted from the editor and stops early (execution_interrupted).
+
+  python tests/runtime_models.py ~/scratch/ComfyUI/models
+  SCRATCH=~/scratch ../shared/comfy-host/comfy_run.sh --port 8199 --isolated
+  ~/scratch/e2e-venv/bin/python tests/comfy_host/check_in_comfyui.py --log ~/scratch/comfy-8199.log
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from frontend import build_graph, click_run, editor, fit_view, wait_for
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent / "data"
+PACK_FOLDER = "nextdit-nodes"
+SEED = 1234
+
+
+def get(url: str):
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return response.status, response.headers.get("Content-Type", ""), response.read()
+
+
+def check_import(log: Path) -> list[str]:
+    lines = log.read_text(errors="replace").splitlines()
+    ours = [line for line in lines if PACK_FOLDER in line or "nextdit_nodes" in line]
+    bad = [line for line in ours if any(word in line for word in ("IMPORT FAILED", "Cannot import",
+                                                                    "WARNING", "Traceback"))]
+    print("import lines:", *ours, sep="\n  ")
+    return bad
+
+
+def check_object_info(url: str) -> list[str]:
+    info = json.loads(get(f"{url}/object_info")[2])
+    problems, ours = [], {k: v for k, v in info.items() if k.startswith("NextDiT")}
+    for node_id, entry in ours.items():
+        if not entry.get("description"):
+            problems.append(f"{node_id}: no description")
+        for section in ("required", "optional"):
+            for name, spec in (entry["input"].get(section) or {}).items():
+                if len(spec) < 2 or not spec[1].get("tooltip"):
+                    problems.append(f"{node_id}.{name}: no tooltip")
+        if entry.get("python_module") != f"custom_nodes.{PACK_FOLDER}":
+            problems.append(f"{node_id}: python_module {entry.get('python_module')}")
+    print(f"/object_info: {len(info)} nodes, ours: {sorted(ours)}")
+    return problems
+
+
+def check_templates(url: str) -> list[str]:
+    listed = json.loads(get(f"{url}/api/workflow_templates")[2]).get(PACK_FOLDER, [])
+    print(f"/api/workflow_templates[{PACK_FOLDER}]: {listed}")
+    problems = [] if len(listed) >= 3 else [f"only {listed} listed"]
+    for stem in listed:
+        quoted = urllib.request.quote(stem)
+        status, kind, body = get(f"{url}/api/workflow_templates/{PACK_FOLDER}/{quoted}.jpg")
+        print(f"  {stem}.jpg: HTTP {status} {kind} {len(body)} bytes")
+        if status != 200 or not body.startswith(b"\xff\xd8"):
+            problems.append(f"{stem}.jpg not served as a JPEG")
+    return problems
+
+
+def tiny_graph(steps: int, size: int) -> dict:
+    """Text to image with the pack's nodes only (and SaveImage), small enough for a CPU."""
+    return {"nodes": [
+        {"type": "NextDiTLoader", "pos": [0, 0], "width": 330,
+         "widgets": {"dit_name": "NewBie-Image-Exp0.1-bf16.safetensors", "weight_dtype": "fp32"}},
+        {"type": "NextDiTTextEncoderLoader", "pos": [0, 160], "width": 330,
+         "widgets": {"gemma_name": "gemma_3_4b_it_bf16.safetensors",
+                     "jina_name": "jina_clip_v2_bf16.safetensors", "device": "cpu", "dtype": "fp32"}},
+        {"type": "NextDiTVAELoader", "pos": [0, 380], "width": 330, "widgets": {"vae_name": "ae.safetensors"}},
+        {"type": "NextDiTXMLCharacter", "pos": [400, -620], "size": [340, 380],
+         "widgets": {"n": "$character_1$", "gender": "1girl", "appearance": "blue_hair, red_eyes",
+                     "clothing": "serafuku", "body_type": "", "expression": "smile",
+                     "action": "waving", "interaction": "", "position": "center"}},
+        {"type": "NextDiTTextEncode", "title": "Positive", "pos": [400, 0], "size": [380, 220],
+         "widgets": {"prompt": "", "system_prompt": "xml (official)", "custom_system_prompt": ""}},
+        {"type": "NextDiTTextEncode", "title": "Negative", "pos": [400, 260], "size": [380, 200],
+         "widgets": {"prompt": "", "system_prompt": "none", "custom_system_prompt": ""}},
+        {"type": "NextDiTSampler", "pos": [820, 0], "width": 300,
+         "widgets": {"width": size, "height": size, "batch_size": 1, "seed": SEED,
+                     "control_after_generate": "fixed", "steps": steps, "solver": "euler",
+                     "shift": 6.0, "cfg": 4.0, "renorm_cfg": 0.0, "cfg_trunc": 100.0,
+                     "guidance": 0.0, "denoise": 1.0}},
+        {"type": "NextDiTVAEDecode", "pos": [1160, 0], "widgets": {"tiled": "off"}},
+        {"type": "SaveImage", "pos": [1440, 0], "size": [300, 340], "widgets": {"filename_prefix": "hostcheck"}},
+    ], "links": [[3, 0, 4, "prompt"], [1, 0, 4, "text_encoders"], [1, 0, 5, "text_encoders"],
+                 [0, 0, 6, "model"], [4, 0, 6, "positive"], [5, 0, 6, "negative"],
+                 [2, 0, 7, "vae"], [6, 0, 7, "samples"], [7, 0, 8, "images"]]}
+
+
+def free_cache(url: str) -> None:
+    """Empty the server's output cache (POST /free), so the run below really executes."""
+    request = urllib.request.Request(f"{url}/free", data=json.dumps(
+        {"unload_models": True, "free_memory": True}).encode(), method="POST",
+        headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=60).read()
+    time.sleep(2)  # the worker resets its caches between prompts
+
+
+def run_and_keep_fixture(page, events, url: str, out: Path) -> list[str]:
+    free_cache(url)
+    workflow = build_graph(page, tiny_graph(steps=4, size=64))
+    fit_view(page)
+    page.screenshot(path=str(out / "host_graph.png"))
+    start = len(events["ws"])
+    pressed = click_run(page)
+    done = wait_for(events, ("execution_success", "execution_error", "execution_interrupted"), 600,
+                    page, start)
+    print(f"Run pressed: {done and done['type']} after {time.time() - pressed:.1f} s")
+    if not done or done["type"] != "execution_success":
+        return [f"run did not succeed: {json.dumps(done)[:2000]}"]
+    page.wait_for_timeout(3000)
+    page.screenshot(path=str(out / "host_after_run.png"))
+    messages = events["ws"][start:]
+    progress = [m["data"] for m in messages if m.get("type") == "progress"]
+    print("progress messages:", [(p["node"], p["value"], p["max"]) for p in progress])
+    executed = [m["data"] for m in messages if m.get("type") == "executed"]
+    image = executed[-1]["output"]["images"][0]
+    query = urllib.parse.urlencode(image)
+    _, _, png = get(f"{url}/api/view?{query}")
+    import io  # noqa: PLC0415
+
+    from PIL import Image  # noqa: PLC0415
+
+    # Keep the workflow exactly as the editor sent it with the prompt (ComfyUI put it in the PNG).
+    sent = json.loads(Image.open(io.BytesIO(png)).text["workflow"])
+    (out / "built_workflow.json").write_text(json.dumps(workflow, indent=1))
+    built = {(n["id"], n["type"], json.dumps(n.get("widgets_values"))) for n in workflow["nodes"]}
+    assert {(n["id"], n["type"], json.dumps(n.get("widgets_values"))) for n in sent["nodes"]} == built, \
+        "the editor sent the graph it built"
+    DATA.mkdir(exist_ok=True)
+    (DATA / "frontend_tiny_workflow.json").write_text(json.dumps(sent, indent=1) + "\n")
+    (DATA / "frontend_tiny_comfyui_output.png").write_bytes(png)
+    print(f"kept tests/data/frontend_tiny_workflow.json and the ComfyUI image {image} ({len(png)} bytes)")
+    sampler_steps = [p for p in progress if p["max"] == 4]
+    return [] if len(sampler_steps) >= 4 else ["no per-step progress for the sampler"]
+
+
+def interrupt_a_long_run(page, events) -> list[str]:
+    build_graph(page, tiny_graph(steps=400, size=256))
+    start = len(events["ws"])
+    click_run(page)
+    first = None
+    deadline = time.time() + 300
+    while first is None and time.time() < deadline:  # wait for the sampler's first steps
+        first = next((m for m in events["ws"][start:] if m.get("type") == "progress"
+                      and m["data"]["max"] == 400 and m["data"]["value"] >= 2), None)
+        page.wait_for_timeout(200)
+    cancel = page.locator("button[aria-label*='Cancel' i], button[aria-label*='Interrupt' i]")
+    how = "the editor's cancel button"
+    if cancel.count():
+        cancel.first.click()
+    else:
+        how = "app.api.interrupt()"
+        page.evaluate("() => app.api.interrupt()")
+    done = wait_for(events, ("execution_success", "execution_error", "execution_interrupted"), 300,
+                    page, start)
+    steps = [m["data"]["value"] for m in events["ws"][start:]
+             if m.get("type") == "progress" and m["data"]["max"] == 400]
+    print(f"interrupt via {how}: {done and done['type']}, last sampler step {max(steps or [0])} of 400")
+    if not done or done["type"] != "execution_interrupted":
+        return [f"not interrupted: {json.dumps(done)[:500]}"]
+    return [] if max(steps) < 400 else ["sampling ran to the end"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8199")
+    parser.add_argument("--log", type=Path, required=True, help="the ComfyUI server log")
+    parser.add_argument("--out", type=Path, default=Path("host_check"), help="screenshots")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    problems = check_import(args.log) + check_object_info(args.url) + check_templates(args.url)
+    with editor(args.url) as (page, events):
+        problems += run_and_keep_fixture(page, events, args.url, args.out)
+        problems += interrupt_a_long_run(page, events)
+    print("PROBLEMS:", *problems, sep="\n  ") if problems else print("all host checks passed")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
