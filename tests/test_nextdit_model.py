@@ -334,3 +334,66 @@ def test_bf16_compute_returns_float32_close_to_fp32():
     out = model(**{k: (v.half() if v is not None and v.is_floating_point() else v) for k, v in inputs.items()})
     assert out.dtype == torch.float32
     assert _rel(out, ref) < 0.05
+
+
+# ----------------------------------------------------------------------------------------------
+# Third-party reference: diffusers' Lumina2Transformer2DModel (Lumina-2 shape, no clip path)
+# ----------------------------------------------------------------------------------------------
+
+def _diffusers_to_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename diffusers Lumina2 keys to the official layout (research §3.3, read backwards)."""
+    renames = [
+        ("time_caption_embed.timestep_embedder.linear_1", "t_embedder.mlp.0"),
+        ("time_caption_embed.timestep_embedder.linear_2", "t_embedder.mlp.2"),
+        ("time_caption_embed.caption_embedder", "cap_embedder"),
+        ("attn.to_out.0", "attention.out"), ("attn.norm_q", "attention.q_norm"), ("attn.norm_k", "attention.k_norm"),
+        ("feed_forward.linear_1", "feed_forward.w1"), ("feed_forward.linear_2", "feed_forward.w2"),
+        ("feed_forward.linear_3", "feed_forward.w3"),
+        ("norm1.linear", "adaLN_modulation.1"), ("norm1.norm", "attention_norm1"), ("norm1", "attention_norm1"),
+        ("norm2", "attention_norm2"),
+        ("norm_out.linear_1", "final_layer.adaLN_modulation.1"), ("norm_out.linear_2", "final_layer.linear"),
+    ]
+    out = {}
+    for key, value in sd.items():
+        if ".attn.to_q." in key:
+            prefix = key.split(".attn.to_q.")[0]
+            out[f"{prefix}.attention.qkv.weight"] = torch.cat(
+                [value, sd[f"{prefix}.attn.to_k.weight"], sd[f"{prefix}.attn.to_v.weight"]])
+            continue
+        if ".attn.to_k." in key or ".attn.to_v." in key:
+            continue
+        dotted = "." + key
+        for old, new in renames:
+            if f".{old}." in dotted:
+                dotted = dotted.replace(f".{old}.", f".{new}.")
+                break
+        out[dotted[1:]] = value
+    return out
+
+
+def test_lumina2_matches_diffusers_lumina2_transformer():
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    ref = diffusers.Lumina2Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=16, hidden_size=48, num_layers=2, num_refiner_layers=2,
+        num_attention_heads=4, num_kv_heads=2, multiple_of=16, norm_eps=1e-5, axes_dim_rope=(4, 4, 4),
+        axes_lens=(64, 32, 32), cap_feat_dim=40).eval()
+    gen = torch.Generator().manual_seed(1)
+    randomised = {}
+    for key, value in ref.state_dict().items():        # every weight non-trivial (no zero-init gates)
+        if value.ndim == 1 and "norm" in key and "linear" not in key:
+            randomised[key] = 0.5 + torch.rand(value.shape, generator=gen)
+        elif value.ndim == 2:
+            randomised[key] = torch.randn(value.shape, generator=gen) / value.shape[1] ** 0.5
+        else:
+            randomised[key] = 0.1 * torch.randn(value.shape, generator=gen)
+    ref.load_state_dict(randomised)
+    official = _diffusers_to_official(randomised)
+    ffn_dim = official["layers.0.feed_forward.w1.weight"].shape[0]
+    params = tiny_params(clip_dim=None, ffn_dim=ffn_dim)
+    model = dit_from_state_dict(params, official)
+
+    inputs = random_inputs(params, [5, 11], (6, 10), seed=2)
+    with torch.no_grad():
+        expected = ref(inputs["x"], inputs["t"], inputs["cap_feats"], inputs["cap_mask"], return_dict=False)[0]
+    assert _rel(model(**inputs), expected) <= 1e-5
