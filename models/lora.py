@@ -102,6 +102,34 @@ def apply_lora(model: nn.Module, lora: ParsedLora, strength: float) -> nn.Module
     return patched
 
 
+def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """``model.state_dict()`` with every applied LoRA merged in (W + Σ strength·ΔW, new tensors).
+
+    A patched model's own ``state_dict()`` holds the shared base weights (the LoRA lives in hooks),
+    so code that reads weights instead of calling the model (saving, distilling) needs this.
+    """
+    merged = dict(model.state_dict())
+    for path, module in model.named_modules():
+        hooks = [h for h in module._forward_hooks.values() if isinstance(h, _LoraHook)]
+        if not hooks:
+            continue
+        weight = module.weight
+        if weight.dtype not in _COMPUTE_DTYPES:
+            raise ValueError(f"{path}: cannot merge a LoRA into {weight.dtype} weights; load the model "
+                             f"in bf16, fp16 or fp32")
+        total = weight.detach().float().clone()
+        bias = None if module.bias is None else module.bias.detach().float().clone()
+        for hook in hooks:
+            delta_w, delta_b = hook.delta(module)
+            total += delta_w
+            if delta_b is not None:
+                bias = delta_b if bias is None else bias + delta_b
+        merged[f"{path}.weight"] = total.to(weight.dtype)
+        if bias is not None:
+            merged[f"{path}.bias"] = bias.to(module.bias.dtype if module.bias is not None else weight.dtype)
+    return merged
+
+
 # ---- the structural copy --------------------------------------------------------------------
 
 def _structural_copy(module: nn.Module) -> nn.Module:
@@ -167,6 +195,24 @@ class _LoraHook:
                 output = _add_rows(output, bias.expand(*x.shape[:-1], -1), rows)
         return output
 
+    def delta(self, module: nn.Linear) -> tuple[Tensor, Tensor | None]:
+        """This hook's (ΔW [out, in], Δbias [out] or None) in fp32, strength included."""
+        buffers, p, out_features = module._buffers, self.prefix, module.out_features
+        delta_w = torch.zeros(module.weight.shape, dtype=torch.float32, device=module.weight.device)
+        delta_b = None
+        if self.low_rank:
+            delta_w += buffers[f"{p}_up"].float() @ buffers[f"{p}_down"].float()
+        for i, (factor, rows) in enumerate(self.krons):
+            kron = torch.kron(buffers[f"{p}_kron{i}_w1"].float(), buffers[f"{p}_kron{i}_w2"].float())
+            delta_w += _rows_padded(kron * factor, rows, out_features)
+        for i, (has_weight, has_bias, rows) in enumerate(self.denses):
+            if has_weight:
+                delta_w += _rows_padded(buffers[f"{p}_dense{i}_w"].float(), rows, out_features)
+            if has_bias:
+                b = _rows_padded(buffers[f"{p}_dense{i}_b"].float()[:, None], rows, out_features)[:, 0]
+                delta_b = b if delta_b is None else delta_b + b
+        return delta_w, delta_b
+
 
 def _add_low_rank(output: Tensor, hidden: Tensor, up: Tensor) -> Tensor:
     """output + hidden @ up^T; in place (one fused addmm, no temporary the size of the output)
@@ -177,6 +223,10 @@ def _add_low_rank(output: Tensor, hidden: Tensor, up: Tensor) -> Tensor:
         output.view(-1, output.shape[-1]).addmm_(hidden.reshape(-1, hidden.shape[-1]), up.T)
         return output
     return output + F.linear(hidden, up).to(output.dtype)
+
+
+def _rows_padded(delta: Tensor, rows: tuple[int, int] | None, out_features: int) -> Tensor:
+    return delta if rows is None else F.pad(delta, (0, 0, rows[0], out_features - rows[1]))
 
 
 def _kron_forward(x: Tensor, w1: Tensor, w2: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from factories import random_dit, random_inputs, tiny_params
 from safetensors.torch import save_file
 
 from nextdit_nodes.loaders import WeightsError
-from nextdit_nodes.models.lora import load_lora
+from nextdit_nodes.models.lora import load_lora, merged_state_dict
 
 TOL = 1e-5   # relative to the output's magnitude (outputs are O(1-10); fp32 rounding ~1e-6)
 
@@ -393,6 +393,18 @@ def test_patched_model_shares_base_tensors_and_keys(tmp_path, base):
     # No weight was copied: every parameter is the very same tensor.
     assert all(patched_sd[k].data_ptr() == base_sd[k].data_ptr() for k in base_sd)
     assert patched.compute_dtype == base.compute_dtype and patched.params == base.params
+
+
+def test_merged_state_dict_holds_the_lora(tmp_path, params, base, inputs):
+    first = write_kohya(tmp_path / "a.safetensors", base, BLOCK_TARGETS + EMBEDDER_TARGETS, seed=17)
+    second = write_lokr(tmp_path / "b.safetensors", base, "w2_a", 2.0, seed=18)
+    patched, _ = load_lora(base, tmp_path / "a.safetensors", 0.5)
+    patched, _ = load_lora(patched, tmp_path / "b.safetensors", 2.0)
+    expected = merged_model(base, add(first, second, weights=[0.5, 2.0])).state_dict()
+    merged = merged_state_dict(patched)
+    assert list(merged) == list(expected)
+    assert all(torch.allclose(merged[k], expected[k], atol=1e-5) for k in expected)
+    assert merged_state_dict(base).keys() == base.state_dict().keys()
 
 
 def test_bf16_model(tmp_path, params, inputs):
