@@ -162,7 +162,8 @@ def register(subparsers) -> None:
         description="Run a ComfyUI workflow (the UI-format .json ComfyUI saves, or an API-format "
                     "export) with the pack's nodes and SaveImage / PreviewImage / primitives.",
         epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("workflow", type=Path, help="the workflow .json file")
+    parser.add_argument("workflow", type=Path,
+                        help="the workflow .json file, or a .png saved by ComfyUI / this runner")
     parser.add_argument("--models-dir", action="append", type=Path, metavar="DIR",
                         help="models folder laid out like ComfyUI's (diffusion_models/, "
                              "text_encoders/, vae/, loras/); repeatable; default: "

@@ -104,17 +104,24 @@ def _unlisted_choice(spec: InputSpec, value: Any) -> bool:
     return spec.type == "COMBO" and value not in (spec.choices or ())
 
 
-def _custom_validation(node: GraphNode, cls: type) -> list[str]:
+def _custom_validation(workflow: Workflow, classes: Mapping[str, type], node: GraphNode,
+                       cls: type) -> list[str]:
     function = getattr(cls, "VALIDATE_INPUTS", None)
     if function is None:
         return []
     argspec = inspect.getfullargspec(function)
     wanted = set(argspec.args) | set(argspec.kwonlyargs)
     everything = argspec.varkw is not None
+    # As ComfyUI: constants by value, linked inputs as None (not computed yet).
     arguments = {name: (None if isinstance(value, Link) else value)
                  for name, value in node.inputs.items() if everything or name in wanted}
-    if "input_types" in wanted:
+    if "input_types" in wanted:  # the types arriving on linked inputs
         arguments["input_types"] = {}
+        for name, value in node.inputs.items():
+            upstream = workflow.nodes.get(value.node_id) if isinstance(value, Link) else None
+            returns = classes[upstream.class_type].RETURN_TYPES if upstream else ()
+            if upstream and 0 <= value.slot < len(returns):
+                arguments["input_types"][name] = returns[value.slot]
     try:
         verdict = function(**arguments)
     except Exception as error:  # noqa: BLE001 - reported as a validation problem of this node
@@ -146,7 +153,8 @@ def validate(workflow: Workflow, classes: Mapping[str, type], node_ids: list[str
                 continue
             value = node.inputs[spec.name]
             if isinstance(value, Link):
-                problems += _check_link(workflow, classes, node, spec, value)
+                problems += _check_link(workflow, classes, node, spec, value,
+                                        check_type="input_types" not in custom_names)
             elif spec.name not in custom_names and not custom_all:
                 problems += _check_constant(node, spec, model_check, missing_models)
             elif _unlisted_choice(spec, value) and model_check is not None:
@@ -156,7 +164,7 @@ def validate(workflow: Workflow, classes: Mapping[str, type], node_ids: list[str
                 if isinstance(verdict, str):
                     missing_models.append(verdict)
         if len(missing_models) == missing_before:
-            problems += _custom_validation(node, cls)
+            problems += _custom_validation(workflow, classes, node, cls)
     if problems:
         raise ValidationError(problems + missing_models)
     if missing_models:
@@ -164,7 +172,9 @@ def validate(workflow: Workflow, classes: Mapping[str, type], node_ids: list[str
 
 
 def _check_link(workflow: Workflow, classes: Mapping[str, type], node: GraphNode,
-                spec: InputSpec, link: Link) -> list[str]:
+                spec: InputSpec, link: Link, check_type: bool = True) -> list[str]:
+    """A link must reach an existing output; its type must match unless the class checks types
+    itself (a VALIDATE_INPUTS that takes ``input_types``, as in ComfyUI)."""
     where = f"{node.describe()}: input {spec.name!r}"
     upstream = workflow.nodes.get(link.node_id)
     if upstream is None:
@@ -174,7 +184,7 @@ def _check_link(workflow: Workflow, classes: Mapping[str, type], node: GraphNode
         return [f"{where} is linked to output {link.slot} of {upstream.describe()}, which has "
                 f"only {len(returns)} output(s)"]
     received = returns[link.slot]
-    if not _types_match(received, spec.type):
+    if check_type and not _types_match(received, spec.type):
         return [f"{where} expects {spec.type} but is linked to a {received} output of "
                 f"{upstream.describe()}"]
     return []

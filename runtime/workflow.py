@@ -23,7 +23,7 @@ MODE_MUTED, MODE_BYPASS = 2, 4
 
 
 def load_workflow(source: str | Path | Mapping, classes: Mapping[str, type]) -> Workflow:
-    """Read a workflow (a path, or the already-parsed JSON) into the runner's graph form."""
+    """Read a workflow (a .json path, a .png ComfyUI saved, or the parsed JSON) into one graph."""
     data = _read_json(source) if not isinstance(source, Mapping) else json.loads(json.dumps(source))
     if isinstance(data.get("nodes"), list):
         return _from_ui(data, classes)
@@ -38,10 +38,29 @@ def load_workflow(source: str | Path | Mapping, classes: Mapping[str, type]) -> 
         "{'class_type': ..., 'inputs': ...}, as 'Export (API)' writes)")
 
 
+def _read_png(path: Path) -> str:
+    """The workflow ComfyUI (or this runner) embedded in a PNG: the UI graph, else the prompt."""
+    from PIL import Image  # noqa: PLC0415
+
+    try:
+        with Image.open(path) as image:
+            chunks = dict(getattr(image, "text", {}) or {})
+    except OSError as error:
+        raise WorkflowError(f"cannot read {str(path)!r} as a PNG: {error}") from None
+    text = chunks.get("workflow") or chunks.get("prompt")
+    if text is None:
+        raise WorkflowError(f"{str(path)!r} carries no workflow: only PNGs saved by ComfyUI's "
+                            f"SaveImage (or this runner) hold one")
+    return text
+
+
 def _read_json(path: str | Path) -> dict:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".png":
+            text = _read_png(path)
+        else:
+            text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise WorkflowError(f"workflow file {str(path)!r} does not exist") from None
     except (OSError, UnicodeDecodeError) as error:

@@ -195,3 +195,42 @@ def test_type_mismatch_is_named():
     with pytest.raises(ValidationError, match=r"node 4 \(FakeDecode\): input 'samples' expects LATENT but is "
                                               r"linked to a FAKE_MODEL output"):
         validate(workflow, CLASSES, list(workflow.nodes))
+
+
+def test_workflow_from_a_saved_png(tmp_path):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    data = ui_workflow()
+    info = PngInfo()
+    info.add_text("prompt", json.dumps(load_workflow(data, CLASSES).to_api()))
+    info.add_text("workflow", json.dumps(data))
+    Image.new("RGB", (4, 4)).save(tmp_path / "saved.png", pnginfo=info)
+    workflow = load_workflow(tmp_path / "saved.png", CLASSES)
+    assert workflow.format == "ui" and workflow.nodes["3"].inputs["seed"] == 7
+    Image.new("RGB", (4, 4)).save(tmp_path / "plain.png")
+    with pytest.raises(WorkflowError, match="carries no workflow"):
+        load_workflow(tmp_path / "plain.png", CLASSES)
+
+
+def test_subgraph_nodes_are_refused_with_a_hint():
+    data = ui_workflow()
+    data["definitions"] = {"subgraphs": [{"id": "a1b2", "nodes": []}]}
+    data["nodes"][3]["type"] = "a1b2"
+    with pytest.raises(WorkflowError, match="node 4 is a subgraph.*Unpack Subgraph"):
+        load_workflow(data, CLASSES)
+
+
+def test_validate_inputs_gets_linked_types():
+    seen = {}
+
+    class Typed(FAKE_CLASSES["FakeDecode"]):
+        @classmethod
+        def VALIDATE_INPUTS(cls, input_types, samples=None):
+            seen.update(input_types=input_types, samples=samples)
+            return True
+
+    classes = {**CLASSES, "FakeDecode": Typed}
+    workflow = load_workflow(ui_workflow(), classes)
+    validate(workflow, classes, needed_nodes(workflow, classes))
+    assert seen == {"input_types": {"samples": "LATENT"}, "samples": None}
