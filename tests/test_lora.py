@@ -479,6 +479,25 @@ def test_peft_alpha_pattern_and_rslora(tmp_path, base, inputs):
     assert_matches_merged(patched, base, add(qkv, out, weights=[2.0, 1.0]), 1.0, inputs)
 
 
+def test_sampling_with_a_lora_equals_sampling_the_merged_model(tmp_path, params, base):
+    from nextdit_nodes.samplers.sample import sample
+
+    deltas = write_kohya(tmp_path / "k.safetensors", base, BLOCK_TARGETS + EMBEDDER_TARGETS, seed=19)
+    patched, _ = load_lora(base, tmp_path / "k.safetensors", 1.0)
+    gen = torch.Generator().manual_seed(20)
+    positive = [[torch.randn(1, 6, params.cap_dim, generator=gen),
+                 {"pooled_output": torch.randn(1, params.clip_dim, generator=gen)}]]
+    negative = [[torch.randn(1, 3, params.cap_dim, generator=gen),
+                 {"pooled_output": torch.randn(1, params.clip_dim, generator=gen)}]]
+    settings = dict(width=64, height=48, seed=7, steps=3, solver="euler", shift=3.0, cfg=4.0,
+                    renorm_cfg=1.0, cfg_trunc=1.0)
+    with_lora = sample(patched, positive, negative, **settings)["samples"]
+    merged = sample(merged_model(base, deltas), positive, negative, **settings)["samples"]
+    plain = sample(base, positive, negative, **settings)["samples"]
+    assert close(with_lora, merged)
+    assert (merged - plain).abs().max() > 1e-2
+
+
 # ---- reports and refusals ----------------------------------------------------------------------
 
 def test_report_groups_modules(tmp_path, inputs):
