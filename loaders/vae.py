@@ -31,6 +31,10 @@ KL_PEAK_FACTOR = 4.0
 TINY_PEAK_FACTOR = 3.0
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+_LAYOUT_NAMES = {"ldm": "FLUX autoencoder (BFL/LDM names)",
+                 "diffusers_kl": "FLUX autoencoder (diffusers names)",
+                 "taesd": "tiny autoencoder (TAESD indices)",
+                 "diffusers_tiny": "tiny autoencoder (diffusers names)"}
 
 
 def load_vae(path, device=None, dtype: str = "auto"):
@@ -60,12 +64,16 @@ def load_vae(path, device=None, dtype: str = "auto"):
                                  f"TAEF1 tiny decoder (taef1_decoder.pth / .safetensors).")
     device = torch.device(device or "cpu")
     torch_dtype = _resolve_dtype(dtype, device)
-    if layout in ("ldm", "diffusers_kl"):
-        state = ldm_to_diffusers(state) if layout == "ldm" else state
-        model, info = _build_kl(path, state, groups)
-    else:
-        state = taesd_to_diffusers(state) if layout == "taesd" else state
-        model, info = _build_tiny(path, state)
+    try:
+        if layout in ("ldm", "diffusers_kl"):
+            state = ldm_to_diffusers(state) if layout == "ldm" else state
+            model, info = _build_kl(path, state, groups)
+        else:
+            state = taesd_to_diffusers(state) if layout == "taesd" else state
+            model, info = _build_tiny(path, state)
+    except KeyError as error:  # a tensor the config is read from is absent
+        raise WeightsError(path, f"incomplete {_LAYOUT_NAMES[layout]}: {error.args[0]} is missing; "
+                                 f"the file may be truncated") from None
     if info.latent_channels != FLUX_LATENT_CHANNELS and METADATA_SCALE_KEY not in metadata:
         raise WeightsError(path, f"a VAE with {info.latent_channels} latent channels (e.g. an SD / "
                                  f"SDXL VAE); NewBie's latents have {FLUX_LATENT_CHANNELS}: use the "

@@ -136,6 +136,11 @@ class NextDiTVAE:
         """The decoder's own input space → image [B,3,H,W] in about [-1,1]."""
         return self.model.decode(latent).sample
 
+    def decode_peak_bytes(self, latent_hw: tuple[int, int]) -> int:
+        """Estimated peak activation memory of decoding one latent of ``latent_hw`` untiled."""
+        pixels = latent_hw[0] * latent_hw[1] * self.info.downscale ** 2
+        return int(pixels * self.info.decode_elements_per_pixel * self.dtype.itemsize)
+
     def _plan_tiles(self, tiled: str, latent_hw: tuple[int, int], overlap: int) -> tuple[bool, int]:
         """(whether to tile, the tile size to use when none is given)."""
         if tiled != "auto":

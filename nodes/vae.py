@@ -62,6 +62,8 @@ class NextDiTVAEDecode:
 
     def decode(self, vae, samples: dict, tiled: str = "auto"):
         latent = samples["samples"]
+        if latent.ndim == 4:  # inside ComfyUI: let it unload models to make room for the decode
+            host.free_memory(vae.decode_peak_bytes(tuple(latent.shape[-2:])), vae.device)
         progress = None
 
         def on_step(done: int, total: int) -> None:
