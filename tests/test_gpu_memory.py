@@ -201,3 +201,59 @@ def test_auto_dtype_policy(monkeypatch, device, bf16, expected):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
     assert dtypes.resolve("auto", device).compute == expected
     assert dtypes.resolve("fp8_e4m3fn", device) == dtypes.DtypePlan(expected, fp8=True)
+
+
+# ---- host placement: headless, and inside a real ComfyUI ---------------------------------------
+
+def test_use_model_headless_follows_the_offload_mode(monkeypatch):
+    from nextdit_nodes.nodes import comfy_memory, host
+
+    monkeypatch.setattr(host, "torch_device", lambda: torch.device("cpu"))
+    p = tiny_params()
+    model = random_dit(p)
+    inputs = random_inputs(p, [3])
+    expected = _forward(model, inputs)
+    assert comfy_memory.offload_mode(model) == "auto"
+    comfy_memory.use_model(model)
+    assert not offload.is_offloaded(model)
+    comfy_memory.set_offload_mode(model, "blocks")
+    comfy_memory.use_model(model)
+    assert offload.is_offloaded(model)
+    assert offload.streamed_block_count(model) == len(offload.repeated_blocks(model))
+    assert torch.equal(_forward(model, inputs), expected)
+    comfy_memory.set_offload_mode(model, "none")
+    comfy_memory.use_model(model)
+    assert not offload.is_offloaded(model)
+    with pytest.raises(ValueError, match="blocks"):
+        comfy_memory.set_offload_mode(model, "sometimes")
+
+
+def test_activation_estimate_counts_every_token():
+    from nextdit_nodes.nodes.comfy_memory import dit_activation_bytes
+
+    p = tiny_params()   # patch 2: a 8x8 latent is 16 tokens
+    assert dit_activation_bytes(p, 2, (8, 8), 5, 2) == 2 * (16 + 5) * (3 * p.ffn_dim + 8 * p.dim) * 2
+
+
+def _comfy_checkout():
+    import os
+    from pathlib import Path
+
+    comfy_dir = Path(os.environ.get("COMFYUI_DIR", Path.home() / "scratch" / "ComfyUI"))
+    python = Path(os.environ.get("COMFYUI_PYTHON", Path.home() / "scratch" / "comfy-venv" / "bin" / "python"))
+    if not (comfy_dir / "comfy" / "model_management.py").exists() or not python.exists():
+        pytest.skip("no ComfyUI checkout/venv (set COMFYUI_DIR and COMFYUI_PYTHON)")
+    return comfy_dir, python
+
+
+def test_dit_takes_part_in_comfyui_memory_management():
+    """In a real ComfyUI (--cpu): registered once, partly unloaded by core's free_memory (blocks
+    streamed, output unchanged), reloaded, fully unloaded, low-VRAM load (tests/comfy_memory_probe.py)."""
+    import subprocess
+    from pathlib import Path
+
+    comfy_dir, python = _comfy_checkout()
+    tests = Path(__file__).resolve().parent
+    result = subprocess.run([str(python), str(tests / "comfy_memory_probe.py"), str(comfy_dir), str(tests.parent)],
+                            capture_output=True, text=True, timeout=300, cwd=tests)
+    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stdout + result.stderr[-3000:]

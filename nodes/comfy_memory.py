@@ -1,0 +1,210 @@
+"""The pack's models in ComfyUI's memory manager, and the same placement headless.
+
+Inside ComfyUI, `comfy.model_management` keeps a list of loaded models; before it loads one it
+unloads others (fully or in part) until the new one fits. The pack takes part through
+`use_model(module, memory_required)`, called right before a model computes:
+
+- the module is wrapped once in `PackModelPatcher`, a subclass of ComfyUI's own `ModelPatcher`,
+  and handed to `comfy.model_management.load_models_gpu`, which frees core models (or other pack
+  models) as needed, then loads ours;
+- when core later needs the memory, the manager asks our patcher to unload: `partially_unload`
+  switches the DiT to streaming its blocks from the CPU (models/offload.py), `detach` moves it to
+  the CPU. When the manager grants less memory than the DiT needs (low VRAM), `load` streams the
+  blocks that do not fit instead of failing.
+
+Why a `ModelPatcher` subclass rather than a duck-typed `LoadedModel` entry: the manager calls
+about twenty patcher methods and attributes, and that set grows with ComfyUI versions (hooks,
+pins, dynamic VRAM). Inheriting keeps all the ones we do not care about working; we override only
+the five that move weights or report what is loaded. We do not use core's own low-VRAM path
+(per-layer weight casting): it needs `comfy.ops` layers, while the DiT's Linears are plain
+`nn.Linear` (a pack contract), and block streaming is exact and tested (tests/test_gpu_memory.py).
+
+Headless, `use_model` just places the module on the device from `host.torch_device()`, honouring
+its offload mode (`set_offload_mode`): "none" whole on the device, "blocks" blocks streamed,
+"auto" whole when it fits in free memory, else streamed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from . import host
+
+log = logging.getLogger(__name__)
+
+OFFLOAD_MODES = ("auto", "blocks", "none")
+_MODE = "offload_mode"        # attribute on the module (a structural LoRA copy inherits it)
+_PATCHER = "_comfy_patcher"   # the module's patcher, kept alive by the module itself
+_HEADROOM = 512 * 2 ** 20     # bytes left free for the allocator and small buffers (auto mode)
+
+
+def _comfy():
+    """(model_management, model_patcher) inside ComfyUI, else None."""
+    try:
+        import comfy.model_management as mm  # noqa: PLC0415
+        import comfy.model_patcher as mp  # noqa: PLC0415
+    except ImportError:
+        return None
+    return mm, mp
+
+
+def set_offload_mode(module, mode: str) -> None:
+    if mode not in OFFLOAD_MODES:
+        raise ValueError(f"offload {mode!r} is not one of {', '.join(OFFLOAD_MODES)}")
+    module.__dict__[_MODE] = mode
+
+
+def offload_mode(module) -> str:
+    return module.__dict__.get(_MODE, "auto")
+
+
+def storage_device(mode: str):
+    """Where a loader should put the weights: the CPU inside ComfyUI (the manager moves them when
+    they are used, as core does with its offload device) and for "blocks"; else the device."""
+    import torch  # noqa: PLC0415
+
+    comfy = _comfy()
+    if comfy is not None:
+        return comfy[0].unet_offload_device()
+    return torch.device("cpu") if mode == "blocks" else host.torch_device()
+
+
+def dit_activation_bytes(params, batch: int, latent_hw: tuple[int, int], cap_len: int, dtype_bytes: int = 2) -> int:
+    """Rough peak activation memory of one DiT forward: the widest per-token tensors of a block
+    (SwiGLU's three ffn-wide tensors plus a few dim-wide ones) over every token of the batch."""
+    tokens = batch * (latent_hw[0] * latent_hw[1] // params.patch_size ** 2 + cap_len)
+    return tokens * (3 * params.ffn_dim + 8 * params.dim) * dtype_bytes
+
+
+def use_model(module, memory_required: int = 0) -> None:
+    """Make ``module`` ready to compute on the pack's device, with ``memory_required`` bytes of
+    activations on top (ComfyUI: through its memory manager; headless: see the module docstring)."""
+    comfy = _comfy()
+    device = host.torch_device()
+    if comfy is None:
+        _place_headless(module, device, memory_required)
+        return
+    mm, _ = comfy
+    patcher = module.__dict__.get(_PATCHER)
+    if patcher is None or patcher.model is not module:    # a LoRA copy has its own patcher
+        patcher = make_patcher(module, device, mm.unet_offload_device())
+        module.__dict__[_PATCHER] = patcher
+    mm.load_models_gpu([patcher], memory_required=memory_required)
+
+
+def _place_headless(module, device, memory_required: int) -> None:
+    import torch  # noqa: PLC0415
+
+    from ..models import offload  # noqa: PLC0415
+
+    mode = offload_mode(module) if offload.repeated_blocks(module) else "none"
+    if mode == "blocks":
+        if not offload.is_offloaded(module):
+            offload.offload_blocks(module, device)
+        return
+    if _on_device(module, device) and not offload.is_offloaded(module):
+        return
+    if mode == "auto" and device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0] + _bytes_on(module, device)
+        size = offload.tensor_bytes(module)
+        if size + memory_required + _HEADROOM > free:
+            offload.offload_blocks(module, device, budget=max(0, free - memory_required - _HEADROOM
+                                                              - _non_block_bytes(module)))
+            return
+    offload.remove_offload(module, device)
+
+
+def _on_device(module, device) -> bool:
+    return all(_same(t.device, device) for t in [*module.parameters(), *module.buffers()])
+
+
+def _same(a, b) -> bool:
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
+def _bytes_on(module, device) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]
+               if _same(t.device, device))
+
+
+def _non_block_bytes(module) -> int:
+    from ..models import offload  # noqa: PLC0415
+
+    return offload.tensor_bytes(module) - sum(offload.tensor_bytes(b) for b in offload.repeated_blocks(module))
+
+
+# ---- the ModelPatcher subclass (built only inside ComfyUI) ----------------------------------------
+
+_PATCHER_CLASS = None
+
+
+def make_patcher(module, load_device, offload_device):
+    """A `PackModelPatcher` for ``module`` (ComfyUI must be importable)."""
+    global _PATCHER_CLASS
+    if _PATCHER_CLASS is None:
+        _PATCHER_CLASS = _define_patcher_class(_comfy()[1].ModelPatcher)
+    return _PATCHER_CLASS(module, load_device, offload_device)
+
+
+def _define_patcher_class(ModelPatcher):
+    from ..models import offload  # noqa: PLC0415
+
+    class PackModelPatcher(ModelPatcher):
+        """ComfyUI's ModelPatcher for a pack module: whole-module moves, or block streaming."""
+
+        def __init__(self, module, load_device, offload_device):
+            super().__init__(module, load_device, offload_device, size=offload.tensor_bytes(module))
+            self._set_loaded(_bytes_on(module, load_device) if not offload.is_offloaded(module)
+                             else self._streamed_resident())
+
+        def _set_loaded(self, nbytes: int) -> None:
+            self.model.model_loaded_weight_memory = nbytes
+            self.model.model_lowvram = offload.is_offloaded(self.model)
+
+        def _streamed_resident(self) -> int:
+            state = self.model.__dict__.get(offload._STATE)
+            streamed = sum(offload.tensor_bytes(b) for b in state.streamed) if state else 0
+            return self.size - streamed
+
+        def _can_stream(self) -> bool:
+            return bool(offload.repeated_blocks(self.model)) and offload_mode(self.model) != "none"
+
+        def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+            device = device_to if device_to is not None else self.load_device
+            budget = None if (full_load or lowvram_model_memory == 0) else lowvram_model_memory
+            if offload_mode(self.model) == "blocks":
+                budget = 0
+            if budget is None or budget >= self.size or not self._can_stream():
+                offload.remove_offload(self.model, device)
+                self._set_loaded(self.size)
+                return
+            block_budget = max(0, budget - _non_block_bytes(self.model))
+            self._set_loaded(offload.offload_blocks(self.model, device, budget=block_budget))
+
+        def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
+            before = self.loaded_size()
+            if before >= self.size and _on_device(self.model, device_to):
+                return 0
+            target = before + extra_memory
+            self.load(device_to, lowvram_model_memory=0 if target >= self.size else target)
+            return self.loaded_size() - before
+
+        def partially_unload(self, device_to, memory_to_free=0, force_patch_weights=False):
+            before = self.loaded_size()
+            if not self._can_stream() or before == 0:
+                return 0
+            block_budget = max(0, before - memory_to_free - _non_block_bytes(self.model))
+            self._set_loaded(offload.offload_blocks(self.model, self.load_device, budget=block_budget))
+            freed = before - self.loaded_size()
+            log.info("NextDiT: %.2f GB of block weights moved to the CPU for other models", freed / 1e9)
+            return freed
+
+        def detach(self, unpatch_all=True):
+            offload.remove_offload(self.model, self.offload_device)
+            self._set_loaded(0)
+            return self.model
+
+        def current_loaded_device(self):
+            return self.load_device if self.loaded_size() > 0 else self.offload_device
+
+    return PackModelPatcher
