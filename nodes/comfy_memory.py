@@ -76,6 +76,19 @@ def dit_activation_bytes(params, batch: int, latent_hw: tuple[int, int], cap_len
     return tokens * (3 * params.ffn_dim + 8 * params.dim) * dtype_bytes
 
 
+def use_dit_for_sampling(model, positive, negative, width: int, height: int, batch_size: int, cfg: float) -> None:
+    """`use_model` for a NextDiT about to sample, with its activation memory estimated from the
+    sampling settings (both CFG branches run in one batch)."""
+    def longest(conditioning) -> int:
+        return max((int(entry[0].shape[1]) for entry in conditioning or () if hasattr(entry[0], "shape")), default=0)
+
+    branches = 2 if cfg != 1.0 and negative is not None else 1
+    cap_len = max(longest(positive), longest(negative) if branches == 2 else 0)
+    dtype_bytes = 4 if getattr(model, "compute_dtype", None) is None else model.compute_dtype.itemsize
+    use_model(model, dit_activation_bytes(model.params, batch_size * branches, (height // 8, width // 8),
+                                          cap_len, dtype_bytes))
+
+
 def use_model(module, memory_required: int = 0) -> None:
     """Make ``module`` ready to compute on the pack's device, with ``memory_required`` bytes of
     activations on top (ComfyUI: through its memory manager; headless: see the module docstring)."""

@@ -100,6 +100,11 @@ class NextDiTSampler:
                renorm_cfg, cfg_trunc, guidance, negative=None, latent=None, denoise=1.0, unique_id=None):
         from ..samplers import sample
         from ..samplers.preview import preview_image
+        from .comfy_memory import use_dit_for_sampling
+
+        # Inside ComfyUI the memory manager makes room (and may stream blocks); headless a no-op
+        # unless the model's offload mode asks for streaming.
+        use_dit_for_sampling(model, positive, negative, width, height, batch_size, cfg)
 
         progress = host.Progress(steps, unique_id)
 
