@@ -8,11 +8,16 @@ the tiny random-weight files of ``tests/runtime_models.py`` in its models folder
   4. a graph built in the editor from the pack's nodes runs with the Run button to
      execution_success, with progress messages for the sampler; the saved workflow and the image
      ComfyUI wrote are kept as test fixtures (tests/data/);
-  5. a longer run is interrupted from the editor and stops early (execution_interrupted).
+  5. a longer run is interrupted from the editor and stops early (execution_interrupted);
+  6. the template browser lists the pack and opens an example; a PNG written by the headless
+     runner, dropped on the editor, restores its graph (with --headless-png).
 
   python tests/runtime_models.py ~/scratch/ComfyUI/models
   SCRATCH=~/scratch ../shared/comfy-host/comfy_run.sh --port 8199 --isolated
-  ~/scratch/e2e-venv/bin/python tests/comfy_host/check_in_comfyui.py --log ~/scratch/comfy-8199.log
+  python -m nextdit_nodes run tests/data/frontend_tiny_workflow.json \
+      --models-dir ~/scratch/ComfyUI/models --output-dir /tmp/headless
+  ~/scratch/e2e-venv/bin/python tests/comfy_host/check_in_comfyui.py --log ~/scratch/comfy-8199.log \
+      --headless-png /tmp/headless/hostcheck_00001_.png
 """
 
 from __future__ import annotations
@@ -180,17 +185,63 @@ def interrupt_a_long_run(page, events) -> list[str]:
     return [] if max(steps) < 400 else ["sampling ran to the end"]
 
 
+def check_template_browser(page, out: Path) -> list[str]:
+    """Open the template browser like a user: Extensions -> the pack -> the first example."""
+    page.evaluate("async () => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.wait_for_timeout(2500)
+    entry = page.get_by_text(PACK_FOLDER, exact=True)
+    if not entry.count():
+        return ["the template browser does not list the pack"]
+    entry.first.click()
+    page.wait_for_timeout(2000)
+    page.screenshot(path=str(out / "template_browser.png"))
+    card = page.get_by_text("NewBie XML text to image", exact=True)
+    if not card.count():
+        return ["the template browser has no 'NewBie XML text to image' card"]
+    card.first.click()
+    page.wait_for_timeout(3000)
+    page.keyboard.press("Escape")
+    types = page.evaluate("() => app.graph.nodes.map(n => n.type)")
+    print("template browser: opened 'NewBie XML text to image' ->", types)
+    return [] if "NextDiTSampler" in types else ["opening the template did not load its graph"]
+
+
+def check_png_restores_graph(page, png_path: Path) -> list[str]:
+    """Drop a PNG written by the headless runner on the editor: the graph must come back."""
+    import base64  # noqa: PLC0415
+
+    from PIL import Image  # noqa: PLC0415
+
+    expected = json.loads(Image.open(png_path).text["workflow"])
+    restored = page.evaluate("""async (b64) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        await app.handleFile(new File([bytes], "headless.png", {type: "image/png"}));
+        await new Promise(r => setTimeout(r, 1500));
+        return app.graph.serialize().nodes.map(n => [n.id, n.type, n.widgets_values]);
+    }""", base64.b64encode(png_path.read_bytes()).decode())
+    wanted = [[n["id"], n["type"], n.get("widgets_values")] for n in expected["nodes"]]
+    key = lambda row: row[0]  # noqa: E731
+    print(f"dropped {png_path.name}: {len(restored)} nodes restored")
+    return [] if sorted(restored, key=key) == sorted(wanted, key=key) else [
+        f"the dropped PNG restored {restored} instead of {wanted}"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8199")
     parser.add_argument("--log", type=Path, required=True, help="the ComfyUI server log")
     parser.add_argument("--out", type=Path, default=Path("host_check"), help="screenshots")
+    parser.add_argument("--headless-png", type=Path, default=None,
+                        help="a PNG saved by `python -m nextdit_nodes run`, to drop on the editor")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     problems = check_import(args.log) + check_object_info(args.url) + check_templates(args.url)
     with editor(args.url) as (page, events):
+        problems += check_template_browser(page, args.out)
         problems += run_and_keep_fixture(page, events, args.url, args.out)
         problems += interrupt_a_long_run(page, events)
+        if args.headless_png:
+            problems += check_png_restores_graph(page, args.headless_png)
     print("PROBLEMS:", *problems, sep="\n  ") if problems else print("all host checks passed")
     return 1 if problems else 0
 
