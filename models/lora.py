@@ -204,12 +204,12 @@ class _LoraHook:
             delta_w += buffers[f"{p}_up"].float() @ buffers[f"{p}_down"].float()
         for i, (factor, rows) in enumerate(self.krons):
             kron = torch.kron(buffers[f"{p}_kron{i}_w1"].float(), buffers[f"{p}_kron{i}_w2"].float())
-            delta_w += _rows_padded(kron * factor, rows, out_features)
+            delta_w += _pad_rows(kron * factor, rows, out_features)
         for i, (has_weight, has_bias, rows) in enumerate(self.denses):
             if has_weight:
-                delta_w += _rows_padded(buffers[f"{p}_dense{i}_w"].float(), rows, out_features)
+                delta_w += _pad_rows(buffers[f"{p}_dense{i}_w"].float(), rows, out_features)
             if has_bias:
-                b = _rows_padded(buffers[f"{p}_dense{i}_b"].float()[:, None], rows, out_features)[:, 0]
+                b = _pad_rows(buffers[f"{p}_dense{i}_b"].float()[:, None], rows, out_features)[:, 0]
                 delta_b = b if delta_b is None else delta_b + b
         return delta_w, delta_b
 
@@ -223,10 +223,6 @@ def _add_low_rank(output: Tensor, hidden: Tensor, up: Tensor) -> Tensor:
         output.view(-1, output.shape[-1]).addmm_(hidden.reshape(-1, hidden.shape[-1]), up.T)
         return output
     return output + F.linear(hidden, up).to(output.dtype)
-
-
-def _rows_padded(delta: Tensor, rows: tuple[int, int] | None, out_features: int) -> Tensor:
-    return delta if rows is None else F.pad(delta, (0, 0, rows[0], out_features - rows[1]))
 
 
 def _kron_forward(x: Tensor, w1: Tensor, w2: Tensor) -> Tensor:
@@ -244,10 +240,11 @@ def _add_rows(output: Tensor, delta: Tensor, rows: tuple[int, int] | None) -> Te
     return output + F.pad(delta, (rows[0], output.shape[-1] - rows[1]))
 
 
-def _pad_rows(up: Tensor, rows: tuple[int, int] | None, out_features: int) -> Tensor:
+def _pad_rows(matrix: Tensor, rows: tuple[int, int] | None, out_features: int) -> Tensor:
+    """A [rows, k] block placed at ``rows`` of an [out_features, k] matrix of zeros."""
     if rows is None:
-        return up
-    return F.pad(up, (0, 0, rows[0], out_features - rows[1]))
+        return matrix
+    return F.pad(matrix, (0, 0, rows[0], out_features - rows[1]))
 
 
 def _hook_linear(linear: nn.Linear, deltas: list, strength: float, compute: torch.dtype | None) -> None:
