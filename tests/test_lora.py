@@ -393,6 +393,13 @@ def test_patched_model_shares_base_tensors_and_keys(tmp_path, base):
     # No weight was copied: every parameter is the very same tensor.
     assert all(patched_sd[k].data_ptr() == base_sd[k].data_ptr() for k in base_sd)
     assert patched.compute_dtype == base.compute_dtype and patched.params == base.params
+    # The only new memory is the LoRA's own factors (fp32 here, as in the file).
+    from safetensors.torch import load_file
+    lora_bytes = sum(t.numel() * 4 for k, t in load_file(str(tmp_path / "k.safetensors")).items()
+                     if not k.endswith(".alpha"))
+    extra = sum(b.numel() * b.element_size() for name, b in patched.named_buffers()
+                if name.rsplit(".", 1)[-1].startswith("lora"))
+    assert extra == lora_bytes
 
 
 def test_merged_state_dict_holds_the_lora(tmp_path, params, base, inputs):
