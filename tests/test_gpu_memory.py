@@ -257,3 +257,26 @@ def test_dit_takes_part_in_comfyui_memory_management():
     result = subprocess.run([str(python), str(tests / "comfy_memory_probe.py"), str(comfy_dir), str(tests.parent)],
                             capture_output=True, text=True, timeout=300, cwd=tests)
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stdout + result.stderr[-3000:]
+
+
+# ---- torch.compile of the repeated blocks ------------------------------------------------------
+
+def test_compile_blocks_is_wired_shared_and_harmless():
+    import torch._dynamo
+    from nextdit_nodes.models.compile import compile_blocks, is_compiled, uncompile_blocks
+
+    p = tiny_params()
+    model = random_dit(p)
+    inputs = random_inputs(p, [5, 7])
+    expected = _forward(model, inputs)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compile_blocks(model, backend="eager")       # dynamo tracing without codegen: seconds on a CPU
+    assert is_compiled(model) and set(model.state_dict()) == set(random_dit(p).state_dict())
+    assert torch.equal(_forward(model, inputs), expected)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert 0 < graphs < len(offload.repeated_blocks(model))   # one graph per block kind, not per block
+    offload.offload_blocks(model, "cpu")         # hooks stay outside the compiled forward
+    assert torch.equal(_forward(model, inputs), expected)
+    uncompile_blocks(model)
+    assert not is_compiled(model) and type(model.layers[0]).__name__ == "JointTransformerBlock"
