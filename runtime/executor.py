@@ -91,13 +91,14 @@ class Executor:
                     on_node(node)
                 entry = self._execute(node, result.outputs, prompt, extra_pnginfo)
                 result.executed.append(node_id)
+                self._cache[keys[node_id]] = entry  # kept even if a later node fails
             else:
                 result.cached.append(node_id)
             used[keys[node_id]] = entry
             result.outputs[node_id] = entry.outputs
             if entry.ui is not None:
                 result.ui[node_id] = entry.ui
-        self._cache = used
+        self._cache = used  # as ComfyUI's classic cache: only what the latest run used
         return result
 
     # ---- cache keys ----------------------------------------------------------------------------

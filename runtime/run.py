@@ -47,15 +47,26 @@ def _parse_value(text: str, kind: str, where: str) -> Any:
     return text
 
 
+def _split_target(workflow: Workflow, target: str) -> tuple[GraphNode, str]:
+    """``NODE.INPUT`` where NODE (an id or a title) may itself contain dots."""
+    cuts = [i for i, c in enumerate(target) if c == "."][::-1]
+    first_error = None
+    for cut in cuts:
+        try:
+            return workflow.find(target[:cut]), target[cut + 1:]
+        except WorkflowError as error:
+            first_error = first_error or error
+    raise first_error
+
+
 def apply_overrides(workflow: Workflow, classes: Mapping[str, type], overrides: list[str]) -> None:
     """Apply ``NODE.INPUT=VALUE`` settings; NODE is a node id or title, VALUE typed by the input."""
     for override in overrides:
         target, equals, text = override.partition("=")
-        node_ref, dot, name = target.rpartition(".")
-        if not equals or not dot or not node_ref or not name:
+        if not equals or "." not in target.strip("."):
             raise WorkflowError(f"--set {override!r}: expected NODE.INPUT=VALUE, e.g. "
                                 f"--set Sampler.seed=42 or --set 7.steps=20")
-        node = workflow.find(node_ref)
+        node, name = _split_target(workflow, target)
         specs = input_specs(classes[node.class_type])
         if name not in specs:
             raise WorkflowError(f"--set {override!r}: {node.describe()} has no input {name!r}; its "

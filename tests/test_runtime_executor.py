@@ -12,7 +12,7 @@ from runtime_fakes import CALLS, FAKE_CLASSES, ui_workflow
 from nextdit_nodes.nodes import host
 from nextdit_nodes.runtime import cli, run
 from nextdit_nodes.runtime.core_nodes import core_node_classes
-from nextdit_nodes.runtime.errors import NodeExecutionError
+from nextdit_nodes.runtime.errors import NodeExecutionError, ValidationError
 from nextdit_nodes.runtime.executor import Executor
 from nextdit_nodes.runtime.workflow import load_workflow
 
@@ -214,3 +214,39 @@ def test_cli_missing_model_file_says_where_we_looked_and_where_to_get_it(fake_cl
     path.write_text(json.dumps(data))
     assert cli.main(["run", str(path), "--models-dir", str(models), "-q",
                      "--output-dir", str(tmp_path / "o")]) == 0
+
+
+def test_set_finds_titles_with_dots(fake_cli, tmp_path):
+    data = ui_workflow()
+    data["nodes"][2]["title"] = "Sampler v1.2"
+    path = tmp_path / "dots.json"
+    path.write_text(json.dumps(data))
+    out = tmp_path / "o"
+    assert cli.main(["run", str(path), "--output-dir", str(out), "-q", "--set", "Sampler v1.2.steps=2"]) == 0
+    with Image.open(out / "fake_00001_.png") as png:
+        assert json.loads(png.text["prompt"])["3"]["inputs"]["steps"] == 2
+
+
+def test_outputs_before_a_failure_stay_cached(classes):
+    executor = Executor(classes)
+    broken = load_workflow(ui_workflow(), classes)
+    broken.set_input("3", "cfg", 99.0)  # above the max 30: validation stops the run
+    with pytest.raises(ValidationError, match="bigger than the maximum"):
+        executor.run(broken)
+    assert CALLS == {}  # nothing ran before validation passed
+
+    class Flaky(FAKE_CLASSES["FakeDecode"]):
+        fail = True
+
+        def decode(self, samples):
+            if Flaky.fail:
+                raise RuntimeError("flaky")
+            return super().decode(samples)
+
+    classes = {**classes, "FakeDecode": Flaky}
+    executor = Executor(classes)
+    with pytest.raises(NodeExecutionError):
+        executor.run(load_workflow(ui_workflow(), classes))
+    Flaky.fail = False
+    again = executor.run(load_workflow(ui_workflow(), classes))
+    assert sorted(again.cached) == ["1", "2", "3"] and sorted(again.executed) == ["4", "5"]
