@@ -115,9 +115,10 @@ class NextDiTVAE:
         Sizes that are not multiples of the VAE's factor f are centre-cropped down to one.
         """
         if not self.info.can_encode:
-            raise ValueError(f"this VAE ({self.info.source or self.kind}) has no encoder weights: "
-                             f"the tiny decoder only decodes. Load the full FLUX VAE "
-                             f"(ae.safetensors) to encode images.")
+            raise ValueError(f"this VAE ({self.info.source or self.kind}) has no encoder weights, "
+                             f"so it only decodes (the TAEF1 tiny decoder and decoder-only files "
+                             f"are like that). Load the full FLUX VAE (ae.safetensors) to encode "
+                             f"images.")
         if image.ndim != 4 or image.shape[-1] < 3:
             raise ValueError(f"expected an IMAGE [B,H,W,3], got shape {tuple(image.shape)}")
         pixels = _crop_to_multiple(image[..., :3], self.info.downscale)
