@@ -80,7 +80,9 @@ def _unknown_type_error(unknown: list[tuple[str, str, str | None]], classes: Map
     lines = []
     for node_id, class_type, title in unknown:
         name = f' "{title}"' if title and title != class_type else ""
-        lines.append(f"node {node_id}{name}: unknown node type {class_type!r}")
+        hint = (" (a group node: convert it back to nodes in ComfyUI first)"
+                if class_type.startswith(("workflow>", "workflow/")) else "")
+        lines.append(f"node {node_id}{name}: unknown node type {class_type!r}{hint}")
     return WorkflowError(
         "\n".join(lines) + "\nThis runner runs the pack's nodes (python -m nextdit_nodes nodes "
         "lists them) and the core nodes " + ", ".join(sorted(n for n in classes if not

@@ -250,3 +250,9 @@ def test_outputs_before_a_failure_stay_cached(classes):
     Flaky.fail = False
     again = executor.run(load_workflow(ui_workflow(), classes))
     assert sorted(again.cached) == ["1", "2", "3"] and sorted(again.executed) == ["4", "5"]
+
+
+def test_cli_progress_bar_over_the_sampling_steps(fake_cli, tmp_path, capsys):
+    assert cli.main(["run", str(fake_cli), "--output-dir", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "Sampler" in err and "3/3" in err  # the sampler node's title and its three steps
