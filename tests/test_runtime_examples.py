@@ -178,3 +178,22 @@ def test_missing_model_files_of_an_example(tmp_path, monkeypatch, capsys):
     assert str(empty / "diffusion_models") in err and str(empty / "vae") in err
     assert "NextDiT Loader" in err and "Comfy-Org/z_image_turbo" in err
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_builder_example_builds_the_typed_examples_prompt():
+    """Example 2 (builder nodes) describes the same picture as example 1 (typed README XML)."""
+    from nextdit_nodes.prompting import parse_prompt
+
+    typed_workflow = load_workflow(TEXT_TO_IMAGE, CLASSES)
+    typed = next(n.inputs["prompt"] for n in typed_workflow.nodes.values()
+                 if n.class_type == "NextDiTTextEncode" and n.inputs["prompt"])
+    builder = load_workflow(ROOT / "example_workflows" / "NewBie XML two characters with builder nodes.json",
+                            CLASSES)
+    builder.nodes = {k: n for k, n in builder.nodes.items() if n.class_type.startswith("NextDiTXML")}
+    final = next(n.id for n in builder.nodes.values() if n.class_type == "NextDiTXMLPrompt")
+    # Only the prompt chain runs: its last node stands in for the output node.
+    classes = {**CLASSES, "NextDiTXMLPrompt": type("Out", (CLASSES["NextDiTXMLPrompt"],), {"OUTPUT_NODE": True})}
+    built = Executor(classes).run(builder).outputs[final][0]
+    parsed_built, parsed_typed = parse_prompt(built), parse_prompt(typed)
+    assert len(parsed_built.characters) == 2 and parsed_built.warnings == []
+    assert parsed_built == parsed_typed
