@@ -158,7 +158,7 @@ def run_and_keep_fixture(page, events, url: str, out: Path) -> list[str]:
     return [] if len(sampler_steps) >= 4 else ["no per-step progress for the sampler"]
 
 
-def interrupt_a_long_run(page, events) -> list[str]:
+def interrupt_a_long_run(page, events, out: Path) -> list[str]:
     build_graph(page, tiny_graph(steps=400, size=256))
     start = len(events["ws"])
     click_run(page)
@@ -168,6 +168,7 @@ def interrupt_a_long_run(page, events) -> list[str]:
         first = next((m for m in events["ws"][start:] if m.get("type") == "progress"
                       and m["data"]["max"] == 400 and m["data"]["value"] >= 2), None)
         page.wait_for_timeout(200)
+    page.screenshot(path=str(out / "host_progress.png"))  # the node's progress bar mid-run
     cancel = page.locator("button[aria-label*='Cancel' i], button[aria-label*='Interrupt' i]")
     how = "the editor's cancel button"
     if cancel.count():
@@ -239,7 +240,7 @@ def main() -> int:
     with editor(args.url) as (page, events):
         problems += check_template_browser(page, args.out)
         problems += run_and_keep_fixture(page, events, args.url, args.out)
-        problems += interrupt_a_long_run(page, events)
+        problems += interrupt_a_long_run(page, events, args.out)
         if args.headless_png:
             problems += check_png_restores_graph(page, args.headless_png)
     print("PROBLEMS:", *problems, sep="\n  ") if problems else print("all host checks passed")
