@@ -30,7 +30,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from frontend import build_graph, click_run, editor, fit_view, wait_for
+from frontend import build_graph, click_run, editor, editor_prompt, fit_view, wait_for
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "data"
@@ -186,6 +186,38 @@ def interrupt_a_long_run(page, events, out: Path) -> list[str]:
     return [] if max(steps) < 400 else ["sampling ran to the end"]
 
 
+def editor_features_graph() -> dict:
+    """The tiny graph plus what only the editor knows: a PrimitiveNode on the seed, a Reroute, a
+    bypassed LoRA loader, a muted builder node, a note and a group."""
+    spec = tiny_graph(steps=2, size=32)
+    spec["nodes"] += [
+        {"type": "PrimitiveNode", "title": "Seed", "pos": [820, -200], "after_links": {"seed": 777, "control_after_generate": "fixed"}},
+        {"type": "Reroute", "pos": [360, -60]},
+        {"type": "NextDiTLoraLoader", "pos": [500, -260], "mode": 4,
+         "widgets": {"lora_name": "style.safetensors", "strength": 0.5}},
+        {"type": "NextDiTXMLCharacter", "title": "Muted character", "pos": [0, -700], "mode": 2,
+         "widgets": {"n": "x", "gender": "1boy"}},
+        {"type": "Note", "pos": [0, 500], "widgets": {"text": "notes are ignored"}},
+    ]
+    spec["links"] = [link for link in spec["links"] if link[:2] != [0, 0]] + [
+        [9, 0, 6, "seed"], [0, 0, 10, 0], [10, 0, 11, "model"], [11, 0, 6, "model"],
+        [12, 0, 3, "prompt"]]
+    spec["groups"] = ["Loaders"]
+    return spec
+
+
+def keep_editor_conversion_fixture(page) -> list[str]:
+    """Save the editor-made workflow and the API prompt the editor itself derives from it; the
+    runner's UI loader must derive the same (tests/test_runtime_editor_fixture.py)."""
+    workflow = build_graph(page, editor_features_graph())
+    prompt = editor_prompt(page)
+    (DATA / "editor_features_workflow.json").write_text(json.dumps(workflow, indent=1) + "\n")
+    (DATA / "editor_features_prompt.json").write_text(json.dumps(prompt, indent=1) + "\n")
+    print(f"editor features: {len(workflow['nodes'])} UI nodes -> {len(prompt)} prompt nodes: "
+          f"{sorted((k, v['class_type']) for k, v in prompt.items())}")
+    return []
+
+
 def check_template_browser(page, out: Path) -> list[str]:
     """Open the template browser like a user: Extensions -> the pack -> the first example."""
     page.evaluate("async () => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
@@ -239,6 +271,7 @@ def main() -> int:
     problems = check_import(args.log) + check_object_info(args.url) + check_templates(args.url)
     with editor(args.url) as (page, events):
         problems += check_template_browser(page, args.out)
+        problems += keep_editor_conversion_fixture(page)
         problems += run_and_keep_fixture(page, events, args.url, args.out)
         problems += interrupt_a_long_run(page, events, args.out)
         if args.headless_png:

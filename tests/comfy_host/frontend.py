@@ -19,7 +19,7 @@ CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-# Builds a graph from {"nodes": [{type, title?, pos, size?, widgets: {name: value}, models?}],
+# Builds a graph from {"nodes": [{type, title?, pos, size?, widgets: {name: value}, models?, mode?}],
 # "links": [[from index, output slot, to index, input name]]} with the editor's own objects,
 # and returns the workflow as the editor writes it into a queued prompt and its PNGs
 # (app.graphToPrompt(): the saved graph plus extra.frontendVersion).
@@ -38,6 +38,7 @@ _BUILD_JS = """async (spec) => {
       widget.value = value;
     }
     if (n.models) node.properties.models = n.models;
+    if (n.mode !== undefined) node.mode = n.mode;  // 2 = muted, 4 = bypassed
     node.pos = n.pos;
     const size = node.computeSize();
     node.setSize(n.size || [Math.max(size[0], n.width || 0), size[1]]);
@@ -45,9 +46,21 @@ _BUILD_JS = """async (spec) => {
   }
   for (const [from, slot, to, input] of spec.links) {
     const target = made[to];
-    const index = target.findInputSlot(input);
+    const index = typeof input === "number" ? input : target.findInputSlot(input);
     if (index < 0) throw new Error(target.type + " has no input " + input);
     if (!made[from].connect(slot, target, index)) throw new Error("cannot link " + from + " -> " + input);
+  }
+  // A PrimitiveNode gets its widget only once linked: set its values now.
+  spec.nodes.forEach((n, i) => {
+    for (const [name, value] of Object.entries(n.after_links || {})) {
+      const widget = made[i].widgets?.find(w => w.name === name);
+      if (!widget) throw new Error(n.type + " has no widget " + name + " after linking");
+      widget.value = value;
+    }
+  });
+  for (const title of spec.groups || []) {  // groups only frame nodes; runners ignore them
+    const group = new LG.LGraphGroup(title);
+    app.graph.add(group);
   }
   app.graph.setDirtyCanvas(true, true);
   return (await app.graphToPrompt()).workflow;
@@ -102,6 +115,11 @@ def editor(url: str, width: int = 1600, height: int = 1000):
 def build_graph(page, spec: dict) -> dict:
     """Build ``spec`` in the editor; returns the workflow JSON the editor's Save writes."""
     return page.evaluate(_BUILD_JS, spec)
+
+
+def editor_prompt(page) -> dict:
+    """The API-format prompt the editor would queue for the current graph (its own conversion)."""
+    return page.evaluate("async () => (await app.graphToPrompt()).output")
 
 
 def load_graph(page, workflow: dict) -> None:
