@@ -50,6 +50,9 @@ def _command(args: argparse.Namespace) -> int:
     for name in names:
         cls = classes[name]
         print(f"{name}  ({getattr(cls, 'DISPLAY_NAME', name)}; {getattr(cls, 'CATEGORY', '')})")
+        description = " ".join(getattr(cls, "DESCRIPTION", "").split())
+        if description:
+            print(f"    {description[:150]}{'...' if len(description) > 150 else ''}")
         specs = input_specs(cls)
         width = max((len(s) for s in specs), default=0)
         for spec in specs.values():
