@@ -13,6 +13,7 @@ A = adaln_dim = min(dim, 1024). Lumina-2 shaped weights (clip_dim None) use c = 
 
 from __future__ import annotations
 
+import weakref
 from contextlib import nullcontext
 
 import torch
@@ -64,9 +65,7 @@ class NextDiT(nn.Module):
         dt, p = self.compute_dtype, self.params
         b, _, h, w = x.shape
         c = self._conditioning(t, clip_pooled, guidance)                                     # (B, A)
-        cap, cap_lens = pack_captions(cap_feats, cap_mask)
-        layout = TokenLayout.build(cap_lens, h // p.patch_size, w // p.patch_size, p.axes_dims, p.rope_theta,
-                                   x.device)
+        cap, layout = self._packed_captions(cap_feats, cap_mask, h // p.patch_size, w // p.patch_size, x.device)
 
         cap = self.cap_embedder(cap.to(dt))                                                  # (sum Lc, dim)
         for block in self.context_refiner:
@@ -81,6 +80,26 @@ class NextDiT(nn.Module):
 
         out = self.final_layer(joint[layout.img_index], layout.images, c)                   # (B*N, p*p*C)
         return unpatchify(out.float().unflatten(0, (b, -1)), p.patch_size, h, w)
+
+    def _packed_captions(self, cap_feats: Tensor, cap_mask: Tensor, rows: int, cols: int,
+                         device: torch.device) -> tuple[Tensor, TokenLayout]:
+        """The real caption tokens (sum Lc, cap_dim) and the batch's TokenLayout.
+
+        Both depend only on the mask and the latent size, and a sampler passes the same mask
+        tensor at every step: the layout and the gather rows are kept for the next call with
+        that (unmodified) tensor, so later steps need no host synchronisation on a GPU
+        (`pack_captions` reads the lengths back to the host).
+        """
+        key = (id(cap_mask), cap_mask._version, rows, cols, cap_feats.shape[1], cap_feats.device, device)
+        cached = self.__dict__.get("_layout_cache")
+        if cached is not None and cached[0] == key and cached[1]() is cap_mask:
+            return cap_feats.flatten(0, 1).index_select(0, cached[2]), cached[3]
+        cap, cap_lens = pack_captions(cap_feats, cap_mask)
+        p = self.params
+        layout = TokenLayout.build(cap_lens, rows, cols, p.axes_dims, p.rope_theta, device)
+        gather = cap_mask.flatten().nonzero().squeeze(1).to(cap_feats.device)   # rows of (B*L): real tokens
+        self.__dict__["_layout_cache"] = (key, weakref.ref(cap_mask), gather, layout)
+        return cap, layout
 
     def _conditioning(self, t: Tensor, clip_pooled: Tensor | None, guidance: Tensor | None) -> Tensor:
         """The adaLN vector c (B, adaln_dim) shared by every modulated block and the final layer."""

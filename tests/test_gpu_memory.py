@@ -280,3 +280,29 @@ def test_compile_blocks_is_wired_shared_and_harmless():
     assert torch.equal(_forward(model, inputs), expected)
     uncompile_blocks(model)
     assert not is_compiled(model) and type(model.layers[0]).__name__ == "JointTransformerBlock"
+
+
+# ---- no host synchronisation per step ------------------------------------------------------------
+
+def test_layout_is_reused_for_the_same_mask_and_rebuilt_when_it_changes(monkeypatch):
+    from nextdit_nodes.models import nextdit
+
+    p = tiny_params()
+    model = random_dit(p)
+    inputs = random_inputs(p, [5, 2], pad_to=7)
+    first = _forward(model, inputs)
+    calls = []
+    real_pack = nextdit.pack_captions
+    monkeypatch.setattr(nextdit, "pack_captions", lambda *a: calls.append(1) or real_pack(*a))
+    x2 = dict(inputs, x=inputs["x"] * 0.5, t=inputs["t"] * 0.5)     # a later step: same mask tensor
+    second = _forward(model, x2)
+    assert calls == []                                             # served from the cache
+    assert torch.equal(second, _forward(random_dit(p), x2))        # and exactly the fresh result
+    calls.clear()
+    inputs["cap_mask"][1, 2] = True                                 # edited in place: rebuilt
+    third = _forward(model, inputs)
+    assert calls == [1]
+    assert torch.equal(third, _forward(random_dit(p), inputs)) and not torch.equal(third, first)
+    calls.clear()
+    _forward(model, dict(inputs, cap_mask=inputs["cap_mask"].clone()))  # another tensor: rebuilt
+    assert calls == [1]
