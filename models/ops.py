@@ -183,11 +183,11 @@ class TokenLayout:
 
 
 def pack_captions(cap_feats: Tensor, cap_mask: Tensor) -> tuple[Tensor, list[int]]:
-    """Drop caption padding: (B, L, C) + (B, L) bool -> (sum Lc, C) real tokens and [Lc_i].
+    """Drop caption padding: (B, L, C) + (B, L) mask -> (sum Lc, C) real tokens and [Lc_i].
 
-    The mask must mark real tokens first and padding at the end (as the text encoders emit).
+    The mask may be bool or 0/1 numbers (ComfyUI's `attention_mask`); it must mark real tokens first and padding at the end (as the text encoders emit).
     """
-    lengths = cap_mask.sum(dim=1)
+    lengths = cap_mask.bool().sum(dim=1)
     prefix = torch.arange(cap_mask.shape[1], device=cap_mask.device)[None] < lengths[:, None]
     if not torch.equal(prefix, cap_mask.bool()):
         raise ValueError("cap_mask must mark real caption tokens first and padding only at the end "

@@ -397,3 +397,11 @@ def test_lumina2_matches_diffusers_lumina2_transformer():
     with torch.no_grad():
         expected = ref(inputs["x"], inputs["t"], inputs["cap_feats"], inputs["cap_mask"], return_dict=False)[0]
     assert _rel(model(**inputs), expected) <= 1e-5
+
+
+def test_integer_caption_mask_as_comfyui_stores_it_gives_the_same_result():
+    params = tiny_params()
+    model = random_dit(params)
+    inputs = random_inputs(params, [3, 6], (4, 4))
+    as_int = {**inputs, "cap_mask": inputs["cap_mask"].long()}
+    torch.testing.assert_close(model(**as_int), model(**inputs), rtol=0, atol=0)
