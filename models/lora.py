@@ -92,10 +92,11 @@ def apply_lora(model: nn.Module, lora: ParsedLora, strength: float) -> nn.Module
     if strength == 0:
         return model
     patched = _structural_copy(model)
+    shared_hooks: dict[tuple, _LoraHook] = {}
     for path, deltas in lora.deltas.items():
         module = patched.get_submodule(path)
         if isinstance(module, nn.Linear):
-            _hook_linear(module, deltas, strength, getattr(model, "compute_dtype", None))
+            _hook_linear(module, deltas, strength, getattr(model, "compute_dtype", None), shared_hooks)
         else:
             _replace_params(module, deltas, strength)
     patched.lora_stack = tuple(getattr(model, "lora_stack", ())) + ((str(lora.path), strength),)
@@ -165,16 +166,23 @@ def _storage_dtype(linear: nn.Linear, compute: torch.dtype | None) -> torch.dtyp
 class _LoraHook:
     """Forward hook adding one LoRA's deltas to a Linear's output.
 
-    Its tensors are non-persistent buffers of that Linear named ``<prefix>_*``; they are cast to the
-    activation dtype at call time (a no-op when they already match).
+    It holds no per-layer data: the tensors (strength and scale already folded in) are
+    non-persistent buffers of the Linear named ``<prefix>_*``, cast to the activation dtype at call
+    time (a no-op when they already match). Layers with the same kind of patch share one hook
+    object, so blocks compiled by ``models/compile.py`` (one graph per block class) see the same
+    hooks in every block and need no per-block recompilation.
     """
 
-    def __init__(self, prefix: str, low_rank: bool, krons: list[tuple[float, tuple | None]],
-                 denses: list[tuple[bool, bool, tuple | None]]):
+    def __init__(self, prefix: str, low_rank: bool, krons: tuple[tuple | None, ...],
+                 denses: tuple[tuple[bool, bool, tuple | None], ...]):
         self.prefix = prefix
         self.low_rank = low_rank
-        self.krons = krons      # per Kron: (factor, rows)
+        self.krons = krons      # per Kron: rows (or None)
         self.denses = denses    # per Dense: (has weight, has bias, rows)
+
+    @property
+    def config(self) -> tuple:
+        return (self.prefix, self.low_rank, self.krons, self.denses)
 
     def __call__(self, module: nn.Linear, args: tuple, output: Tensor) -> Tensor:
         x = args[0]
@@ -183,9 +191,9 @@ class _LoraHook:
         if self.low_rank:
             down, up = buffers[f"{p}_down"].to(x.dtype), buffers[f"{p}_up"].to(x.dtype)
             output = _add_low_rank(output, F.linear(x, down), up)
-        for i, (factor, rows) in enumerate(self.krons):
+        for i, rows in enumerate(self.krons):
             w1, w2 = buffers[f"{p}_kron{i}_w1"].to(x.dtype), buffers[f"{p}_kron{i}_w2"].to(x.dtype)
-            output = _add_rows(output, _kron_forward(x, w1, w2) * factor, rows)
+            output = _add_rows(output, _kron_forward(x, w1, w2), rows)
         for i, (has_weight, has_bias, rows) in enumerate(self.denses):
             weight = buffers[f"{p}_dense{i}_w"].to(x.dtype) if has_weight else None
             bias = buffers[f"{p}_dense{i}_b"].to(x.dtype) if has_bias else None
@@ -202,9 +210,9 @@ class _LoraHook:
         delta_b = None
         if self.low_rank:
             delta_w += buffers[f"{p}_up"].float() @ buffers[f"{p}_down"].float()
-        for i, (factor, rows) in enumerate(self.krons):
+        for i, rows in enumerate(self.krons):
             kron = torch.kron(buffers[f"{p}_kron{i}_w1"].float(), buffers[f"{p}_kron{i}_w2"].float())
-            delta_w += _pad_rows(kron * factor, rows, out_features)
+            delta_w += _pad_rows(kron, rows, out_features)
         for i, (has_weight, has_bias, rows) in enumerate(self.denses):
             if has_weight:
                 delta_w += _pad_rows(buffers[f"{p}_dense{i}_w"].float(), rows, out_features)
@@ -247,8 +255,12 @@ def _pad_rows(matrix: Tensor, rows: tuple[int, int] | None, out_features: int) -
     return F.pad(matrix, (0, 0, rows[0], out_features - rows[1]))
 
 
-def _hook_linear(linear: nn.Linear, deltas: list, strength: float, compute: torch.dtype | None) -> None:
-    """Register this LoRA's deltas on ``linear`` (a copy owned by the patched model)."""
+def _hook_linear(linear: nn.Linear, deltas: list, strength: float, compute: torch.dtype | None,
+                 shared_hooks: dict[tuple, _LoraHook]) -> None:
+    """Register this LoRA's deltas on ``linear`` (a copy owned by the patched model).
+
+    shared_hooks: hooks already made for this LoRA, by configuration (reused, see _LoraHook).
+    """
     index = sum(isinstance(h, _LoraHook) for h in linear._forward_hooks.values())
     prefix = f"lora{index}"
     device, dtype = linear.weight.device, _storage_dtype(linear, compute)
@@ -265,7 +277,7 @@ def _hook_linear(linear: nn.Linear, deltas: list, strength: float, compute: torc
                               for d in low_ranks], dim=1))
     krons = [d for d in deltas if isinstance(d, Kron)]
     for i, kron in enumerate(krons):
-        keep(f"kron{i}_w1", kron.w1.float())
+        keep(f"kron{i}_w1", kron.w1.float() * (kron.scale * strength))
         keep(f"kron{i}_w2", kron.w2.float())
     denses = [d for d in deltas if isinstance(d, Dense)]
     for i, dense in enumerate(denses):
@@ -273,9 +285,9 @@ def _hook_linear(linear: nn.Linear, deltas: list, strength: float, compute: torc
             keep(f"dense{i}_w", dense.weight.float() * (dense.scale * strength))
         if dense.bias is not None:
             keep(f"dense{i}_b", dense.bias.float() * (dense.scale * strength))
-    linear.register_forward_hook(_LoraHook(
-        prefix, bool(low_ranks), [(k.scale * strength, k.rows) for k in krons],
-        [(d.weight is not None, d.bias is not None, d.rows) for d in denses]))
+    hook = _LoraHook(prefix, bool(low_ranks), tuple(k.rows for k in krons),
+                     tuple((d.weight is not None, d.bias is not None, d.rows) for d in denses))
+    linear.register_forward_hook(shared_hooks.setdefault(hook.config, hook))
 
 
 # ---- other targets (norm layers): new parameters on the copy --------------------------------

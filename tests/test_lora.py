@@ -414,6 +414,18 @@ def test_merged_state_dict_holds_the_lora(tmp_path, params, base, inputs):
     assert merged_state_dict(base).keys() == base.state_dict().keys()
 
 
+def test_lora_inside_compiled_blocks(tmp_path, base, inputs):
+    """compile_blocks on a LoRA'd copy: the Linear hooks are traced into the compiled block forward,
+    the result is unchanged, and the base model's blocks stay uncompiled."""
+    from nextdit_nodes.models.compile import compile_blocks, is_compiled
+
+    deltas = write_kohya(tmp_path / "k.safetensors", base, BLOCK_TARGETS, seed=22)
+    patched, _ = load_lora(base, tmp_path / "k.safetensors", 1.0)
+    compile_blocks(patched, backend="eager")
+    assert is_compiled(patched) and not is_compiled(base)
+    assert_matches_merged(patched, base, deltas, 1.0, inputs)
+
+
 def test_bf16_model(tmp_path, params, inputs):
     model = random_dit(params, seed=7)
     deltas = write_kohya(tmp_path / "k.safetensors", model, BLOCK_TARGETS + EMBEDDER_TARGETS)
