@@ -29,7 +29,10 @@ def _compiled_class(cls: type, options: tuple) -> type:
         compiled: Callable = torch.compile(cls.forward, **dict(options))
 
         def forward(self, *args, **kwargs):
-            return compiled(self, *args, **kwargs)
+            # Guard on module hooks while tracing (dynamo skips those guards by default): blocks
+            # sharing this compiled function may carry different LoRA hooks (models/lora.py).
+            with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
+                return compiled(self, *args, **kwargs)
 
         _COMPILED_CLASSES[key] = type(f"Compiled{cls.__name__}", (cls,), {
             "forward": forward, "_uncompiled_class": cls,
