@@ -90,15 +90,20 @@ class NextDiT(nn.Module):
         that (unmodified) tensor, so later steps need no host synchronisation on a GPU
         (`pack_captions` reads the lengths back to the host).
         """
-        key = (id(cap_mask), cap_mask._version, rows, cols, cap_feats.shape[1], cap_feats.device, device)
+        # Inference-mode tensors have no version counter, so an in-place change could not be seen:
+        # they are never cached.
+        cacheable = not cap_mask.is_inference()
+        key = (id(cap_mask), cap_mask._version if cacheable else None, rows, cols, cap_feats.shape[1],
+               cap_feats.device, device)
         cached = self.__dict__.get("_layout_cache")
-        if cached is not None and cached[0] == key and cached[1]() is cap_mask:
+        if cacheable and cached is not None and cached[0] == key and cached[1]() is cap_mask:
             return cap_feats.flatten(0, 1).index_select(0, cached[2]), cached[3]
         cap, cap_lens = pack_captions(cap_feats, cap_mask)
         p = self.params
         layout = TokenLayout.build(cap_lens, rows, cols, p.axes_dims, p.rope_theta, device)
-        gather = cap_mask.flatten().nonzero().squeeze(1).to(cap_feats.device)   # rows of (B*L): real tokens
-        self.__dict__["_layout_cache"] = (key, weakref.ref(cap_mask), gather, layout)
+        if cacheable:
+            gather = cap_mask.flatten().nonzero().squeeze(1).to(cap_feats.device)   # rows of (B*L): real tokens
+            self.__dict__["_layout_cache"] = (key, weakref.ref(cap_mask), gather, layout)
         return cap, layout
 
     def _conditioning(self, t: Tensor, clip_pooled: Tensor | None, guidance: Tensor | None) -> Tensor:

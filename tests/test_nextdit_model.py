@@ -405,3 +405,14 @@ def test_integer_caption_mask_as_comfyui_stores_it_gives_the_same_result():
     inputs = random_inputs(params, [3, 6], (4, 4))
     as_int = {**inputs, "cap_mask": inputs["cap_mask"].long()}
     torch.testing.assert_close(model(**as_int), model(**inputs), rtol=0, atol=0)
+
+
+def test_inputs_created_under_inference_mode_run_and_match():
+    params = tiny_params()
+    model = random_dit(params)
+    inputs = random_inputs(params, [3, 6], (4, 4))
+    expected = model(**inputs)
+    with torch.inference_mode():
+        fresh = {k: (v.clone() if v is not None else None) for k, v in inputs.items()}
+        torch.testing.assert_close(model(**fresh), expected, rtol=0, atol=0)
+        torch.testing.assert_close(model(**fresh), expected, rtol=0, atol=0)
