@@ -8,7 +8,10 @@ Data flow for one batch (every sample keeps only its real caption tokens; nothin
     latent       -> patchify -> x_embedder -> noise_refiner x2 (modulated by c) -> img   (B*N, dim)
     [cap ; img] per sample -> layers xN (modulated by c) -> image rows -> final_layer -> unpatchify
 
-A = adaln_dim = min(dim, 1024). Lumina-2 shaped weights (clip_dim None) use c = t_emb.
+A = adaln_dim = min(dim, 1024). Lumina-2 shaped weights (clip_dim None) use c = t_emb, and so do
+NewBie weights called without `clip_pooled` (as the official NextDiT_CLIP.forward does; ComfyUI
+instead feeds zeros after the projection). Guidance-distilled weights called without `guidance`
+add no guidance term.
 """
 
 from __future__ import annotations
