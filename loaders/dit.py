@@ -15,6 +15,7 @@ import logging
 import math
 import re
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping
 
@@ -32,6 +33,9 @@ UNUSED_KEYS = ("norm_final.weight",)
 # 16-channel FLUX VAE latent, so x_embedder's input width p*p*16 gives the patch size p.
 LATENT_CHANNELS = 16
 _MAX_ERROR_LINES = 14
+# Tensors read concurrently: paging in / converting overlaps with building the model, and the
+# page faults of a large file spread over two cores. More threads only add transient buffers.
+_READ_THREADS = 2
 
 
 def load_dit(path, dtype: str = "fp32", device: torch.device | str = "cpu"):
@@ -48,20 +52,28 @@ def load_dit(path, dtype: str = "fp32", device: torch.device | str = "cpu"):
     raw = open_weights(path, subfolder="transformer")
     state = official_refs(path, raw)
     params = infer_params(state, path)
-    model = NextDiT(params, device="meta")
-    if plan.fp8:
-        dtypes.make_fp8_linears(model)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith(".weight_scale")}
-    check_keys(path, expected, state, raw)
-
-    tensors: dict[str, torch.Tensor] = {}
-    for key in expected:
-        storage = plan.storage(key)
-        if storage == dtypes.FP8:
-            weight, scale = dtypes.quantize_fp8(state.pop(key).load(own=True))
-            tensors[key], tensors[key + "_scale"] = weight.to(device), scale.to(device)
-        else:
-            tensors[key] = state.pop(key).load(storage, device)
+    with ThreadPoolExecutor(max_workers=_READ_THREADS, thread_name_prefix="nextdit-load") as pool:
+        # Reading starts now and overlaps building and checking the model. Reading is read-only,
+        # so a file refused by the check below has cost some I/O and nothing else.
+        pending = {key: pool.submit(_read, ref, plan.storage(key), device) for key, ref in state.items()}
+        try:
+            model = NextDiT(params, device="meta")
+            if plan.fp8:
+                dtypes.make_fp8_linears(model)
+            expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith(".weight_scale")}
+            check_keys(path, expected, state, raw)
+        except BaseException:
+            for future in pending.values():
+                future.cancel()
+            raise
+        del state
+        tensors: dict[str, torch.Tensor] = {}
+        for key in expected:
+            value = pending.pop(key).result()
+            if isinstance(value, tuple):   # fp8 weight and its row scales
+                tensors[key], tensors[key + "_scale"] = value
+            else:
+                tensors[key] = value
     model.load_state_dict(tensors, strict=True, assign=True)
     del tensors
     on_meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
@@ -71,6 +83,14 @@ def load_dit(path, dtype: str = "fp32", device: torch.device | str = "cpu"):
     log.info("loaded %s: %s, weights %s%s on %s", path.name, _describe_params(params), dtype,
              f" (compute {plan.compute})", device)
     return model.eval().requires_grad_(False)
+
+
+def _read(ref: TensorRef, storage: torch.dtype, device: torch.device):
+    """One tensor in its storage dtype on `device`; fp8 weights as (weight, row scales)."""
+    if storage == dtypes.FP8:
+        weight, scale = dtypes.quantize_fp8(ref.load(own=True))
+        return weight.to(device), scale.to(device)
+    return ref.load(storage, device)
 
 
 def official_refs(path, raw: Mapping[str, TensorRef]) -> dict[str, TensorRef]:
