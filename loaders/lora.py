@@ -129,6 +129,7 @@ _SUFFIX_ROLES = {
     ".lokr_w1": "w1", ".lokr_w2": "w2", ".lokr_t2": "t2",
     ".diff_b": "diff_b", ".diff": "diff", ".w_norm": "w_norm", ".b_norm": "b_norm",
     ".alpha": "alpha", ".dora_scale": "dora_scale", ".lora_mid.weight": "mid",
+    ".lora_magnitude_vector": "dora_scale", ".lora_magnitude_vector.weight": "dora_scale",  # PEFT DoRA
     ".hada_w1_a": "loha", ".hada_w1_b": "loha", ".hada_w2_a": "loha", ".hada_w2_b": "loha",
     ".hada_t1": "loha", ".hada_t2": "loha", ".oft_blocks": "oft", ".oft_diag": "oft",
 }
