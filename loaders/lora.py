@@ -102,7 +102,6 @@ class ParsedLora:
     alpha_source: str
     deltas: dict[str, list[Delta]]          # official module path -> deltas
     status: dict[str, str]                  # module name (official if known) -> "applied" / why not
-    notes: list[str] = field(default_factory=list)
 
     def report_lines(self) -> list[str]:
         """Status lines grouped over layer indices (``layers.0-35.attention.qkv: applied``)."""
@@ -512,10 +511,13 @@ def read_lora(path, table: TargetTable) -> ParsedLora:
 
 
 def _tensor_alpha_source(groups: dict[str, dict[str, Tensor]], lokr_alpha: float | None) -> str:
+    lokr = any({"w1", "w1_a"} & set(parts) for parts in groups.values())
+    rule = ("LyCORIS LoKr rule: alpha / rank where a factor is low-rank, 1 for full matrices"
+            if lokr else "scale = alpha / rank")
     if any("alpha" in parts for parts in groups.values()):
-        return "per-module .alpha tensors (scale = alpha / rank)"
+        return f"per-module .alpha tensors ({rule})"
     if lokr_alpha is not None:
-        return f"safetensors metadata lora_alpha={lokr_alpha:g} (LoKr)"
+        return f"safetensors metadata lora_alpha={lokr_alpha:g} ({rule})"
     return "none needed (full-matrix deltas, scale 1)"
 
 
