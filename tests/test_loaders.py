@@ -418,3 +418,27 @@ def test_weights_error_import_is_cheap():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
     assert out.stdout.strip() == "False"
+
+
+def test_ema_object_that_is_not_weights_is_skipped(tmp_path):
+    expected = official_state_dict(P, seed=15)
+    torch.save({"model": expected, "ema": {"decay": 0.999, "num_updates": 10}}, tmp_path / "train.pt")
+    _assert_same_state(load_dit(tmp_path / "train.pt"), expected)
+
+
+def test_fp8_file_loads_without_requantising(tmp_path):
+    """A checkpoint already stored in fp8 (as ComfyUI's fp8 files are) keeps its fp8 values."""
+    sd = official_state_dict(P, seed=16)
+    stored = {k: (v.to(FP8) if k.startswith("layers.") and v.ndim == 2 else v) for k, v in sd.items()}
+    save_file(stored, str(tmp_path / "dit_fp8.safetensors"))
+    model = load_dit(tmp_path / "dit_fp8.safetensors", "fp8_e4m3fn")
+    qkv = model.layers[1].attention.qkv
+    assert torch.equal(qkv.weight.view(torch.uint8), stored["layers.1.attention.qkv.weight"].view(torch.uint8))
+    assert torch.equal(qkv.weight_scale, torch.ones(qkv.out_features))
+    upcast = load_dit(tmp_path / "dit_fp8.safetensors", "fp32")
+    assert torch.equal(upcast.layers[1].attention.qkv.weight, stored["layers.1.attention.qkv.weight"].float())
+
+
+def test_pickle_named_safetensors(tmp_path):
+    torch.save(official_state_dict(P), tmp_path / "renamed.safetensors")
+    _raises(tmp_path / "renamed.safetensors", "rename it to .pt")
