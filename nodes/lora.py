@@ -19,7 +19,6 @@ class NextDiTLoraLoader:
     RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("The model with the LoRA added (the input model is unchanged).",)
     FUNCTION = "apply"
-    OUTPUT_NODE = False
 
     @classmethod
     def INPUT_TYPES(cls):
