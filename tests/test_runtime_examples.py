@@ -104,7 +104,7 @@ def test_distilled_example_names_the_file_distill_writes():
 def tiny_models(tmp_path_factory):
     from runtime_models import write_tiny_models
 
-    return write_tiny_models(tmp_path_factory.mktemp("models"), distilled=True)
+    return write_tiny_models(tmp_path_factory.mktemp("models"))
 
 
 SMALL = ["--set", "NextDiT Sampler.width=32", "--set", "NextDiT Sampler.height=48",
@@ -155,8 +155,18 @@ def test_changed_sampler_input_reruns_only_the_sampler_and_downstream(tiny_model
     assert [p.name for p in images] == ["NewBie_00002_.png"]
 
 
-def test_distilled_example_through_the_cli(tiny_models, tmp_path, monkeypatch):
+def test_distilled_example_on_a_student_made_by_distill(tiny_models, tmp_path, monkeypatch):
+    """The `distill` command writes the student under the name the example loads; it runs."""
     monkeypatch.setenv("NEXTDIT_MODELS_DIR", str(tiny_models))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a girl with long blue hair\ntwo characters standing in a garden\n")
+    encoders = tiny_models / "text_encoders"
+    assert cli.main(["distill", "NewBie-Image-Exp0.1-bf16.safetensors", "--prompts", str(prompts),
+                     "--gemma", str(encoders / "gemma_3_4b_it_bf16.safetensors"),
+                     "--jina", str(encoders / "jina_clip_v2_bf16.safetensors"), "--iterations", "2",
+                     "--batch-size", "1", "--width", "32", "--height", "32", "--trajectory-steps", "2",
+                     "--rank", "2", "--no-progress", "--overwrite"]) == 0
+    assert (tiny_models / "diffusion_models" / next(iter(MADE_LOCALLY))).exists()
     path = ROOT / "example_workflows" / "NewBie guidance-distilled text to image.json"
     sampler = next(n for n in load_workflow(path, CLASSES).nodes.values() if n.class_type == "NextDiTSampler")
     small = [f"{sampler.id}.width=32", f"{sampler.id}.height=32", f"{sampler.id}.steps=2"]
