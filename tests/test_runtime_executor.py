@@ -256,3 +256,24 @@ def test_cli_progress_bar_over_the_sampling_steps(fake_cli, tmp_path, capsys):
     assert cli.main(["run", str(fake_cli), "--output-dir", str(tmp_path / "o")]) == 0
     err = capsys.readouterr().err
     assert "Sampler" in err and "3/3" in err  # the sampler node's title and its three steps
+
+
+def test_cli_ctrl_c_exit_code(fake_cli, monkeypatch, tmp_path, capsys):
+    def interrupted(self, samples):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runtime_fakes.FakeDecode, "decode", interrupted)
+    assert cli.main(["run", str(fake_cli), "--output-dir", str(tmp_path / "o"), "-q"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_preview_image_goes_to_the_temp_folder(fake_cli, tmp_path, capsys):
+    data = ui_workflow()
+    data["nodes"][4].update(type="PreviewImage", widgets_values=[])
+    path = tmp_path / "preview.json"
+    path.write_text(json.dumps(data))
+    temp = tmp_path / "temp"
+    assert cli.main(["run", str(path), "--output-dir", str(tmp_path / "o"), "--temp-dir", str(temp), "-q"]) == 0
+    previews = list(temp.glob("ComfyUI_temp_*_00001_.png"))
+    assert len(previews) == 1 and str(previews[0]) in capsys.readouterr().out
+    assert not (tmp_path / "o").exists()
