@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
 import sys
 import time
 from pathlib import Path
@@ -112,10 +111,15 @@ def _explain_node_failure(error: NodeExecutionError, workflow: Workflow) -> Exce
 # ---- the command -------------------------------------------------------------------------------
 
 def _peak_memory() -> str:
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if sys.platform == "darwin":
-        rss_kib //= 1024
-    text = f"peak RAM {rss_kib / 2**20:.2f} GiB"
+    try:
+        import resource  # noqa: PLC0415 - POSIX only
+    except ImportError:  # Windows
+        text = "peak RAM not measured on this platform"
+    else:
+        rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if sys.platform == "darwin":  # bytes there, KiB on Linux
+            rss_kib //= 1024
+        text = f"peak RAM {rss_kib / 2**20:.2f} GiB"
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         text += f", peak VRAM {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
