@@ -486,7 +486,7 @@ def read_lora(path, table: TargetTable) -> ParsedLora:
             continue
         display, target = _resolve(raw, dotted, underscored)
         if target is None:
-            status.setdefault(display, "no such module in this model")
+            status.setdefault(display, _why_missing(display, table))
             continue
         delta = _convert(target[0], parts, rule, lokr_alpha)
         if isinstance(delta, str):
@@ -508,6 +508,20 @@ def read_lora(path, table: TargetTable) -> ParsedLora:
     if not deltas or (_looks_made_for(list(state)) and 2 * len(parsed.applied) < len(groups)):
         raise WeightsError(path, _nothing_applies(list(state), parsed))
     return parsed
+
+
+def _why_missing(name: str, table: TargetTable) -> str:
+    """'no such module in this model', with what the model has instead where that is known."""
+    reason = "no such module in this model"
+    if name.startswith(("clip_text_pooled_proj.", "time_text_embed.")):
+        return reason + " (NewBie's CLIP path; this model has none: Lumina-2 shaped)"
+    if name.startswith("guidance_embedder."):
+        return reason + " (guidance-distilled models only)"
+    block = re.match(r"(layers|noise_refiner|context_refiner)\.\d+\.", name)
+    if block:
+        count = len({path.split(".")[1] for path in table.linears if path.startswith(block.group(1) + ".")})
+        return reason + f" (this model has {block.group(1)}.0-{count - 1})" if count else reason
+    return reason
 
 
 def _tensor_alpha_source(groups: dict[str, dict[str, Tensor]], lokr_alpha: float | None) -> str:

@@ -528,8 +528,9 @@ def test_report_groups_modules(tmp_path, inputs):
     _, report = load_lora(lumina, tmp_path / "k.safetensors", 1.0)
     assert report.lines == ["cap_embedder.1: applied",
                             "layers.0-1.attention.qkv: applied",
-                            "clip_text_pooled_proj.1: no such module in this model",
-                            "layers.2-3.attention.qkv: no such module in this model"]
+                            "clip_text_pooled_proj.1: no such module in this model (NewBie's CLIP path; "
+                            "this model has none: Lumina-2 shaped)",
+                            "layers.2-3.attention.qkv: no such module in this model (this model has layers.0-1)"]
     assert (report.n_applied, report.n_not_applied) == (3, 3)
 
 
