@@ -38,24 +38,35 @@ _MAX_ERROR_LINES = 14
 _READ_THREADS = 2
 
 
-def load_dit(path, dtype: str = "fp32", device: torch.device | str = "cpu"):
+def load_dit(path, dtype: str = "fp32", device: torch.device | str = "cpu",
+             compute_device: torch.device | str | None = None):
     """A NextDiT (eval mode, no grad) from ``path``: a .safetensors file, a sharded index, a
     HF/diffusers folder (its ``transformer/`` sub-folder), or a .pt/.pth/.ckpt checkpoint.
 
-    dtype: auto, bf16, fp16, fp32 or fp8_e4m3fn (see loaders/dtypes.py). Raises WeightsError,
-    naming the file, for anything that is not a complete Next-DiT.
+    dtype: auto, bf16, fp16, fp32 or fp8_e4m3fn (see loaders/dtypes.py). compute_device: where the
+    model will run, for choosing `auto` (default ``device``; differs when the weights are kept on
+    the CPU for a GPU: block offloading, ComfyUI's offload device). A plan computing in fp16 gets
+    the fp16-safe path (models/fp16.py). Raises WeightsError, naming the file, for anything that
+    is not a complete Next-DiT.
     """
+    from ..models.fp16 import fp16_block_weight, make_fp16_safe
     from ..models.nextdit import NextDiT
 
     path, device = Path(path), torch.device(device)
-    plan = dtypes.resolve(dtype, device)
+    plan = dtypes.resolve(dtype, device if compute_device is None else compute_device)
+    fp16_safe = plan.compute == torch.float16
+
+    def storage(key: str) -> torch.dtype:
+        # The fp16-safe path keeps everything but the block matrices in fp32 (no overflow there).
+        return torch.float32 if fp16_safe and not fp16_block_weight(key) else plan.storage(key)
+
     raw = open_weights(path, subfolder="transformer")
     state = official_refs(path, raw)
     params = infer_params(state, path)
     with ThreadPoolExecutor(max_workers=_READ_THREADS, thread_name_prefix="nextdit-load") as pool:
         # Reading starts now and overlaps building and checking the model. Reading is read-only,
         # so a file refused by the check below has cost some I/O and nothing else.
-        pending = {key: pool.submit(_read, ref, plan.storage(key), device) for key, ref in state.items()}
+        pending = {key: pool.submit(_read, ref, storage(key), device) for key, ref in state.items()}
         try:
             model = NextDiT(params, device="meta")
             if plan.fp8:
@@ -80,6 +91,8 @@ def load_dit(path, dtype: str = "fp32", device: torch.device | str = "cpu"):
     if on_meta:  # a tensor the model creates itself would need computing here; none exist today
         raise RuntimeError(f"NextDiT tensors left unloaded on the meta device: {on_meta[:5]}")
     model.compute_dtype = plan.compute
+    if fp16_safe:
+        make_fp16_safe(model)
     log.info("loaded %s: %s, weights %s%s on %s", path.name, _describe_params(params), dtype,
              f" (compute {plan.compute})", device)
     return model.eval().requires_grad_(False)

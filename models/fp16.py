@@ -45,6 +45,14 @@ _FP32_OUT = {
 }
 
 
+def fp16_block_weight(key: str) -> bool:
+    """Whether an official state-dict key is a weight the fp16-safe path keeps in fp16 (a block
+    Linear of `_FP32_OUT`); every other tensor is stored in fp32 on that path."""
+    parts = key.split(".")
+    return (parts[0] in BLOCK_LISTS and parts[-1] == "weight" and len(parts) > 3
+            and ".".join(parts[2:-1]) in _FP32_OUT)
+
+
 def row_scale(x: Tensor) -> Tensor:
     """Per-row power of two s >= 1 with max|x_row| / s <= _ROW_TARGET, as (..., 1) fp32.
 

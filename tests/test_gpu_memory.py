@@ -306,3 +306,27 @@ def test_layout_is_reused_for_the_same_mask_and_rebuilt_when_it_changes(monkeypa
     calls.clear()
     _forward(model, dict(inputs, cap_mask=inputs["cap_mask"].clone()))  # another tensor: rebuilt
     assert calls == [1]
+
+
+def test_load_dit_fp16_and_auto_on_a_gpu_without_bf16_take_the_safe_path(tmp_path, monkeypatch):
+    from factories import write_dit_checkpoint
+    from nextdit_nodes.loaders import load_dit
+    from nextdit_nodes.models.fp16 import is_fp16_safe
+
+    p = tiny_params()
+    path = tmp_path / "dit.safetensors"
+    write_dit_checkpoint(path, p, dtype=torch.bfloat16)
+    reference = load_dit(path, dtype="fp32")
+    inputs = random_inputs(p, [5, 3])
+    expected = _forward(reference, inputs)
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    for model in (load_dit(path, dtype="fp16"), load_dit(path, dtype="auto", device="cpu", compute_device="cuda")):
+        assert is_fp16_safe(model) and model.compute_dtype == torch.float32
+        assert model.cap_embedder[1].weight.dtype == torch.float32          # small parts in fp32
+        assert model.layers[0].feed_forward.w2.weight.dtype == torch.float16
+        assert model.device == torch.device("cpu")                           # stored where asked
+        assert _rel(_forward(model, inputs), expected) < 5e-3
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    bf16 = load_dit(path, dtype="auto", device="cpu", compute_device="cuda")
+    assert bf16.compute_dtype == torch.bfloat16 and not is_fp16_safe(bf16)
