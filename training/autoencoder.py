@@ -68,7 +68,7 @@ def train_autoencoder(steps: int, batch: int = 16, lr: float = 2e-3, seed: int =
         optimiser.step()
         schedule.step()
         if progress is not None:
-            progress(step + 1, steps, float(loss))
+            progress(step + 1, steps, loss.item())
     return ae.eval()
 
 
@@ -85,3 +85,53 @@ def reconstruct(ae, images: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     y = ae.decode(ae.encode(x).latent_dist.mean).sample
     return ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+@torch.no_grad()
+def fold_into_flux_format(ae, rng: random.Random, batches: int = 16, batch: int = 32) -> None:
+    """Rescale the latent in place so that FLUX's constants normalise it to unit scale.
+
+    Per channel c, with the encoder means' statistics (m_c, s_c), the new latent is
+    z' = a_c·z + b_c with a_c = 1/(s_c·0.3611) and b_c = 0.1159 − m_c·a_c, so that
+    (z' − 0.1159)·0.3611 = (z − m_c)/s_c. The map is folded into the encoder's last convolution
+    (mean channels scaled and shifted, log-variance shifted by 2·ln a_c) and inverted in the
+    decoder's first one. The decoder's zero padding now pads z' rather than z; a short decoder
+    fine-tune (``finetune_decoder``) absorbs that border difference.
+    """
+    from ..models.latent_format import FLUX
+
+    latents = torch.cat([ae.encode(image_batch(rng, batch)).latent_dist.mean for _ in range(batches)])
+    mean, std = latents.mean(dim=(0, 2, 3)), latents.std(dim=(0, 2, 3))
+    a = 1.0 / (std * FLUX.scale)
+    b = FLUX.shift - mean * a
+    channels = a.numel()
+    conv_out = ae.encoder.conv_out
+    conv_out.weight[:channels] *= a[:, None, None, None]
+    conv_out.bias[:channels] = conv_out.bias[:channels] * a + b
+    conv_out.bias[channels:] += 2 * torch.log(a)
+    conv_in = ae.decoder.conv_in
+    conv_in.bias -= (conv_in.weight * (b / a)[None, :, None, None]).sum(dim=(1, 2, 3))
+    conv_in.weight /= a[None, :, None, None]
+
+
+def finetune_decoder(ae, steps: int, batch: int = 16, lr: float = 2e-4, seed: int = 1, progress=None):
+    """Train the decoder alone (encoder frozen) on the current latent: used after folding."""
+    rng = random.Random(seed)
+    ae.encoder.requires_grad_(False)
+    parameters = [p for p in ae.decoder.parameters()]
+    optimiser = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    ae.train()
+    for step in range(steps):
+        x = image_batch(rng, batch)
+        with torch.no_grad():
+            z = ae.encode(x).latent_dist.mean
+        recon = ae.decode(z).sample
+        loss = (recon - x).abs().mean() + EDGE_WEIGHT * sum(
+            (r - o).abs().mean() for r, o in zip(_edges(recon), _edges(x)))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if progress is not None:
+            progress(step + 1, steps, loss.item())
+    ae.encoder.requires_grad_(True)
+    return ae.eval()

@@ -1,0 +1,140 @@
+"""Building the embedded default model end to end: text side, autoencoder, Next-DiT, distilled
+student, written in the layouts real NewBie files come in so inference takes the same paths.
+
+| file (under the models folder)                                  | layout                                  |
+| --------------------------------------------------------------- | --------------------------------------- |
+| diffusion_models/NextDiT-embedded-shapes.pth                    | training checkpoint, `module.` prefixes |
+| diffusion_models/NextDiT-embedded-shapes-distilled.safetensors  | `distill` output (guidance embedder)    |
+| text_encoders/embedded-shapes-gemma3.safetensors                | ComfyUI single file + spiece_model      |
+| text_encoders/embedded-shapes-jina.safetensors                  | ComfyUI single file + spiece_model      |
+| vae/embedded-shapes-vae/                                        | diffusers AutoencoderKL folder          |
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..models.latent_format import FLUX
+from . import autoencoder as ae_training
+from .adherence import score_image, summarise
+from .dit import EMBEDDED_PARAMS, encode_captions, train_dit
+from .shapes import caption, held_out_scenes, render, training_scene
+from .text_side import build_text_encoders, save_text_encoders
+
+log = logging.getLogger(__name__)
+
+DIT_FILE = "diffusion_models/NextDiT-embedded-shapes.pth"
+STUDENT_FILE = "diffusion_models/NextDiT-embedded-shapes-distilled.safetensors"
+GEMMA_FILE = "text_encoders/embedded-shapes-gemma3.safetensors"
+JINA_FILE = "text_encoders/embedded-shapes-jina.safetensors"
+VAE_FOLDER = "vae/embedded-shapes-vae"
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    ae_steps: int = 2500
+    ae_finetune_steps: int = 300
+    dataset_size: int = 24000
+    dit_steps: int = 3000
+    dit_batch: int = 64
+    distill_iterations: int = 600
+    seed: int = 0
+
+
+def _bar(desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit="step")
+
+    def update(done: int, total: int, loss: float) -> None:
+        bar.total = total
+        bar.n = done
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        bar.refresh()
+        if done == total:
+            bar.close()
+    return update
+
+
+def train_autoencoder_stage(out: Path, plan: TrainingPlan):
+    ae = ae_training.train_autoencoder(plan.ae_steps, seed=plan.seed, progress=_bar("autoencoder"))
+    ae_training.fold_into_flux_format(ae, random.Random(plan.seed + 1))
+    ae_training.finetune_decoder(ae, plan.ae_finetune_steps, progress=_bar("decoder after fold"))
+    ae.save_pretrained(str(out / VAE_FOLDER), safe_serialization=True)
+    return ae
+
+
+def reconstruction_adherence(ae, count: int = 200) -> dict[str, float]:
+    """The checker on the autoencoder's own reconstructions of held-out scenes."""
+    scenes = held_out_scenes(count)
+    images = np.stack([render(scene) for scene in scenes])
+    rebuilt = np.concatenate([ae_training.reconstruct(ae, images[i:i + 50]) for i in range(0, count, 50)])
+    return summarise([score_image(image, scene) for image, scene in zip(rebuilt, scenes)])
+
+
+@torch.no_grad()
+def encode_images(ae, scenes, batch: int = 64) -> torch.Tensor:
+    """Normalised latents (the DiT's space) of the rendered scenes, through the encoder mean."""
+    latents = []
+    for start in range(0, len(scenes), batch):
+        images = np.stack([render(scene) for scene in scenes[start:start + batch]])
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+        latents.append(FLUX.from_raw(ae.encode(x).latent_dist.mean))
+    return torch.cat(latents)
+
+
+def save_training_checkpoint(model, path: Path, plan: TrainingPlan) -> None:
+    """As the official trainer saves under DDP: every key `module.`-prefixed, args alongside."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {f"module.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    args = argparse.Namespace(**dataclasses.asdict(plan), params=repr(model.params))
+    torch.save({"model": state, "args": args}, path)
+
+
+def train_embedded(out: Path, plan: TrainingPlan = TrainingPlan()) -> None:
+    from ..loaders.text_encoders import load_text_encoders
+
+    out = Path(out)
+    for folder in ("diffusion_models", "text_encoders", "vae"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+
+    gemma, jina = build_text_encoders(plan.seed)
+    save_text_encoders(gemma, jina, out / GEMMA_FILE, out / JINA_FILE)
+    text_encoders = load_text_encoders(out / GEMMA_FILE, out / JINA_FILE)   # as inference reads them
+
+    ae = train_autoencoder_stage(out, plan)
+    log.info("autoencoder reconstructions: %s", reconstruction_adherence(ae))
+
+    rng = random.Random(plan.seed + 2)
+    scenes = [training_scene(rng) for _ in range(plan.dataset_size)]
+    captions = [caption(scene, rng) for scene in scenes]
+    latents = encode_images(ae, scenes)
+    encoded = encode_captions(text_encoders, captions)
+    empty = encode_captions(text_encoders, [""])
+    teacher = train_dit(latents, encoded, empty, plan.dit_steps, batch=plan.dit_batch, seed=plan.seed,
+                        progress=_bar("next-dit"))
+    save_training_checkpoint(teacher, out / DIT_FILE, plan)
+
+    distill_student(teacher, text_encoders, captions, latents, out, plan)
+
+
+def distill_student(teacher, text_encoders, captions, latents, out: Path, plan: TrainingPlan) -> None:
+    from ..models.text_encoders import conditioning
+    from ..samplers.distill import DistillConfig, distill, save_student
+
+    def cond(text: str):
+        return conditioning(text_encoders.encode(text, text), text, text)
+
+    count = min(len(captions), 2000)
+    config = DistillConfig(mode="full", iterations=plan.distill_iterations, batch_size=32, lr=3e-4,
+                           guidance_min=1.0, guidance_max=6.0, width=64, height=64, seed=plan.seed)
+    student = distill(teacher, [cond(c) for c in captions[:count]], cond(""), config, latents=latents[:count])
+    save_student(student, out / STUDENT_FILE, overwrite=True)
