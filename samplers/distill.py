@@ -171,6 +171,9 @@ def make_student(teacher: nn.Module, mode: str = "lora", rank: int = 16, seed: i
     if params.guidance_embed:
         raise ValueError("the teacher already has a guidance embedder (it is a distilled student); "
                          "distill from the original weights")
+    if any(module._forward_hooks for module in teacher.modules()):
+        raise ValueError("the teacher carries forward hooks (a LoRA applied by NextDiT LoRA Loader?); their "
+                         "effect is not in its weights, so distill from a file with the LoRA merged in")
     state = teacher.state_dict()
     if any(not t.is_floating_point() or t.dtype == torch.float8_e4m3fn for t in state.values()):
         raise ValueError("distillation needs the teacher in bf16, fp16 or fp32, not fp8; load it with "

@@ -82,12 +82,13 @@ def test_student_starts_as_the_teachers_conditional_branch(teacher, mode):
     assert not hasattr(teacher, "guidance_embedder") and not teacher.params.guidance_embed
 
 
-@pytest.mark.parametrize("mode,iterations,lr", [("lora", 100, 1e-3), ("full", 70, 1e-4)])
-def test_error_against_the_teachers_cfg_velocity_drops_tenfold(teacher, mode, iterations, lr):
+@pytest.mark.parametrize("mode,lr", [("lora", 1e-4), ("full", 3e-5)])
+def test_error_against_the_teachers_cfg_velocity_drops_tenfold(teacher, mode, lr):
     positive, negative = _prompt_pair(teacher.params)
     before_weights = {k: v.clone() for k, v in teacher.state_dict().items()}
     points = _eval_points(teacher, positive, negative)
-    config = DistillConfig(mode=mode, rank=8, iterations=iterations, batch_size=16, lr=lr, embedder_lr=3e-3,
+    # 60 iterations reach about 20x here (measured), twice the margin the test asks for.
+    config = DistillConfig(mode=mode, rank=8, iterations=60, batch_size=16, lr=lr, embedder_lr=3e-3,
                            trajectory_steps=6, width=32, height=32, seed=0)
     initial = _error(make_student(teacher, mode, rank=8).model, positive, points)
     student = distill(teacher, [positive], negative, config, progress=False)
