@@ -69,6 +69,27 @@ def storage_device(mode: str):
     return torch.device("cpu") if mode == "blocks" else host.torch_device()
 
 
+def load_for_device(load, mode: str):
+    """``load(storage_device, compute_device) -> module``, called with the devices for ``mode``;
+    the module gets the offload mode. Headless "auto" falls back to CPU storage (the blocks then
+    stream at sampling time) when the whole model does not fit on the GPU."""
+    import torch  # noqa: PLC0415
+
+    if mode not in OFFLOAD_MODES:
+        raise ValueError(f"offload {mode!r} is not one of {', '.join(OFFLOAD_MODES)}")
+    compute, storage = host.torch_device(), storage_device(mode)
+    try:
+        module = load(storage, compute)
+    except torch.OutOfMemoryError:
+        if mode != "auto" or storage.type == "cpu":
+            raise
+        torch.cuda.empty_cache()
+        log.warning("the DiT does not fit on %s; keeping it in CPU memory and streaming its blocks", compute)
+        module = load(torch.device("cpu"), compute)
+    set_offload_mode(module, mode)
+    return module
+
+
 def dit_activation_bytes(params, batch: int, latent_hw: tuple[int, int], cap_len: int, dtype_bytes: int = 2) -> int:
     """Rough peak activation memory of one DiT forward: the widest per-token tensors of a block
     (SwiGLU's three ffn-wide tensors plus a few dim-wide ones) over every token of the batch."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import host
 
 WEIGHT_DTYPES = ("auto", "bf16", "fp16", "fp32", "fp8_e4m3fn")   # = loaders.dtypes.WEIGHT_DTYPES
+OFFLOAD_MODES = ("auto", "blocks", "none")                       # = comfy_memory.OFFLOAD_MODES
 
 
 class NextDiTLoader:
@@ -33,6 +34,14 @@ class NextDiTLoader:
                            "fp16 on older GPUs, fp32 on the CPU. fp8_e4m3fn halves memory again (about "
                            "3.5 GB for NewBie): block weights stored in fp8, computed in bf16 on a GPU, "
                            "at a small quality cost."}),
+        }, "optional": {
+            "offload": (list(OFFLOAD_MODES), {
+                "default": "auto",
+                "tooltip": "GPU memory use. auto: the whole DiT on the GPU when it fits, else its blocks "
+                           "are streamed from CPU memory one at a time (inside ComfyUI the memory manager "
+                           "decides, and other models can push ours out). blocks: always stream (about "
+                           "0.3 GB of GPU memory for the weights, for 6-8 GB cards; slower, limited by "
+                           "PCIe). none: always the whole DiT on the GPU."}),
         }}
 
     @classmethod
@@ -44,13 +53,17 @@ class NextDiTLoader:
             return str(error)
         return True
 
-    def load(self, dit_name: str, weight_dtype: str = "auto"):
+    def load(self, dit_name: str, weight_dtype: str = "auto", offload: str = "auto"):
         from ..loaders import load_dit
+        from .comfy_memory import load_for_device
 
         if weight_dtype not in WEIGHT_DTYPES:
             raise ValueError(f"weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+        if offload not in OFFLOAD_MODES:
+            raise ValueError(f"offload {offload!r} is not one of {', '.join(OFFLOAD_MODES)}")
         path = host.resolve_model_file("diffusion_models", dit_name)
-        return (load_dit(path, dtype=weight_dtype, device=host.torch_device()),)
+        return (load_for_device(lambda storage, compute: load_dit(path, dtype=weight_dtype, device=storage,
+                                                                  compute_device=compute), offload),)
 
 
 NODE_CLASSES = [NextDiTLoader]

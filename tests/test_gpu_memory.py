@@ -330,3 +330,32 @@ def test_load_dit_fp16_and_auto_on_a_gpu_without_bf16_take_the_safe_path(tmp_pat
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     bf16 = load_dit(path, dtype="auto", device="cpu", compute_device="cuda")
     assert bf16.compute_dtype == torch.bfloat16 and not is_fp16_safe(bf16)
+
+
+def test_loader_node_offload_option_streams_blocks_in_the_sampler_with_the_same_result(tmp_path, monkeypatch):
+    from factories import write_dit_checkpoint
+    from nextdit_nodes.nodes import host
+    from nextdit_nodes.nodes.dit import NextDiTLoader
+    from nextdit_nodes.nodes.sampling import NextDiTSampler
+
+    monkeypatch.setattr(host, "torch_device", lambda: torch.device("cpu"))
+    p = tiny_params()
+    path = tmp_path / "dit.safetensors"
+    write_dit_checkpoint(path, p)
+    optional = NextDiTLoader.INPUT_TYPES()["optional"]["offload"]
+    assert optional[0] == ["auto", "blocks", "none"] and optional[1]["default"] == "auto"
+    assert list(NextDiTLoader.INPUT_TYPES()["required"]) == ["dit_name", "weight_dtype"]   # saved workflows
+
+    gen = torch.Generator().manual_seed(0)
+    cond = [[torch.randn(1, 6, p.cap_dim, generator=gen), {"pooled_output": torch.randn(1, p.clip_dim, generator=gen)}]]
+    neg = [[torch.randn(1, 2, p.cap_dim, generator=gen), {"pooled_output": torch.randn(1, p.clip_dim, generator=gen)}]]
+    settings = dict(positive=cond, negative=neg, width=32, height=32, batch_size=1, seed=3, steps=2, solver="euler",
+                    shift=6.0, cfg=4.0, renorm_cfg=0.0, cfg_trunc=1.0, guidance=0.0)
+    outputs = {}
+    for mode in ("none", "blocks"):
+        (model,) = NextDiTLoader().load(str(path), "fp32", mode)
+        (outputs[mode],) = NextDiTSampler().sample(model, **settings)
+        assert offload.is_offloaded(model) == (mode == "blocks")
+    assert torch.equal(outputs["blocks"]["samples"], outputs["none"]["samples"])
+    with pytest.raises(ValueError, match="offload"):
+        NextDiTLoader().load(str(path), "fp32", "sometimes")
