@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 
+from ..prompting.system_prompts import SYSTEM_PROMPT_CHOICES
 from . import host
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
-SYSTEM_PROMPT_CHOICES = ("xml (official)", "plain (official)", "none", "custom")  # = prompting.SYSTEM_PROMPT_CHOICES
 
 
 class NextDiTTextEncoderLoader:
