@@ -49,7 +49,6 @@ class _Offload:
     order: dict[int, int]                       # id(first parameter of a block) -> index in streamed
     stream: "torch.cuda.Stream | None" = None   # copy stream for the prefetch (CUDA only)
     prefetched: dict[int, tuple] = field(default_factory=dict)   # index -> (copies, event)
-    handles: list = field(default_factory=list)
 
     def index_of(self, block: nn.Module) -> int | None:
         first = next(block.parameters(), None)
@@ -148,8 +147,8 @@ def offload_blocks(model: nn.Module, device: torch.device | str, budget: int = 0
     state = _Offload(device, streamed, {id(next(b.parameters())): i for i, b in enumerate(streamed)},
                      torch.cuda.Stream(device) if device.type == "cuda" else None)
     for block in streamed:
-        state.handles.append(block.register_forward_pre_hook(state.fetch))
-        state.handles.append(block.register_forward_hook(state.release))
+        block.register_forward_pre_hook(state.fetch)
+        block.register_forward_hook(state.release)
     model.__dict__[_STATE] = state
     log.info("block offload on %s: %d of %d blocks streamed from %s memory, %.2f GB resident",
              device, len(streamed), len(blocks), "pinned CPU" if pin else "CPU", resident / 1e9)
@@ -164,11 +163,20 @@ def remove_offload(model: nn.Module, device: torch.device | str | None = "cpu") 
     """Remove the hooks; then move the whole model to ``device`` (None: leave weights where they are)."""
     state = model.__dict__.pop(_STATE, None)
     if state is not None:
-        for handle in state.handles:
-            handle.remove()
         state.prefetched.clear()
+    for block in repeated_blocks(model):
+        _strip_hooks(block)
     if device is not None:
         model.to(device)
+
+
+def _strip_hooks(block: nn.Module) -> None:
+    """Remove this module's offload hooks, also those a structural (LoRA) copy inherited from the
+    model it was copied from (handles only reach the original's hook dicts)."""
+    for hooks in (block._forward_pre_hooks, block._forward_hooks):
+        for key, hook in list(hooks.items()):
+            if isinstance(getattr(hook, "__self__", None), _Offload):
+                del hooks[key]
 
 
 def streamed_block_count(model: nn.Module) -> int:

@@ -186,6 +186,9 @@ def test_offload_works_for_lora_copies_sharing_the_weights():
     patched = apply_lora(model, lora, 1.0)
     assert torch.equal(_forward(patched, inputs), expected)
     assert not torch.equal(_forward(model, inputs), expected)   # the LoRA really mattered
+    offload.offload_blocks(patched, "cpu", budget=1)             # the copy re-planned: its own hooks only
+    assert all(len(b._forward_pre_hooks) == 1 for b in offload.repeated_blocks(patched))
+    assert torch.equal(_forward(patched, inputs), expected)
 
 
 # ---- dtype policy ------------------------------------------------------------------------------
