@@ -99,7 +99,7 @@ class NextDiTSampler:
     def sample(self, model, positive, width, height, batch_size, seed, steps, solver, shift, cfg,
                renorm_cfg, cfg_trunc, guidance, negative=None, latent=None, denoise=1.0, unique_id=None):
         from ..samplers import sample
-        from ..samplers.preview import preview_image
+        from ..samplers.lagged_preview import LaggedPreviews
         from .comfy_memory import use_dit_for_sampling
 
         # Inside ComfyUI the memory manager makes room (and may stream blocks); headless a no-op
@@ -107,14 +107,17 @@ class NextDiTSampler:
         use_dit_for_sampling(model, positive, negative, width, height, batch_size, cfg)
 
         progress = host.Progress(steps, unique_id)
+        # On a GPU each preview is shown one step late, so the loop never waits for the device.
+        previews = LaggedPreviews(lambda step, image: progress.update(step + 1, ("JPEG", image, PREVIEW_SIZE)))
 
         def on_step(step: int, total: int, x0) -> None:
             host.check_interrupt()
-            progress.update(step + 1, ("JPEG", preview_image(x0[0]), PREVIEW_SIZE))
+            previews(step, x0)
 
         out = sample(model, positive, negative, width, height, seed, steps, solver, shift, cfg, renorm_cfg,
                      cfg_trunc, guidance=guidance, batch_size=batch_size, latent=latent, denoise=denoise,
                      callback=on_step)
+        previews.finish()
         return (out,)
 
 

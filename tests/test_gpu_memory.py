@@ -362,3 +362,24 @@ def test_loader_node_offload_option_streams_blocks_in_the_sampler_with_the_same_
     assert torch.equal(outputs["blocks"]["samples"], outputs["none"]["samples"])
     with pytest.raises(ValueError, match="offload"):
         NextDiTLoader().load(str(path), "fp32", "sometimes")
+
+
+def test_lagged_previews_show_every_step_once_in_order_one_step_late():
+    import numpy as np
+    from nextdit_nodes.samplers.lagged_preview import LaggedPreviews
+    from nextdit_nodes.samplers.preview import latent_to_rgb
+
+    gen = torch.Generator().manual_seed(0)
+    latents = [torch.randn(2, 16, 6, 5, generator=gen) for _ in range(3)]
+    shown = []
+    lagged = LaggedPreviews(lambda step, image: shown.append((step, np.asarray(image))), lag=True)
+    for step, x0 in enumerate(latents):
+        lagged(step, x0)
+        assert [s for s, _ in shown] == list(range(step))     # the previous step, not this one
+    lagged.finish()
+    assert [s for s, _ in shown] == [0, 1, 2]
+    for (_, image), x0 in zip(shown, latents):
+        assert np.array_equal(image, latent_to_rgb(x0[0]).numpy())
+    immediate = []
+    LaggedPreviews(lambda step, image: immediate.append(step))(0, latents[0])   # CPU default: at once
+    assert immediate == [0]
