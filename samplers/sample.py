@@ -52,8 +52,8 @@ def _raise_non_finite(step: int, total: int, dtype: torch.dtype) -> None:
 class _NonFiniteWatch:
     """Finds the first step whose evaluations produced NaN/inf (see the module docstring)."""
 
-    def __init__(self, device: torch.device, total: int, dtype: torch.dtype):
-        self.immediate = device.type == "cpu"
+    def __init__(self, device: torch.device, total: int, dtype: torch.dtype, deferred: bool | None = None):
+        self.immediate = device.type == "cpu" if deferred is None else not deferred
         self.total, self.dtype = total, dtype
         self.first_bad = None if self.immediate else torch.full((), total + 1, device=device)
 

@@ -419,3 +419,52 @@ def test_wrong_text_encoder_width_is_a_clear_error(tiny_model):
     bad = [[torch.randn(1, 5, 17), {"pooled_output": torch.randn(1, 32)}]]
     with pytest.raises(ValueError, match="caption features are 17 wide"):
         sample(tiny_model, bad, None, 64, 64, 0, 2, "euler", 6.0, 1.0, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["cpu-immediate", "accelerator-deferred"])
+def test_non_finite_watch_names_the_first_bad_step(deferred):
+    """The deferred path (used on GPUs: no per-step host sync) reports the same step as the CPU path."""
+    from nextdit_nodes.samplers.sample import _NonFiniteWatch
+
+    def run(bad_x_at=None, bad_v_at=None, bad_final=False):
+        watch = _NonFiniteWatch(torch.device("cpu"), 5, torch.float16, deferred=deferred)
+        ok, nan = torch.zeros(2), torch.tensor([0.0, float("nan")])
+        for step in range(5):
+            watch.observe(step, nan if step == bad_x_at else ok, nan if step == bad_v_at else ok)
+        watch.finish(nan if bad_final else ok)
+
+    run()
+    with pytest.raises(NonFiniteError, match="step 3 of 5 .*float16"):
+        run(bad_v_at=2)
+    with pytest.raises(NonFiniteError, match="step 2 of 5"):
+        run(bad_x_at=2, bad_v_at=3)          # the state entering step index 2 was made by step 2 (1-based)
+    with pytest.raises(NonFiniteError, match="step 5 of 5"):
+        run(bad_final=True)
+    with pytest.raises(NonFiniteError, match="input latent"):
+        run(bad_x_at=0)
+
+
+def test_several_conditioning_entries_are_averaged_in_one_forward(tiny_model):
+    """ComfyUI averages the predictions of CONDITIONING entries without areas; we pack them all."""
+    p = tiny_model.params
+    (fa, pa), entry_a = _prompt(p, 6, seed=1)
+    (fb, pb), entry_b = _prompt(p, 3, seed=2, pad=2)
+    (fn, pn), neg_entry = _prompt(p, 4, seed=3)
+    pos = prompt_batches([entry_a, entry_b], 1, p.cap_dim, p.clip_dim)
+    neg = prompt_batches([neg_entry], 1, p.cap_dim, p.clip_dim)
+    velocity = GuidedVelocity(tiny_model, pos, neg, cfg=3.0, renorm_cfg=0.0, cfg_trunc=1.0)
+    x, t = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(4)), torch.tensor([0.5])
+    calls = []
+    handle = tiny_model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with torch.no_grad():
+            packed = velocity(x, 0.5)
+    finally:
+        handle.remove()
+    ones = lambda f: torch.ones(1, f.shape[0], dtype=torch.bool)  # noqa: E731
+    with torch.no_grad():
+        v_a = tiny_model(x, t, fa[None], ones(fa), pa[None])
+        v_b = tiny_model(x, t, fb[None], ones(fb), pb[None])
+        v_n = tiny_model(x, t, fn[None], ones(fn), pn[None])
+    assert len(calls) == 1
+    assert _max_rel(packed, v_n + 3.0 * ((v_a + v_b) / 2 - v_n)) < 1e-5
