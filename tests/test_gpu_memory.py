@@ -383,3 +383,26 @@ def test_lagged_previews_show_every_step_once_in_order_one_step_late():
     immediate = []
     LaggedPreviews(lambda step, image: immediate.append(step))(0, latents[0])   # CPU default: at once
     assert immediate == [0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_offload_on_cuda_is_exact_and_holds_at_most_two_blocks():
+    p = tiny_params(dim=240, n_heads=4, n_kv_heads=2, ffn_dim=960, n_layers=6)
+    model = random_dit(p).cuda()
+    inputs = {k: (v.cuda() if v is not None else None) for k, v in random_inputs(p, [7, 3], (16, 16)).items()}
+    weights = offload.tensor_bytes(model)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    expected = _forward(model, inputs)
+    activations = torch.cuda.max_memory_allocated() - base
+    offload.offload_blocks(model, "cuda")
+    block = max(offload.tensor_bytes(b) for b in offload.repeated_blocks(model))
+    at_rest = torch.cuda.memory_allocated() - (base - weights)
+    assert at_rest <= weights - sum(offload.tensor_bytes(b) for b in offload.repeated_blocks(model)) + 4096
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    for _ in range(2):      # the second forward reuses the allocator's blocks; both must be exact
+        assert torch.equal(_forward(model, inputs), expected)
+    assert torch.cuda.max_memory_allocated() - start <= activations + 2 * block + 2 ** 20
+    assert next(model.layers[0].parameters()).is_pinned()
