@@ -153,7 +153,11 @@ def describe_contents(shapes: Mapping[str, tuple[int, ...]]) -> str:
 def _describe_vae(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
     """BFL/LDM (`encoder.down.0.block...`) or diffusers (`encoder.down_blocks...`) VAE layouts."""
     keys = [k for k in shapes if "encoder." in k or "decoder." in k]
+    if not _any(keys, "decoder."):
+        return None
     if not (_any(keys, "encoder.conv_in.") and _any(keys, "decoder.conv_out.")):
+        if all(k.split(".", 1)[0] in ("encoder", "decoder", "vae", "first_stage_model") for k in shapes):
+            return "an image encoder/decoder (e.g. a tiny VAE decoder): load it with NextDiTVAELoader"
         return None
     latent = next((shape for key, shape in shapes.items() if key.endswith("decoder.conv_in.weight")), None)
     channels = latent[1] if latent and len(latent) == 4 else None

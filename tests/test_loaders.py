@@ -442,3 +442,4 @@ def test_fp8_file_loads_without_requantising(tmp_path):
 def test_pickle_named_safetensors(tmp_path):
     torch.save(official_state_dict(P), tmp_path / "renamed.safetensors")
     _raises(tmp_path / "renamed.safetensors", "rename it to .pt")
+
