@@ -142,6 +142,10 @@ def offload_blocks(model: nn.Module, device: torch.device | str, budget: int = 0
         if pin:
             for p in block.parameters():
                 p.data = p.data.pin_memory()
+            for module in block.modules():      # e.g. fp8 row scales, LoRA factors
+                for name, buffer in module._buffers.items():
+                    if buffer is not None:
+                        module._buffers[name] = buffer.pin_memory()
         streamed.append(block)
     resident += sum(tensor_bytes(child) for name, child in model.named_children() if name not in BLOCK_LISTS)
     state = _Offload(device, streamed, {id(next(b.parameters())): i for i, b in enumerate(streamed)},

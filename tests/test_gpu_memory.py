@@ -406,3 +406,18 @@ def test_offload_on_cuda_is_exact_and_holds_at_most_two_blocks():
         assert torch.equal(_forward(model, inputs), expected)
     assert torch.cuda.max_memory_allocated() - start <= activations + 2 * block + 2 ** 20
     assert next(model.layers[0].parameters()).is_pinned()
+
+
+def test_offload_with_fp8_block_weights(tmp_path):
+    from factories import write_dit_checkpoint
+    from nextdit_nodes.loaders import dtypes, load_dit
+
+    p = tiny_params()
+    path = tmp_path / "dit.safetensors"
+    write_dit_checkpoint(path, p)
+    model = load_dit(path, dtype="fp8_e4m3fn")
+    assert model.layers[0].feed_forward.w1.weight.dtype == dtypes.FP8
+    inputs = random_inputs(p, [4, 6])
+    expected = _forward(model, inputs)
+    offload.offload_blocks(model, "cpu")
+    assert torch.equal(_forward(model, inputs), expected)
