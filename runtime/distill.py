@@ -64,6 +64,9 @@ def register(subparsers) -> None:
                        help="optional .safetensors with 'latents' (N,16,h,w) raw FLUX latents of training "
                             "images; default: data-free teacher trajectories")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--no-checkpointing", action="store_true",
+                       help="keep all activations for backward (faster, far more memory; default: "
+                            "gradient checkpointing on every block)")
     out = parser.add_argument_group("devices and output")
     out.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                      help="teacher weights in memory (auto: bf16 on a GPU, fp32 on the CPU; not fp8)")
@@ -146,7 +149,8 @@ def run(args) -> int:
                                batch_size=args.batch_size, lr=lr, embedder_lr=args.embedder_lr,
                                guidance_min=args.guidance_min, guidance_max=args.guidance_max,
                                shift=args.shift, trajectory_steps=args.trajectory_steps,
-                               width=args.width, height=args.height, seed=args.seed)
+                               width=args.width, height=args.height, seed=args.seed,
+                               checkpointing=not args.no_checkpointing)
     except ValueError as error:
         raise DistillUsageError(str(error)) from None
 

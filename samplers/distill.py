@@ -53,6 +53,7 @@ class DistillConfig:
     width: int = 1024                         # data-free: image size of the trajectories
     height: int = 1024
     seed: int = 0
+    checkpointing: bool = False               # recompute block activations in backward (less memory)
 
     def __post_init__(self):
         if self.mode not in ("lora", "full"):
@@ -161,6 +162,17 @@ class Student:
                 tensor = (tensor.float() + deltas[key].detach().float()).to(tensor.dtype)
             out[key] = tensor.to("cpu", dtype or tensor.dtype).contiguous()
         return out
+
+
+def _checkpoint_blocks(model: nn.Module) -> None:
+    """Gradient checkpointing on every transformer block: activations recomputed in backward, so
+    training at 1024² fits in far less memory (about a third more compute)."""
+    from torch.utils.checkpoint import checkpoint  # noqa: PLC0415
+
+    for blocks in (model.context_refiner, model.noise_refiner, model.layers):
+        for block in blocks:
+            forward = block.forward
+            block.forward = lambda *args, _f=forward: checkpoint(_f, *args, use_reentrant=False)
 
 
 def make_student(teacher: nn.Module, mode: str = "lora", rank: int = 16, seed: int = 0) -> Student:
@@ -327,6 +339,8 @@ def distill(teacher: nn.Module, positives: list, negative, config: DistillConfig
     params = teacher.params
     device = teacher.device
     student = make_student(teacher, config.mode, config.rank, config.seed)
+    if config.checkpointing:
+        _checkpoint_blocks(student.model)
     prompts = _Prompts(positives, negative, params, device)
     generator = torch.Generator("cpu").manual_seed(config.seed)
     source = (_TrajectoryPool(config, len(prompts.items), params.in_channels, device, generator)

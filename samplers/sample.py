@@ -117,6 +117,9 @@ def _start_latent(latent: dict | None, batch_size: int, width: int, height: int,
     if raw.shape[0] not in (1, batch_size) and batch_size != 1:
         raise ValueError(f"latent holds {raw.shape[0]} images but batch_size is {batch_size}; "
                          f"use batch_size 1 (the latent's batch) or a single-image latent")
+    if latent.get("noise_mask") is not None:
+        log.warning("the latent's noise_mask is ignored: NextDiTSampler does not inpaint, the whole "
+                    "image is re-noised by denoise")
     normalised = FLUX.from_raw(raw.float().cpu())
     if normalised.shape[0] == 1 and batch_size > 1:
         normalised = normalised.expand(batch_size, -1, -1, -1)

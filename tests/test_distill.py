@@ -166,3 +166,15 @@ def test_distill_command_writes_the_default_file_the_loader_reads(tmp_path):
     bad = parser.parse_args(["distill", str(teacher_path), "--device", "cpu"])
     with pytest.raises(command.DistillUsageError, match="exactly one of"):
         bad.func(bad)
+
+
+def test_gradient_checkpointing_trains_the_same_student(teacher):
+    positive, negative = _prompt_pair(teacher.params)
+    base = dict(mode="lora", rank=4, iterations=3, batch_size=2, trajectory_steps=3, width=32, height=32,
+                lr=1e-3, embedder_lr=1e-2)
+    plain = distill(teacher, [positive], negative, DistillConfig(**base), progress=False).state_dict()
+    checkpointed = distill(teacher, [positive], negative, DistillConfig(**base, checkpointing=True),
+                           progress=False).state_dict()
+    assert not torch.equal(plain["guidance_embedder.mlp.2.weight"], torch.zeros_like(plain["guidance_embedder.mlp.2.weight"]))
+    for key, value in plain.items():
+        assert torch.allclose(value, checkpointed[key], atol=1e-6), key
