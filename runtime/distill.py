@@ -57,7 +57,8 @@ def register(subparsers) -> None:
     train.add_argument("--guidance-max", type=float, default=8.0, help="largest guidance scale trained (8)")
     train.add_argument("--shift", type=float, default=6.0, help="time shift of the trajectories (6)")
     train.add_argument("--trajectory-steps", type=int, default=16,
-                       help="Euler steps of the teacher trajectories giving the training states (16)")
+                       help="typical Euler steps K of the teacher trajectories giving the training states; each "
+                            "trajectory draws K/2..2K (16)")
     train.add_argument("--width", type=int, default=1024, help="image width of the trajectories (1024)")
     train.add_argument("--height", type=int, default=1024, help="image height of the trajectories (1024)")
     train.add_argument("--latents", type=Path,

@@ -49,7 +49,7 @@ class DistillConfig:
     guidance_min: float = 1.0
     guidance_max: float = 8.0
     shift: float = 6.0                        # time grid of the trajectories / the t distribution
-    trajectory_steps: int = 16                # data-free: Euler steps per teacher trajectory (at most)
+    trajectory_steps: int = 16                # data-free: typical Euler steps of a teacher trajectory (K/2..2K)
     width: int = 1024                         # data-free: image size of the trajectories
     height: int = 1024
     seed: int = 0
@@ -193,19 +193,22 @@ def make_student(teacher: nn.Module, mode: str = "lora", rank: int = 16, seed: i
     device = teacher.device
     with torch.device("meta"):
         model = NextDiT(replace(params, guidance_embed=True))
-    torch.manual_seed(seed)  # the embedder's first layer and the adapters' down projections
-    fresh = _fresh_guidance_embedder(params, device, teacher.t_embedder.mlp[0].weight.dtype)
     if mode == "full":
         state = {k: v.detach().clone() for k, v in state.items()}
-    model.load_state_dict({**state, **fresh}, assign=True)
-    model.compute_dtype = teacher.compute_dtype
-    model.train()
-    if mode == "full":
-        model.requires_grad_(True)
-        return Student(model, None, teacher)
-    model.requires_grad_(False)
-    model.guidance_embedder.requires_grad_(True)
-    return Student(model, Adapters(model, rank).to(device), None)
+    # Seeded initialisation (embedder's first layer, adapters' down projections) without touching
+    # the caller's global RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = _fresh_guidance_embedder(params, device, teacher.t_embedder.mlp[0].weight.dtype)
+        model.load_state_dict({**state, **fresh}, assign=True)
+        model.compute_dtype = teacher.compute_dtype
+        model.train()
+        if mode == "full":
+            model.requires_grad_(True)
+            return Student(model, None, teacher)
+        model.requires_grad_(False)
+        model.guidance_embedder.requires_grad_(True)
+        return Student(model, Adapters(model, rank), None)
 
 
 def _fresh_guidance_embedder(params, device, dtype) -> dict[str, Tensor]:
@@ -284,7 +287,8 @@ class _TrajectoryPool:
 
     def _reset(self, slot: int) -> None:
         c = self.config
-        steps = int(torch.randint(max(1, c.trajectory_steps // 2), c.trajectory_steps + 1, (1,), generator=self.gen))
+        # Step counts from K/2 to 2K: trajectories desynchronise, and the states reach t close to 1.
+        steps = int(torch.randint(max(1, c.trajectory_steps // 2), 2 * c.trajectory_steps + 1, (1,), generator=self.gen))
         self.grids[slot] = time_grid(steps, c.shift)
         self.step[slot] = 0
         self.prompt[slot] = int(torch.randint(self.n_prompts, (1,), generator=self.gen))
