@@ -246,6 +246,8 @@ def _map_widgets(node: GraphNode, raw: dict, cls: type) -> None:
     position = 0
     for spec in specs:
         if position >= len(values):
+            if not spec.required:   # an optional widget added to the node after the workflow was
+                continue            # saved: left out, so the node function uses its default
             raise _widget_count_error(node, specs, values)
         node.inputs[spec.name] = values[position]
         node.widget_sources[spec.name] = (node.id, position)

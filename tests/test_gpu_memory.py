@@ -421,3 +421,18 @@ def test_offload_with_fp8_block_weights(tmp_path):
     expected = _forward(model, inputs)
     offload.offload_blocks(model, "cpu")
     assert torch.equal(_forward(model, inputs), expected)
+
+
+def test_workflows_saved_before_the_offload_widget_still_load(tmp_path):
+    from nextdit_nodes.runtime.run import runner_classes
+    from nextdit_nodes.runtime.workflow import load_workflow
+
+    def ui(values):
+        return {"version": 0.4, "links": [], "nodes": [{"id": 1, "type": "NextDiTLoader", "mode": 0,
+                                                         "inputs": [], "outputs": [], "widgets_values": values}]}
+
+    classes = runner_classes(tmp_path)
+    old = load_workflow(ui(["dit.safetensors", "bf16"]), classes).to_api()["1"]["inputs"]
+    assert old == {"dit_name": "dit.safetensors", "weight_dtype": "bf16"}   # the node's default applies
+    new = load_workflow(ui(["dit.safetensors", "bf16", "blocks"]), classes).to_api()["1"]["inputs"]
+    assert new["offload"] == "blocks"
