@@ -168,18 +168,37 @@ def test_offload_recovers_from_a_forward_interrupted_inside_a_block():
     assert _rest_pointers(model) == at_rest
 
 
-def test_offload_works_for_lora_copies_sharing_the_weights():
-    from nextdit_nodes.loaders.lora import LowRank, ParsedLora
-    from nextdit_nodes.models.lora import apply_lora
+def _lora(p):
     from pathlib import Path
+
+    from nextdit_nodes.loaders.lora import LowRank, ParsedLora
+
+    gen = torch.Generator().manual_seed(5)
+    deltas = {"layers.1.feed_forward.w2": [LowRank(torch.randn(4, p.ffn_dim, generator=gen),
+                                                   torch.randn(p.dim, 4, generator=gen), 0.5)],
+              "layers.0.attention.qkv": [LowRank(torch.randn(4, p.dim, generator=gen),
+                                                 torch.randn(2 * p.dim, 4, generator=gen), 0.5)]}
+    return ParsedLora(Path("x.safetensors"), "test", "test", deltas, {k: "applied" for k in deltas})
+
+
+def test_fp16_safe_model_takes_loras():
+    from nextdit_nodes.models.lora import apply_lora
+
+    p = tiny_params()
+    sd16 = {k: v.half() for k, v in official_state_dict(p).items()}
+    inputs = random_inputs(p, [5])
+    expected = _forward(apply_lora(dit_from_state_dict(p, {k: v.float() for k, v in sd16.items()}), _lora(p), 1.0),
+                        inputs)
+    out = _forward(apply_lora(make_fp16_safe(dit_from_state_dict(p, dict(sd16))), _lora(p), 1.0), inputs)
+    assert _rel(out, expected) < 5e-3
+
+
+def test_offload_works_for_lora_copies_sharing_the_weights():
+    from nextdit_nodes.models.lora import apply_lora
 
     p = tiny_params()
     model = random_dit(p)
-    gen = torch.Generator().manual_seed(5)
-    target = "layers.1.feed_forward.w2"
-    lora = ParsedLora(Path("x.safetensors"), "test", "test",
-                      {target: [LowRank(torch.randn(4, p.ffn_dim, generator=gen),
-                                        torch.randn(p.dim, 4, generator=gen), 0.5)]}, {target: "applied"})
+    lora = _lora(p)
     inputs = random_inputs(p, [6])
     expected = _forward(apply_lora(model, lora, 1.0), inputs)
     offload.offload_blocks(model, "cpu")
