@@ -455,3 +455,31 @@ def test_workflows_saved_before_the_offload_widget_still_load(tmp_path):
     assert old == {"dit_name": "dit.safetensors", "weight_dtype": "bf16"}   # the node's default applies
     new = load_workflow(ui(["dit.safetensors", "bf16", "blocks"]), classes).to_api()["1"]["inputs"]
     assert new["offload"] == "blocks"
+
+
+# ---- attention: what SDPA receives decides whether flash / cuDNN can run ----------------------
+
+@pytest.mark.parametrize("path", ["bf16", "fp16-safe"])
+def test_sdpa_gets_unmasked_half_precision_heads_with_unit_stride(monkeypatch, path):
+    import torch.nn.functional as F
+
+    p = tiny_params()
+    sd = official_state_dict(p)
+    if path == "bf16":
+        model = dit_from_state_dict(p, {k: v.bfloat16() for k, v in sd.items()})
+        model.compute_dtype, expected_dtype = torch.bfloat16, torch.bfloat16
+    else:
+        model, expected_dtype = make_fp16_safe(dit_from_state_dict(p, {k: v.half() for k, v in sd.items()})), torch.float16
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        calls.append((q, k, v, args, kwargs))
+        return real(q, k, v, *args, **kwargs)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    _forward(model, random_inputs(p, [5, 3]))
+    assert len(calls) >= len(offload.repeated_blocks(model))
+    for q, k, v, args, kwargs in calls:
+        assert not args and kwargs.get("attn_mask") is None and not kwargs.get("is_causal", False)
+        assert q.ndim == 4 and q.shape[1] == p.n_heads and q.shape[-1] == p.head_dim      # (B, H, L, D)
+        assert all(t.dtype == expected_dtype and t.stride(-1) == 1 for t in (q, k, v))
