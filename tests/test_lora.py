@@ -623,10 +623,7 @@ def test_node_lists_resolves_and_applies(tmp_path, monkeypatch, base, inputs):
 
 def test_distilled_student_loads_runs_and_takes_a_lora(tmp_path, params):
     from nextdit_nodes.loaders import load_dit
-
-    distill_module = pytest.importorskip("nextdit_nodes.samplers.distill")
-    DistillConfig, distill, save_student = (distill_module.DistillConfig, distill_module.distill,
-                                            distill_module.save_student)
+    from nextdit_nodes.samplers.distill import DistillConfig, distill, save_student
 
     teacher = random_dit(params, seed=14)
     gen = torch.Generator().manual_seed(15)
