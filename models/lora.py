@@ -14,7 +14,8 @@ targets (norm-layer deltas) get a new parameter ``W + strength·ΔW`` on the cop
   buffers of the hooked Linears, so ``.to(device)`` moves them with the model).
 
 Note that the parameters are shared: moving or casting the result in place (``.to()``) moves the
-shared base tensors too, exactly like moving the base model would.
+shared base tensors too, exactly like moving the base model would. Code that reads weights rather
+than calling the model (saving, distilling) gets the LoRA'd weights from ``merged_state_dict``.
 """
 
 from __future__ import annotations
