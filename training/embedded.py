@@ -138,3 +138,26 @@ def distill_student(teacher, text_encoders, captions, latents, out: Path, plan: 
                            guidance_min=1.0, guidance_max=6.0, width=64, height=64, seed=plan.seed)
     student = distill(teacher, [cond(c) for c in captions[:count]], cond(""), config, latents=latents[:count])
     save_student(student, out / STUDENT_FILE, overwrite=True)
+
+
+def embedded_files_present(models_dir: Path) -> bool:
+    return all((Path(models_dir) / name).exists() for name in (DIT_FILE, GEMMA_FILE, JINA_FILE, VAE_FOLDER))
+
+
+def write_untrained(out: Path, seed: int = 0) -> None:
+    """The embedded model's files with random (untrained) weights: same architecture, layouts and
+    names, so the whole pipeline runs before ``train-embedded`` has produced real weights."""
+    from ..models.nextdit import NextDiT
+
+    out = Path(out)
+    for folder in ("diffusion_models", "text_encoders", "vae"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    gemma, jina = build_text_encoders(seed)
+    save_text_encoders(gemma, jina, out / GEMMA_FILE, out / JINA_FILE)
+    torch.manual_seed(seed)
+    ae_training.build_autoencoder().save_pretrained(str(out / VAE_FOLDER), safe_serialization=True)
+    model = NextDiT(EMBEDDED_PARAMS)
+    for module in model.modules():  # random but non-degenerate: open gates, visible output
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.05)
+    save_training_checkpoint(model, out / DIT_FILE, TrainingPlan(seed=seed))

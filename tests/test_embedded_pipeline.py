@@ -1,0 +1,62 @@
+"""The embedded model's pipeline pieces: latent fold, length buckets, untrained files through the
+real loaders and the demo workflow."""
+
+import copy
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nextdit_nodes.models.latent_format import FLUX
+from nextdit_nodes.training import autoencoder as ae_training
+from nextdit_nodes.training.dit import _LengthBuckets
+
+
+def test_fold_gives_flux_normalised_latents_and_keeps_the_decoder_exact_away_from_padding():
+    torch.manual_seed(0)
+    ae = ae_training.build_autoencoder().eval()
+    before = copy.deepcopy(ae)
+    ae_training.fold_into_flux_format(ae, random.Random(0), batches=2, batch=8)
+    x = ae_training.image_batch(random.Random(1), 8)
+    with torch.no_grad():
+        z, z_folded = before.encode(x).latent_dist.mean, ae.encode(x).latent_dist.mean
+        normalised = FLUX.from_raw(z_folded)
+        # The map is affine per channel: normalised = (z - m_c) / s_c.
+        per_channel = normalised.transpose(0, 1).flatten(1)
+        assert per_channel.std(dim=1).mean().item() == pytest.approx(1.0, abs=0.2)
+        expected = (z - z.mean(dim=(0, 2, 3), keepdim=True)) / z.std(dim=(0, 2, 3), keepdim=True)
+        assert torch.corrcoef(torch.stack([normalised.flatten(), expected.flatten()]))[0, 1] > 0.99
+        # Decoder's first convolution sees the same features except at the zero-padded border.
+        inner = (before.decoder.conv_in(z) - ae.decoder.conv_in(z_folded))[..., 1:-1, 1:-1]
+        assert inner.abs().max().item() < 1e-4
+
+
+def test_length_buckets_give_single_length_batches_covering_every_length():
+    lengths = torch.tensor([3, 5, 5, 7, 3, 3])
+    buckets = _LengthBuckets(lengths, random.Random(0))
+    seen = set()
+    for _ in range(200):
+        batch = buckets.batch(4)
+        assert len({int(lengths[i]) for i in batch}) == 1
+        seen.update(batch)
+    assert seen == set(range(6))
+
+
+def test_demo_workflow_runs_on_the_untrained_embedded_files(tmp_path, monkeypatch):
+    from nextdit_nodes.runtime.demo import WORKFLOW
+    from nextdit_nodes.runtime.run import run_workflow
+    from nextdit_nodes.training.embedded import embedded_files_present, write_untrained
+
+    write_untrained(tmp_path / "models")
+    assert embedded_files_present(tmp_path / "models")
+    monkeypatch.setenv("NEXTDIT_MODELS_DIR", str(tmp_path / "models"))
+    _, images = run_workflow(WORKFLOW, tmp_path / "out", ["NextDiT Sampler.steps=2"])
+    (png,) = images
+    picture = Image.open(png)
+    assert picture.size == (64, 64)
+    workflow = json.loads(picture.text["workflow"])
+    assert any(node["type"] == "NextDiTSampler" for node in workflow["nodes"])
+    assert np.asarray(picture).std() > 0
