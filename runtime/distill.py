@@ -136,7 +136,8 @@ def run(args) -> int:
     import torch  # noqa: PLC0415
 
     from ..loaders import load_dit  # noqa: PLC0415
-    from ..samplers.distill import DistillConfig, default_output_path, distill, load_conditionings, save_student  # noqa: PLC0415
+    from ..samplers.distill import (DistillConfig, default_output_path, distill,  # noqa: PLC0415
+                                    load_conditionings, save_student)
 
     if (args.prompts is None) == (args.conditionings is None):
         raise DistillUsageError("give exactly one of --prompts (with --gemma/--jina) or --conditionings")

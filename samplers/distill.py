@@ -154,7 +154,8 @@ class Student:
     def state_dict(self, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
         """Official keys + ``guidance_embedder.*``, adapters merged (W + B·A) into new tensors, on the CPU.
         The teacher's tensors are never modified."""
-        deltas = {} if self.adapters is None else {f"{name}.weight": a.delta_weight() for name, a in self.adapters.items()}
+        adapters = self.adapters.items() if self.adapters is not None else ()
+        deltas = {f"{name}.weight": adapter.delta_weight() for name, adapter in adapters}
         out = {}
         for key, tensor in self.model.state_dict().items():
             tensor = tensor.detach()
@@ -288,7 +289,8 @@ class _TrajectoryPool:
     def _reset(self, slot: int) -> None:
         c = self.config
         # Step counts from K/2 to 2K: trajectories desynchronise, and the states reach t close to 1.
-        steps = int(torch.randint(max(1, c.trajectory_steps // 2), 2 * c.trajectory_steps + 1, (1,), generator=self.gen))
+        low, high = max(1, c.trajectory_steps // 2), 2 * c.trajectory_steps
+        steps = int(torch.randint(low, high + 1, (1,), generator=self.gen))
         self.grids[slot] = time_grid(steps, c.shift)
         self.step[slot] = 0
         self.prompt[slot] = int(torch.randint(self.n_prompts, (1,), generator=self.gen))
@@ -352,8 +354,9 @@ def distill(teacher: nn.Module, positives: list, negative, config: DistillConfig
     optimizer = torch.optim.AdamW(student.param_groups(config.lr, config.embedder_lr), weight_decay=0.0)
     # Short warm-up, then linear decay to zero: the targets are noisy (random states, scales, prompts).
     warmup = max(1, config.iterations // 20)
+    decay = config.iterations - warmup + 1
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: min((i + 1) / warmup, max(0.0, (config.iterations - i) / (config.iterations - warmup + 1))))
+        optimizer, lambda i: min((i + 1) / warmup, max(0.0, (config.iterations - i) / decay)))
 
     from tqdm import tqdm  # noqa: PLC0415
 

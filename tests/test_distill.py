@@ -135,12 +135,14 @@ def test_distilling_a_distilled_student_or_a_bad_range_is_refused(teacher, tmp_p
 def test_conditionings_file_round_trip_drops_padding(teacher, tmp_path):
     p = teacher.params
     feats = torch.randn(1, 6, p.cap_dim)
-    padded = [[feats, {"pooled_output": torch.randn(1, p.clip_dim), "attention_mask": torch.tensor([[1, 1, 1, 1, 0, 0]])}]]
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
+    padded = [[feats, {"pooled_output": torch.randn(1, p.clip_dim), "attention_mask": mask}]]
     negative = [[torch.randn(1, 2, p.cap_dim), {"pooled_output": torch.randn(1, p.clip_dim)}]]
     path = save_conditionings(tmp_path / "c.safetensors", [padded, negative], negative)
     positives, neg = load_conditionings(path)
     assert len(positives) == 2 and torch.equal(positives[0][0][0], feats[:, :4])
-    assert torch.equal(neg[0][0], negative[0][0]) and torch.equal(neg[0][1]["pooled_output"], negative[0][1]["pooled_output"])
+    assert torch.equal(neg[0][0], negative[0][0])
+    assert torch.equal(neg[0][1]["pooled_output"], negative[0][1]["pooled_output"])
 
 
 def test_distill_command_writes_the_default_file_the_loader_reads(tmp_path):
@@ -175,6 +177,6 @@ def test_gradient_checkpointing_trains_the_same_student(teacher):
     plain = distill(teacher, [positive], negative, DistillConfig(**base), progress=False).state_dict()
     checkpointed = distill(teacher, [positive], negative, DistillConfig(**base, checkpointing=True),
                            progress=False).state_dict()
-    assert not torch.equal(plain["guidance_embedder.mlp.2.weight"], torch.zeros_like(plain["guidance_embedder.mlp.2.weight"]))
+    assert plain["guidance_embedder.mlp.2.weight"].abs().max() > 0  # it trained
     for key, value in plain.items():
         assert torch.allclose(value, checkpointed[key], atol=1e-6), key
