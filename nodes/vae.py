@@ -61,9 +61,11 @@ class NextDiTVAEDecode:
         }}
 
     def decode(self, vae, samples: dict, tiled: str = "auto"):
+        from .comfy_memory import use_model
+
         latent = samples["samples"]
-        if latent.ndim == 4:  # inside ComfyUI: let it unload models to make room for the decode
-            host.free_memory(vae.decode_peak_bytes(tuple(latent.shape[-2:])), vae.device)
+        if latent.ndim == 4:  # inside ComfyUI: the memory manager makes room (and reloads the VAE
+            use_model(vae.model, vae.decode_peak_bytes(tuple(latent.shape[-2:])))   # if it was evicted)
         progress = None
 
         def on_step(done: int, total: int) -> None:
@@ -100,6 +102,9 @@ class NextDiTVAEEncode:
         }}
 
     def encode(self, vae, pixels):
+        from .comfy_memory import use_model
+
+        use_model(vae.model)   # inside ComfyUI: registered with (and maybe reloaded by) its memory manager
         try:
             latent = vae.encode(pixels)
         except ValueError as error:

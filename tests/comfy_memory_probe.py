@@ -84,6 +84,15 @@ def main(comfy_dir: str, pack_dir: str) -> None:
     patcher.load(cpu, lowvram_model_memory=size // 2)
     assert not offload.is_offloaded(model) and patcher.loaded_size() == size
     assert patcher.is_clone(patcher) and not patcher.is_dynamic()
+
+    # 7. A module without repeated blocks (the VAE): whole loads and unloads, never streamed.
+    vae = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
+    comfy_memory.use_model(vae, memory_required=10)
+    vae_patcher = vae.__dict__["_comfy_patcher"]
+    assert any(m.model is vae_patcher for m in mm.current_loaded_models)
+    assert vae_patcher.loaded_size() == offload.tensor_bytes(vae)
+    mm.free_memory(free + 1, cpu, keep_loaded=[m for m in mm.current_loaded_models if m.model is patcher])
+    assert vae_patcher.loaded_size() == 0 and not any(m.model is vae_patcher for m in mm.current_loaded_models)
     print("OK")
 
 
