@@ -443,3 +443,26 @@ def test_pickle_named_safetensors(tmp_path):
     torch.save(official_state_dict(P), tmp_path / "renamed.safetensors")
     _raises(tmp_path / "renamed.safetensors", "rename it to .pt")
 
+
+
+def test_gqa_qkv_fused_back_at_newbie_widths():
+    """NewBie widths: 24 query heads and 8 kv heads of 96 -> to_q 2304 rows, to_k/to_v 768 rows
+    each (research §3.3), fused back in q, k, v order to attention.qkv [3840, 2304]."""
+    from nextdit_nodes.loaders.files import TensorRef
+    from nextdit_nodes.loaders.lumina2_diffusers import to_official
+
+    gen = torch.Generator().manual_seed(18)
+    parts = {name: torch.randn(rows, 2304, generator=gen) for name, rows in (("q", 2304), ("k", 768), ("v", 768))}
+    refs = {f"layers.5.attn.to_{name}.weight": TensorRef.of(t) for name, t in parts.items()}
+    fused = to_official(refs)["layers.5.attention.qkv.weight"]
+    assert fused.shape == (3840, 2304)
+    weight = fused.load()
+    assert torch.equal(weight[:2304], parts["q"]) and torch.equal(weight[2304:3072], parts["k"])
+    assert torch.equal(weight[3072:], parts["v"])
+
+
+def test_unknown_patch_width_is_refused(tmp_path):
+    sd = official_state_dict(P)
+    sd["x_embedder.weight"] = torch.zeros(P.dim, 48)   # 48 is not p*p*16
+    save_file(sd, str(tmp_path / "odd.safetensors"))
+    _raises(tmp_path / "odd.safetensors", "x_embedder input width 48")
