@@ -10,8 +10,11 @@ import math
 
 import pytest
 import torch
+from factories import random_dit, tiny_params, with_guidance
 
-from nextdit_nodes.samplers.guidance import combine_cfg
+from nextdit_nodes.samplers import NonFiniteError, sample
+from nextdit_nodes.samplers.conditioning import prompt_batches
+from nextdit_nodes.samplers.guidance import GuidedVelocity, combine_cfg
 from nextdit_nodes.samplers.schedule import shift_time, shifted_sigma, sigma_from_time, time_grid
 from nextdit_nodes.samplers.solvers import SOLVERS, dpmpp_2m, euler, get_solver, heun, midpoint
 
@@ -163,12 +166,6 @@ def test_combine_cfg_is_the_official_formula_per_sample(renorm):
 
 
 # ---- sample(...) on a tiny random Next-DiT against an independent official reference ---------
-
-from factories import random_dit, tiny_params, with_guidance  # noqa: E402
-
-from nextdit_nodes.samplers import NonFiniteError, sample  # noqa: E402
-from nextdit_nodes.samplers.conditioning import prompt_batches  # noqa: E402
-from nextdit_nodes.samplers.guidance import GuidedVelocity  # noqa: E402
 
 _SCALE, _SHIFT = 0.3611, 0.1159  # FLUX VAE constants (research §7)
 
