@@ -93,8 +93,8 @@ def load_dit(path, dtype: str = "fp32", device: torch.device | str = "cpu",
     model.compute_dtype = plan.compute
     if fp16_safe:
         make_fp16_safe(model)
-    log.info("loaded %s: %s, weights %s%s on %s", path.name, _describe_params(params), dtype,
-             f" (compute {plan.compute})", device)
+    log.info("loaded %s: %s, weights %s (compute %s) on %s", path.name, _describe_params(params), dtype,
+             plan.compute, device)
     return model.eval().requires_grad_(False)
 
 
