@@ -18,11 +18,9 @@ V = TypeVar("V")
 # (`transformer.`), and a bare `model.` wrapper. Stripped only when every key carries them.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.diffusion_model.", "diffusion_model.",
                     "transformer.", "model.")
-# In an all-in-one file these hold the diffusion model; everything else is another component.
+# In an all-in-one file these hold the diffusion model; every other top-level group is another
+# component (`text_encoders.`, `vae.`, `first_stage_model.`, `cond_stage_model.`, ...) and dropped.
 DIT_CONTAINERS = ("model.diffusion_model.", "diffusion_model.")
-# Other components of all-in-one files, dropped when a DiT container is present.
-OTHER_COMPONENTS = ("text_encoders.", "text_encoder.", "text_encoder_2.", "vae.", "first_stage_model.",
-                    "cond_stage_model.", "conditioner.", "clip.", "clip_model.", "model_ema.")
 # Per-key wrappers: never the name of a real sub-module, so safe to strip key by key.
 _PER_KEY = ("module.", "_orig_mod.")
 
