@@ -24,8 +24,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
-        return normed * self.weight.to(x.dtype)
+        # One call: F.rms_norm computes the statistics (and the weight product) in fp32 for half
+        # inputs, then rounds once to x's dtype; no fp32 copy of x round-trips through memory.
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
 
 
 def _modulation(in_dim: int, out_dim: int) -> nn.Sequential:
