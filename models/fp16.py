@@ -30,7 +30,6 @@ from torch import Tensor, nn
 from ..loaders.dtypes import FP8Linear
 from .offload import BLOCK_LISTS
 
-FP16_MAX = torch.finfo(torch.float16).max
 _ROW_TARGET = 2.0 ** 6   # rows scaled so |x| <= 64 before an fp16 product (headroom for the sum)
 
 # Block Linears computed in fp16, by attribute path -> whether they return fp32. Those that do take
@@ -100,9 +99,9 @@ def make_fp16_safe(model: nn.Module) -> nn.Module:
     for list_name in BLOCK_LISTS:
         for block in getattr(model, list_name, ()):
             for path, out_fp32 in _FP32_OUT.items():
-                linear = block.get_submodule(path) if _has(block, path) else None
-                if linear is None:
+                if not _has(block, path):      # context refiner blocks have no adaLN
                     continue
+                linear = block.get_submodule(path)
                 if not isinstance(linear, _Fp16Compute):
                     linear.__class__ = Fp16FP8Linear if isinstance(linear, FP8Linear) else Fp16Linear
                 linear.out_fp32 = out_fp32
