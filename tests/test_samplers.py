@@ -465,3 +465,12 @@ def test_several_conditioning_entries_are_averaged_in_one_forward(tiny_model):
         v_n = tiny_model(x, t, fn[None], ones(fn), pn[None])
     assert len(calls) == 1
     assert _max_rel(packed, v_n + 3.0 * ((v_a + v_b) / 2 - v_n)) < 1e-5
+
+
+def test_lumina2_shaped_weights_ignore_the_pooled_vector():
+    model = random_dit(tiny_params(clip_dim=None), seed=6)
+    feats = torch.randn(1, 5, model.params.cap_dim)
+    with_pooled = [[feats, {"pooled_output": torch.randn(1, 1024)}]]   # any width: unused
+    without = [[feats.clone(), {}]]
+    args = (64, 64, 2, 2, "euler", 6.0, 1.0, 0.0, 1.0)
+    assert torch.equal(sample(model, with_pooled, None, *args)["samples"], sample(model, without, None, *args)["samples"])
