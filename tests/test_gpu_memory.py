@@ -483,3 +483,31 @@ def test_sdpa_gets_unmasked_half_precision_heads_with_unit_stride(monkeypatch, p
         assert not args and kwargs.get("attn_mask") is None and not kwargs.get("is_causal", False)
         assert q.ndim == 4 and q.shape[1] == p.n_heads and q.shape[-1] == p.head_dim      # (B, H, L, D)
         assert all(t.dtype == expected_dtype and t.stride(-1) == 1 for t in (q, k, v))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_sampler_steps_after_the_first_never_synchronise_with_the_host():
+    import warnings
+
+    from nextdit_nodes.samplers import sample
+
+    p = tiny_params()
+    model = random_dit(p).cuda()
+    gen = torch.Generator().manual_seed(0)
+    cond = [[torch.randn(1, 6, p.cap_dim, generator=gen), {"pooled_output": torch.randn(1, p.clip_dim, generator=gen)}]]
+    neg = [[torch.randn(1, 2, p.cap_dim, generator=gen), {"pooled_output": torch.randn(1, p.clip_dim, generator=gen)}]]
+    steps = 4
+
+    def callback(step, total, x0):
+        # From step 0's callback to the last step's, every synchronising CUDA call warns.
+        torch.cuda.set_sync_debug_mode("warn" if step == 0 else "default" if step == total - 1 else "warn")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            sample(model, cond, neg, 64, 64, seed=1, steps=steps, solver="euler", shift=6.0, cfg=4.0,
+                   renorm_cfg=1.0, cfg_trunc=1.0, callback=callback)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+    assert not syncs, syncs
