@@ -11,11 +11,13 @@ Order of work, so that a wrong file fails before any heavy reading:
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import re
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Mapping
 
@@ -49,10 +51,28 @@ def load_dit(path, dtype: str = "fp32", device: torch.device | str = "cpu",
     the fp16-safe path (models/fp16.py). Raises WeightsError, naming the file, for anything that
     is not a complete Next-DiT.
     """
+    with _gc_paused():
+        return _load_dit(Path(path), dtype, torch.device(device), compute_device)
+
+
+@contextmanager
+def _gc_paused():
+    """No garbage collection while loading: building ~700 modules otherwise triggers a full
+    collection over every object the process holds (0.15 s of a 0.2 s build in a fresh process
+    with torch imported); loading creates no reference cycles worth collecting."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _load_dit(path: Path, dtype: str, device: torch.device, compute_device):
     from ..models.fp16 import fp16_block_weight, make_fp16_safe
     from ..models.nextdit import NextDiT
 
-    path, device = Path(path), torch.device(device)
     plan = dtypes.resolve(dtype, device if compute_device is None else compute_device)
     fp16_safe = plan.compute == torch.float16
 

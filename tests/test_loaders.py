@@ -466,3 +466,15 @@ def test_unknown_patch_width_is_refused(tmp_path):
     sd["x_embedder.weight"] = torch.zeros(P.dim, 48)   # 48 is not p*p*16
     save_file(sd, str(tmp_path / "odd.safetensors"))
     _raises(tmp_path / "odd.safetensors", "x_embedder input width 48")
+
+
+def test_garbage_collection_is_back_on_after_loading(tmp_path):
+    import gc
+
+    write_dit_checkpoint(tmp_path / "dit.safetensors", P)
+    load_dit(tmp_path / "dit.safetensors")
+    assert gc.isenabled()
+    (tmp_path / "bad.safetensors").write_text("<html></html>")
+    with pytest.raises(WeightsError):
+        load_dit(tmp_path / "bad.safetensors")
+    assert gc.isenabled()
