@@ -143,7 +143,7 @@ def _place_headless(module, device, memory_required: int) -> None:
         size = offload.tensor_bytes(module)
         if size + memory_required + _HEADROOM > free:
             offload.offload_blocks(module, device, budget=max(0, free - memory_required - _HEADROOM
-                                                              - _non_block_bytes(module)))
+                                                              - _non_block_bytes(module) - _stream_room(module)))
             return
     offload.remove_offload(module, device)
 
@@ -159,6 +159,13 @@ def _same(a, b) -> bool:
 def _bytes_on(module, device) -> int:
     return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]
                if _same(t.device, device))
+
+
+def _stream_room(module) -> int:
+    """Device memory the streamed blocks need: the running block and the prefetched next one."""
+    from ..models import offload  # noqa: PLC0415
+
+    return 2 * max((offload.tensor_bytes(b) for b in offload.repeated_blocks(module)), default=0)
 
 
 def _non_block_bytes(module) -> int:
@@ -198,7 +205,14 @@ def _define_patcher_class(ModelPatcher):
         def _streamed_resident(self) -> int:
             state = self.model.__dict__.get(offload._STATE)
             streamed = sum(offload.tensor_bytes(b) for b in state.streamed) if state else 0
-            return self.size - streamed
+            return self.size - streamed + _stream_room(self.model)
+
+        def _stream(self, device, budget: int) -> None:
+            """Stream the blocks that do not fit in ``budget`` bytes (which also pays for the two
+            block copies in flight); what is resident plus those copies counts as loaded."""
+            room = _stream_room(self.model)
+            block_budget = max(0, budget - _non_block_bytes(self.model) - room)
+            self._set_loaded(offload.offload_blocks(self.model, device, budget=block_budget) + room)
 
         def _can_stream(self) -> bool:
             return bool(offload.repeated_blocks(self.model)) and offload_mode(self.model) != "none"
@@ -212,8 +226,7 @@ def _define_patcher_class(ModelPatcher):
                 offload.remove_offload(self.model, device)
                 self._set_loaded(self.size)
                 return
-            block_budget = max(0, budget - _non_block_bytes(self.model))
-            self._set_loaded(offload.offload_blocks(self.model, device, budget=block_budget))
+            self._stream(device, budget)
 
         def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
             before = self.loaded_size()
@@ -227,8 +240,7 @@ def _define_patcher_class(ModelPatcher):
             before = self.loaded_size()
             if not self._can_stream() or before == 0:
                 return 0
-            block_budget = max(0, before - memory_to_free - _non_block_bytes(self.model))
-            self._set_loaded(offload.offload_blocks(self.model, self.load_device, budget=block_budget))
+            self._stream(self.load_device, before - memory_to_free)
             freed = before - self.loaded_size()
             log.info("NextDiT: %.2f GB of block weights moved to the CPU for other models", freed / 1e9)
             return freed
