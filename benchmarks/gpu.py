@@ -248,6 +248,7 @@ def main() -> None:
     ap.add_argument("--pos-tokens", type=int, default=300)
     ap.add_argument("--neg-tokens", type=int, default=40)
     ap.add_argument("--offload-steps", type=int, default=4, help="steps timed with block offloading (0: skip)")
+    ap.add_argument("--card-gb", type=float, default=8.0, help="card size for the partial-offload plan")
     ap.add_argument("--compile", action="store_true", help="also time compile_blocks (compiles first)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak")
     ap.add_argument("--profile", action="store_true", help="print where the time of a CFG image goes")
@@ -256,7 +257,7 @@ def main() -> None:
     _pack()
     from nextdit_nodes.models.compile import compile_blocks, uncompile_blocks
     from nextdit_nodes.models.nextdit_params import NextDiTParams
-    from nextdit_nodes.models.offload import offload_blocks, remove_offload
+    from nextdit_nodes.models.offload import offload_blocks, remove_offload, streamed_block_count
 
     torch.backends.cuda.matmul.allow_tf32 = True
     device = torch.device(args.device)
@@ -313,13 +314,18 @@ def main() -> None:
     if args.offload_steps:
         few = ours_sampler(model, pos, neg, size, args.offload_steps, 4.5, 0.0)
         t_res, _ = timed(few, device, 1)
-        offload_blocks(model, device)
-        few()
-        t_off, vram_off = timed(few, device, 1)
-        remove_offload(model, device)
-        print(f"{'ours CFG, blocks streamed from CPU':<34} {t_off / args.offload_steps * 1000:8.1f} ms/step vs "
-              f"{t_res / args.offload_steps * 1000:.1f} resident ({t_off / t_res:.2f}x time), "
-              f"peak VRAM {vram_off / 2 ** 30:.2f} GiB")
+        # All blocks streamed, then the plan for a card with --card-gb of memory: the leading blocks
+        # that fit next to the activations of the run above stay resident, the rest stream.
+        budget = int(args.card_gb * 2 ** 30 - (vram_cfg - weights_gb * 1e9) - 2 ** 30)
+        for label, block_budget in (("all blocks streamed", 0), (f"{args.card_gb:g} GB card plan", budget)):
+            offload_blocks(model, device, budget=max(0, block_budget))
+            few()
+            t_off, vram_off = timed(few, device, 1)
+            streamed = streamed_block_count(model)
+            remove_offload(model, device)
+            print(f"{'ours CFG, ' + label:<34} {t_off / args.offload_steps * 1000:8.1f} ms/step vs "
+                  f"{t_res / args.offload_steps * 1000:.1f} resident ({t_off / t_res:.2f}x time), "
+                  f"{streamed} blocks streamed, peak VRAM {vram_off / 2 ** 30:.2f} GiB")
 
     comfy_dir = os.environ.get("COMFYUI_DIR")
     if comfy_dir:
