@@ -9,14 +9,7 @@ _NODE_MODULES = ("dit", "lora", "prompt", "text", "sampling", "vae")
 def _collect():
     classes, names = {}, {}
     for module_name in _NODE_MODULES:
-        try:
-            module = import_module(f".{module_name}", __name__)
-        except ModuleNotFoundError as error:
-            # Only a node module that does not exist yet is skipped; a broken import inside one
-            # (its own missing dependency) must surface.
-            if error.name != f"{__name__}.{module_name}":
-                raise
-            continue
+        module = import_module(f".{module_name}", __name__)
         for cls in module.NODE_CLASSES:
             node_id = cls.__name__
             if node_id in classes:

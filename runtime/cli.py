@@ -13,7 +13,7 @@ from importlib import import_module
 
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, RunnerError
 
-# Subcommand modules; one not written yet is skipped (like the node registry's modules).
+# Subcommand modules, each with register(subparsers).
 _COMMAND_MODULES = ("run", "demo", "list_nodes", "distill", "train_embedded", "check_embedded")
 
 EXIT_CODES_HELP = """exit codes:
@@ -36,13 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
-        try:
-            module = import_module(f".{name}", __package__)
-        except ModuleNotFoundError as error:
-            if error.name != f"{__package__}.{name}":
-                raise
-            continue
-        module.register(subparsers)
+        import_module(f".{name}", __package__).register(subparsers)
     return parser
 
 
