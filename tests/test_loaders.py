@@ -478,3 +478,21 @@ def test_garbage_collection_is_back_on_after_loading(tmp_path):
     with pytest.raises(WeightsError):
         load_dit(tmp_path / "bad.safetensors")
     assert gc.isenabled()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_same_dtype_load_copies_nothing(tmp_path):
+    """Weights already in the wanted dtype are the file's (private) memory map itself: every
+    parameter lies inside a mapping of the file (per /proc/self/maps), so there is no second copy."""
+    path = tmp_path / "dit.safetensors"
+    write_dit_checkpoint(path, P, seed=19, dtype=torch.bfloat16)
+    model = load_dit(path, "bf16")
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if line.endswith(str(path)):
+            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            ranges.append((start, end))
+    assert ranges
+    for name, param in model.named_parameters():
+        ptr = param.data_ptr()
+        assert any(start <= ptr and ptr + param.nbytes <= end for start, end in ranges), name
