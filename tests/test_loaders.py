@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from factories import (newbie_width_params, official_shapes, official_state_dict, random_dit, random_inputs,
+from factories import (newbie_width_params, official_shapes, official_state_dict, random_inputs,
                        tiny_params, with_guidance, write_dit_checkpoint)
 from nextdit_nodes.loaders import WeightsError, load_dit
 from nextdit_nodes.loaders.dit import infer_params
