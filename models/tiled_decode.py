@@ -3,8 +3,9 @@
 Memory is bounded by one tile's activations plus the output image, whatever the image size. The
 result is close to, not equal to, an untiled decode: the FLUX decoder's GroupNorms and its
 mid-block attention see only their tile, so statistics differ slightly from tile to tile; the
-overlap ramps hide the seams. A decoder without such global layers (TAEF1) only differs where a
-tile's zero padding reaches into the blended region.
+overlap ramps hide the seams. A decoder without such global layers (TAEF1) differs only where the
+influence of a tile's zero padding reaches past the margin that blending drops (a quarter of the
+overlap); a decoder that reaches less far is tiled exactly.
 """
 
 from __future__ import annotations
@@ -60,8 +61,7 @@ def tiled_decode(decode: Callable[[torch.Tensor], torch.Tensor], latent: torch.T
     image [B,3,th*scale,tw*scale]. Tiles are blended by a weighted mean whose weights ramp
     linearly across each overlap and are 0 on its outer quarter, so the border pixels a tile's
     zero padding distorts are dropped where a neighbour covers them (accumulated in float32 on
-    the decoder's device). ``on_tile`` runs after each
-    tile (progress, cancellation).
+    the decoder's device). ``on_tile`` runs after each tile (progress, cancellation).
     """
     batch, _, height, width = latent.shape
     rows, cols = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
