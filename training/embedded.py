@@ -123,10 +123,10 @@ def train_embedded(out: Path, plan: TrainingPlan = TrainingPlan()) -> None:
                         progress=_bar("next-dit"))
     save_training_checkpoint(teacher, out / DIT_FILE, plan)
 
-    distill_student(teacher, text_encoders, captions, latents, out, plan)
+    distill_student(teacher, text_encoders, captions, out, plan)
 
 
-def distill_student(teacher, text_encoders, captions, latents, out: Path, plan: TrainingPlan) -> None:
+def distill_student(teacher, text_encoders, captions, out: Path, plan: TrainingPlan) -> None:
     from ..models.text_encoders import conditioning
     from ..samplers.distill import DistillConfig, distill, save_student
 
@@ -136,7 +136,9 @@ def distill_student(teacher, text_encoders, captions, latents, out: Path, plan: 
     count = min(len(captions), 2000)
     config = DistillConfig(mode="full", iterations=plan.distill_iterations, batch_size=32, lr=3e-4,
                            guidance_min=1.0, guidance_max=6.0, width=64, height=64, seed=plan.seed)
-    student = distill(teacher, [cond(c) for c in captions[:count]], cond(""), config, latents=latents[:count])
+    # States from the teacher's own guided trajectories (distill's data-free default): exactly
+    # the states the student meets when sampling.
+    student = distill(teacher, [cond(c) for c in captions[:count]], cond(""), config)
     save_student(student, out / STUDENT_FILE, overwrite=True)
 
 
