@@ -1,4 +1,4 @@
-"""Where users get the model files the example workflows name (also listed in docs/models.md)."""
+"""Where users get the model files the example workflows name (also listed in the README's Model files section)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ KNOWN_MODEL_FILES: dict[str, tuple[str, str]] = {
 MADE_LOCALLY: dict[str, tuple[str, str]] = {
     "NewBie-Image-Exp0.1-bf16-distilled.safetensors": (
         "diffusion_models", "make it from the NewBie weights with `python -m nextdit_nodes "
-                            "distill` (it writes this file name by default; see docs/models.md)"),
+                            "distill` (it writes this file name by default; see the README's Model files section)"),
 }
 
 # Loader inputs that name a model file, and the models folder each one searches.
