@@ -232,21 +232,10 @@ def check_keys(path, expected: Mapping[str, tuple], state: Mapping[str, TensorRe
                raw: Mapping[str, TensorRef]) -> None:
     """Strict comparison of the file's keys and shapes against the model's; WeightsError listing
     problems grouped by module (`layers.0-35.attention.qkv: missing`)."""
-    missing = set(expected) - set(state)
-    unexpected = set(state) - set(expected)
-    wrong = defaultdict(list)   # (file shape, model shape) -> keys
-    for key in set(expected) & set(state):
-        if tuple(state[key].shape) != tuple(expected[key]):
-            wrong[(tuple(state[key].shape), tuple(expected[key]))].append(key)
-    if not (missing or unexpected or wrong):
+    lines = keys.mismatch_lines(expected, {k: tuple(v.shape) for k, v in state.items()}, _MAX_ERROR_LINES,
+                                missing_names=lambda missing: _collapse_blocks(missing, expected))
+    if not lines:
         return
-    lines = [f"{g}: missing" for g in keys.group_keys(_collapse_blocks(missing, expected), _MAX_ERROR_LINES)]
-    lines += [f"{g}: unexpected" for g in keys.group_keys(unexpected, _MAX_ERROR_LINES)]
-    for (have, want), names in sorted(wrong.items()):
-        lines += [f"{g}: shape {list(have)} in the file, {list(want)} expected"
-                  for g in keys.group_keys(names, _MAX_ERROR_LINES)]
-    if len(lines) > 2 * _MAX_ERROR_LINES:
-        lines = lines[:2 * _MAX_ERROR_LINES] + [f"... and {len(lines) - 2 * _MAX_ERROR_LINES} more"]
     what = keys.describe_contents({k: v.shape for k, v in raw.items()})
     raise WeightsError(path, "does not hold a complete Next-DiT: it looks like " + what
                              + ", but its keys do not match the model built from its shapes:\n  "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Iterable, Mapping, TypeVar
+from typing import Callable, Iterable, Mapping, TypeVar
 
 V = TypeVar("V")
 
@@ -25,14 +25,19 @@ DIT_CONTAINERS = ("model.diffusion_model.", "diffusion_model.")
 _PER_KEY = ("module.", "_orig_mod.")
 
 
-def _strip_per_key(key: str) -> str:
+def strip_leading(key: str, prefixes: tuple[str, ...]) -> str:
+    """``key`` without any run of the given prefixes, in any order (``module.module._orig_mod.x``)."""
     changed = True
     while changed:
         changed = False
-        for prefix in _PER_KEY:
+        for prefix in prefixes:
             if key.startswith(prefix):
                 key, changed = key[len(prefix):], True
     return key
+
+
+def _strip_per_key(key: str) -> str:
+    return strip_leading(key, _PER_KEY)
 
 
 def strip_prefixes(state: Mapping[str, V]) -> tuple[dict[str, V], list[str]]:
@@ -105,6 +110,32 @@ def group_keys(keys: Iterable[str], limit: int = 12) -> list[str]:
 
 def _natural_key(text: str):
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def mismatch_lines(expected: Mapping[str, tuple], found: Mapping[str, tuple], limit: int = 12,
+                   fits: Callable[[tuple, tuple], bool] | None = None,
+                   missing_names: Callable[[set[str]], Iterable[str]] | None = None) -> list[str]:
+    """What keeps a file's tensors (``found``: key -> shape) from loading into a model
+    (``expected``), grouped by module: ``layers.0-35.attention.qkv: missing``, ``...: unexpected``,
+    ``...: shape [a, b] in the file, [c, d] expected``. Empty when everything fits.
+
+    ``fits(file_shape, model_shape)`` relaxes the shape test (default: equal);
+    ``missing_names`` may rename the missing set before grouping (e.g. whole blocks).
+    """
+    fits = fits or (lambda have, want: tuple(have) == tuple(want))
+    missing = set(expected) - set(found)
+    unexpected = set(found) - set(expected)
+    wrong: dict[tuple[tuple, tuple], list[str]] = defaultdict(list)
+    for key in set(expected) & set(found):
+        if not fits(tuple(found[key]), tuple(expected[key])):
+            wrong[(tuple(found[key]), tuple(expected[key]))].append(key)
+    lines = [f"{g}: missing" for g in group_keys(missing_names(missing) if missing_names else missing, limit)]
+    lines += [f"{g}: unexpected" for g in group_keys(unexpected, limit)]
+    for (have, want), names in sorted(wrong.items()):
+        lines += [f"{g}: shape {list(have)} in the file, {list(want)} expected" for g in group_keys(names, limit)]
+    if len(lines) > 2 * limit:
+        lines = lines[:2 * limit] + [f"... and {len(lines) - 2 * limit} more"]
+    return lines
 
 
 # ---- what a file looks like -------------------------------------------------------------------

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from .errors import WeightsError
 from .files import read_metadata, read_state_dict
-from .keys import group_keys
+from .keys import group_keys, strip_leading
 
 log = logging.getLogger(__name__)
 
@@ -217,13 +217,7 @@ def _aliases(table: TargetTable) -> dict[str, tuple[str, Rows | None]]:
 
 
 def _strip_dotted(name: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _DOTTED_PREFIXES:
-            if name.startswith(prefix):
-                name, changed = name[len(prefix):], True
-    return name
+    return strip_leading(name, _DOTTED_PREFIXES)
 
 
 # Official Next-DiT module patterns ({} = an index), to name an underscored LoRA module that the

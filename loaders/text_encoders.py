@@ -42,7 +42,7 @@ from ..models.text_encoder_set import TextEncoders
 from . import jina_keys
 from .errors import WeightsError
 from .files import TensorRef, open_weights, read_metadata
-from .keys import describe_contents, group_keys
+from .keys import describe_contents, group_keys, mismatch_lines
 from .text_tokenizers import check_special, tokenizer_for
 
 log = logging.getLogger(__name__)
@@ -261,17 +261,8 @@ def _picked(config: dict, names: set[str]) -> dict:
 
 def _check_keys(path: Path, model: torch.nn.Module, shapes: dict, what: str) -> None:
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(shapes) if expected[k] != shapes[k])
-    if not (missing or unexpected or wrong):
+    lines = mismatch_lines(expected, shapes)
+    if not lines:
         return
-    lines = []
-    if missing:
-        lines.append("missing: " + "; ".join(group_keys(missing)))
-    if unexpected:
-        lines.append("unexpected: " + "; ".join(group_keys(unexpected)))
-    if wrong:
-        lines.append("wrong shape: " + "; ".join(f"{k} {shapes[k]} (expected {expected[k]})" for k in wrong[:6]))
-    raise WeightsError(path, f"does not match a {what}: " + " | ".join(lines) +
+    raise WeightsError(path, f"does not match a {what}: " + "; ".join(lines) +
                              ". The file is incomplete or holds a different model.")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import WeightsError
 from .files import open_weights, read_metadata
-from .keys import describe_contents, group_keys
+from .keys import describe_contents, mismatch_lines
 from .vae_keys import detect_layout, ldm_to_diffusers, select_vae_keys, taesd_to_diffusers
 
 # LDM/FLUX autoencoders use GroupNorm(32, C) everywhere; the group count is not in the weights,
@@ -244,17 +244,7 @@ def _load_strict(path, model, state: dict, dtype, what: str) -> None:
     import torch
 
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    wrong = [f"{key} {tuple(state[key].shape)} (expected {expected[key]})"
-             for key in expected if key in state and not _fits(state[key].shape, expected[key])]
-    problems = []
-    if missing:
-        problems.append("missing: " + ", ".join(group_keys(missing)))
-    if unexpected:
-        problems.append("unexpected: " + ", ".join(group_keys(unexpected)))
-    if wrong:
-        problems.append("wrong shape: " + ", ".join(wrong[:6]) + (" …" if len(wrong) > 6 else ""))
+    problems = mismatch_lines(expected, {key: tuple(ref.shape) for key, ref in state.items()}, fits=_fits)
     if problems:
         raise WeightsError(path, f"does not fit the {what} its shapes suggest; "
                                  + "; ".join(problems)
