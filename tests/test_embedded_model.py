@@ -1,0 +1,30 @@
+"""The shipped embedded model, through its example workflow: a few held-out prompts must come out
+right according to the validated adherence checker. Skipped until train-embedded has shipped
+weights in the pack's embedded/ folder."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nextdit_nodes.nodes.host import EMBEDDED_DIR
+from nextdit_nodes.training.adherence import score_image
+from nextdit_nodes.training.embedded import embedded_files_present
+from nextdit_nodes.training.shapes import held_out_scenes, xml_caption
+
+pytestmark = pytest.mark.skipif(not embedded_files_present(EMBEDDED_DIR),
+                                reason="the embedded model has not been trained and shipped yet")
+
+
+def test_example_workflow_draws_held_out_prompts(tmp_path):
+    from nextdit_nodes.runtime.demo import WORKFLOW
+    from nextdit_nodes.runtime.executor import Executor
+    from nextdit_nodes.runtime.run import model_file_check, run_workflow, runner_classes
+
+    executor = Executor(runner_classes(tmp_path, tmp_path), model_check=model_file_check)
+    scores = []
+    for index, scene in enumerate(held_out_scenes(6, seed=99)):
+        _, (png,) = run_workflow(WORKFLOW, tmp_path, [f"Positive.prompt={xml_caption(scene)}",
+                                                      f"NextDiT Sampler.seed={index}"], executor=executor)
+        scores += score_image(np.asarray(Image.open(png).convert("RGB")), scene)
+    colour_position = sum(s.colour_position for s in scores) / len(scores)
+    assert colour_position >= 0.8, f"colour+position right for {colour_position:.0%} of {len(scores)} objects"
