@@ -1,9 +1,12 @@
 """Training the embedded model's autoencoder: FLUX architecture (diffusers ``AutoencoderKL``, 16
 latent channels, 8× down), narrow enough to train on two CPU cores in minutes.
 
-Shapes must survive the round trip (the checker judges shape from a thresholded mask), so the
-loss weighs sharp edges: L1 on pixels plus L1 on horizontal and vertical image gradients, with a
-small KL term that keeps the latent well-scaled for the diffusion model.
+Shapes must survive the round trip (the checker judges shape from a thresholded mask). The loss
+is the squared error through the latent MEAN, plus a weak penalty that keeps the latent bounded:
+measured here, L1 (with or without an edge term) is median-seeking and paints background over the
+small objects while the decoder is still unsure (held-out reconstructions after 600–1000 steps:
+colour+position 6–14 % per object), where squared error keeps them (40 % after 600 steps, still
+rising). Check ``reconstruction_adherence`` before training the DiT on its latents.
 """
 
 from __future__ import annotations
@@ -24,8 +27,7 @@ AE_CONFIG = dict(
     block_out_channels=(32, 32, 64, 64), layers_per_block=1, latent_channels=16,
     norm_num_groups=16, use_quant_conv=False, use_post_quant_conv=False,
 )
-KL_WEIGHT = 1e-6
-EDGE_WEIGHT = 1.0
+LATENT_WEIGHT = 1e-4
 
 
 def build_autoencoder():
@@ -40,19 +42,13 @@ def image_batch(rng: random.Random, batch: int) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def _edges(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
-
-
 def autoencoder_loss(ae, x: torch.Tensor) -> torch.Tensor:
-    posterior = ae.encode(x).latent_dist
-    recon = ae.decode(posterior.sample()).sample
-    pixel = (recon - x).abs().mean()
-    edge = sum((a - b).abs().mean() for a, b in zip(_edges(recon), _edges(x)))
-    return pixel + EDGE_WEIGHT * edge + KL_WEIGHT * posterior.kl().mean()
+    latent = ae.encode(x).latent_dist.mean
+    recon = ae.decode(latent).sample
+    return (recon - x).pow(2).mean() + LATENT_WEIGHT * latent.pow(2).mean()
 
 
-def train_autoencoder(steps: int, batch: int = 16, lr: float = 2e-3, seed: int = 0, progress=None):
+def train_autoencoder(steps: int, batch: int = 16, lr: float = 1e-3, seed: int = 0, progress=None):
     torch.manual_seed(seed)
     rng = random.Random(seed)
     ae = build_autoencoder()
@@ -118,16 +114,13 @@ def finetune_decoder(ae, steps: int, batch: int = 16, lr: float = 2e-4, seed: in
     """Train the decoder alone (encoder frozen) on the current latent: used after folding."""
     rng = random.Random(seed)
     ae.encoder.requires_grad_(False)
-    parameters = [p for p in ae.decoder.parameters()]
-    optimiser = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    optimiser = torch.optim.AdamW(ae.decoder.parameters(), lr=lr, weight_decay=0.0)
     ae.train()
     for step in range(steps):
         x = image_batch(rng, batch)
         with torch.no_grad():
             z = ae.encode(x).latent_dist.mean
-        recon = ae.decode(z).sample
-        loss = (recon - x).abs().mean() + EDGE_WEIGHT * sum(
-            (r - o).abs().mean() for r, o in zip(_edges(recon), _edges(x)))
+        loss = (ae.decode(z).sample - x).pow(2).mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
