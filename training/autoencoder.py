@@ -5,8 +5,9 @@ Shapes must survive the round trip (the checker judges shape from a thresholded 
 is the squared error through the latent MEAN, plus a weak penalty that keeps the latent bounded:
 measured here, L1 (with or without an edge term) is median-seeking and paints background over the
 small objects while the decoder is still unsure (held-out reconstructions after 600–1000 steps:
-colour+position 6–14 % per object), where squared error keeps them (40 % after 600 steps, still
-rising). Check ``reconstruction_adherence`` before training the DiT on its latents.
+colour+position 6–14 % per object), where squared error keeps them (40 % after 600 steps; after
+2500 steps colour+position 98.8 %, size 99.8 %, but shape only 77 %: corners still round, so a
+sharpening phase is still needed). Check ``reconstruction_adherence`` before training the DiT.
 """
 
 from __future__ import annotations
