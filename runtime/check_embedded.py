@@ -26,6 +26,9 @@ def _row(name: str, scores: dict[str, float]) -> str:
 
 
 def run(args) -> int:
+    import numpy as np
+    import torch
+
     from ..training.adherence import score_image, summarise
     from ..training.evaluate import SETTINGS, EmbeddedModels, adherence
     from ..training.shapes import held_out_scenes, render
@@ -40,6 +43,10 @@ def run(args) -> int:
     print(_row("rendered, captions shuffled (chance)",
                summarise([score_image(i, s) for i, s in zip(images, scenes[1:] + scenes[:1])])))
     models = EmbeddedModels(args.models_dir)
+    rebuilt = models.vae.decode(models.vae.encode(torch.from_numpy(np.stack(images)).float() / 255))
+    rebuilt = (rebuilt * 255).round().byte().numpy()
+    print(_row("autoencoder reconstructions (shipped VAE)",
+               summarise([score_image(i, s) for i, s in zip(rebuilt, scenes)])), flush=True)
     for setting in SETTINGS:
         if setting.student and models.student is None:
             continue

@@ -20,6 +20,9 @@ def register(subparsers) -> None:
     parser.add_argument("--dit-steps", type=int, default=None, help="Next-DiT training steps")
     parser.add_argument("--distill-iterations", type=int, default=None, help="student iterations")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the stages whose files already exist in --output (delete a file to "
+                             "retrain its stage)")
     parser.set_defaults(func=run)
 
 
@@ -36,5 +39,5 @@ def run(args) -> int:
                  if value is not None}
     plan = dataclasses.replace(TrainingPlan(seed=args.seed), **overrides)
     logging.getLogger(__name__).info("training the embedded model into %s with %s", args.output, plan)
-    train_embedded(args.output, plan)
+    train_embedded(args.output, plan, resume=args.resume)
     return 0

@@ -60,3 +60,34 @@ def test_demo_workflow_runs_on_the_untrained_embedded_files(tmp_path, monkeypatc
     workflow = json.loads(picture.text["workflow"])
     assert any(node["type"] == "NextDiTSampler" for node in workflow["nodes"])
     assert np.asarray(picture).std() > 0
+
+
+def test_train_embedded_writes_every_file_in_the_real_layouts_and_resumes_stage_by_stage(tmp_path, monkeypatch):
+    from nextdit_nodes.loaders import load_dit
+    from nextdit_nodes.training import embedded
+
+    plan = embedded.TrainingPlan(ae_steps=2, ae_finetune_steps=1, dataset_size=32, dit_steps=2, dit_batch=8,
+                                 distill_iterations=1)
+    monkeypatch.setattr(embedded, "reconstruction_adherence", lambda ae: {})  # 200 scenes: not needed here
+    embedded.train_embedded(tmp_path, plan)
+    assert embedded.embedded_files_present(tmp_path)
+    checkpoint = torch.load(tmp_path / embedded.DIT_FILE, weights_only=False)
+    assert all(key.startswith("module.") for key in checkpoint["model"])
+    teacher = load_dit(tmp_path / embedded.DIT_FILE, dtype="fp32")
+    student = load_dit(tmp_path / embedded.STUDENT_FILE, dtype="fp32")
+    assert not teacher.params.guidance_embed and student.params.guidance_embed
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished stage was retrained")
+
+    monkeypatch.setattr(embedded.ae_training, "train_autoencoder", must_not_run)
+    monkeypatch.setattr(embedded, "train_dit", must_not_run)
+    monkeypatch.setattr(embedded, "distill_student", must_not_run)
+    embedded.train_embedded(tmp_path, plan, resume=True)
+
+    # Deleting one stage's file retrains exactly that stage.
+    (tmp_path / embedded.DIT_FILE).unlink()
+    retrained = []
+    monkeypatch.setattr(embedded, "train_dit", lambda *a, **k: retrained.append(1) or teacher)
+    embedded.train_embedded(tmp_path, plan, resume=True)
+    assert retrained == [1] and (tmp_path / embedded.DIT_FILE).exists()

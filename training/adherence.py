@@ -1,10 +1,11 @@
 """Scoring a generated image against the scene its caption asked for.
 
 For each requested object, the checker looks only at that object's grid cell: pixels that differ
-clearly from the image's background make the object's mask; the mask's mean colour names its
-colour (nearest palette entry), its bounding-box extent its size, and the best-matching ideal
-shape (intersection over union with a circle, square and triangle drawn in the same box) its
-shape. Colour and position are judged together: the right colour in the requested cell.
+clearly from the image's background show that an object is there; the inner half of them give its
+colour (nearest palette entry); pixels at least half covered by that colour make its mask, whose
+bounding-box extent gives its size and whose best-matching ideal shape (intersection over union
+with a circle, square and triangle drawn in the same box) its shape. Colour and position are
+judged together: the right colour in the requested cell.
 """
 
 from __future__ import annotations
@@ -61,12 +62,20 @@ def score_object(image: np.ndarray, obj: ShapeObject, background: np.ndarray) ->
     top, bottom = obj.row * height // 3, (obj.row + 1) * height // 3
     left, right = obj.column * width // 3, (obj.column + 1) * width // 3
     cell = image[top:bottom, left:right].astype(np.float64)
-    mask = np.linalg.norm(cell - background, axis=-1) > OBJECT_DISTANCE
-    if mask.mean() < MIN_OBJECT_SHARE:
+    distance = np.linalg.norm(cell - background, axis=-1)
+    present = distance > OBJECT_DISTANCE
+    if present.mean() < MIN_OBJECT_SHARE:
         return ObjectScore(False, False, False)
-    mean_colour = cell[mask].mean(axis=0)
+    # The object's own colour: the inner half of its pixels (the farthest from the background),
+    # away from edges blended with the background.
+    colour = cell[present & (distance >= np.median(distance[present]))].mean(axis=0)
+    # Each pixel's coverage by the object, from where it lies between background and object
+    # colour. The outline is the half-coverage contour, which a soft edge leaves in place, where a
+    # fixed distance threshold would grow bright objects and shrink dim ones.
+    direction = colour - background
+    mask = (cell - background) @ direction > 0.5 * (direction @ direction)
     names = list(COLOURS)
-    nearest = names[int(np.argmin([np.linalg.norm(mean_colour - np.array(COLOURS[n])) for n in names]))]
+    nearest = names[int(np.argmin([np.linalg.norm(colour - np.array(COLOURS[n])) for n in names]))]
     ys, xs = np.nonzero(mask)
     extent = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) / cell.shape[1]
     size = "large" if extent > SIZE_THRESHOLD else "small"

@@ -13,9 +13,11 @@ student, written in the layouts real NewBie files come in so inference takes the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,31 +101,71 @@ def save_training_checkpoint(model, path: Path, plan: TrainingPlan) -> None:
     torch.save({"model": state, "args": args}, path)
 
 
-def train_embedded(out: Path, plan: TrainingPlan = TrainingPlan()) -> None:
+class _StageClock:
+    """Logs each stage's wall time and keeps them for the closing summary."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - start
+        log.info("%s: %.0f s", name, self.seconds[name])
+
+
+def train_embedded(out: Path, plan: TrainingPlan = TrainingPlan(), resume: bool = False) -> dict[str, float]:
+    """Train every stage into ``out``; returns each stage's seconds. With ``resume``, a stage whose
+    files already exist in ``out`` is loaded instead of retrained (delete a file to redo its stage)."""
+    from diffusers import AutoencoderKL
+
+    from ..loaders import load_dit
     from ..loaders.text_encoders import load_text_encoders
 
     out = Path(out)
     for folder in ("diffusion_models", "text_encoders", "vae"):
         (out / folder).mkdir(parents=True, exist_ok=True)
+    clock = _StageClock()
 
-    gemma, jina = build_text_encoders(plan.seed)
-    save_text_encoders(gemma, jina, out / GEMMA_FILE, out / JINA_FILE)
-    text_encoders = load_text_encoders(out / GEMMA_FILE, out / JINA_FILE)   # as inference reads them
+    def done(*names: str) -> bool:
+        return resume and all((out / name).exists() for name in names)
 
-    ae = train_autoencoder_stage(out, plan)
-    log.info("autoencoder reconstructions: %s", reconstruction_adherence(ae))
+    with clock("text encoders"):
+        if not done(GEMMA_FILE, JINA_FILE):
+            gemma, jina = build_text_encoders(plan.seed)
+            save_text_encoders(gemma, jina, out / GEMMA_FILE, out / JINA_FILE)
+        text_encoders = load_text_encoders(out / GEMMA_FILE, out / JINA_FILE)   # as inference reads them
 
-    rng = random.Random(plan.seed + 2)
-    scenes = [training_scene(rng) for _ in range(plan.dataset_size)]
-    captions = [caption(scene, rng) for scene in scenes]
-    latents = encode_images(ae, scenes)
-    encoded = encode_captions(text_encoders, captions)
-    empty = encode_captions(text_encoders, [""])
-    teacher = train_dit(latents, encoded, empty, plan.dit_steps, batch=plan.dit_batch, seed=plan.seed,
-                        progress=_bar("next-dit"))
-    save_training_checkpoint(teacher, out / DIT_FILE, plan)
+    with clock("autoencoder"):
+        if done(VAE_FOLDER):
+            ae = AutoencoderKL.from_pretrained(str(out / VAE_FOLDER)).eval()
+        else:
+            ae = train_autoencoder_stage(out, plan)
+    log.info("autoencoder reconstructions of held-out scenes: %s", reconstruction_adherence(ae))
 
-    distill_student(teacher, text_encoders, captions, out, plan)
+    with clock("dataset"):
+        rng = random.Random(plan.seed + 2)
+        scenes = [training_scene(rng) for _ in range(plan.dataset_size)]
+        captions = [caption(scene, rng) for scene in scenes]
+        latents = encode_images(ae, scenes)
+        encoded = encode_captions(text_encoders, captions)
+        empty = encode_captions(text_encoders, [""])
+
+    with clock("next-dit"):
+        if done(DIT_FILE):
+            teacher = load_dit(out / DIT_FILE, dtype="fp32")
+        else:
+            teacher = train_dit(latents, encoded, empty, plan.dit_steps, batch=plan.dit_batch,
+                                seed=plan.seed, progress=_bar("next-dit"))
+            save_training_checkpoint(teacher, out / DIT_FILE, plan)
+
+    with clock("distilled student"):
+        if not done(STUDENT_FILE):
+            distill_student(teacher, text_encoders, captions, out, plan)
+    log.info("stage seconds: %s; total %.0f s", {k: round(v) for k, v in clock.seconds.items()},
+             sum(clock.seconds.values()))
+    return clock.seconds
 
 
 def distill_student(teacher, text_encoders, captions, out: Path, plan: TrainingPlan) -> None:
