@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..nodes.host import EMBEDDED_DIR
 
-WORKFLOW = Path(__file__).resolve().parent.parent / "example_workflows" / "Embedded shapes model.json"
+WORKFLOW = Path(__file__).resolve().parent / "workflows" / "embedded shapes.json"
 log = logging.getLogger(__name__)
 
 

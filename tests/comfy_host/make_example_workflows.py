@@ -1,8 +1,8 @@
 """Build the pack's example workflows in the real ComfyUI editor, save them as the editor does,
 and screenshot each graph as its template-browser thumbnail (``<same stem>.jpg``).
 
-The NewBie weights cannot be downloaded here, so the thumbnails are screenshots of the graphs,
-never invented outputs. Outside CI; needs a running ComfyUI with the pack linked in:
+The NewBie weights cannot be downloaded here, so their thumbnails are screenshots of the graphs,
+never invented outputs; the embedded model's thumbnail is its real output (``make_thumbnail``). Outside CI; needs a running ComfyUI with the pack linked in:
 
   SCRATCH=~/scratch ../shared/comfy-host/comfy_run.sh --port 8199 --isolated
   ~/scratch/e2e-venv/bin/python tests/comfy_host/make_example_workflows.py \
@@ -175,11 +175,67 @@ def guidance_distilled() -> dict:
     return {"nodes": nodes, "links": links}
 
 
+SHAPES_XML = """<character_1>
+<n>circle</n>
+<appearance>red, large</appearance>
+<position>top_left</position>
+</character_1>
+
+<character_2>
+<n>square</n>
+<appearance>blue, small</appearance>
+<position>bottom_right</position>
+</character_2>
+
+<general_tags>
+<count>two objects</count>
+<background>white_background</background>
+</general_tags>"""
+
+
+def embedded_shapes() -> dict:
+    """The main job: the embedded model shipped in the pack's embedded/ folder (no downloads)."""
+    sampler = {**OFFICIAL_SAMPLER, "width": 64, "height": 64, "steps": 25, "solver": "euler",
+               "cfg": 4.0, "cfg_trunc": 1.0}
+    nodes = [
+        {"type": "NextDiTLoader", "pos": [0, 0], "width": 330,
+         "widgets": {"dit_name": "NextDiT-embedded-shapes.pth", "weight_dtype": "auto"}},
+        {"type": "NextDiTTextEncoderLoader", "pos": [0, 160], "width": 330,
+         "widgets": {"gemma_name": "embedded-shapes-gemma3.safetensors",
+                     "jina_name": "embedded-shapes-jina.safetensors", "device": "auto", "dtype": "auto"}},
+        {"type": "NextDiTVAELoader", "pos": [0, 380], "width": 330, "widgets": {"vae_name": "embedded-shapes-vae"}},
+        {"type": "NextDiTTextEncode", "title": "Positive", "pos": [420, 0], "size": [400, 420],
+         "widgets": {"prompt": SHAPES_XML, "system_prompt": "none", "custom_system_prompt": ""}},
+        {"type": "NextDiTTextEncode", "title": "Negative (empty: the null condition the model was trained with)",
+         "pos": [420, 460], "size": [400, 200],
+         "widgets": {"prompt": "", "system_prompt": "none", "custom_system_prompt": ""}},
+        {"type": "NextDiTSampler", "pos": [860, 0], "width": 300, "widgets": sampler},
+        {"type": "NextDiTVAEDecode", "pos": [1200, 0], "widgets": {"tiled": "auto"}},
+        {"type": "SaveImage", "pos": [1480, 0], "size": [300, 340],
+         "widgets": {"filename_prefix": "NextDiT-embedded"}},
+    ]
+    links = [[1, 0, 3, "text_encoders"], [1, 0, 4, "text_encoders"], [0, 0, 5, "model"],
+             [3, 0, 5, "positive"], [4, 0, 5, "negative"], [2, 0, 6, "vae"], [5, 0, 6, "samples"],
+             [6, 0, 7, "images"]]
+    return {"nodes": nodes, "links": links}
+
+
+# Its thumbnail is its real output, written by `python -m nextdit_nodes demo` (see README).
+OUTPUT_THUMBNAILS = {"Embedded shapes model"}
+
 EXAMPLES = {
+    "Embedded shapes model": embedded_shapes,
     "NewBie XML text to image": text_to_image,
     "NewBie XML two characters with builder nodes": builder_two_characters,
     "NewBie guidance-distilled text to image": guidance_distilled,
 }
+
+
+def make_thumbnail(png: Path, jpg: Path, side: int = 256) -> None:
+    """A picture a workflow made, enlarged without smoothing (its pixels stay visible)."""
+    from PIL import Image  # noqa: PLC0415
+
+    Image.open(png).convert("RGB").resize((side, side), Image.NEAREST).save(jpg, "JPEG", quality=92)
 
 
 def main() -> None:
@@ -187,7 +243,13 @@ def main() -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8199")
     parser.add_argument("--out", type=Path, default=Path("example_workflows"))
     parser.add_argument("--only", default=None, help="build only the example with this name")
+    parser.add_argument("--thumbnail-from", type=Path, default=None,
+                        help="the PNG `python -m nextdit_nodes demo` wrote: becomes the embedded example's "
+                             "thumbnail (no editor needed)")
     args = parser.parse_args()
+    if args.thumbnail_from:
+        make_thumbnail(args.thumbnail_from, args.out / "Embedded shapes model.jpg")
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     with editor(args.url) as (page, _events):
         for name, make in EXAMPLES.items():
@@ -199,7 +261,8 @@ def main() -> None:
             load_graph(page, json.loads(path.read_text()))  # what a user gets on opening it
             page.keyboard.press("Escape")  # a missing-models dialog, where the files are absent
             fit_view(page)
-            screenshot_jpg(page, path.with_suffix(".jpg"))
+            if name not in OUTPUT_THUMBNAILS:
+                screenshot_jpg(page, path.with_suffix(".jpg"))
             print(f"wrote {path} and its thumbnail")
 
 

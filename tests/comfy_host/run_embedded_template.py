@@ -1,0 +1,101 @@
+"""The main job inside real ComfyUI (issue 8, point 5; outside CI): open the embedded-model
+example from the template browser in the real frontend, press Run, and wait for
+``execution_success``; the image ComfyUI wrote is scored with the adherence checker.
+
+The embedded weights ship in the pack's ``embedded/`` folder, so ComfyUI needs no model files:
+
+  SCRATCH=~/scratch ../shared/comfy-host/comfy_run.sh --port 8199 --isolated
+  ~/scratch/e2e-venv/bin/python tests/comfy_host/run_embedded_template.py --out /tmp/embedded_check
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from frontend import click_run, editor, fit_view, wait_for
+
+PACK_FOLDER = "nextdit-nodes"
+TEMPLATE = "Embedded shapes model"
+
+
+def open_from_template_browser(page, out: Path) -> list[str]:
+    page.evaluate("async () => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.wait_for_timeout(2500)
+    entry = page.get_by_text(PACK_FOLDER, exact=True)
+    if not entry.count():
+        return ["the template browser does not list the pack"]
+    entry.first.click()
+    page.wait_for_timeout(2000)
+    page.screenshot(path=str(out / "template_browser.png"))
+    card = page.get_by_text(TEMPLATE, exact=True)
+    if not card.count():
+        return [f"the template browser has no {TEMPLATE!r} card"]
+    card.first.click()
+    page.wait_for_timeout(3000)
+    page.keyboard.press("Escape")
+    types = page.evaluate("() => app.graph.nodes.map(n => n.type)")
+    print(f"template browser: opened {TEMPLATE!r} ->", types)
+    return [] if "NextDiTSampler" in types else ["opening the template did not load its graph"]
+
+
+def run(page, events, url: str, out: Path) -> list[str]:
+    fit_view(page)
+    start = len(events["ws"])
+    pressed = click_run(page)
+    done = wait_for(events, ("execution_success", "execution_error", "execution_interrupted"), 600, page, start)
+    print(f"Run pressed: {done and done['type']} after {time.time() - pressed:.1f} s")
+    if not done or done["type"] != "execution_success":
+        return [f"run did not succeed: {json.dumps(done)[:2000]}"]
+    page.wait_for_timeout(2000)
+    page.screenshot(path=str(out / "after_run.png"))
+    executed = [m["data"] for m in events["ws"][start:] if m.get("type") == "executed"]
+    image = executed[-1]["output"]["images"][0]
+    with urllib.request.urlopen(f"{url}/api/view?{urllib.parse.urlencode(image)}") as response:
+        png = response.read()
+    (out / "comfyui_output.png").write_bytes(png)
+    print(f"ComfyUI wrote {image} ({len(png)} bytes); shown in the SaveImage node (after_run.png)")
+    return score(png)
+
+
+def score(png: bytes) -> list[str]:
+    """The example's prompt asks for a large red circle top left and a small blue square bottom right."""
+    try:
+        import numpy as np  # noqa: PLC0415
+        from PIL import Image  # noqa: PLC0415
+
+        from nextdit_nodes.training.adherence import score_image  # noqa: PLC0415
+        from nextdit_nodes.training.shapes import Scene, ShapeObject  # noqa: PLC0415
+    except ImportError as error:  # this browser venv need not have the pack installed
+        print(f"not scored here ({error}); score comfyui_output.png with the pack's checker")
+        return []
+
+    scene = Scene((ShapeObject("circle", "red", "large", 0, 0), ShapeObject("square", "blue", "small", 2, 2)),
+                  "white")
+    scores = score_image(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), scene)
+    print("checker on ComfyUI's image:", scores)
+    return [] if all(s.colour_position for s in scores) else ["the image does not show the prompt's objects"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8199")
+    parser.add_argument("--out", type=Path, default=Path("embedded_check"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with editor(args.url) as (page, events):
+        problems = open_from_template_browser(page, args.out)
+        if not problems:
+            problems = run(page, events, args.url, args.out)
+    print("PROBLEMS:", *problems, sep="\n  ") if problems else print("the embedded example ran in ComfyUI")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
