@@ -1,13 +1,16 @@
 """Training the embedded model's autoencoder: FLUX architecture (diffusers ``AutoencoderKL``, 16
 latent channels, 8× down), narrow enough to train on two CPU cores in minutes.
 
-Shapes must survive the round trip (the checker judges shape from a thresholded mask). The loss
-is the squared error through the latent MEAN, plus a weak penalty that keeps the latent bounded:
-measured here, L1 (with or without an edge term) is median-seeking and paints background over the
-small objects while the decoder is still unsure (held-out reconstructions after 600–1000 steps:
-colour+position 6–14 % per object), where squared error keeps them (40 % after 600 steps; after
-2500 steps colour+position 98.8 %, size 99.8 %, but shape only 77 %: corners still round, so a
-sharpening phase is still needed). Check ``reconstruction_adherence`` before training the DiT.
+Shapes must survive the round trip (the checker judges shape from the object's mask). The loss
+is the squared error through the latent MEAN, plus a weak penalty that keeps the latent bounded.
+Measured on held-out reconstructions: L1 (with or without an edge term) is median-seeking and
+paints background over the small objects while the decoder is still unsure (colour+position 6–14 %
+per object after 600–1000 steps), where squared error keeps them (2500 steps: colour+position
+99.5 %, size 100 %, shape 95.7 %, 94.8 % after the fold and decoder fine-tune). The remaining
+shape errors are small objects on the gray background, the lowest-contrast case; 600 further
+steps of L1 + edge loss (whole model or decoder only) did not change shape accuracy (76–77 % on
+the earlier 0.45-cell small objects, as without them). Check ``reconstruction_adherence`` before
+training the DiT.
 """
 
 from __future__ import annotations
