@@ -6,6 +6,11 @@ the model learns is exactly what inference feeds it for an empty negative. The o
 blanked only the Gemma string and kept Jina's caption, so its "unconditional" pooled vector still
 carried the prompt; here CFG's negative is a true null condition.
 
+Open problem (measured): after 3000 steps this recipe samples well-formed shapes but ignores the
+caption's positions and colours. 600-step probes learn a background-only caption ("gray
+background") at once, yet take nothing from the full 50–100-token captions; the long, repetitive
+XML dilutes each word under near-uniform attention. See the README's embedded-model status.
+
 Batches are drawn from one caption length at a time (length buckets): the model then attends over
 equal-length samples in one batched call instead of one call per sample, which on two CPU cores
 halves the step time; over many steps every caption is seen as often as without buckets.
