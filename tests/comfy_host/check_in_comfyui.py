@@ -30,7 +30,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from frontend import build_graph, click_run, editor, editor_prompt, fit_view, wait_for
+from frontend import build_graph, click_run, editor, editor_prompt, fit_view, open_template, wait_for
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "data"
@@ -222,24 +222,7 @@ def keep_editor_conversion_fixture(page) -> list[str]:
 
 
 def check_template_browser(page, out: Path) -> list[str]:
-    """Open the template browser like a user: Extensions -> the pack -> the first example."""
-    page.evaluate("async () => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
-    page.wait_for_timeout(2500)
-    entry = page.get_by_text(PACK_FOLDER, exact=True)
-    if not entry.count():
-        return ["the template browser does not list the pack"]
-    entry.first.click()
-    page.wait_for_timeout(2000)
-    page.screenshot(path=str(out / "template_browser.png"))
-    card = page.get_by_text("NewBie XML text to image", exact=True)
-    if not card.count():
-        return ["the template browser has no 'NewBie XML text to image' card"]
-    card.first.click()
-    page.wait_for_timeout(3000)
-    page.keyboard.press("Escape")
-    types = page.evaluate("() => app.graph.nodes.map(n => n.type)")
-    print("template browser: opened 'NewBie XML text to image' ->", types)
-    return [] if "NextDiTSampler" in types else ["opening the template did not load its graph"]
+    return open_template(page, PACK_FOLDER, "NewBie XML text to image", out)
 
 
 def check_png_restores_graph(page, png_path: Path) -> list[str]:

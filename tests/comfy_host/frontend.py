@@ -173,3 +173,25 @@ def wait_for(events: dict, kinds: tuple[str, ...], timeout: float, page, since: 
                 return message
         page.wait_for_timeout(200)
     return None
+
+
+def open_template(page, pack_folder: str, name: str, out: Path) -> list[str]:
+    """Open an example from the template browser like a user: Templates -> the pack -> its card.
+    Returns problems (empty when the graph loaded); screenshots the browser into ``out``."""
+    page.evaluate("async () => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.wait_for_timeout(2500)
+    entry = page.get_by_text(pack_folder, exact=True)
+    if not entry.count():
+        return ["the template browser does not list the pack"]
+    entry.first.click()
+    page.wait_for_timeout(2000)
+    page.screenshot(path=str(out / "template_browser.png"))
+    card = page.get_by_text(name, exact=True)
+    if not card.count():
+        return [f"the template browser has no {name!r} card"]
+    card.first.click()
+    page.wait_for_timeout(3000)
+    page.keyboard.press("Escape")
+    types = page.evaluate("() => app.graph.nodes.map(n => n.type)")
+    print(f"template browser: opened {name!r} ->", types)
+    return [] if "NextDiTSampler" in types else ["opening the template did not load its graph"]

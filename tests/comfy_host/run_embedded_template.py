@@ -19,30 +19,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from frontend import click_run, editor, fit_view, wait_for
+from frontend import click_run, editor, fit_view, open_template, wait_for
 
 PACK_FOLDER = "nextdit-nodes"
 TEMPLATE = "Embedded shapes model"
-
-
-def open_from_template_browser(page, out: Path) -> list[str]:
-    page.evaluate("async () => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
-    page.wait_for_timeout(2500)
-    entry = page.get_by_text(PACK_FOLDER, exact=True)
-    if not entry.count():
-        return ["the template browser does not list the pack"]
-    entry.first.click()
-    page.wait_for_timeout(2000)
-    page.screenshot(path=str(out / "template_browser.png"))
-    card = page.get_by_text(TEMPLATE, exact=True)
-    if not card.count():
-        return [f"the template browser has no {TEMPLATE!r} card"]
-    card.first.click()
-    page.wait_for_timeout(3000)
-    page.keyboard.press("Escape")
-    types = page.evaluate("() => app.graph.nodes.map(n => n.type)")
-    print(f"template browser: opened {TEMPLATE!r} ->", types)
-    return [] if "NextDiTSampler" in types else ["opening the template did not load its graph"]
 
 
 def run(page, events, url: str, out: Path) -> list[str]:
@@ -90,7 +70,7 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with editor(args.url) as (page, events):
-        problems = open_from_template_browser(page, args.out)
+        problems = open_template(page, PACK_FOLDER, TEMPLATE, args.out)
         if not problems:
             problems = run(page, events, args.url, args.out)
     print("PROBLEMS:", *problems, sep="\n  ") if problems else print("the embedded example ran in ComfyUI")
