@@ -26,10 +26,10 @@ def _row(name: str, scores: dict[str, float]) -> str:
 
 
 def run(args) -> int:
-    import numpy as np
     import torch
 
     from ..training.adherence import score_image, summarise
+    from ..training.embedded import reconstruction_adherence
     from ..training.evaluate import SETTINGS, EmbeddedModels, adherence
     from ..training.shapes import held_out_scenes, render
 
@@ -43,10 +43,13 @@ def run(args) -> int:
     print(_row("rendered, captions shuffled (chance)",
                summarise([score_image(i, s) for i, s in zip(images, scenes[1:] + scenes[:1])])))
     models = EmbeddedModels(args.models_dir)
-    rebuilt = models.vae.decode(models.vae.encode(torch.from_numpy(np.stack(images)).float() / 255))
-    rebuilt = (rebuilt * 255).round().byte().numpy()
-    print(_row("autoencoder reconstructions (shipped VAE)",
-               summarise([score_image(i, s) for i, s in zip(rebuilt, scenes)])), flush=True)
+
+    def through_shipped_vae(pixels):
+        rebuilt = models.vae.decode(models.vae.encode(torch.from_numpy(pixels).float() / 255))
+        return (rebuilt * 255).round().byte().numpy()
+
+    reconstructed = reconstruction_adherence(through_shipped_vae, args.count)
+    print(_row("autoencoder reconstructions (shipped VAE)", reconstructed), flush=True)
     for setting in SETTINGS:
         if setting.student and models.student is None:
             continue

@@ -74,11 +74,12 @@ def train_autoencoder_stage(out: Path, plan: TrainingPlan):
     return ae
 
 
-def reconstruction_adherence(ae, count: int = 200) -> dict[str, float]:
-    """The checker on the autoencoder's own reconstructions of held-out scenes."""
+def reconstruction_adherence(reconstruct, count: int = 200) -> dict[str, float]:
+    """The checker on an autoencoder's own reconstructions of held-out scenes; ``reconstruct`` maps
+    uint8 [B, H, W, 3] images to their uint8 reconstructions."""
     scenes = held_out_scenes(count)
     images = np.stack([render(scene) for scene in scenes])
-    rebuilt = np.concatenate([ae_training.reconstruct(ae, images[i:i + 50]) for i in range(0, count, 50)])
+    rebuilt = np.concatenate([reconstruct(images[i:i + 50]) for i in range(0, count, 50)])
     return summarise([score_image(image, scene) for image, scene in zip(rebuilt, scenes)])
 
 
@@ -142,7 +143,10 @@ def train_embedded(out: Path, plan: TrainingPlan = TrainingPlan(), resume: bool 
             ae = AutoencoderKL.from_pretrained(str(out / VAE_FOLDER)).eval()
         else:
             ae = train_autoencoder_stage(out, plan)
-    log.info("autoencoder reconstructions of held-out scenes: %s", reconstruction_adherence(ae))
+    log.info("autoencoder reconstructions of held-out scenes: %s",
+             reconstruction_adherence(lambda images: ae_training.reconstruct(ae, images)))
+    if done(DIT_FILE, STUDENT_FILE):
+        return clock.seconds
 
     with clock("dataset"):
         rng = random.Random(plan.seed + 2)
