@@ -60,3 +60,31 @@ def test_captions_name_every_object():
     assert "<position>top_right</position>" in xml and "<count>two objects</count>" in xml
     assert plain_caption(scene) == ("a small red circle at the top right and a large blue "
                                     "triangle at the bottom left, on a white background")
+
+
+def test_embedded_tokenizers_keep_tags_and_caption_words_whole():
+    import sentencepiece as spm
+
+    from nextdit_nodes.training.shapes import caption_pieces
+    from nextdit_nodes.training.text_side import train_tokenizers
+
+    gemma_proto, jina_proto = train_tokenizers()
+    gemma = spm.SentencePieceProcessor(model_proto=gemma_proto)
+    jina = spm.SentencePieceProcessor(model_proto=jina_proto)
+    for piece in caption_pieces():
+        assert gemma.encode(piece, out_type=str) == [piece]
+        assert jina.encode(piece, out_type=str) == ["▁", piece]  # XLM-R style: a dummy "▁" first
+    rng = random.Random(3)
+    for _ in range(20):
+        scene = training_scene(rng)
+        xml = xml_caption(scene)
+        ids = gemma.encode(xml)
+        assert gemma.decode(ids) == xml
+        # Per object: <character_i>, <n>, shape, </n>, <appearance>, colour, ",", size,
+        # </appearance>, <position>, cell, </position>, </character_i>; then nine general pieces:
+        # <general_tags>, <count>, number, object(s), </count>, <background>, X_background,
+        # </background>, </general_tags>.
+        assert len(ids) == 13 * len(scene.objects) + 9
+        # Plain English: one piece per word and per comma.
+        plain = plain_caption(scene)
+        assert len(gemma.encode(plain)) == len(plain.replace(",", " ,").split())

@@ -122,6 +122,21 @@ def vocabulary() -> list[str]:
     return sorted(words)
 
 
+def caption_pieces() -> list[str]:
+    """Whole XML tags (with the newlines the captions put after them) and compound words: the
+    embedded tokenizer keeps each as one piece, so a tag or a grid cell is one token, not three to
+    five fragments (captions average 31 tokens instead of 61, which the small Next-DiT learns to
+    read far sooner)."""
+    pieces = []
+    for index in range(1, max(COUNT_WORDS) + 1):
+        pieces += [f"<character_{index}>\n", f"</character_{index}>\n\n", f"</character_{index}>"]
+    for tag in ("n", "appearance", "position", "count", "background"):
+        pieces += [f"<{tag}>", f"</{tag}>\n", f"</{tag}>"]
+    pieces += ["<general_tags>\n", "</general_tags>"]
+    pieces += [f"{r}_{c}" for r in ROWS for c in COLUMNS] + [f"{b}_background" for b in BACKGROUNDS]
+    return pieces
+
+
 def held_out(obj: ShapeObject) -> bool:
     """Shape–colour–cell combinations never shown in training (about one in seven)."""
     return (SHAPES.index(obj.shape) * 5 + list(COLOURS).index(obj.colour) * 3

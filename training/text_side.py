@@ -18,7 +18,7 @@ from ..loaders.text_encoder_save import save_gemma, save_jina
 from ..models import text_encoders as te
 from ..models.text_tokenizers import SentencePieceTokenizer
 from ..prompting import SYSTEM_PROMPTS
-from .shapes import plain_caption, training_scene, xml_caption
+from .shapes import caption_pieces, plain_caption, training_scene, xml_caption
 
 GEMMA_SHAPES = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                     num_attention_heads=4, num_key_value_heads=2, head_dim=16)
@@ -47,11 +47,12 @@ def train_tokenizers(seed: int = 0) -> tuple[bytes, bytes]:
         sentence_iterator=iter(corpus), model_writer=gemma, vocab_size=GEMMA_SHAPES["vocab_size"],
         model_type="bpe", pad_id=0, eos_id=1, bos_id=2, unk_id=3, bos_piece="<bos>", eos_piece="<eos>",
         byte_fallback=True, character_coverage=1.0, add_dummy_prefix=False,
-        normalization_rule_name="identity", remove_extra_whitespaces=False, minloglevel=2)
+        normalization_rule_name="identity", remove_extra_whitespaces=False,
+        user_defined_symbols=caption_pieces(), minloglevel=2)
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(corpus), model_writer=jina, vocab_size=JINA_SHAPES["vocab_size"],
         model_type="unigram", bos_id=0, pad_id=1, eos_id=2, unk_id=3, hard_vocab_limit=False,
-        minloglevel=2)
+        user_defined_symbols=caption_pieces(), minloglevel=2)
     return gemma.getvalue(), jina.getvalue()
 
 
