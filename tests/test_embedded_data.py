@@ -88,3 +88,25 @@ def test_embedded_tokenizers_keep_tags_and_caption_words_whole():
         # Plain English: one piece per word and per comma.
         plain = plain_caption(scene)
         assert len(gemma.encode(plain)) == len(plain.replace(",", " ,").split())
+
+
+def test_embedded_gemma_features_keep_each_tokens_identity():
+    """The Next-DiT reads words from the frozen random Gemma's features: the same token in
+    different captions must look alike and different tokens must not."""
+    import torch
+
+    from nextdit_nodes.models.text_encoders import encode_gemma
+    from nextdit_nodes.training.text_side import build_text_encoders
+
+    gemma, _ = build_text_encoders()
+    rng = random.Random(3)
+    features, ids = [], []
+    for _ in range(20):
+        text = xml_caption(training_scene(rng))
+        tokens = gemma.tokenizer(text)
+        features.append(encode_gemma(gemma, [text]).features[0, :len(tokens)])
+        ids += tokens
+    unit = torch.nn.functional.normalize(torch.cat(features), dim=-1)
+    cosine = unit @ unit.T
+    same = torch.tensor(ids)[:, None] == torch.tensor(ids)[None]
+    assert cosine[same].mean() > 0.85 and cosine[~same].mean() < 0.3
