@@ -88,6 +88,32 @@ def test_train_embedded_writes_every_file_in_the_real_layouts_and_resumes_stage_
     # Deleting one stage's file retrains exactly that stage.
     (tmp_path / embedded.DIT_FILE).unlink()
     retrained = []
-    monkeypatch.setattr(embedded, "train_dit", lambda *a, **k: retrained.append(1) or teacher)
+    monkeypatch.setattr(embedded, "train_dit",
+                        lambda latents, captions, empty, gemma, *a, **k: retrained.append(1) or (teacher, gemma))
     embedded.train_embedded(tmp_path, plan, resume=True)
     assert retrained == [1] and (tmp_path / embedded.DIT_FILE).exists()
+
+
+def test_train_dit_trains_gemma_with_the_next_dit_and_leaves_the_given_one_alone():
+    from transformers import Gemma3TextModel
+
+    from nextdit_nodes.models import text_encoders as te
+    from nextdit_nodes.training.dit import EMBEDDED_PARAMS, CaptionFeatures, TrainingCaptions, train_dit
+    from nextdit_nodes.training.text_side import GEMMA_BEHAVIOUR, GEMMA_SHAPES
+
+    torch.manual_seed(0)
+    gemma = Gemma3TextModel(te.gemma_config(GEMMA_SHAPES, GEMMA_BEHAVIOUR)).eval().requires_grad_(False)
+    torch.nn.init.normal_(gemma.embed_tokens.weight, std=0.3)
+    before = {k: v.clone() for k, v in gemma.state_dict().items()}
+    ids = torch.randint(4, GEMMA_SHAPES["vocab_size"], (16, 6))
+    captions = TrainingCaptions(ids, torch.full((16,), 6), torch.randn(16, EMBEDDED_PARAMS.clip_dim))
+    empty = TrainingCaptions(torch.tensor([[2]]), torch.tensor([1]), torch.zeros(1, EMBEDDED_PARAMS.clip_dim))
+    dit, trained = train_dit(torch.randn(16, 16, 8, 8), captions, empty, gemma, steps=3, batch=8, ema_decay=0.0)
+
+    assert [k for k, v in gemma.state_dict().items() if not torch.equal(v, before[k])] == []
+    used = trained.embed_tokens.weight[ids.unique()] - before["embed_tokens.weight"][ids.unique()]
+    assert used.abs().amax(dim=1).min() > 0                   # every token the captions use moved
+    # What the Next-DiT was trained on is what inference reads from that Gemma.
+    features = CaptionFeatures(trained)(ids[:2])
+    encoded = trained(input_ids=ids[:2], output_hidden_states=True).hidden_states[-2]
+    torch.testing.assert_close(features, encoded.float())

@@ -27,9 +27,9 @@ import torch
 from ..models.latent_format import FLUX
 from . import autoencoder as ae_training
 from .adherence import score_image, summarise
-from .dit import EMBEDDED_PARAMS, encode_captions, train_dit
+from .dit import EMBEDDED_PARAMS, prepare_captions, train_dit
 from .shapes import caption, held_out_scenes, render, training_scene
-from .text_side import build_text_encoders, save_text_encoders
+from .text_side import build_text_encoders, save_gemma_encoder, save_text_encoders
 
 log = logging.getLogger(__name__)
 
@@ -153,16 +153,20 @@ def train_embedded(out: Path, plan: TrainingPlan = TrainingPlan(), resume: bool 
         scenes = [training_scene(rng) for _ in range(plan.dataset_size)]
         captions = [caption(scene, rng) for scene in scenes]
         latents = encode_images(ae, scenes)
-        encoded = encode_captions(text_encoders, captions)
-        empty = encode_captions(text_encoders, [""])
+        prepared = prepare_captions(text_encoders, captions)
+        empty = prepare_captions(text_encoders, [""])
 
     with clock("next-dit"):
         if done(DIT_FILE):
             teacher = load_dit(out / DIT_FILE, dtype="fp32")
         else:
-            teacher = train_dit(latents, encoded, empty, plan.dit_steps, batch=plan.dit_batch,
-                                seed=plan.seed, progress=_bar("next-dit"))
+            teacher, gemma = train_dit(latents, prepared, empty, text_encoders.gemma.model,
+                                       plan.dit_steps, batch=plan.dit_batch, seed=plan.seed,
+                                       progress=_bar("next-dit"))
+            # Gemma first: a Next-DiT file on disk always has its trained Gemma beside it.
+            save_gemma_encoder(gemma, text_encoders.gemma.tokenizer, out / GEMMA_FILE)
             save_training_checkpoint(teacher, out / DIT_FILE, plan)
+            text_encoders = load_text_encoders(out / GEMMA_FILE, out / JINA_FILE)
 
     with clock("distilled student"):
         if not done(STUDENT_FILE):
