@@ -158,14 +158,19 @@ class GemmaOutput:
     cut: list[int]         # tokens cut per text
 
 
+def gemma_features(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """What the Next-DiT reads from Gemma: ``hidden_states[-2]`` in float32, [B, L, hidden]."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    return out.hidden_states[-2].float()
+
+
 @torch.no_grad()
 def encode_gemma(encoder: Encoder, texts: list[str], max_tokens: int = GEMMA_MAX_TOKENS) -> GemmaOutput:
     """Gemma ``hidden_states[-2]`` for each text (BOS included, right padding)."""
     model = encoder.model
     batch, cut = zip(*(truncate(encoder.tokenizer(text), max_tokens, keep_last=False) for text in texts))
     input_ids, mask = _right_padded(list(batch), model.config.pad_token_id, _model_device(model))
-    out = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
-    features = out.hidden_states[-2].float()                                  # [B, L, hidden]
+    features = gemma_features(model, input_ids, mask)
     _check_finite(features[mask.bool()], "the Gemma text encoder", model)
     return GemmaOutput(features.cpu(), mask.cpu(), list(cut))
 

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from ..models.nextdit import NextDiT
 from ..models.nextdit_params import NextDiTParams
+from ..models.text_encoders import _right_padded, encode_jina, gemma_features
 
 # 1.8 M parameters: about 0.33 s per batch of 64 on two CPU cores. Two 60-wide heads with their own
 # keys and values: one shared 24-wide key/value head could move only 24 numbers per caption token
@@ -50,20 +51,16 @@ class TrainingCaptions:
 def prepare_captions(text_encoders, captions: list[str], batch: int = 256) -> TrainingCaptions:
     """Gemma token ids and Jina pooled vectors of every caption (Gemma text = Jina text = caption,
     no system prompt), tokenized exactly as inference tokenizes them."""
-    from ..models.text_encoders import encode_jina
-
-    ids = [text_encoders.gemma.tokenizer(text) for text in captions]
-    lengths = torch.tensor([len(row) for row in ids])
-    table = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)
-    for row, tokens in enumerate(ids):
-        table[row, :len(tokens)] = torch.tensor(tokens)
+    gemma = text_encoders.gemma
+    ids, mask = _right_padded([gemma.tokenizer(text) for text in captions],
+                              gemma.model.config.pad_token_id, "cpu")
     pooled = torch.cat([encode_jina(text_encoders.jina, captions[i:i + batch]).pooled
                         for i in range(0, len(captions), batch)])
-    return TrainingCaptions(table, lengths, pooled)
+    return TrainingCaptions(ids, mask.sum(dim=1), pooled)
 
 
 class CaptionFeatures(torch.nn.Module):
-    """What the Next-DiT reads from Gemma (``hidden_states[-2]``, as ``encode_gemma``), with
+    """Gemma's features for the Next-DiT (``gemma_features``, as inference reads them), with
     gradients, so Gemma trains with the Next-DiT."""
 
     def __init__(self, gemma: torch.nn.Module):
@@ -71,8 +68,7 @@ class CaptionFeatures(torch.nn.Module):
         self.gemma = gemma
 
     def forward(self, ids: Tensor) -> Tensor:
-        out = self.gemma(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
-        return out.hidden_states[-2].float()
+        return gemma_features(self.gemma, ids, torch.ones_like(ids))
 
 
 class _LengthBuckets:

@@ -80,10 +80,10 @@ def build_text_encoders(seed: int = 0) -> tuple[te.Encoder, te.Encoder]:
 
 
 def save_text_encoders(gemma: te.Encoder, jina: te.Encoder, gemma_path, jina_path) -> None:
-    save_gemma(gemma_path, gemma, dtype=torch.float16)
+    save_gemma_encoder(gemma.model, gemma.tokenizer, gemma_path)
     save_jina(jina_path, jina, dtype=torch.float16)
 
 
 def save_gemma_encoder(model: torch.nn.Module, tokenizer, path) -> None:
-    """The Gemma trained with the Next-DiT, in the same layout and precision."""
+    """Gemma (random, or trained with the Next-DiT) as a ComfyUI-layout fp16 single file."""
     save_gemma(path, te.Encoder(model, tokenizer), dtype=torch.float16)
