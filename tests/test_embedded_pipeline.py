@@ -117,3 +117,26 @@ def test_train_dit_trains_gemma_with_the_next_dit_and_leaves_the_given_one_alone
     features = CaptionFeatures(trained)(ids[:2])
     encoded = trained(input_ids=ids[:2], output_hidden_states=True).hidden_states[-2]
     torch.testing.assert_close(features, encoded.float())
+
+
+def test_initialised_context_refiner_keeps_each_caption_token_its_own():
+    # The ungated context refiner adds unit-scale outputs that, with attention still uniform, are
+    # alike for every token: at the default norm weights they drown the tokens' identities.
+    from nextdit_nodes.models.nextdit import NextDiT
+    from nextdit_nodes.models.ops import TokenLayout
+    from nextdit_nodes.training.dit import EMBEDDED_PARAMS, initialise
+
+    torch.manual_seed(0)
+    model = NextDiT(EMBEDDED_PARAMS)
+    initialise(model)
+    layout = TokenLayout.build([12], 2, 2, EMBEDDED_PARAMS.axes_dims, EMBEDDED_PARAMS.rope_theta, "cpu")
+    with torch.no_grad():
+        embedded = model.cap_embedder(torch.randn(12, EMBEDDED_PARAMS.cap_dim))
+        refined = embedded
+        for block in model.context_refiner:
+            refined = block(refined, layout.captions, *layout.rope(layout.cap_index))
+    assert embedded.pow(2).mean().sqrt().item() == pytest.approx(1.0, abs=0.2)   # tokens enter at unit scale
+    own = torch.nn.functional.cosine_similarity(refined, embedded, dim=-1)
+    unit = torch.nn.functional.normalize(refined, dim=-1)
+    others = (unit @ unit.T)[~torch.eye(12, dtype=torch.bool)]
+    assert own.min() > 0.9 and others.abs().mean() < 0.15

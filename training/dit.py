@@ -85,6 +85,34 @@ class _LengthBuckets:
         return [self.rng.choice(members) for _ in range(size)]
 
 
+# Starting scale of the context refiner's post-norm weights (its blocks have no gates).
+CONTEXT_REFINER_START = 0.1
+
+
+def initialise(model: NextDiT) -> None:
+    """Small-init linears (the modulated blocks' gates start nearly closed, tanh(~0)); caption and
+    image tokens enter at unit scale; the ungated context refiner starts close to the identity.
+
+    The context refiner adds each block's RMS-normalised output to the caption tokens with no gate.
+    At the default norm weight 1, and attention still uniform, those additions are the same for
+    every token and several times larger than the token's own embedding, so every caption token
+    starts as nearly the same vector and the image cannot tell words apart. Measured on one-object
+    scenes after 800 steps: the object in the requested cell 8 % of the time (chance 11 %) with the
+    weights at 1, 75 % at 0.1 (and 28 % at 0, where the blocks also learn nothing at first).
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+    for embedder in (model.cap_embedder[1], model.x_embedder):
+        torch.nn.init.normal_(embedder.weight, std=embedder.in_features ** -0.5)
+    with torch.no_grad():
+        for block in model.context_refiner:
+            block.attention_norm2.weight.fill_(CONTEXT_REFINER_START)
+            block.ffn_norm2.weight.fill_(CONTEXT_REFINER_START)
+
+
 def train_dit(latents: Tensor, captions: TrainingCaptions, empty: TrainingCaptions,
               gemma: torch.nn.Module, steps: int, batch: int = 64, lr: float = 1e-3,
               dropout: float = 0.1, ema_decay: float = 0.999, params: NextDiTParams = EMBEDDED_PARAMS,
@@ -94,11 +122,7 @@ def train_dit(latents: Tensor, captions: TrainingCaptions, empty: TrainingCaptio
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = NextDiT(params)
-    for module in model.modules():  # small-init linears; the gates start closed (tanh(0))
-        if isinstance(module, torch.nn.Linear):
-            torch.nn.init.normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
+    initialise(model)
     trained = torch.nn.ModuleDict({"dit": model, "text": CaptionFeatures(copy.deepcopy(gemma))})
     trained.requires_grad_(True)
     ema = copy.deepcopy(trained).requires_grad_(False)
