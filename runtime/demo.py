@@ -1,10 +1,9 @@
 """``python -m nextdit_nodes demo``: the main job. Runs the embedded-model workflow through the
 headless runner and saves its picture.
 
-The embedded model's weights ship with the pack once ``train-embedded`` has made them; until
-then the demo writes the same files with random weights to a temporary folder (and says so), so
-the whole pipeline — loaders, XML prompt, both text encoders, sampler, VAE, PNG with the workflow
-inside — runs on any machine.
+The embedded model's weights ship in the pack's ``embedded/`` folder (made by ``train-embedded``).
+Where that folder is missing (a stripped copy of the pack), the demo writes the same files with
+random weights to a temporary folder (and says so), so the whole pipeline still runs.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from ..nodes.host import EMBEDDED_DIR
 
-WORKFLOW = Path(__file__).resolve().parent / "workflows" / "embedded shapes.json"
+WORKFLOW = Path(__file__).resolve().parent.parent / "example_workflows" / "Embedded shapes model.json"
 log = logging.getLogger(__name__)
 
 

@@ -1,6 +1,7 @@
 """The shipped embedded model, through its example workflow: a few held-out prompts must come out
-right according to the validated adherence checker. Skipped until train-embedded has shipped
-weights in the pack's embedded/ folder."""
+right according to the validated adherence checker (the shipped teacher scores 85 % colour+position
+per object on 200 held-out prompts at CFG 4, the workflow's setting; here 9 of 10 objects). Skipped
+only where the embedded/ folder is missing."""
 
 import numpy as np
 import pytest

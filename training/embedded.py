@@ -45,7 +45,7 @@ class TrainingPlan:
     ae_steps: int = 2500
     ae_finetune_steps: int = 300
     dataset_size: int = 24000
-    dit_steps: int = 4000
+    dit_steps: int = 5500
     dit_batch: int = 64
     distill_iterations: int = 600
     seed: int = 0
