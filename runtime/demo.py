@@ -35,9 +35,9 @@ def run(args) -> int:
     overrides = [] if args.seed is None else [f"NextDiT Sampler.seed={args.seed}"]
     with tempfile.TemporaryDirectory() as scratch:
         if not embedded_files_present(EMBEDDED_DIR):
-            log.warning("the embedded model is not trained yet (python -m nextdit_nodes train-embedded): "
-                        "running its workflow on random weights of the same architecture; the picture "
-                        "is noise, the pipeline is real")
+            log.warning("the embedded model's files are missing from %s (restore them from the pack, or "
+                        "python -m nextdit_nodes train-embedded): running its workflow on random weights "
+                        "of the same architecture; the picture is noise, the pipeline is real", EMBEDDED_DIR)
             write_untrained(Path(scratch))
             os.environ["NEXTDIT_MODELS_DIR"] = scratch
         start = time.perf_counter()
