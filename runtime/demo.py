@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..nodes.host import EMBEDDED_DIR
+from ..nodes.host import EMBEDDED_DIR, PACK_DIR
 
-WORKFLOW = Path(__file__).resolve().parent.parent / "example_workflows" / "Embedded shapes model.json"
+WORKFLOW = PACK_DIR / "example_workflows" / "Embedded shapes model.json"
 log = logging.getLogger(__name__)
 
 

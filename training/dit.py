@@ -32,8 +32,8 @@ from ..models.nextdit_params import NextDiTParams
 from ..models.text_encoders import _right_padded, encode_jina, gemma_features
 
 # 1.8 M parameters: about 0.33 s per batch of 64 on two CPU cores. Two 60-wide heads with their own
-# keys and values: one shared 24-wide key/value head could move only 24 numbers per caption token
-# into the image, and 24-wide heads leave each rotary axis one useful frequency over 4×4 tokens.
+# keys and values: measured better than five 24-wide query heads sharing one key/value head
+# (23.5 against 14.7 % colour+position at CFG 4, both before `initialise` fixed the main problem).
 EMBEDDED_PARAMS = NextDiTParams(dim=120, n_layers=4, n_heads=2, n_kv_heads=2, ffn_dim=320,
                                 cap_dim=64, clip_dim=64)
 
