@@ -64,6 +64,9 @@ def register(subparsers) -> None:
     train.add_argument("--latents", type=Path,
                        help="optional .safetensors with 'latents' (N,16,h,w) raw FLUX latents of training "
                             "images; default: data-free teacher trajectories")
+    train.add_argument("--scale-weighted-loss", action="store_true",
+                       help="divide each sample's error by its guidance scale squared, so low scales are "
+                            "fitted as closely as high ones (default: plain MSE)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--no-checkpointing", action="store_true",
                        help="keep all activations for backward (faster, far more memory; default: "
@@ -152,7 +155,8 @@ def run(args) -> int:
                                guidance_min=args.guidance_min, guidance_max=args.guidance_max,
                                shift=args.shift, trajectory_steps=args.trajectory_steps,
                                width=args.width, height=args.height, seed=args.seed,
-                               checkpointing=not args.no_checkpointing)
+                               checkpointing=not args.no_checkpointing,
+                               scale_weighted_loss=args.scale_weighted_loss)
     except ValueError as error:
         raise DistillUsageError(str(error)) from None
 

@@ -54,6 +54,7 @@ class DistillConfig:
     height: int = 1024
     seed: int = 0
     checkpointing: bool = False               # recompute block activations in backward (less memory)
+    scale_weighted_loss: bool = False         # each sample's error / max(w, 1)² (see guided_loss)
 
     def __post_init__(self):
         if self.mode not in ("lora", "full"):
@@ -331,6 +332,18 @@ class _LatentSource:
         pass
 
 
+def guided_loss(prediction: Tensor, target: Tensor, w: Tensor, scale_weighted: bool) -> Tensor:
+    """Mean squared error against the guided targets. The target v_u + w·(v_c − v_u) grows with
+    w, so under a plain MSE the largest scales' errors dominate and the low scales (w = 1 is the
+    teacher's own conditional velocity) are fitted loosely. ``scale_weighted`` divides each
+    sample's error by max(w, 1)², weights normalised to sum 1, so every scale counts alike."""
+    per_sample = (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+    if not scale_weighted:
+        return per_sample.mean()
+    weights = w.float().clamp(min=1.0).pow(-2)
+    return (per_sample * weights).sum() / weights.sum()
+
+
 # ---- the loop --------------------------------------------------------------------------------
 
 def distill(teacher: nn.Module, positives: list, negative, config: DistillConfig = DistillConfig(),
@@ -366,7 +379,7 @@ def distill(teacher: nn.Module, positives: list, negative, config: DistillConfig
         cond, both = prompts.batch(indices)
         target = _guided(student, x, t, w, both)
         prediction = student.model(x, t, cond.feats, cond.mask, cond.pooled, w)
-        loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
+        loss = guided_loss(prediction, target, w, config.scale_weighted_loss)
         if not torch.isfinite(loss):
             raise FloatingPointError("distillation loss became NaN/inf; lower --lr or train in fp32/bf16")
         optimizer.zero_grad(set_to_none=True)

@@ -15,8 +15,8 @@ from factories import random_dit, tiny_params, write_dit_checkpoint
 
 from nextdit_nodes.loaders import load_dit
 from nextdit_nodes.samplers import sample
-from nextdit_nodes.samplers.distill import (DistillConfig, default_output_path, distill, load_conditionings,
-                                            make_student, save_conditionings, save_student)
+from nextdit_nodes.samplers.distill import (DistillConfig, default_output_path, distill, guided_loss,
+                                            load_conditionings, make_student, save_conditionings, save_student)
 from nextdit_nodes.samplers.schedule import time_grid
 
 SCALES = (1.0, 2.75, 4.5, 6.25, 8.0)
@@ -97,6 +97,18 @@ def test_error_against_the_teachers_cfg_velocity_drops_tenfold(teacher, mode, lr
     assert final < initial / 10, (initial, final)
     # The teacher is untouched (lora mode shares its tensors with the student).
     assert all(torch.equal(v, before_weights[k]) for k, v in teacher.state_dict().items())
+
+
+def test_scale_weighted_loss_counts_each_guidance_scale_alike():
+    # Sample errors 1 (at w = 1) and 2 (at w = 2), squared 1 and 4, constant over elements.
+    target = torch.zeros(2, 16, 4, 4)
+    prediction = torch.stack([torch.full((16, 4, 4), 1.0), torch.full((16, 4, 4), 2.0)])
+    w = torch.tensor([1.0, 2.0])
+    assert guided_loss(prediction, target, w, False).item() == pytest.approx(2.5)   # (1 + 4) / 2
+    # Weights 1/1² and 1/2²: (1·1 + 4·0.25) / (1 + 0.25) = 1.6.
+    assert guided_loss(prediction, target, w, True).item() == pytest.approx(1.6)
+    # Scales below 1 weigh as 1 (w = 0 would otherwise divide by zero).
+    assert guided_loss(prediction, target, torch.tensor([0.0, 1.0]), True).item() == pytest.approx(2.5)
 
 
 def test_saved_student_loads_in_the_official_layout_and_samples_with_guidance(teacher, tmp_path):

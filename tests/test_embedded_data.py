@@ -80,14 +80,15 @@ def test_embedded_tokenizers_keep_tags_and_caption_words_whole():
         xml = xml_caption(scene)
         ids = gemma.encode(xml)
         assert gemma.decode(ids) == xml
-        # Per object: <character_i>, <n>, shape, </n>, <appearance>, colour, ",", size,
-        # </appearance>, <position>, cell, </position>, </character_i>; then nine general pieces:
-        # <general_tags>, <count>, number, object(s), </count>, <background>, X_background,
-        # </background>, </general_tags>.
-        assert len(ids) == 13 * len(scene.objects) + 9
-        # Plain English: one piece per word and per comma.
+        # Per object: <character_i>, <n>shape</n>, <appearance>colour, size</appearance>,
+        # <position>cell</position>, </character_i>; then <general_tags>, <count>..</count>,
+        # <background>..</background>, </general_tags>.
+        assert len(ids) == 5 * len(scene.objects) + 4
+        # Plain English: per object "a", size, colour, shape, " at the <row> <column>"; a "," or
+        # " and" between objects; ", on a <background> background" last.
         plain = plain_caption(scene)
-        assert len(gemma.encode(plain)) == len(plain.replace(",", " ,").split())
+        assert gemma.decode(gemma.encode(plain)) == plain
+        assert len(gemma.encode(plain)) == 5 * len(scene.objects) + (len(scene.objects) - 1) + 1
 
 
 def test_embedded_gemma_features_keep_each_tokens_identity():

@@ -123,18 +123,28 @@ def vocabulary() -> list[str]:
 
 
 def caption_pieces() -> list[str]:
-    """Whole XML tags (with the newlines the captions put after them) and compound words: the
-    embedded tokenizer keeps each as one piece, so a tag or a grid cell is one token, not three to
-    five fragments (captions average 31 tokens instead of 61, which the small Next-DiT learns to
-    read far sooner)."""
+    """The embedded tokenizer's whole pieces: each XML field with its value and newline
+    (``<n>circle</n>\n``, ``<appearance>red, small</appearance>\n``, ...), the plain captions' cell
+    and background phrases (`` at the top left``), and the bare tags, cells and backgrounds for
+    text in other forms. An XML object is then five tokens and captions average 14 tokens (31 with
+    whole tags only, 61 as fragments): the Next-DiT reads them sooner and each training step is a
+    fifth faster (colour+position at CFG 4 on held-out prompts 97.4 against 91.9 %, ``dit.py``).
+    Spaces are written "▁", as SentencePiece sees them."""
     pieces = []
     for index in range(1, max(COUNT_WORDS) + 1):
         pieces += [f"<character_{index}>\n", f"</character_{index}>\n\n", f"</character_{index}>"]
+    pieces += [f"<n>{shape}</n>\n" for shape in SHAPES]
+    pieces += [f"<appearance>{colour}, {size}</appearance>\n" for colour in COLOURS for size in SIZES]
+    pieces += [f"<position>{row}_{column}</position>\n" for row in ROWS for column in COLUMNS]
+    pieces += [f"<count>{words}</count>\n" for words in COUNT_WORDS.values()]
+    pieces += [f"<background>{name}_background</background>\n" for name in BACKGROUNDS]
+    pieces += [f" at the {row} {column}" for row in ROWS for column in COLUMNS]
+    pieces += [f", on a {name} background" for name in BACKGROUNDS]
     for tag in ("n", "appearance", "position", "count", "background"):
         pieces += [f"<{tag}>", f"</{tag}>\n", f"</{tag}>"]
     pieces += ["<general_tags>\n", "</general_tags>"]
     pieces += [f"{r}_{c}" for r in ROWS for c in COLUMNS] + [f"{b}_background" for b in BACKGROUNDS]
-    return pieces
+    return [piece.replace(" ", "\u2581") for piece in pieces]
 
 
 def held_out(obj: ShapeObject) -> bool:
