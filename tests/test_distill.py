@@ -170,7 +170,9 @@ def test_distill_command_writes_the_default_file_the_loader_reads(tmp_path):
     command.register(parser.add_subparsers())
     args = parser.parse_args(["distill", str(teacher_path), "--conditionings", str(conditionings),
                               "--iterations", "2", "--batch-size", "2", "--trajectory-steps", "2",
-                              "--width", "32", "--height", "32", "--rank", "2", "--device", "cpu", "--no-progress"])
+                              "--width", "32", "--height", "32", "--rank", "2", "--device", "cpu", "--no-progress",
+                              "--scale-weighted-loss"])
+    assert args.scale_weighted_loss
     assert args.func(args) == 0
     output = default_output_path(teacher_path)
     assert output.name == "tiny-teacher-distilled.safetensors" and output.is_file()
