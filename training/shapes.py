@@ -89,23 +89,39 @@ def render(scene: Scene, size: int = 64, supersample: int = 4) -> np.ndarray:
     return np.asarray(image.resize((size, size), Image.LANCZOS))
 
 
+# One spelling of each caption part, shared by the captions and the tokenizer's whole pieces.
+def _field(tag: str, value: str) -> str:
+    return f"<{tag}>{value}</{tag}>\n"
+
+
+def _appearance(colour: str, size: str) -> str:
+    return f"{colour}, {size}"
+
+
+def _at_cell(row: str, column: str) -> str:
+    return f" at the {row} {column}"
+
+
+def _on_background(name: str) -> str:
+    return f", on a {name} background"
+
+
 def xml_caption(scene: Scene) -> str:
     blocks = []
     for index, obj in enumerate(scene.objects, start=1):
-        blocks.append(
-            f"<character_{index}>\n<n>{obj.shape}</n>\n<appearance>{obj.colour}, {obj.size}"
-            f"</appearance>\n<position>{obj.position}</position>\n</character_{index}>"
-        )
-    blocks.append(f"<general_tags>\n<count>{COUNT_WORDS[len(scene.objects)]}</count>\n"
-                  f"<background>{scene.background}_background</background>\n</general_tags>")
+        blocks.append(f"<character_{index}>\n" + _field("n", obj.shape)
+                      + _field("appearance", _appearance(obj.colour, obj.size))
+                      + _field("position", obj.position) + f"</character_{index}>")
+    blocks.append("<general_tags>\n" + _field("count", COUNT_WORDS[len(scene.objects)])
+                  + _field("background", f"{scene.background}_background") + "</general_tags>")
     return "\n\n".join(blocks)
 
 
 def plain_caption(scene: Scene) -> str:
-    parts = [f"a {o.size} {o.colour} {o.shape} at the {ROWS[o.row]} {COLUMNS[o.column]}"
+    parts = [f"a {o.size} {o.colour} {o.shape}" + _at_cell(ROWS[o.row], COLUMNS[o.column])
              for o in scene.objects]
     listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return f"{listed}, on a {scene.background} background"
+    return listed + _on_background(scene.background)
 
 
 def caption(scene: Scene, rng: random.Random, plain_share: float = 0.3) -> str:
@@ -134,13 +150,13 @@ def caption_pieces() -> list[str]:
     pieces = []
     for index in range(1, max(COUNT_WORDS) + 1):
         pieces += [f"<character_{index}>\n", f"</character_{index}>\n\n", f"</character_{index}>"]
-    pieces += [f"<n>{shape}</n>\n" for shape in SHAPES]
-    pieces += [f"<appearance>{colour}, {size}</appearance>\n" for colour in COLOURS for size in SIZES]
-    pieces += [f"<position>{row}_{column}</position>\n" for row in ROWS for column in COLUMNS]
-    pieces += [f"<count>{words}</count>\n" for words in COUNT_WORDS.values()]
-    pieces += [f"<background>{name}_background</background>\n" for name in BACKGROUNDS]
-    pieces += [f" at the {row} {column}" for row in ROWS for column in COLUMNS]
-    pieces += [f", on a {name} background" for name in BACKGROUNDS]
+    pieces += [_field("n", shape) for shape in SHAPES]
+    pieces += [_field("appearance", _appearance(colour, size)) for colour in COLOURS for size in SIZES]
+    pieces += [_field("position", f"{row}_{column}") for row in ROWS for column in COLUMNS]
+    pieces += [_field("count", words) for words in COUNT_WORDS.values()]
+    pieces += [_field("background", f"{name}_background") for name in BACKGROUNDS]
+    pieces += [_at_cell(row, column) for row in ROWS for column in COLUMNS]
+    pieces += [_on_background(name) for name in BACKGROUNDS]
     for tag in ("n", "appearance", "position", "count", "background"):
         pieces += [f"<{tag}>", f"</{tag}>\n", f"</{tag}>"]
     pieces += ["<general_tags>\n", "</general_tags>"]
