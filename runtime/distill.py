@@ -67,6 +67,10 @@ def register(subparsers) -> None:
     train.add_argument("--scale-weighted-loss", action="store_true",
                        help="divide each sample's error by its guidance scale squared, so low scales are "
                             "fitted as closely as high ones (default: plain MSE)")
+    train.add_argument("--student-trajectories", action="store_true",
+                       help="advance the data-free trajectories with the student's own velocity (on-policy): "
+                            "it trains on the states its sampling reaches, labelled by the teacher (default: "
+                            "the teacher's trajectories)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--no-checkpointing", action="store_true",
                        help="keep all activations for backward (faster, far more memory; default: "
@@ -144,6 +148,9 @@ def run(args) -> int:
 
     if (args.prompts is None) == (args.conditionings is None):
         raise DistillUsageError("give exactly one of --prompts (with --gemma/--jina) or --conditionings")
+    if args.student_trajectories and args.latents is not None:
+        raise DistillUsageError("--student-trajectories advances the data-free trajectories; with --latents the "
+                                "states are noised training latents. Drop one of the two options")
     teacher_path = _resolve("diffusion_models", args.teacher)
     output = args.output or default_output_path(teacher_path)
     if output.exists() and not args.overwrite:
@@ -156,7 +163,8 @@ def run(args) -> int:
                                shift=args.shift, trajectory_steps=args.trajectory_steps,
                                width=args.width, height=args.height, seed=args.seed,
                                checkpointing=not args.no_checkpointing,
-                               scale_weighted_loss=args.scale_weighted_loss)
+                               scale_weighted_loss=args.scale_weighted_loss,
+                               student_trajectories=args.student_trajectories)
     except ValueError as error:
         raise DistillUsageError(str(error)) from None
 

@@ -16,7 +16,10 @@ at t drawn on the shifted curve. Without them (data-free, the default), x_t are 
 teacher's own guided ODE trajectories: a pool of ``batch_size`` trajectories, each with its prompt,
 scale w and number of Euler steps; every iteration's teacher evaluation is both the training
 target at the current states and the step that advances them, so targets cost nothing extra and
-the states are exactly those the sampler visits.
+the states are exactly those the sampler visits. With ``student_trajectories`` the pool advances
+with the student's own velocity instead (on-policy, as in DAgger): the teacher still gives every
+target, but at the states the student's sampling reaches, drift included, so it learns to correct
+its own errors rather than only to follow a path it never takes alone.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class DistillConfig:
     seed: int = 0
     checkpointing: bool = False               # recompute block activations in backward (less memory)
     scale_weighted_loss: bool = False         # each sample's error / max(w, 1)² (see guided_loss)
+    student_trajectories: bool = False        # data-free: states advance with the student's velocity
 
     def __post_init__(self):
         if self.mode not in ("lora", "full"):
@@ -355,6 +359,9 @@ def distill(teacher: nn.Module, positives: list, negative, config: DistillConfig
     (N, 16, h, w) normalised training latents; without them the states come from teacher
     trajectories at config.width × config.height. Returns the Student; ``save_student`` writes it.
     """
+    if latents is not None and config.student_trajectories:
+        raise ValueError("student_trajectories advances the data-free trajectories; with latents the states "
+                         "are noised training latents. Use one or the other")
     params = teacher.params
     device = teacher.device
     student = make_student(teacher, config.mode, config.rank, config.seed)
@@ -387,7 +394,7 @@ def distill(teacher: nn.Module, positives: list, negative, config: DistillConfig
         torch.nn.utils.clip_grad_norm_(student.trainable(), 1.0)
         optimizer.step()
         schedule.step()
-        source.advance(target)
+        source.advance(prediction.detach() if config.student_trajectories else target)
         bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
 
     student.model.eval()

@@ -15,8 +15,9 @@ from factories import random_dit, tiny_params, write_dit_checkpoint
 
 from nextdit_nodes.loaders import load_dit
 from nextdit_nodes.samplers import sample
-from nextdit_nodes.samplers.distill import (DistillConfig, default_output_path, distill, guided_loss,
-                                            load_conditionings, make_student, save_conditionings, save_student)
+from nextdit_nodes.samplers.distill import (DistillConfig, _TrajectoryPool, default_output_path, distill,
+                                            guided_loss, load_conditionings, make_student, save_conditionings,
+                                            save_student)
 from nextdit_nodes.samplers.schedule import time_grid
 
 SCALES = (1.0, 2.75, 4.5, 6.25, 8.0)
@@ -111,6 +112,46 @@ def test_scale_weighted_loss_counts_each_guidance_scale_alike():
     assert guided_loss(prediction, target, torch.tensor([0.0, 1.0]), True).item() == pytest.approx(2.5)
 
 
+@pytest.mark.parametrize("student_trajectories", [False, True])
+def test_trajectories_advance_with_the_teacher_or_the_students_velocity(teacher, monkeypatch, student_trajectories):
+    """On the first iteration the student is exactly the teacher's conditional branch (zero-initialised
+    guidance embedder), so the velocity that moves the states is v_c on-policy and the guided
+    v_u + w·(v_c − v_u) otherwise; both computed here with separate teacher forwards."""
+    positive, negative = _prompt_pair(teacher.params)
+    seen = []
+    advance = _TrajectoryPool.advance
+
+    def recording_advance(pool, velocity):
+        t = torch.tensor([grid[step] for grid, step in zip(pool.grids, pool.step)])
+        seen.append((pool.x.clone(), t, pool.w.clone(), velocity.clone()))
+        advance(pool, velocity)
+
+    monkeypatch.setattr(_TrajectoryPool, "advance", recording_advance)
+    config = DistillConfig(rank=4, iterations=1, batch_size=3, trajectory_steps=4, width=32, height=32,
+                           guidance_min=3.0, guidance_max=6.0, student_trajectories=student_trajectories)
+    distill(teacher, [positive], negative, config, progress=False)
+    (x, t, w, velocity), = seen
+    (feats, extras), (nfeats, nextras) = positive[0], negative[0]
+    b = x.shape[0]
+    with torch.no_grad():
+        v_c = teacher(x, t, feats.expand(b, -1, -1), torch.ones(b, feats.shape[1], dtype=torch.bool),
+                      extras["pooled_output"].expand(b, -1))
+        v_u = teacher(x, t, nfeats.expand(b, -1, -1), torch.ones(b, nfeats.shape[1], dtype=torch.bool),
+                      nextras["pooled_output"].expand(b, -1))
+    guided = v_u + w.view(-1, 1, 1, 1) * (v_c - v_u)
+    assert (guided - v_c).abs().max() > 1e-3    # the two candidates differ
+    expected, other = (v_c, guided) if student_trajectories else (guided, v_c)
+    assert torch.allclose(velocity, expected, atol=1e-5)
+    assert not torch.allclose(velocity, other, atol=1e-5)
+
+
+def test_student_trajectories_need_the_data_free_states(teacher):
+    positive, negative = _prompt_pair(teacher.params)
+    config = DistillConfig(iterations=1, batch_size=2, width=32, height=32, student_trajectories=True)
+    with pytest.raises(ValueError, match="data-free"):
+        distill(teacher, [positive], negative, config, latents=torch.zeros(2, 16, 4, 4), progress=False)
+
+
 def test_saved_student_loads_in_the_official_layout_and_samples_with_guidance(teacher, tmp_path):
     positive, negative = _prompt_pair(teacher.params)
     config = DistillConfig(mode="lora", rank=4, iterations=3, batch_size=2, trajectory_steps=2, width=32, height=32)
@@ -171,8 +212,8 @@ def test_distill_command_writes_the_default_file_the_loader_reads(tmp_path):
     args = parser.parse_args(["distill", str(teacher_path), "--conditionings", str(conditionings),
                               "--iterations", "2", "--batch-size", "2", "--trajectory-steps", "2",
                               "--width", "32", "--height", "32", "--rank", "2", "--device", "cpu", "--no-progress",
-                              "--scale-weighted-loss"])
-    assert args.scale_weighted_loss
+                              "--scale-weighted-loss", "--student-trajectories"])
+    assert args.scale_weighted_loss and args.student_trajectories
     assert args.func(args) == 0
     output = default_output_path(teacher_path)
     assert output.name == "tiny-teacher-distilled.safetensors" and output.is_file()
@@ -182,6 +223,10 @@ def test_distill_command_writes_the_default_file_the_loader_reads(tmp_path):
     bad = parser.parse_args(["distill", str(teacher_path), "--device", "cpu"])
     with pytest.raises(command.DistillUsageError, match="exactly one of"):
         bad.func(bad)
+    both = parser.parse_args(["distill", str(teacher_path), "--conditionings", str(conditionings), "--latents",
+                              str(tmp_path / "latents.safetensors"), "--student-trajectories", "--device", "cpu"])
+    with pytest.raises(command.DistillUsageError, match="--student-trajectories"):
+        both.func(both)
 
 
 def test_gradient_checkpointing_trains_the_same_student(teacher):

@@ -34,6 +34,31 @@ def test_fold_gives_flux_normalised_latents_and_keeps_the_decoder_exact_away_fro
         assert inner.abs().max().item() < 1e-4
 
 
+def test_autoencoder_error_weighs_the_outline_band_of_an_object():
+    # A 4×4 white square (rows and columns 4..7) on a black 12×12 image. Pixels whose 3×3
+    # neighbourhood holds both colours (rows/columns 3..8, bar the 2×2 centre) are the outline;
+    # one pixel of dilation makes the band rows/columns 2..9, where the weight is 1 + EDGE_WEIGHT.
+    x = torch.full((1, 3, 12, 12), -1.0)
+    x[..., 4:8, 4:8] = 1.0
+    band = torch.zeros(12, 12, dtype=torch.bool)
+    band[2:10, 2:10] = True
+    weights = ae_training.edge_weights(x)[0, 0]
+    assert torch.equal(weights[band], torch.full((64,), 1 + ae_training.EDGE_WEIGHT))
+    assert torch.equal(weights[~band], torch.ones(80))
+    # Normalised by the mean weight: an error of 1 everywhere costs 1, as a plain MSE.
+    assert ae_training.reconstruction_error(x + 1, x).item() == pytest.approx(1.0)
+    # One pixel wrong by 1, in the band or outside it: (1 + EDGE_WEIGHT) against 1, over the same sum.
+    mean_weight = (64 * (1 + ae_training.EDGE_WEIGHT) + 80) / 144
+    for (row, column), weight in (((3, 3), 1 + ae_training.EDGE_WEIGHT), ((0, 11), 1.0)):
+        recon = x.clone()
+        recon[0, 0, row, column] += 1
+        expected = weight / (3 * 144) / mean_weight
+        assert ae_training.reconstruction_error(recon, x).item() == pytest.approx(expected)
+    # A flat image has no outline: the plain mean squared error.
+    flat = torch.zeros(1, 3, 8, 8)
+    assert ae_training.reconstruction_error(flat + 0.5, flat).item() == pytest.approx(0.25)
+
+
 def test_length_buckets_give_single_length_batches_covering_every_length():
     lengths = torch.tensor([3, 5, 5, 7, 3, 3])
     buckets = _LengthBuckets(lengths, random.Random(0))

@@ -2,15 +2,16 @@
 latent channels, 8× down), narrow enough to train on two CPU cores in minutes.
 
 Shapes must survive the round trip (the checker judges shape from the object's mask). The loss
-is the squared error through the latent MEAN, plus a weak penalty that keeps the latent bounded.
-Measured on held-out reconstructions: L1 (with or without an edge term) is median-seeking and
-paints background over the small objects while the decoder is still unsure (colour+position 6–14 %
-per object after 600–1000 steps), where squared error keeps them (2500 steps: colour+position
-99.5 %, size 100 %, shape 95.7 %, 94.8 % after the fold and decoder fine-tune). The remaining
-shape errors are small objects on the gray background, the lowest-contrast case; 600 further
-steps of L1 + edge loss (whole model or decoder only) did not change shape accuracy (76–77 % on
-the earlier 0.45-cell small objects, as without them). Check ``reconstruction_adherence`` before
-training the DiT.
+is the squared error through the latent MEAN, with the pixels along the objects' outlines
+weighted 1 + EDGE_WEIGHT (``edge_weights``), plus a weak penalty that keeps the latent bounded.
+Outlines are a few percent of the pixels, so under a plain squared error a blurred corner costs
+almost nothing, least of all for small objects on the gray background (low contrast): with it
+the decoder rounded small squares and triangles. Shape accuracy on held-out reconstructions
+after 1000 steps: 67.4 % plain, 92.6 % edge-weighted (size 97.1 / 100 %); after 2500 steps the
+plain loss had reached 95.7 % (94.8 % after the fold and decoder fine-tune). L1 (with or without
+an edge term) is median-seeking and painted background over the small objects while the decoder
+was still unsure (colour+position 6–14 % per object after 600–1000 steps); squared error keeps
+them. Check ``reconstruction_adherence`` before training the DiT.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ AE_CONFIG = dict(
     norm_num_groups=16, use_quant_conv=False, use_post_quant_conv=False,
 )
 LATENT_WEIGHT = 1e-4
+EDGE_WEIGHT = 4.0       # extra weight of outline pixels in the reconstruction error
+EDGE_CONTRAST = 0.1     # |pixel − its 3×3 mean|, summed over RGB in [-1, 1] units: an outline
 
 
 def build_autoencoder():
@@ -46,10 +49,27 @@ def image_batch(rng: random.Random, batch: int) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
+def edge_weights(x: torch.Tensor) -> torch.Tensor:
+    """[B, 1, H, W]: 1 + EDGE_WEIGHT within one pixel of an outline (a pixel that differs from its
+    3×3 neighbourhood's mean), 1 elsewhere. Plain backgrounds and object interiors weigh 1."""
+    import torch.nn.functional as F
+
+    local_mean = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    outline = ((x - local_mean).abs().sum(dim=1, keepdim=True) > EDGE_CONTRAST).float()
+    return 1 + EDGE_WEIGHT * F.max_pool2d(outline, 3, stride=1, padding=1)
+
+
+def reconstruction_error(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Squared error with outlines weighted (``edge_weights``), normalised by the mean weight so its
+    scale stays that of a plain mean squared error."""
+    weights = edge_weights(x)
+    return ((recon - x).pow(2) * weights).mean() / weights.mean()
+
+
 def autoencoder_loss(ae, x: torch.Tensor) -> torch.Tensor:
     latent = ae.encode(x).latent_dist.mean
     recon = ae.decode(latent).sample
-    return (recon - x).pow(2).mean() + LATENT_WEIGHT * latent.pow(2).mean()
+    return reconstruction_error(recon, x) + LATENT_WEIGHT * latent.pow(2).mean()
 
 
 def train_autoencoder(steps: int, batch: int = 16, lr: float = 1e-3, seed: int = 0, progress=None):
@@ -124,7 +144,7 @@ def finetune_decoder(ae, steps: int, batch: int = 16, lr: float = 2e-4, seed: in
         x = image_batch(rng, batch)
         with torch.no_grad():
             z = ae.encode(x).latent_dist.mean
-        loss = (ae.decode(z).sample - x).pow(2).mean()
+        loss = reconstruction_error(ae.decode(z).sample, x)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
