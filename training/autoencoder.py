@@ -5,15 +5,15 @@ Shapes must survive the round trip (the checker judges shape from the object's m
 is the squared error through the latent MEAN, with the pixels along the objects' outlines
 weighted 1 + EDGE_WEIGHT (``edge_weights``), plus a weak penalty that keeps the latent bounded.
 Outlines are a few percent of the pixels, so under a plain squared error a blurred corner costs
-almost nothing, least of all for small objects on the gray background (low contrast): with it
-the decoder rounded small squares and triangles. Shape accuracy on held-out reconstructions
-after 1000 steps: 67.4 % plain, 92.6 % edge-weighted (size 97.1 / 100 %); after 2500 steps, the
-fold and the decoder fine-tune: 94.8 % plain, 99.5 % edge-weighted. The Next-DiT trained on the
-sharper latents followed captions better too (shape 99.3 against 94.5 % at CFG 4, colour+position
-100 against 97.4 %). L1 (with or without
-an edge term) is median-seeking and painted background over the small objects while the decoder
-was still unsure (colour+position 6–14 % per object after 600–1000 steps); squared error keeps
-them. Check ``reconstruction_adherence`` before training the DiT.
+almost nothing, least of all for small objects on the gray background (low contrast), and the
+decoder rounded small squares and triangles. Shape accuracy on held-out reconstructions after
+1000 steps: 67.4 % plain, 92.6 % edge-weighted (size 97.1 / 100 %); after 2500 steps, the fold
+and the decoder fine-tune: 94.8 % plain, 99.5 % edge-weighted. The Next-DiT trained on the
+sharper latents followed captions better too (at CFG 4 shape 99.3 against 94.5 %, colour+position
+100 against 97.4 %). L1 (with or without an edge term) is median-seeking and painted background
+over the small objects while the decoder was still unsure (colour+position 6–14 % per object
+after 600–1000 steps); squared error keeps them. Check ``reconstruction_adherence`` before
+training the DiT.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import random
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .shapes import render, training_scene
 
@@ -54,8 +55,6 @@ def image_batch(rng: random.Random, batch: int) -> torch.Tensor:
 def edge_weights(x: torch.Tensor) -> torch.Tensor:
     """[B, 1, H, W]: 1 + EDGE_WEIGHT within one pixel of an outline (a pixel that differs from its
     3×3 neighbourhood's mean), 1 elsewhere. Plain backgrounds and object interiors weigh 1."""
-    import torch.nn.functional as F
-
     local_mean = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
     outline = ((x - local_mean).abs().sum(dim=1, keepdim=True) > EDGE_CONTRAST).float()
     return 1 + EDGE_WEIGHT * F.max_pool2d(outline, 3, stride=1, padding=1)
