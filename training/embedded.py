@@ -184,7 +184,7 @@ def distill_student(teacher, text_encoders, captions, out: Path, plan: TrainingP
         return conditioning(text_encoders.encode(text, text), text, text)
 
     count = min(len(captions), 2000)
-    # Colour+position at guidance 4 on 200 held-out prompts (teacher at CFG 4: 97.4 %): 81.2 % with
+    # Colour+position at guidance 4 on 200 held-out prompts, previous teacher (CFG 4: 97.4 %): 81.2 % with
     # a plain MSE, 84.5 % with each sample's error weighted by 1/w² (scale_weighted_loss), 86.9 %
     # with that and 1200 iterations instead of 600; with those, lr 5e-4 or 2e-3 instead of 1e-3:
     # 83.8 / 85.2 %, guidance range 1-5 instead of 1-6: 88.1 % (within the run-to-run spread of about
