@@ -184,12 +184,12 @@ def distill_student(teacher, text_encoders, captions, out: Path, plan: TrainingP
         return conditioning(text_encoders.encode(text, text), text, text)
 
     count = min(len(captions), 2000)
-    # Colour+position at guidance 4 on 200 held-out prompts, previous teacher (CFG 4: 97.4 %): 81.2 % with
-    # a plain MSE, 84.5 % with each sample's error weighted by 1/w² (scale_weighted_loss), 86.9 %
-    # with that and 1200 iterations instead of 600; with those, lr 5e-4 or 2e-3 instead of 1e-3:
-    # 83.8 / 85.2 %, guidance range 1-5 instead of 1-6: 88.1 % (within the run-to-run spread of about
-    # 3 points, so the wider range stays); LoRA rank 4 instead of 16 (600 iterations): 81.7 %. On
-    # the previous teacher LoRA scored 79.0 against 76.4 % for a full fine-tune.
+    # Colour+position at guidance 4 on 200 held-out prompts, previous teacher (CFG 4: 97.4 %):
+    # 81.2 % with a plain MSE, 84.5 % with each sample's error weighted by 1/w² (scale_weighted_loss),
+    # 86.9 % with that and 1200 iterations instead of 600; with those, lr 5e-4 or 2e-3 instead of
+    # 1e-3: 83.8 / 85.2 %, guidance range 1-5 instead of 1-6: 88.1 % (within the run-to-run spread
+    # of about 3 points, so the wider range stays); LoRA rank 4 instead of 16 (600 iterations):
+    # 81.7 %. On an earlier teacher LoRA scored 79.0 against 76.4 % for a full fine-tune.
     # States advanced by the student itself (student_trajectories), on the first 100 of those
     # prompts: 90.6 against 84.9 % (teacher trajectories), 93.9 % with 2400 iterations; batch 16
     # for 2400 iterations 91.5 %; lr 2e-3 89.6 %; LoRA kept off the context refiner (which w cannot
