@@ -33,6 +33,9 @@ COUNT_WORDS = {1: "one object", 2: "two objects", 3: "three objects"}
 # Object extent as a fraction of a grid cell. Small objects are 13 px at 64×64: at 0.45 (10 px)
 # the 8×-downsampling autoencoder rounded their corners (shape 54 % on reconstructions).
 SIZE_FRACTION = {"small": 0.6, "large": 0.85}
+# The XML values of a grid cell and a background (also whole words of the tokenizer).
+CELL_TAGS = tuple(f"{row}_{column}" for row in ROWS for column in COLUMNS)          # row-major
+BACKGROUND_TAGS = {name: f"{name}_background" for name in BACKGROUNDS}
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class ShapeObject:
 
     @property
     def position(self) -> str:
-        return f"{ROWS[self.row]}_{COLUMNS[self.column]}"
+        return CELL_TAGS[self.row * len(COLUMNS) + self.column]
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def xml_caption(scene: Scene) -> str:
                       + _field("appearance", _appearance(obj.colour, obj.size))
                       + _field("position", obj.position) + f"</character_{index}>")
     blocks.append("<general_tags>\n" + _field("count", COUNT_WORDS[len(scene.objects)])
-                  + _field("background", f"{scene.background}_background") + "</general_tags>")
+                  + _field("background", BACKGROUND_TAGS[scene.background]) + "</general_tags>")
     return "\n\n".join(blocks)
 
 
@@ -131,8 +134,7 @@ def caption(scene: Scene, rng: random.Random, plain_share: float = 0.3) -> str:
 def vocabulary() -> list[str]:
     """Every word the captions use (for building the embedded tokenizer)."""
     words = set(SHAPES) | set(COLOURS) | set(SIZES) | set(ROWS) | set(COLUMNS)
-    words |= {f"{r}_{c}" for r in ROWS for c in COLUMNS}
-    words |= {f"{b}_background" for b in BACKGROUNDS} | set(BACKGROUNDS)
+    words |= set(CELL_TAGS) | set(BACKGROUND_TAGS.values()) | set(BACKGROUNDS)
     words |= {w for phrase in COUNT_WORDS.values() for w in phrase.split()}
     words |= {"a", "at", "the", "and", "on", "background"}
     return sorted(words)
@@ -152,15 +154,15 @@ def caption_pieces() -> list[str]:
         pieces += [f"<character_{index}>\n", f"</character_{index}>\n\n", f"</character_{index}>"]
     pieces += [_field("n", shape) for shape in SHAPES]
     pieces += [_field("appearance", _appearance(colour, size)) for colour in COLOURS for size in SIZES]
-    pieces += [_field("position", f"{row}_{column}") for row in ROWS for column in COLUMNS]
+    pieces += [_field("position", cell) for cell in CELL_TAGS]
     pieces += [_field("count", words) for words in COUNT_WORDS.values()]
-    pieces += [_field("background", f"{name}_background") for name in BACKGROUNDS]
+    pieces += [_field("background", tag) for tag in BACKGROUND_TAGS.values()]
     pieces += [_at_cell(row, column) for row in ROWS for column in COLUMNS]
     pieces += [_on_background(name) for name in BACKGROUNDS]
     for tag in ("n", "appearance", "position", "count", "background"):
         pieces += [f"<{tag}>", f"</{tag}>\n", f"</{tag}>"]
     pieces += ["<general_tags>\n", "</general_tags>"]
-    pieces += [f"{r}_{c}" for r in ROWS for c in COLUMNS] + [f"{b}_background" for b in BACKGROUNDS]
+    pieces += [*CELL_TAGS, *BACKGROUND_TAGS.values()]
     return [piece.replace(" ", "\u2581") for piece in pieces]
 
 
