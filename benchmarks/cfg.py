@@ -19,10 +19,10 @@ import time
 
 import torch
 
-from nextdit_nodes.models.nextdit import NextDiT
-from nextdit_nodes.models.nextdit_params import NextDiTParams
-from nextdit_nodes.samplers.conditioning import prompt_batches
-from nextdit_nodes.samplers.guidance import GuidedVelocity, combine_cfg
+from nextdit_nodes.dit.model import NextDiT
+from nextdit_nodes.dit.params import NextDiTParams
+from nextdit_nodes.text.conditioning import prompt_batches
+from nextdit_nodes.sampling.guidance import GuidedVelocity, combine_cfg
 
 
 def _conditioning(length: int, params: NextDiTParams, generator: torch.Generator):

@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from nextdit_nodes.models.nextdit import NextDiT
-from nextdit_nodes.models.nextdit_params import NextDiTParams
+from nextdit_nodes.dit.model import NextDiT
+from nextdit_nodes.dit.params import NextDiTParams
 
 
 def _inputs(p: NextDiTParams, cap_lens: list[int], latent: int, device, gen) -> dict:

@@ -59,7 +59,7 @@ def _pack():
 
 def random_model(params, device, dtype, seed: int = 0):
     """A NextDiT with random weights made directly on `device` in `dtype` (no CPU copy)."""
-    from nextdit_nodes.models.nextdit import NextDiT
+    from nextdit_nodes.dit.model import NextDiT
 
     with torch.device("meta"):
         model = NextDiT(params).to(dtype)
@@ -132,7 +132,7 @@ def timed(fn, device, repeats: int) -> tuple[float, float]:
 
 
 def ours_sampler(model, pos, neg, size: int, steps: int, cfg: float, guidance: float):
-    from nextdit_nodes.samplers import sample
+    from nextdit_nodes.sampling.sample import sample
 
     def run():
         return sample(model, pos, neg if cfg != 1.0 else None, size, size, seed=0, steps=steps, solver="euler",
@@ -170,8 +170,8 @@ def core_model(comfy_dir: str, params, state_dict: dict, device, dtype):
 
 def core_sampler(model, params, pos, neg, size: int, steps: int, cfg: float, device, dtype):
     """Euler with CFG as core runs NewBie: two forwards per step, σ = 1 − t, output −v."""
-    from nextdit_nodes.samplers.schedule import time_grid
-    from nextdit_nodes.samplers.sample import initial_noise
+    from nextdit_nodes.sampling.schedule import time_grid
+    from nextdit_nodes.sampling.sample import initial_noise
 
     def args(cond):
         feats, extras = cond[0]
@@ -255,9 +255,9 @@ def main() -> None:
     args = ap.parse_args()
 
     _pack()
-    from nextdit_nodes.models.compile import compile_blocks, uncompile_blocks
-    from nextdit_nodes.models.nextdit_params import NextDiTParams
-    from nextdit_nodes.models.offload import offload_blocks, remove_offload, streamed_block_count
+    from nextdit_nodes.dit.compile import compile_blocks, uncompile_blocks
+    from nextdit_nodes.dit.params import NextDiTParams
+    from nextdit_nodes.dit.offload import offload_blocks, remove_offload, streamed_block_count
 
     torch.backends.cuda.matmul.allow_tf32 = True
     device = torch.device(args.device)

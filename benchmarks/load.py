@@ -36,8 +36,8 @@ NEWBIE_PARAMETERS = 3_486_636_096   # research newbie-model.md §1 (code-derived
 
 def newbie_shapes() -> dict[str, tuple[int, ...]]:
     """Every tensor of a released NewBie checkpoint: the model's own keys plus the unused norm_final."""
-    from nextdit_nodes.models.nextdit import NextDiT
-    from nextdit_nodes.models.nextdit_params import NextDiTParams
+    from nextdit_nodes.dit.model import NextDiT
+    from nextdit_nodes.dit.params import NextDiTParams
 
     shapes = {k: tuple(v.shape) for k, v in NextDiT(NextDiTParams(**NEWBIE), device="meta").state_dict().items()}
     shapes["norm_final.weight"] = (NEWBIE["dim"],)
@@ -88,7 +88,7 @@ def _child(mode: str, path: str) -> None:
     import torch
 
     if mode == "ours":
-        import nextdit_nodes.models.nextdit  # noqa: F401 - imports are not what is measured
+        import nextdit_nodes.dit.model  # noqa: F401 - imports are not what is measured
         from nextdit_nodes.loaders import load_dit
     else:
         from safetensors.torch import load_file

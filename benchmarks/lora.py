@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from nextdit_nodes.models.lora import load_lora
-from nextdit_nodes.models.nextdit import NextDiT
-from nextdit_nodes.models.nextdit_params import NextDiTParams
+from nextdit_nodes.lora.apply import load_lora
+from nextdit_nodes.dit.model import NextDiT
+from nextdit_nodes.dit.params import NextDiTParams
 
 TARGETS = ("attention.qkv", "attention.out", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
 

@@ -20,8 +20,8 @@ import time
 
 import torch
 
-from nextdit_nodes.models import text_encoders as te
-from nextdit_nodes.models.text_encoder_set import TextEncoders
+from nextdit_nodes.text import towers as te
+from nextdit_nodes.text.encoders import TextEncoders
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -61,7 +61,7 @@ def _vm_kib(field: str) -> int:
 def _child(folder: str, size: int, mode: str, device: str, tile: int, overlap: int) -> None:
     import torch
 
-    from nextdit_nodes.loaders.vae import load_vae
+    from nextdit_nodes.vae.loading import load_vae
 
     vae = load_vae(folder, device=device)
     latent = torch.randn(1, 16, size // 8, size // 8, generator=torch.Generator().manual_seed(0))
@@ -87,8 +87,8 @@ def _would_fit(folder: Path, size: int, device: str, share: float) -> tuple[bool
     """(fits, estimated GiB, free GiB): the loader's estimate against ``share`` of free memory."""
     import torch
 
-    from nextdit_nodes.loaders.vae import load_vae
-    from nextdit_nodes.models.tiled_decode import free_memory_bytes
+    from nextdit_nodes.vae.loading import load_vae
+    from nextdit_nodes.vae.tiled import free_memory_bytes
 
     vae = load_vae(folder, device=device)
     estimate = size * size * vae.info.decode_elements_per_pixel * vae.dtype.itemsize

@@ -1,11 +1,10 @@
-"""Node NextDiTLoader: a Next-DiT weight file -> NEXTDIT_MODEL (what `loaders.load_dit` returns)."""
+"""Node NextDiTLoader: a Next-DiT weight file -> NEXTDIT_MODEL (what `dit.checkpoint.load_dit` returns)."""
 
 from __future__ import annotations
 
+from ..dit.settings import OFFLOAD_MODES
+from ..dtypes import WEIGHT_DTYPES
 from . import host
-
-WEIGHT_DTYPES = ("auto", "bf16", "fp16", "fp32", "fp8_e4m3fn")   # = loaders.dtypes.WEIGHT_DTYPES
-OFFLOAD_MODES = ("auto", "blocks", "none")                       # = comfy_memory.OFFLOAD_MODES
 
 
 class NextDiTLoader:
@@ -54,8 +53,8 @@ class NextDiTLoader:
         return True
 
     def load(self, dit_name: str, weight_dtype: str = "auto", offload: str = "auto"):
-        from ..loaders import load_dit
-        from .comfy_memory import load_for_device
+        from ..dit.checkpoint import load_dit
+        from .host.memory import load_for_device
 
         if weight_dtype not in WEIGHT_DTYPES:
             raise ValueError(f"weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")

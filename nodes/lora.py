@@ -43,7 +43,7 @@ class NextDiTLoraLoader:
         return True
 
     def apply(self, model, lora_name: str, strength: float = 1.0):
-        from ..models.lora import load_lora
+        from ..lora.apply import load_lora
 
         path = host.resolve_model_file("loras", lora_name)
         patched, report = load_lora(model, path, float(strength))

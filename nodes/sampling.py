@@ -1,16 +1,15 @@
 """Node NextDiTSampler: NEXTDIT_MODEL + CONDITIONING → LATENT (FLUX VAE raw space).
 
-The work is ``samplers.sample``; this node adds progress, interrupts and latent previews.
-Defaults are the official NewBie demo's settings (NB-repo ``demo.py``): midpoint, 18 grid points
-(= 17 solver steps), shift 6, CFG 5, CFG truncation 0.25, no renorm.
+The work is ``sampling.sample``; this node adds progress, interrupts and latent previews.
+Defaults are the official NewBie demo's settings (``sampling.settings.OFFICIAL``).
 """
 
 from __future__ import annotations
 
+from ..sampling.settings import MAX_SIDE, OFFICIAL, check_settings
+from ..sampling.solvers import SOLVERS
 from . import host
 
-SOLVERS = ("euler", "midpoint", "heun", "dpmpp_2m")   # = samplers.solvers.SOLVERS
-MAX_SIDE = 4096                                      # = samplers.sample.MAX_SIDE
 PREVIEW_SIZE = 512
 
 
@@ -47,24 +46,24 @@ class NextDiTSampler:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                                  "tooltip": "Noise seed. The same seed and size give the same starting noise "
                                             "as core ComfyUI's KSampler, on any device."}),
-                "steps": ("INT", {"default": 17, "min": 1, "max": 1000,
+                "steps": ("INT", {"default": OFFICIAL["steps"], "min": 1, "max": 1000,
                                   "tooltip": "Solver steps (intervals of the time grid). The official scripts' "
                                              "num_sampling_steps counts grid points = steps + 1: their default "
                                              "18 is 17 here. midpoint and heun evaluate the model twice per step."}),
-                "solver": (list(SOLVERS), {"default": "midpoint",
+                "solver": (list(SOLVERS), {"default": OFFICIAL["solver"],
                                            "tooltip": "ODE solver. midpoint: the official default (2 evaluations "
                                                       "per step). euler and dpmpp_2m: 1 per step. heun: 2."}),
-                "shift": ("FLOAT", {"default": 6.0, "min": 0.01, "max": 100.0, "step": 0.1,
+                "shift": ("FLOAT", {"default": OFFICIAL["shift"], "min": 0.01, "max": 100.0, "step": 0.1,
                                     "tooltip": "Time shift s of the grid, t ← t/(t + s − s·t); NewBie uses 6. "
                                                "Larger spends more steps at high noise."}),
-                "cfg": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 30.0, "step": 0.1,
+                "cfg": ("FLOAT", {"default": OFFICIAL["cfg"], "min": 0.0, "max": 30.0, "step": 0.1,
                                   "tooltip": "Classifier-free guidance scale; 1 = off (negative unused, half the "
                                              "cost). Official demo: 5."}),
-                "renorm_cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.05,
+                "renorm_cfg": ("FLOAT", {"default": OFFICIAL["renorm_cfg"], "min": 0.0, "max": 10.0, "step": 0.05,
                                          "tooltip": "0 = off. Otherwise the guided velocity is scaled down to at "
                                                     "most renorm_cfg × the conditional one's norm, per image "
                                                     "(official CFG renorm; 1 is the model code's default)."}),
-                "cfg_trunc": ("FLOAT", {"default": 0.25, "min": 0.0, "max": 100.0, "step": 0.01,
+                "cfg_trunc": ("FLOAT", {"default": OFFICIAL["cfg_trunc"], "min": 0.0, "max": 100.0, "step": 0.01,
                                         "tooltip": "CFG only while the data-time t (0 = noise, 1 = image) is below "
                                                    "this, then the prompt alone. Official demo: 0.25. 1 or more = "
                                                    "CFG on every step."}),
@@ -89,18 +88,17 @@ class NextDiTSampler:
     @classmethod
     def VALIDATE_INPUTS(cls, width=None, height=None, steps=None):
         # Linked inputs arrive as None: only constants can be checked before the run.
-        for name, side in (("width", width), ("height", height)):
-            if side is not None and (side < 16 or side % 16 or side > MAX_SIDE):
-                return f"{name} {side} must be a multiple of 16 between 16 and {MAX_SIDE}"
-        if steps is not None and steps < 1:
-            return f"steps must be at least 1; got {steps}"
+        try:
+            check_settings(width=width, height=height, steps=steps)
+        except ValueError as error:
+            return str(error)
         return True
 
     def sample(self, model, positive, width, height, batch_size, seed, steps, solver, shift, cfg,
                renorm_cfg, cfg_trunc, guidance, negative=None, latent=None, denoise=1.0, unique_id=None):
-        from ..samplers import sample
-        from ..samplers.lagged_preview import LaggedPreviews
-        from .comfy_memory import use_dit_for_sampling
+        from ..sampling.preview import LaggedPreviews
+        from ..sampling.sample import sample
+        from .host.memory import use_dit_for_sampling
 
         # Inside ComfyUI the memory manager makes room (and may stream blocks); headless a no-op
         # unless the model's offload mode asks for streaming.

@@ -1,5 +1,5 @@
 """Nodes NextDiTTextEncoderLoader (Gemma 3 + Jina CLIP v2 -> NEXTDIT_TEXT) and NextDiTTextEncode
-(prompt -> CONDITIONING). The work is in ``loaders.text_encoders`` and ``models.text_encoders``.
+(prompt -> CONDITIONING). The work is in ``text/loading.py`` and ``text/conditioning.py``.
 
 Memory: the encoders' weights stay on the CPU; with device ``auto`` on a GPU they move to the GPU
 for each encode and straight back, so the DiT has the card between prompts. Repeated prompts are
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 
+from ..dtypes import DTYPES
 from ..prompting.system_prompts import SYSTEM_PROMPT_CHOICES
 from . import host
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu")
-DTYPES = ("auto", "bf16", "fp16", "fp32")
 
 
 class NextDiTTextEncoderLoader:
@@ -66,7 +66,7 @@ class NextDiTTextEncoderLoader:
         return True
 
     def load(self, gemma_name: str, jina_name: str, device: str = "auto", dtype: str = "auto"):
-        from ..loaders.text_encoders import load_text_encoders
+        from ..text.loading import load_text_encoders
 
         if device not in DEVICES:
             raise ValueError(f"device {device!r} is not one of {', '.join(DEVICES)}")
@@ -113,7 +113,7 @@ class NextDiTTextEncode:
 
     def encode(self, text_encoders, prompt: str, system_prompt: str = SYSTEM_PROMPT_CHOICES[0],
                custom_system_prompt: str = ""):
-        from ..models.text_encoders import conditioning
+        from ..text.conditioning import conditioning
         from ..prompting import encoder_texts, prompt_warnings, resolve_system_prompt
 
         if not hasattr(text_encoders, "encode"):

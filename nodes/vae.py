@@ -1,8 +1,9 @@
 """VAE nodes: load the FLUX autoencoder (or the TAEF1 tiny decoder), decode LATENT → IMAGE,
-encode IMAGE → LATENT. The work is in ``loaders.vae`` and ``models.vae``."""
+encode IMAGE → LATENT. The work is in ``vae/loading.py`` and ``vae/model.py``."""
 
 from __future__ import annotations
 
+from ..vae.settings import TILED_CHOICES
 from . import host
 
 CATEGORY = "NextDiT/vae"
@@ -31,7 +32,7 @@ class NextDiTVAELoader:
         }}
 
     def load(self, vae_name: str):
-        from ..loaders.vae import load_vae
+        from ..vae.loading import load_vae
 
         return (load_vae(host.resolve_model_file("vae", vae_name), device=host.torch_device()),)
 
@@ -53,7 +54,7 @@ class NextDiTVAEDecode:
         return {"required": {
             "vae": ("NEXTDIT_VAE", {"tooltip": "From NextDiT VAE Loader."}),
             "samples": ("LATENT", {"tooltip": "Latents to decode (FLUX raw space, 16 channels)."}),
-            "tiled": (["auto", "on", "off"], {
+            "tiled": (list(TILED_CHOICES), {
                 "default": "auto",
                 "tooltip": "auto: decode in overlapping tiles only when a whole image would not fit "
                            "in free memory; on: always tile (least memory); off: never tile "
@@ -61,11 +62,11 @@ class NextDiTVAEDecode:
         }}
 
     def decode(self, vae, samples: dict, tiled: str = "auto"):
-        from .comfy_memory import use_model
+        from .host.memory import use_model
 
         latent = samples["samples"]
         if latent.ndim == 4:  # inside ComfyUI: the memory manager makes room (and reloads the VAE
-            use_model(vae.model, vae.decode_peak_bytes(tuple(latent.shape[-2:])))   # if it was evicted)
+            use_model(vae.model, vae.decode_peak_bytes(tuple(latent.shape[-2:])), vae.attachments)   # if evicted)
         progress = None
 
         def on_step(done: int, total: int) -> None:
@@ -102,9 +103,9 @@ class NextDiTVAEEncode:
         }}
 
     def encode(self, vae, pixels):
-        from .comfy_memory import use_model
+        from .host.memory import use_model
 
-        use_model(vae.model)   # inside ComfyUI: registered with (and maybe reloaded by) its memory manager
+        use_model(vae.model, attachments=vae.attachments)   # inside ComfyUI: registered with its memory manager
         try:
             latent = vae.encode(pixels)
         except ValueError as error:

@@ -28,10 +28,10 @@ def _row(name: str, scores: dict[str, float]) -> str:
 def run(args) -> int:
     import torch
 
-    from ..training.adherence import score_image, summarise
-    from ..training.embedded import reconstruction_adherence
-    from ..training.evaluate import SETTINGS, EmbeddedModels, adherence
-    from ..training.shapes import held_out_scenes, render
+    from ..training.embedded.adherence import score_image, summarise
+    from ..training.embedded.evaluate import SETTINGS, EmbeddedModels, adherence
+    from ..training.embedded.pipeline import reconstruction_adherence
+    from ..training.embedded.shapes import held_out_scenes, render
 
     scenes = held_out_scenes(args.count)
     images = [render(scene) for scene in scenes]

@@ -31,7 +31,7 @@ def run(args) -> int:
 
     import torch
 
-    from ..training.embedded import TrainingPlan, train_embedded
+    from ..training.embedded.pipeline import TrainingPlan, train_embedded
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     overrides = {name: value for name, value in (("ae_steps", args.ae_steps), ("dit_steps", args.dit_steps),

@@ -31,8 +31,10 @@ def main(comfy_dir: str, pack_dir: str) -> None:
 
     _import_pack(pack_dir)
     from factories import random_dit, random_inputs, tiny_params
-    from nextdit_nodes.models import offload
-    from nextdit_nodes.nodes import comfy_memory, host
+    from nextdit_nodes.dit import offload
+    from nextdit_nodes.dit.placement import set_offload_mode
+    from nextdit_nodes.nodes import host
+    from nextdit_nodes.nodes.host import memory as comfy_memory
 
     cpu = torch.device("cpu")
     # The manager measures free memory; on a shared CPU machine that moves between two calls, so
@@ -50,7 +52,7 @@ def main(comfy_dir: str, pack_dir: str) -> None:
     # 1. use_model registers the DiT with the manager, once.
     comfy_memory.use_model(model, memory_required=1000)
     comfy_memory.use_model(model)
-    patcher = model.__dict__["_comfy_patcher"]
+    patcher = model.attachments["host_patcher"]
     entries = [m for m in mm.current_loaded_models if m.model is patcher]
     assert len(entries) == 1, mm.current_loaded_models
     assert patcher.loaded_size() == size and patcher.model_size() == size
@@ -80,15 +82,16 @@ def main(comfy_dir: str, pack_dir: str) -> None:
     patcher.detach()
 
     # 6. Mode "none" never streams; the core ModelPatcher API the manager uses still works.
-    comfy_memory.set_offload_mode(model, "none")
+    set_offload_mode(model, "none")
     patcher.load(cpu, lowvram_model_memory=size // 2)
     assert not offload.is_offloaded(model) and patcher.loaded_size() == size
     assert patcher.is_clone(patcher) and not patcher.is_dynamic()
 
     # 7. A module without repeated blocks (the VAE): whole loads and unloads, never streamed.
     vae = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
-    comfy_memory.use_model(vae, memory_required=10)
-    vae_patcher = vae.__dict__["_comfy_patcher"]
+    vae_attachments = {}
+    comfy_memory.use_model(vae, memory_required=10, attachments=vae_attachments)
+    vae_patcher = vae_attachments["host_patcher"]
     assert any(m.model is vae_patcher for m in mm.current_loaded_models)
     assert vae_patcher.loaded_size() == offload.tensor_bytes(vae)
     mm.free_memory(free + 1, cpu, keep_loaded=[m for m in mm.current_loaded_models if m.model is patcher])

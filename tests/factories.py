@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from nextdit_nodes.models.nextdit import NextDiT
-from nextdit_nodes.models.nextdit_params import NextDiTParams
+from nextdit_nodes.dit.model import NextDiT
+from nextdit_nodes.dit.params import NextDiTParams
 
 _TINY = dict(dim=48, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=80, cap_dim=40, clip_dim=32)
 

@@ -1,6 +1,6 @@
 """Guidance distillation on a tiny random teacher, the saved student, and the ``distill`` command.
 
-The error measure is written here, independently of ``samplers/distill.py``: states along the
+The error measure is written here, independently of ``training/distill.py``: states along the
 teacher's own CFG Euler trajectories (two separate forwards per evaluation), the student given the
 scale w, MSE against v_u + w·(v_c − v_u), averaged over w ∈ {1, 2.75, 4.5, 6.25, 8}.
 """
@@ -14,11 +14,11 @@ import torch
 from factories import random_dit, tiny_params, write_dit_checkpoint
 
 from nextdit_nodes.loaders import load_dit
-from nextdit_nodes.samplers import sample
-from nextdit_nodes.samplers.distill import (DistillConfig, _TrajectoryPool, default_output_path, distill,
-                                            guided_loss, load_conditionings, make_student, save_conditionings,
-                                            save_student)
-from nextdit_nodes.samplers.schedule import time_grid
+from nextdit_nodes.sampling.sample import sample
+from nextdit_nodes.sampling.schedule import time_grid
+from nextdit_nodes.text.conditioning import load_conditionings, save_conditionings
+from nextdit_nodes.training.distill import (DistillConfig, _TrajectoryPool, default_output_path, distill,
+                                            guided_loss, make_student, save_student)
 
 SCALES = (1.0, 2.75, 4.5, 6.25, 8.0)
 
@@ -199,7 +199,7 @@ def test_conditionings_file_round_trip_drops_padding(teacher, tmp_path):
 
 
 def test_distill_command_writes_the_default_file_the_loader_reads(tmp_path):
-    from nextdit_nodes.runtime import distill as command
+    from nextdit_nodes.runtime import distill_command as command
 
     params = tiny_params()
     teacher_path = tmp_path / "tiny-teacher.safetensors"

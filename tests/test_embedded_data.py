@@ -5,8 +5,8 @@ import random
 
 import numpy as np
 
-from nextdit_nodes.training.adherence import classify_shape, score_image, summarise
-from nextdit_nodes.training.shapes import (
+from nextdit_nodes.training.embedded.adherence import classify_shape, score_image, summarise
+from nextdit_nodes.training.embedded.shapes import (
     COLOURS, SHAPES, Scene, ShapeObject, held_out, held_out_scenes, plain_caption, render,
     training_scene, xml_caption,
 )
@@ -65,8 +65,8 @@ def test_captions_name_every_object():
 def test_embedded_tokenizers_keep_tags_and_caption_words_whole():
     import sentencepiece as spm
 
-    from nextdit_nodes.training.shapes import caption_pieces
-    from nextdit_nodes.training.text_side import train_tokenizers
+    from nextdit_nodes.training.embedded.shapes import caption_pieces
+    from nextdit_nodes.training.embedded.text_side import train_tokenizers
 
     gemma_proto, jina_proto = train_tokenizers()
     gemma = spm.SentencePieceProcessor(model_proto=gemma_proto)
@@ -96,8 +96,8 @@ def test_embedded_gemma_features_keep_each_tokens_identity():
     different captions must look alike and different tokens must not."""
     import torch
 
-    from nextdit_nodes.models.text_encoders import encode_gemma
-    from nextdit_nodes.training.text_side import build_text_encoders
+    from nextdit_nodes.text.towers import encode_gemma
+    from nextdit_nodes.training.embedded.text_side import build_text_encoders
 
     gemma, _ = build_text_encoders()
     rng = random.Random(3)

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from nextdit_nodes.nodes.host import EMBEDDED_DIR
-from nextdit_nodes.training.adherence import score_image
-from nextdit_nodes.training.embedded import embedded_files_present
-from nextdit_nodes.training.shapes import held_out_scenes, xml_caption
+from nextdit_nodes.training.embedded.adherence import score_image
+from nextdit_nodes.training.embedded.pipeline import embedded_files_present
+from nextdit_nodes.training.embedded.shapes import held_out_scenes, xml_caption
 
 pytestmark = pytest.mark.skipif(not embedded_files_present(EMBEDDED_DIR),
                                 reason="the embedded model has not been trained and shipped yet")

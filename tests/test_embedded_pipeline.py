@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from nextdit_nodes.models.latent_format import FLUX
-from nextdit_nodes.training import autoencoder as ae_training
-from nextdit_nodes.training.dit import _LengthBuckets
+from nextdit_nodes.vae.latent_format import FLUX
+from nextdit_nodes.training.embedded import autoencoder as ae_training
+from nextdit_nodes.training.embedded.dit_training import _LengthBuckets
 
 
 def test_fold_gives_flux_normalised_latents_and_keeps_the_decoder_exact_away_from_padding():
@@ -73,7 +73,7 @@ def test_length_buckets_give_single_length_batches_covering_every_length():
 def test_demo_workflow_runs_on_the_untrained_embedded_files(tmp_path, monkeypatch):
     from nextdit_nodes.runtime.demo import WORKFLOW
     from nextdit_nodes.runtime.run import run_workflow
-    from nextdit_nodes.training.embedded import embedded_files_present, write_untrained
+    from nextdit_nodes.training.embedded.pipeline import embedded_files_present, write_untrained
 
     write_untrained(tmp_path / "models")
     assert embedded_files_present(tmp_path / "models")
@@ -89,7 +89,7 @@ def test_demo_workflow_runs_on_the_untrained_embedded_files(tmp_path, monkeypatc
 
 def test_train_embedded_writes_every_file_in_the_real_layouts_and_resumes_stage_by_stage(tmp_path, monkeypatch):
     from nextdit_nodes.loaders import load_dit
-    from nextdit_nodes.training import embedded
+    from nextdit_nodes.training.embedded import pipeline as embedded
 
     plan = embedded.TrainingPlan(ae_steps=2, ae_finetune_steps=1, dataset_size=32, dit_steps=2, dit_batch=8,
                                  distill_iterations=1)
@@ -122,9 +122,9 @@ def test_train_embedded_writes_every_file_in_the_real_layouts_and_resumes_stage_
 def test_train_dit_trains_gemma_with_the_next_dit_and_leaves_the_given_one_alone():
     from transformers import Gemma3TextModel
 
-    from nextdit_nodes.models import text_encoders as te
-    from nextdit_nodes.training.dit import EMBEDDED_PARAMS, CaptionFeatures, TrainingCaptions, train_dit
-    from nextdit_nodes.training.text_side import GEMMA_BEHAVIOUR, GEMMA_SHAPES
+    from nextdit_nodes.text import towers as te
+    from nextdit_nodes.training.embedded.dit_training import EMBEDDED_PARAMS, CaptionFeatures, TrainingCaptions, train_dit
+    from nextdit_nodes.training.embedded.text_side import GEMMA_BEHAVIOUR, GEMMA_SHAPES
 
     torch.manual_seed(0)
     gemma = Gemma3TextModel(te.gemma_config(GEMMA_SHAPES, GEMMA_BEHAVIOUR)).eval().requires_grad_(False)
@@ -147,9 +147,9 @@ def test_train_dit_trains_gemma_with_the_next_dit_and_leaves_the_given_one_alone
 def test_initialised_context_refiner_keeps_each_caption_token_its_own():
     # The ungated context refiner adds unit-scale outputs that, with attention still uniform, are
     # alike for every token: at the default norm weights they drown the tokens' identities.
-    from nextdit_nodes.models.nextdit import NextDiT
-    from nextdit_nodes.models.ops import TokenLayout
-    from nextdit_nodes.training.dit import EMBEDDED_PARAMS, initialise
+    from nextdit_nodes.dit.model import NextDiT
+    from nextdit_nodes.dit.ops import TokenLayout
+    from nextdit_nodes.training.embedded.dit_training import EMBEDDED_PARAMS, initialise
 
     torch.manual_seed(0)
     model = NextDiT(EMBEDDED_PARAMS)

@@ -7,8 +7,9 @@ import torch
 import pytest
 
 from factories import dit_from_state_dict, official_state_dict, random_dit, random_inputs, tiny_params
-from nextdit_nodes.models import offload
-from nextdit_nodes.models.fp16 import make_fp16_safe, row_scale
+from nextdit_nodes.dit import offload
+from nextdit_nodes.dit.model import repeated_blocks
+from nextdit_nodes.dit.precision import make_fp16_safe, row_scale
 
 
 def _forward(model, inputs):
@@ -65,7 +66,7 @@ def test_fp16_safe_keeps_block_matrices_in_fp16_and_the_rest_fp32():
 
 
 def test_fp16_safe_with_fp8_block_weights():
-    from nextdit_nodes.loaders import dtypes
+    from nextdit_nodes.dit import precision as dtypes
 
     p = tiny_params()
     sd = official_state_dict(p)
@@ -96,7 +97,7 @@ def test_row_scale_is_a_power_of_two_that_brings_rows_into_range():
 # ---- block offloading --------------------------------------------------------------------------
 
 def _rest_pointers(model):
-    return {id(p): p.data_ptr() for b in offload.repeated_blocks(model) for p in b.parameters()}
+    return {id(p): p.data_ptr() for b in repeated_blocks(model) for p in b.parameters()}
 
 
 def test_offloaded_forward_streams_one_block_at_a_time_and_matches_exactly():
@@ -106,7 +107,7 @@ def test_offloaded_forward_streams_one_block_at_a_time_and_matches_exactly():
     expected = _forward(model, inputs)
 
     offload.offload_blocks(model, "cpu")    # CPU stands in for the device: copies are still made
-    blocks = offload.repeated_blocks(model)
+    blocks = repeated_blocks(model)
     at_rest = _rest_pointers(model)
     seen = []
 
@@ -125,8 +126,8 @@ def test_offloaded_forward_streams_one_block_at_a_time_and_matches_exactly():
     assert seen == list(range(len(blocks)))
     assert torch.equal(out, expected)
     assert _rest_pointers(model) == at_rest           # every block back on its CPU tensors
-    assert not model.layers[0].__dict__.get("_offload_homes")
-    state = model.__dict__[offload._STATE]
+    state = offload.offload_state(model)
+    assert not state.homes                             # no block holds device copies any more
     assert set(state.prefetched) == set()              # nothing left behind after the last block
 
 
@@ -135,7 +136,7 @@ def test_offload_budget_keeps_leading_blocks_resident_and_remove_restores():
     model = random_dit(p)
     inputs = random_inputs(p, [4])
     expected = _forward(model, inputs)
-    blocks = offload.repeated_blocks(model)
+    blocks = repeated_blocks(model)
     sizes = [sum(t.numel() * t.element_size() for t in b.parameters()) for b in blocks]
     rest = sum(t.numel() * t.element_size() for n, t in model.named_parameters() if not n.startswith(offload.BLOCK_LISTS))
 
@@ -171,7 +172,7 @@ def test_offload_recovers_from_a_forward_interrupted_inside_a_block():
 def _lora(p):
     from pathlib import Path
 
-    from nextdit_nodes.loaders.lora import LowRank, ParsedLora
+    from nextdit_nodes.lora.read import LowRank, ParsedLora
 
     gen = torch.Generator().manual_seed(5)
     deltas = {"layers.1.feed_forward.w2": [LowRank(torch.randn(4, p.ffn_dim, generator=gen),
@@ -182,7 +183,7 @@ def _lora(p):
 
 
 def test_fp16_safe_model_takes_loras():
-    from nextdit_nodes.models.lora import apply_lora
+    from nextdit_nodes.lora.apply import apply_lora
 
     p = tiny_params()
     sd16 = {k: v.half() for k, v in official_state_dict(p).items()}
@@ -194,7 +195,7 @@ def test_fp16_safe_model_takes_loras():
 
 
 def test_offload_works_for_lora_copies_sharing_the_weights():
-    from nextdit_nodes.models.lora import apply_lora
+    from nextdit_nodes.lora.apply import apply_lora
 
     p = tiny_params()
     model = random_dit(p)
@@ -206,7 +207,7 @@ def test_offload_works_for_lora_copies_sharing_the_weights():
     assert torch.equal(_forward(patched, inputs), expected)
     assert not torch.equal(_forward(model, inputs), expected)   # the LoRA really mattered
     offload.offload_blocks(patched, "cpu", budget=1)             # the copy re-planned: its own hooks only
-    assert all(len(b._forward_pre_hooks) == 1 for b in offload.repeated_blocks(patched))
+    assert all(len(b._forward_pre_hooks) == 1 for b in repeated_blocks(patched))
     assert torch.equal(_forward(patched, inputs), expected)
 
 
@@ -218,7 +219,7 @@ def test_offload_works_for_lora_copies_sharing_the_weights():
     ("cuda", False, torch.float16),
 ])
 def test_auto_dtype_policy(monkeypatch, device, bf16, expected):
-    from nextdit_nodes.loaders import dtypes
+    from nextdit_nodes.dit import precision as dtypes
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
     assert dtypes.resolve("auto", device).compute == expected
@@ -228,30 +229,32 @@ def test_auto_dtype_policy(monkeypatch, device, bf16, expected):
 # ---- host placement: headless, and inside a real ComfyUI ---------------------------------------
 
 def test_use_model_headless_follows_the_offload_mode(monkeypatch):
-    from nextdit_nodes.nodes import comfy_memory, host
+    from nextdit_nodes.dit import placement
+    from nextdit_nodes.nodes.host import devices
+    from nextdit_nodes.nodes.host import memory as comfy_memory
 
-    monkeypatch.setattr(host, "torch_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(devices, "torch_device", lambda: torch.device("cpu"))
     p = tiny_params()
     model = random_dit(p)
     inputs = random_inputs(p, [3])
     expected = _forward(model, inputs)
-    assert comfy_memory.offload_mode(model) == "auto"
+    assert placement.offload_mode(model) == "auto"
     comfy_memory.use_model(model)
     assert not offload.is_offloaded(model)
-    comfy_memory.set_offload_mode(model, "blocks")
+    placement.set_offload_mode(model, "blocks")
     comfy_memory.use_model(model)
     assert offload.is_offloaded(model)
-    assert offload.streamed_block_count(model) == len(offload.repeated_blocks(model))
+    assert offload.streamed_block_count(model) == len(repeated_blocks(model))
     assert torch.equal(_forward(model, inputs), expected)
-    comfy_memory.set_offload_mode(model, "none")
+    placement.set_offload_mode(model, "none")
     comfy_memory.use_model(model)
     assert not offload.is_offloaded(model)
     with pytest.raises(ValueError, match="blocks"):
-        comfy_memory.set_offload_mode(model, "sometimes")
+        placement.set_offload_mode(model, "sometimes")
 
 
 def test_activation_estimate_counts_every_token():
-    from nextdit_nodes.nodes.comfy_memory import dit_activation_bytes
+    from nextdit_nodes.dit.placement import dit_activation_bytes
 
     p = tiny_params()   # patch 2: a 8x8 latent is 16 tokens
     assert dit_activation_bytes(p, 2, (8, 8), 5, 2) == 2 * (16 + 5) * (3 * p.ffn_dim + 8 * p.dim) * 2
@@ -285,7 +288,7 @@ def test_dit_takes_part_in_comfyui_memory_management():
 
 def test_compile_blocks_is_wired_shared_and_harmless():
     import torch._dynamo
-    from nextdit_nodes.models.compile import compile_blocks, is_compiled, uncompile_blocks
+    from nextdit_nodes.dit.compile import compile_blocks, is_compiled, uncompile_blocks
 
     p = tiny_params()
     model = random_dit(p)
@@ -297,7 +300,7 @@ def test_compile_blocks_is_wired_shared_and_harmless():
     assert is_compiled(model) and set(model.state_dict()) == set(random_dit(p).state_dict())
     assert torch.equal(_forward(model, inputs), expected)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    assert 0 < graphs < len(offload.repeated_blocks(model))   # one graph per block kind, not per block
+    assert 0 < graphs < len(repeated_blocks(model))   # one graph per block kind, not per block
     offload.offload_blocks(model, "cpu")         # hooks stay outside the compiled forward
     assert torch.equal(_forward(model, inputs), expected)
     uncompile_blocks(model)
@@ -307,7 +310,7 @@ def test_compile_blocks_is_wired_shared_and_harmless():
 # ---- no host synchronisation per step ------------------------------------------------------------
 
 def test_layout_is_reused_for_the_same_mask_and_rebuilt_when_it_changes(monkeypatch):
-    from nextdit_nodes.models import nextdit
+    from nextdit_nodes.dit import model as nextdit
 
     p = tiny_params()
     model = random_dit(p)
@@ -333,7 +336,7 @@ def test_layout_is_reused_for_the_same_mask_and_rebuilt_when_it_changes(monkeypa
 def test_load_dit_fp16_and_auto_on_a_gpu_without_bf16_take_the_safe_path(tmp_path, monkeypatch):
     from factories import write_dit_checkpoint
     from nextdit_nodes.loaders import load_dit
-    from nextdit_nodes.models.fp16 import is_fp16_safe
+    from nextdit_nodes.dit.precision import is_fp16_safe
 
     p = tiny_params()
     path = tmp_path / "dit.safetensors"
@@ -356,11 +359,11 @@ def test_load_dit_fp16_and_auto_on_a_gpu_without_bf16_take_the_safe_path(tmp_pat
 
 def test_loader_node_offload_option_streams_blocks_in_the_sampler_with_the_same_result(tmp_path, monkeypatch):
     from factories import write_dit_checkpoint
-    from nextdit_nodes.nodes import host
     from nextdit_nodes.nodes.dit import NextDiTLoader
+    from nextdit_nodes.nodes.host import devices
     from nextdit_nodes.nodes.sampling import NextDiTSampler
 
-    monkeypatch.setattr(host, "torch_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(devices, "torch_device", lambda: torch.device("cpu"))
     p = tiny_params()
     path = tmp_path / "dit.safetensors"
     write_dit_checkpoint(path, p)
@@ -385,8 +388,8 @@ def test_loader_node_offload_option_streams_blocks_in_the_sampler_with_the_same_
 
 def test_lagged_previews_show_every_step_once_in_order_one_step_late():
     import numpy as np
-    from nextdit_nodes.samplers.lagged_preview import LaggedPreviews
-    from nextdit_nodes.samplers.preview import latent_to_rgb
+    from nextdit_nodes.sampling.preview import LaggedPreviews
+    from nextdit_nodes.sampling.preview import latent_to_rgb
 
     gen = torch.Generator().manual_seed(0)
     latents = [torch.randn(2, 16, 6, 5, generator=gen) for _ in range(3)]
@@ -416,9 +419,9 @@ def test_offload_on_cuda_is_exact_and_holds_at_most_two_blocks():
     expected = _forward(model, inputs)
     activations = torch.cuda.max_memory_allocated() - base
     offload.offload_blocks(model, "cuda")
-    block = max(offload.tensor_bytes(b) for b in offload.repeated_blocks(model))
+    block = max(offload.tensor_bytes(b) for b in repeated_blocks(model))
     at_rest = torch.cuda.memory_allocated() - (base - weights)
-    assert at_rest <= weights - sum(offload.tensor_bytes(b) for b in offload.repeated_blocks(model)) + 4096
+    assert at_rest <= weights - sum(offload.tensor_bytes(b) for b in repeated_blocks(model)) + 4096
     torch.cuda.reset_peak_memory_stats()
     start = torch.cuda.memory_allocated()
     for _ in range(2):      # the second forward reuses the allocator's blocks; both must be exact
@@ -429,7 +432,8 @@ def test_offload_on_cuda_is_exact_and_holds_at_most_two_blocks():
 
 def test_offload_with_fp8_block_weights(tmp_path):
     from factories import write_dit_checkpoint
-    from nextdit_nodes.loaders import dtypes, load_dit
+    from nextdit_nodes.dit import precision as dtypes
+    from nextdit_nodes.loaders import load_dit
 
     p = tiny_params()
     path = tmp_path / "dit.safetensors"
@@ -478,7 +482,7 @@ def test_sdpa_gets_unmasked_half_precision_heads_with_unit_stride(monkeypatch, p
         return real(q, k, v, *args, **kwargs)
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
     _forward(model, random_inputs(p, [5, 3]))
-    assert len(calls) >= len(offload.repeated_blocks(model))
+    assert len(calls) >= len(repeated_blocks(model))
     for q, k, v, args, kwargs in calls:
         assert not args and kwargs.get("attn_mask") is None and not kwargs.get("is_causal", False)
         assert q.ndim == 4 and q.shape[1] == p.n_heads and q.shape[-1] == p.head_dim      # (B, H, L, D)
@@ -489,7 +493,7 @@ def test_sdpa_gets_unmasked_half_precision_heads_with_unit_stride(monkeypatch, p
 def test_sampler_steps_after_the_first_never_synchronise_with_the_host():
     import warnings
 
-    from nextdit_nodes.samplers import sample
+    from nextdit_nodes.sampling.sample import sample
 
     p = tiny_params()
     model = random_dit(p).cuda()

@@ -21,10 +21,12 @@ from safetensors.torch import save_file
 from factories import (newbie_width_params, official_shapes, official_state_dict, random_inputs,
                        tiny_params, with_guidance, write_dit_checkpoint)
 from nextdit_nodes.loaders import WeightsError, load_dit
-from nextdit_nodes.loaders.dit import infer_params
-from nextdit_nodes.loaders.dtypes import FP8, FP8Linear, auto_dtype, quantize_fp8, resolve
-from nextdit_nodes.loaders.files import read_state_dict
-from nextdit_nodes.loaders.keys import group_keys, strip_prefixes
+from nextdit_nodes.dit.checkpoint import infer_params
+from nextdit_nodes.dit.keys import strip_prefixes
+from nextdit_nodes.dit.precision import FP8, FP8Linear, quantize_fp8, resolve
+from nextdit_nodes.dtypes import auto_dtype
+from nextdit_nodes.files.tensors import read_state_dict
+from nextdit_nodes.files.keys import group_keys
 
 P = tiny_params()
 
@@ -310,7 +312,7 @@ def _meta_state(params, **kw) -> dict[str, torch.Tensor]:
 
 def test_infer_params_full_newbie_from_shapes():
     """The released NewBie config (research §2) from shapes alone; 3,486,636,096 parameters (§1)."""
-    from nextdit_nodes.models.nextdit import NextDiT
+    from nextdit_nodes.dit.model import NextDiT
 
     newbie = newbie_width_params(n_layers=36, ffn_dim=9216)
     state = _meta_state(newbie, norm_final=True)
@@ -333,11 +335,11 @@ def test_infer_params_roundtrip(params):
 # ---- dtypes -----------------------------------------------------------------------------------
 
 def test_dtype_policy(monkeypatch):
-    assert auto_dtype("cpu") == torch.float32 and resolve("auto", "cpu").compute == torch.float32
+    assert auto_dtype("cpu", fp16_safe=True) == torch.float32 and resolve("auto", "cpu").compute == torch.float32
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert auto_dtype("cuda") == torch.bfloat16
+    assert auto_dtype("cuda", fp16_safe=True) == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert auto_dtype("cuda") == torch.float16
+    assert auto_dtype("cuda", fp16_safe=True) == torch.float16
     assert resolve("fp8_e4m3fn", "cpu").fp8 and resolve("fp8_e4m3fn", "cpu").compute == torch.float32
     with pytest.raises(ValueError, match="fp8_e4m3fn"):
         resolve("int4", "cpu")
@@ -357,7 +359,7 @@ def test_fp8_row_quantisation_error_bound():
 
 @pytest.mark.parametrize("dtype,tolerance", [("bf16", 0.03), ("fp16", 0.01), ("fp8_e4m3fn", 0.1)])
 def test_low_precision_forward_close_to_fp32(tmp_path, dtype, tolerance):
-    """Documented tolerances (loaders/dtypes.py): max |a-b| / max |b| against the fp32 forward."""
+    """Documented tolerances (dit/precision.py): max |a-b| / max |b| against the fp32 forward."""
     path = tmp_path / "dit.safetensors"
     write_dit_checkpoint(path, P, seed=11)
     reference = load_dit(path, "fp32")
@@ -448,8 +450,8 @@ def test_pickle_named_safetensors(tmp_path):
 def test_gqa_qkv_fused_back_at_newbie_widths():
     """NewBie widths: 24 query heads and 8 kv heads of 96 -> to_q 2304 rows, to_k/to_v 768 rows
     each (research §3.3), fused back in q, k, v order to attention.qkv [3840, 2304]."""
-    from nextdit_nodes.loaders.files import TensorRef
-    from nextdit_nodes.loaders.lumina2_diffusers import to_official
+    from nextdit_nodes.files.tensors import TensorRef
+    from nextdit_nodes.dit.keys import to_official
 
     gen = torch.Generator().manual_seed(18)
     parts = {name: torch.randn(rows, 2304, generator=gen) for name, rows in (("q", 2304), ("k", 768), ("v", 768))}

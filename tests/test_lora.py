@@ -17,7 +17,7 @@ from factories import random_dit, random_inputs, tiny_params
 from safetensors.torch import save_file
 
 from nextdit_nodes.loaders import WeightsError
-from nextdit_nodes.models.lora import load_lora, merged_state_dict
+from nextdit_nodes.lora.apply import load_lora, merged_state_dict
 
 TOL = 1e-5   # relative to the output's magnitude (outputs are O(1-10); fp32 rounding ~1e-6)
 
@@ -417,7 +417,7 @@ def test_merged_state_dict_holds_the_lora(tmp_path, params, base, inputs):
 def test_lora_inside_compiled_blocks(tmp_path, base, inputs):
     """compile_blocks on a LoRA'd copy: the Linear hooks are traced into the compiled block forward,
     the result is unchanged, and the base model's blocks stay uncompiled."""
-    from nextdit_nodes.models.compile import compile_blocks, is_compiled
+    from nextdit_nodes.dit.compile import compile_blocks, is_compiled
 
     deltas = write_kohya(tmp_path / "k.safetensors", base, BLOCK_TARGETS, seed=22)
     patched, _ = load_lora(base, tmp_path / "k.safetensors", 1.0)
@@ -499,7 +499,7 @@ def test_peft_alpha_pattern_and_rslora(tmp_path, base, inputs):
 
 
 def test_sampling_with_a_lora_equals_sampling_the_merged_model(tmp_path, params, base):
-    from nextdit_nodes.samplers.sample import sample
+    from nextdit_nodes.sampling.sample import sample
 
     deltas = write_kohya(tmp_path / "k.safetensors", base, BLOCK_TARGETS + EMBEDDER_TARGETS, seed=19)
     patched, _ = load_lora(base, tmp_path / "k.safetensors", 1.0)
@@ -623,7 +623,7 @@ def test_node_lists_resolves_and_applies(tmp_path, monkeypatch, base, inputs):
 
 def test_distilled_student_loads_runs_and_takes_a_lora(tmp_path, params):
     from nextdit_nodes.loaders import load_dit
-    from nextdit_nodes.samplers.distill import DistillConfig, distill, save_student
+    from nextdit_nodes.training.distill import DistillConfig, distill, save_student
 
     teacher = random_dit(params, seed=14)
     gen = torch.Generator().manual_seed(15)

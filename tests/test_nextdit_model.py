@@ -15,8 +15,8 @@ import torch
 
 from factories import (dit_from_state_dict, newbie_width_params, official_state_dict, random_dit, random_inputs,
                        tiny_params, with_guidance)
-from nextdit_nodes.models.nextdit import NextDiT
-from nextdit_nodes.models.ops import TokenLayout, apply_rope, timestep_embedding
+from nextdit_nodes.dit.model import NextDiT
+from nextdit_nodes.dit.ops import TokenLayout, apply_rope, timestep_embedding
 
 
 # ----------------------------------------------------------------------------------------------

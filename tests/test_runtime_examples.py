@@ -93,7 +93,7 @@ def test_models_the_examples_use_are_documented():
 
 
 def test_distilled_example_names_the_file_distill_writes():
-    from nextdit_nodes.samplers.distill import default_output_path
+    from nextdit_nodes.training.distill import default_output_path
 
     written = default_output_path("NewBie-Image-Exp0.1-bf16.safetensors").name
     assert set(MADE_LOCALLY) == {written}

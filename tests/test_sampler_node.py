@@ -10,8 +10,8 @@ from PIL import Image
 from nextdit_nodes import NODE_CLASS_MAPPINGS
 from nextdit_nodes.nodes import host
 from nextdit_nodes.nodes.sampling import NextDiTSampler
-from nextdit_nodes.samplers import sample
-from nextdit_nodes.samplers.preview import latent_to_rgb
+from nextdit_nodes.sampling.sample import sample
+from nextdit_nodes.sampling.preview import latent_to_rgb
 
 
 @pytest.fixture(scope="module")

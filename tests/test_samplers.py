@@ -12,11 +12,11 @@ import pytest
 import torch
 from factories import random_dit, tiny_params, with_guidance
 
-from nextdit_nodes.samplers import NonFiniteError, sample
-from nextdit_nodes.samplers.conditioning import prompt_batches
-from nextdit_nodes.samplers.guidance import GuidedVelocity, combine_cfg
-from nextdit_nodes.samplers.schedule import shift_time, shifted_sigma, sigma_from_time, time_grid
-from nextdit_nodes.samplers.solvers import SOLVERS, dpmpp_2m, euler, get_solver, heun, midpoint
+from nextdit_nodes.sampling.sample import NonFiniteError, sample
+from nextdit_nodes.text.conditioning import prompt_batches
+from nextdit_nodes.sampling.guidance import GuidedVelocity, combine_cfg
+from nextdit_nodes.sampling.schedule import shift_time, shifted_sigma, sigma_from_time, time_grid
+from nextdit_nodes.sampling.solvers import SOLVERS, dpmpp_2m, euler, get_solver, heun, midpoint
 
 # ---- schedule ------------------------------------------------------------------------------------
 
@@ -421,7 +421,7 @@ def test_wrong_text_encoder_width_is_a_clear_error(tiny_model):
 @pytest.mark.parametrize("deferred", [False, True], ids=["cpu-immediate", "accelerator-deferred"])
 def test_non_finite_watch_names_the_first_bad_step(deferred):
     """The deferred path (used on GPUs: no per-step host sync) reports the same step as the CPU path."""
-    from nextdit_nodes.samplers.sample import _NonFiniteWatch
+    from nextdit_nodes.sampling.sample import _NonFiniteWatch
 
     def run(bad_x_at=None, bad_v_at=None, bad_final=False):
         watch = _NonFiniteWatch(torch.device("cpu"), 5, torch.float16, deferred=deferred)

@@ -17,9 +17,9 @@ from safetensors.torch import save_file
 
 import text_fixtures as tf
 from nextdit_nodes.loaders import WeightsError
-from nextdit_nodes.loaders import text_encoders as lte
-from nextdit_nodes.models import text_encoders as te
-from nextdit_nodes.models.text_encoder_set import TextEncoders
+from nextdit_nodes.text import loading as lte
+from nextdit_nodes.text import towers as te
+from nextdit_nodes.text.encoders import TextEncoders
 
 TEXTS = ["a girl with long blue hair", "masterpiece, best quality,  1girl,\n<n>solo</n>, smile at night", ""]
 
@@ -400,7 +400,7 @@ def test_encoding_on_the_gpu_matches_the_cpu_and_leaves_weights_on_the_cpu(gemma
 def test_saved_single_files_load_back_identically(gemma_files, jina_files, jina_ref, tmp_path):
     from safetensors import safe_open
 
-    from nextdit_nodes.loaders.text_encoder_save import save_gemma, save_jina
+    from nextdit_nodes.text.saving import save_gemma, save_jina
 
     for layout in ("hf_multimodal", "comfy"):            # HF tokenizer -> metadata; SentencePiece -> tensor
         source = lte.load_gemma(gemma_files[layout])

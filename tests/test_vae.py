@@ -16,9 +16,9 @@ from safetensors.torch import save_file
 from vae_reference import LdmAutoencoder, make_invertible, randomize, taesd_decoder, taesd_encoder
 
 from nextdit_nodes.loaders import WeightsError
-from nextdit_nodes.loaders.vae import load_vae
-from nextdit_nodes.models.latent_format import FLUX, LatentFormat
-from nextdit_nodes.models.tiled_decode import (_ramp, fitting_tile, should_tile, tile_starts,
+from nextdit_nodes.vae.loading import load_vae
+from nextdit_nodes.vae.latent_format import FLUX, LatentFormat
+from nextdit_nodes.vae.tiled import (_ramp, fitting_tile, should_tile, tile_starts,
                                                tiled_decode)
 
 CONFIG = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16)  # downscale 4
@@ -343,7 +343,7 @@ def test_auto_tiling_follows_the_memory_estimate(flux_vae, monkeypatch):
     # 60 % of 1e9/0.6 B at 1000 B/pixel = 1000×1000 pixels: 125 latent px at f=8, floored to 120.
     assert fitting_tile(1000, free_bytes=int(1e9 / 0.6) + 1, scale=8, overlap=16) == 120
     assert fitting_tile(1000, free_bytes=1, scale=8, overlap=16) == 40  # never below 2·overlap+8
-    from nextdit_nodes.models import vae as vae_module
+    from nextdit_nodes.vae import model as vae_module
 
     raw = torch.randn(1, 16, 20, 20, generator=torch.Generator().manual_seed(13))
     steps = []

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from nextdit_nodes.models import text_encoders as te
+from nextdit_nodes.text import towers as te
 
 SENTENCES = [
     "a girl with long blue hair and red eyes", "two characters standing in a garden at night",

@@ -1,1 +1,2 @@
-"""The embedded default model's data, training and evaluation (issue 8). Never imported by nodes."""
+"""Training with the pack's own code: guidance distillation (``distill.py``) and the embedded
+default model (``embedded/``)."""

@@ -50,8 +50,8 @@ def score(png: bytes) -> list[str]:
         import numpy as np  # noqa: PLC0415
         from PIL import Image  # noqa: PLC0415
 
-        from nextdit_nodes.training.adherence import score_image  # noqa: PLC0415
-        from nextdit_nodes.training.shapes import Scene, ShapeObject  # noqa: PLC0415
+        from nextdit_nodes.training.embedded.adherence import score_image  # noqa: PLC0415
+        from nextdit_nodes.training.embedded.shapes import Scene, ShapeObject  # noqa: PLC0415
     except ImportError as error:  # this browser venv need not have the pack installed
         print(f"not scored here ({error}); score comfyui_output.png with the pack's checker")
         return []

@@ -1,0 +1,170 @@
+"""The Next-DiT (NewBie-image / Lumina-Image-2.0) with the official forward.
+
+The forward follows `NextDiT_CLIP` in `models/model.py` of github.com/NewBieAI-Lab/NewBie-image-Exp0.1
+(docs/newbie-image.md states it step by step). Data flow for one batch (every sample keeps only its
+real caption tokens; nothing is padded):
+
+    t, guidance  -> sinusoids -> t_embedder (+ guidance_embedder)               -> t_emb (B, A)
+    t_emb, clip  -> time_text_embed([t_emb, clip_text_pooled_proj(clip)])       -> c     (B, A)
+    captions     -> cap_embedder -> context_refiner x2 (unmodulated)            -> cap   (sum Lc, dim)
+    latent       -> patchify -> x_embedder -> noise_refiner x2 (modulated by c) -> img   (B*N, dim)
+    [cap ; img] per sample -> layers xN (modulated by c) -> image rows -> final_layer -> unpatchify
+
+A = adaln_dim = min(dim, 1024). Lumina-2 shaped weights (clip_dim None) use c = t_emb, and so do
+NewBie weights called without `clip_pooled` (as the official NextDiT_CLIP.forward does; ComfyUI
+instead feeds zeros after the projection). Guidance-distilled weights called without `guidance`
+add no guidance term.
+
+What other modules attach to a NextDiT (the only changes made from outside; each is applied and
+removed by the functions named, and model-level state lives in `model.attachments`):
+
+| attachment | applied / removed by | what changes |
+| --- | --- | --- |
+| precision | `dit.precision.make_fp8_linears`, `make_fp16_safe`, `apply_plan` (load time) | block Linear classes (FP8Linear, Fp16Linear), parameter dtypes, `compute_dtype` |
+| block streaming | `dit.offload.offload_blocks` / `remove_offload` | pre/post forward hooks on streamed blocks; `attachments["offload"]` |
+| placement | `dit.placement.set_offload_mode` | `attachments["offload_mode"]` |
+| compile | `dit.compile.compile_blocks` / `uncompile_blocks` | block classes (a subclass with a compiled forward) |
+| LoRA | `lora.apply.apply_lora` (returns a copy; drop it to remove) | on a structural copy: forward hooks and buffers on Linears |
+| training adapters | `training.distill.Adapters` / `.remove()` | forward hooks on attention and MLP Linears |
+| gradient checkpointing | the `gradient_checkpointing` attribute (training) | blocks run under `torch.utils.checkpoint` |
+| host memory manager | `nodes.host.memory.use_model` | `attachments["host_patcher"]` |
+
+Everything else about a NextDiT is its parameters; state-dict keys never change.
+"""
+
+from __future__ import annotations
+
+import weakref
+from contextlib import nullcontext
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .layers import FinalLayer, JointTransformerBlock, RMSNorm, TimestepEmbedder
+from .ops import TokenLayout, pack_captions, patchify, unpatchify
+from .params import BLOCK_LISTS, NextDiTParams
+
+
+class NextDiT(nn.Module):
+    """Velocity model v(x, t) = data - noise. Submodule names are the official state-dict keys."""
+
+    def __init__(self, params: NextDiTParams, device: torch.device | str | None = None):
+        super().__init__()
+        p = self.params = params
+        self.compute_dtype = torch.float32     # activations' dtype (see dit.precision)
+        self.gradient_checkpointing = False    # recompute block activations in backward (training)
+        self.attachments: dict[str, object] = {}   # state other modules attach (module docstring)
+        self._layout_cache = None
+        with torch.device(device) if device is not None else nullcontext():
+            self.x_embedder = nn.Linear(p.patch_size * p.patch_size * p.in_channels, p.dim, bias=True)
+            self.t_embedder = TimestepEmbedder(p.adaln_dim, p.t_embed_freq_dim)
+            self.cap_embedder = nn.Sequential(RMSNorm(p.cap_dim, p.norm_eps), nn.Linear(p.cap_dim, p.dim, bias=True))
+            if p.clip_dim is not None:
+                self.clip_text_pooled_proj = nn.Sequential(
+                    RMSNorm(p.clip_dim, p.norm_eps), nn.Linear(p.clip_dim, p.clip_dim, bias=True))
+                self.time_text_embed = nn.Sequential(nn.SiLU(), nn.Linear(p.adaln_dim + p.clip_dim, p.adaln_dim))
+            if p.guidance_embed:
+                self.guidance_embedder = TimestepEmbedder(p.adaln_dim, p.t_embed_freq_dim)
+                nn.init.zeros_(self.guidance_embedder.mlp[2].weight)  # starts as a no-op (distillation init)
+                nn.init.zeros_(self.guidance_embedder.mlp[2].bias)
+            self.context_refiner = nn.ModuleList(JointTransformerBlock(p, modulated=False)
+                                                 for _ in range(p.n_refiner_layers))
+            self.noise_refiner = nn.ModuleList(JointTransformerBlock(p, modulated=True)
+                                               for _ in range(p.n_refiner_layers))
+            self.layers = nn.ModuleList(JointTransformerBlock(p, modulated=True) for _ in range(p.n_layers))
+            self.final_layer = FinalLayer(p)
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_embedder.weight.device
+
+    def forward(self, x: Tensor, t: Tensor, cap_feats: Tensor, cap_mask: Tensor,
+                clip_pooled: Tensor | None = None, guidance: Tensor | None = None) -> Tensor:
+        """x: (B, C, h, w) normalised latent; t: (B,) data-time (0 noise, 1 clean);
+        cap_feats: (B, L, cap_dim); cap_mask: (B, L) bool, real tokens first; clip_pooled: (B, clip_dim);
+        guidance: (B,) CFG-scale units, used only by guidance-distilled weights.
+        Returns the velocity data - noise, (B, C, h, w) float32.
+        """
+        self._check_inputs(x, t, cap_feats, cap_mask)
+        dt, p = self.compute_dtype, self.params
+        b, _, h, w = x.shape
+        c = self._conditioning(t, clip_pooled, guidance)                                     # (B, A)
+        cap, layout = self._packed_captions(cap_feats, cap_mask, h // p.patch_size, w // p.patch_size, x.device)
+
+        cap = self.cap_embedder(cap.to(dt))                                                  # (sum Lc, dim)
+        for block in self.context_refiner:
+            cap = self._run(block, cap, layout.captions, *layout.rope(layout.cap_index))
+        img = self.x_embedder(patchify(x.to(dt), p.patch_size).flatten(0, 1))               # (B*N, dim)
+        for block in self.noise_refiner:
+            img = self._run(block, img, layout.images, *layout.rope(layout.img_index), c)
+
+        joint = layout.join(cap, img)                                                        # (T, dim)
+        for block in self.layers:
+            joint = self._run(block, joint, layout.joint, *layout.rope(), c)
+
+        out = self.final_layer(joint[layout.img_index], layout.images, c)                   # (B*N, p*p*C)
+        return unpatchify(out.float().unflatten(0, (b, -1)), p.patch_size, h, w)
+
+    def _run(self, block: nn.Module, *args) -> Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def _packed_captions(self, cap_feats: Tensor, cap_mask: Tensor, rows: int, cols: int,
+                         device: torch.device) -> tuple[Tensor, TokenLayout]:
+        """The real caption tokens (sum Lc, cap_dim) and the batch's TokenLayout.
+
+        Both depend only on the mask and the latent size, and a sampler passes the same mask
+        tensor at every step: the layout and the gather rows are kept for the next call with
+        that (unmodified) tensor, so later steps need no host synchronisation on a GPU
+        (`pack_captions` reads the lengths back to the host).
+        """
+        # Inference-mode tensors have no version counter, so an in-place change could not be seen:
+        # they are never cached.
+        cacheable = not cap_mask.is_inference()
+        key = (id(cap_mask), cap_mask._version if cacheable else None, rows, cols, cap_feats.shape[1],
+               cap_feats.device, device)
+        cached = self._layout_cache
+        if cacheable and cached is not None and cached[0] == key and cached[1]() is cap_mask:
+            return cap_feats.flatten(0, 1).index_select(0, cached[2]), cached[3]
+        cap, cap_lens = pack_captions(cap_feats, cap_mask)
+        p = self.params
+        layout = TokenLayout.build(cap_lens, rows, cols, p.axes_dims, p.rope_theta, device)
+        if cacheable:
+            gather = cap_mask.flatten().nonzero().squeeze(1).to(cap_feats.device)   # rows of (B*L): real tokens
+            self._layout_cache = (key, weakref.ref(cap_mask), gather, layout)
+        return cap, layout
+
+    def _conditioning(self, t: Tensor, clip_pooled: Tensor | None, guidance: Tensor | None) -> Tensor:
+        """The adaLN vector c (B, adaln_dim) shared by every modulated block and the final layer."""
+        dt = self.compute_dtype
+        t_emb = self.t_embedder(t, dt)
+        if guidance is not None and self.params.guidance_embed:
+            t_emb = t_emb + self.guidance_embedder(guidance, dt)
+        # Official NewBie: without a pooled CLIP vector the fused path is skipped (c = t_emb).
+        if self.params.clip_dim is None or clip_pooled is None:
+            return t_emb
+        clip_emb = self.clip_text_pooled_proj(clip_pooled.to(dt))
+        return self.time_text_embed(torch.cat([t_emb, clip_emb], dim=-1))
+
+    def _check_inputs(self, x: Tensor, t: Tensor, cap_feats: Tensor, cap_mask: Tensor) -> None:
+        p = self.params
+        if x.ndim != 4 or x.shape[1] != p.in_channels:
+            raise ValueError(f"x must be (B, {p.in_channels}, h, w); got {tuple(x.shape)}")
+        if x.shape[2] % p.patch_size or x.shape[3] % p.patch_size:
+            raise ValueError(f"latent size {tuple(x.shape[2:])} must be a multiple of the patch size "
+                             f"{p.patch_size} (image size a multiple of {8 * p.patch_size})")
+        b = x.shape[0]
+        if t.shape != (b,):
+            raise ValueError(f"t must be (B,) = ({b},); got {tuple(t.shape)}")
+        if cap_feats.ndim != 3 or cap_feats.shape[0] != b or cap_feats.shape[2] != p.cap_dim:
+            raise ValueError(f"cap_feats must be (B={b}, L, cap_dim={p.cap_dim}); got {tuple(cap_feats.shape)}")
+        if cap_mask.shape != cap_feats.shape[:2]:
+            raise ValueError(f"cap_mask must be (B, L) = {tuple(cap_feats.shape[:2])}; got {tuple(cap_mask.shape)}")
+
+
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """A Next-DiT's repeated transformer blocks in the order the forward runs them ([] for a module
+    without them)."""
+    return [block for name in BLOCK_LISTS for block in getattr(model, name, ())]

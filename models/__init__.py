@@ -1,1 +1,0 @@
-"""torch modules: the Next-DiT, VAE glue, text-encoder glue. No ComfyUI imports here."""

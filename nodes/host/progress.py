@@ -1,0 +1,43 @@
+"""Per-step progress and interrupts: ComfyUI's ProgressBar inside ComfyUI, a hook headless."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+ProgressHook = Callable[[int, int, object], None]  # (done, total, preview or None)
+_progress_hook: ProgressHook | None = None
+
+
+def set_progress_hook(hook: ProgressHook | None) -> ProgressHook | None:
+    """Headless runner's progress display; returns the previous hook so callers can restore it."""
+    global _progress_hook
+    previous, _progress_hook = _progress_hook, hook
+    return previous
+
+
+class Progress:
+    """Per-step progress; inside ComfyUI an update also raises if the user pressed Cancel."""
+
+    def __init__(self, total: int, node_id: str | None = None):
+        self.total = total
+        self._bar = None
+        try:
+            import comfy.utils  # noqa: PLC0415 - only inside ComfyUI
+            self._bar = comfy.utils.ProgressBar(total, node_id=node_id)
+        except ImportError:
+            pass
+
+    def update(self, done: int, preview=None) -> None:
+        if self._bar is not None:
+            self._bar.update_absolute(done, self.total, preview)
+        elif _progress_hook is not None:
+            _progress_hook(done, self.total, preview)
+
+
+def check_interrupt() -> None:
+    """Raise ComfyUI's interrupt exception if the user cancelled; a no-op headless."""
+    try:
+        import comfy.model_management as mm  # noqa: PLC0415
+    except ImportError:
+        return
+    mm.throw_exception_if_processing_interrupted()

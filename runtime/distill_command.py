@@ -1,0 +1,194 @@
+"""``python -m nextdit_nodes distill TEACHER ...``: make a guidance-distilled student.
+
+The student (teacher + guidance embedder, trained to give the teacher's CFG velocity in one
+forward; see ``training/distill.py``) is written as one safetensors file in the official key layout
+plus ``guidance_embedder.*``, which NextDiT Loader reads: by default
+``<teacher stem>-distilled.safetensors`` next to the teacher. Sample it with NextDiT Sampler at
+cfg 1 and guidance = the scale you want.
+
+Training prompts, one of:
+  --prompts FILE (one prompt per line; blank lines and lines starting with # skipped) with
+    --gemma and --jina: encoded once with NextDiT Text Encode, then the encoders are freed;
+  --conditionings FILE: precomputed (``text.conditioning.save_conditionings``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from .. import dtypes
+from .errors import EXIT_USAGE, MissingModelError, RunnerError
+
+log = logging.getLogger(__name__)
+
+
+class DistillUsageError(RunnerError):
+    """A bad combination of distill options."""
+
+    exit_code = EXIT_USAGE
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "distill", help="train a guidance-distilled student (one forward per step instead of CFG's two)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("teacher", help="Next-DiT weights: a name in models/diffusion_models or a path")
+    source = parser.add_argument_group("training prompts (one of)")
+    source.add_argument("--prompts", type=Path, help="text file, one prompt per line (needs --gemma, --jina)")
+    source.add_argument("--conditionings", type=Path, help="precomputed conditionings .safetensors")
+    text = parser.add_argument_group("text encoding (with --prompts)")
+    text.add_argument("--gemma", help="Gemma 3 4B-it: a name in models/text_encoders or a path")
+    text.add_argument("--jina", help="Jina CLIP v2: a name in models/text_encoders or a path")
+    text.add_argument("--system-prompt", default="xml (official)",
+                      help="xml (official), plain (official), none, or any other text used verbatim")
+    text.add_argument("--negative", default="", help="negative prompt (default: empty, the official default)")
+    train = parser.add_argument_group("training")
+    train.add_argument("--mode", choices=("lora", "full"), default="lora",
+                       help="lora: guidance embedder + LoRA on attention/MLP, merged when saved (default); "
+                            "full: every weight (needs several times the model's size in memory)")
+    train.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
+    train.add_argument("--iterations", type=int, default=2000, help="training iterations (default 2000)")
+    train.add_argument("--batch-size", type=int, default=4, help="latents per iteration (default 4)")
+    train.add_argument("--lr", type=float, default=None,
+                       help="learning rate of the LoRA (default 1e-4) or of all weights in full mode (1e-5)")
+    train.add_argument("--embedder-lr", type=float, default=1e-3, help="learning rate of the guidance embedder")
+    train.add_argument("--guidance-min", type=float, default=1.0, help="smallest guidance scale trained (1)")
+    train.add_argument("--guidance-max", type=float, default=8.0, help="largest guidance scale trained (8)")
+    train.add_argument("--shift", type=float, default=6.0, help="time shift of the trajectories (6)")
+    train.add_argument("--trajectory-steps", type=int, default=16,
+                       help="typical Euler steps K of the teacher trajectories giving the training states; each "
+                            "trajectory draws K/2..2K (16)")
+    train.add_argument("--width", type=int, default=1024, help="image width of the trajectories (1024)")
+    train.add_argument("--height", type=int, default=1024, help="image height of the trajectories (1024)")
+    train.add_argument("--latents", type=Path,
+                       help="optional .safetensors with 'latents' (N,16,h,w) raw FLUX latents of training "
+                            "images; default: data-free teacher trajectories")
+    train.add_argument("--scale-weighted-loss", action="store_true",
+                       help="divide each sample's error by its guidance scale squared, so low scales are "
+                            "fitted as closely as high ones (default: plain MSE)")
+    train.add_argument("--student-trajectories", action="store_true",
+                       help="advance the data-free trajectories with the student's own velocity (on-policy): "
+                            "it trains on the states its sampling reaches, labelled by the teacher (default: "
+                            "the teacher's trajectories)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--no-checkpointing", action="store_true",
+                       help="keep all activations for backward (faster, far more memory; default: "
+                            "gradient checkpointing on every block)")
+    out = parser.add_argument_group("devices and output")
+    out.add_argument("--dtype", choices=dtypes.DTYPES, default="auto",
+                     help="teacher weights in memory (auto: bf16 on a GPU, fp32 on the CPU; not fp8)")
+    out.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    out.add_argument("--save-dtype", choices=("same", *dtypes.DTYPES[1:]), default="same",
+                     help="dtype of the written weights (default: the teacher's)")
+    out.add_argument("--output", type=Path, help="output file (default <teacher stem>-distilled.safetensors "
+                                                 "next to the teacher)")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def _resolve(folder: str, name: str) -> Path:
+    from ..nodes import host  # noqa: PLC0415
+
+    try:
+        return host.resolve_model_file(folder, name)
+    except FileNotFoundError as error:
+        raise MissingModelError(str(error)) from None
+
+
+def _read_prompts(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DistillUsageError(f"prompts file {path} does not exist")
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith("#")]
+    if not prompts:
+        raise DistillUsageError(f"{path} holds no prompts (one per line; # starts a comment)")
+    return prompts
+
+
+def _encode_prompts(args) -> tuple[list, object]:
+    """Encode with the pack's own text nodes (the same path a workflow takes), then free them."""
+    from ..nodes.text import SYSTEM_PROMPT_CHOICES, NextDiTTextEncode, NextDiTTextEncoderLoader  # noqa: PLC0415
+
+    if not (args.gemma and args.jina):
+        raise DistillUsageError("--prompts needs --gemma and --jina (the text encoders)")
+    prompts = _read_prompts(args.prompts)
+    gemma, jina = _resolve("text_encoders", args.gemma), _resolve("text_encoders", args.jina)
+    (encoders,) = NextDiTTextEncoderLoader().load(str(gemma), str(jina))
+    preset = args.system_prompt in SYSTEM_PROMPT_CHOICES and args.system_prompt != "custom"
+    choice, custom = (args.system_prompt, "") if preset else ("custom", args.system_prompt)
+    encode = NextDiTTextEncode()
+    log.info("encoding %d prompts", len(prompts))
+    positives = [encode.encode(encoders, prompt, choice, custom)[0] for prompt in prompts]
+    negative = encode.encode(encoders, args.negative, choice, custom)[0]
+    if hasattr(encoders, "free"):
+        encoders.free()
+    return positives, negative
+
+
+def _load_latents(path: Path):
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    from ..vae.latent_format import FLUX  # noqa: PLC0415
+
+    tensors = load_file(str(path))
+    if "latents" not in tensors or tensors["latents"].ndim != 4:
+        raise DistillUsageError(f"{path} must hold a 'latents' tensor (N, 16, h, w) of raw FLUX latents")
+    return FLUX.from_raw(tensors["latents"].float())
+
+
+def run(args) -> int:
+    """Load the teacher, get the conditionings, train, write the student; returns the exit code."""
+    import torch  # noqa: PLC0415
+
+    from ..dit.checkpoint import load_dit  # noqa: PLC0415
+    from ..text.conditioning import load_conditionings  # noqa: PLC0415
+    from ..training.distill import DistillConfig, default_output_path, distill, save_student  # noqa: PLC0415
+
+    if (args.prompts is None) == (args.conditionings is None):
+        raise DistillUsageError("give exactly one of --prompts (with --gemma/--jina) or --conditionings")
+    if args.student_trajectories and args.latents is not None:
+        raise DistillUsageError("--student-trajectories advances the data-free trajectories; with --latents the "
+                                "states are noised training latents. Drop one of the two options")
+    teacher_path = _resolve("diffusion_models", args.teacher)
+    output = args.output or default_output_path(teacher_path)
+    if output.exists() and not args.overwrite:
+        raise DistillUsageError(f"{output} exists; choose another --output or pass --overwrite")
+    lr = args.lr if args.lr is not None else (1e-4 if args.mode == "lora" else 1e-5)
+    try:
+        config = DistillConfig(mode=args.mode, rank=args.rank, iterations=args.iterations,
+                               batch_size=args.batch_size, lr=lr, embedder_lr=args.embedder_lr,
+                               guidance_min=args.guidance_min, guidance_max=args.guidance_max,
+                               shift=args.shift, trajectory_steps=args.trajectory_steps,
+                               width=args.width, height=args.height, seed=args.seed,
+                               checkpointing=not args.no_checkpointing,
+                               scale_weighted_loss=args.scale_weighted_loss,
+                               student_trajectories=args.student_trajectories)
+    except ValueError as error:
+        raise DistillUsageError(str(error)) from None
+
+    if args.conditionings is not None:
+        if not args.conditionings.is_file():
+            raise DistillUsageError(f"conditionings file {args.conditionings} does not exist")
+        positives, negative = load_conditionings(args.conditionings)
+    else:
+        positives, negative = _encode_prompts(args)
+    latents = _load_latents(args.latents) if args.latents is not None else None
+
+    if args.device == "auto":
+        from ..nodes import host  # noqa: PLC0415
+        device = host.torch_device()
+    else:
+        device = torch.device(args.device)
+    teacher = load_dit(teacher_path, dtype=args.dtype, device=device)
+    log.info("distilling %s (%s mode, %d prompts, %d iterations) into %s", teacher_path.name, args.mode,
+             len(positives), args.iterations, output)
+    student = distill(teacher, positives, negative, config, latents=latents, progress=not args.no_progress)
+    save_dtype = None if args.save_dtype == "same" else dtypes.torch_dtype(args.save_dtype)
+    metadata = {"teacher": teacher_path.name, "guidance_range": f"{args.guidance_min}-{args.guidance_max}",
+                "distill_mode": args.mode, "iterations": str(args.iterations)}
+    path = save_student(student, output, dtype=save_dtype, metadata=metadata, overwrite=args.overwrite)
+    print(f"wrote {path}: sample it with cfg 1 and guidance {args.guidance_min:g}-{args.guidance_max:g}")
+    return 0

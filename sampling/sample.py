@@ -1,0 +1,169 @@
+"""``sample(...)``: text-to-image and image-to-image sampling of a Next-DiT, returning a LATENT.
+
+The steps: CONDITIONING → caption tensors; initial noise exactly as ComfyUI's KSampler draws it
+(``torch.randn`` of the latent shape from a CPU generator seeded with ``seed``, float32); the shifted
+rectified-flow grid; a fixed-grid ODE solver over the guided velocity; the result in the FLUX VAE's
+raw space.
+
+Image-to-image: ``denoise`` is the noise fraction σ the sampling starts from. The input latent
+(normalised) is mixed with the noise at data-time t₀ = 1 − denoise, x = t₀·latent + (1 − t₀)·noise
+(ComfyUI's flow noise scaling), and the ``steps`` solver steps cover [t₀, 1] on the same shifted
+curve (``schedule.time_grid``). ``denoise = 1`` is text-to-image on the input's size; ``denoise = 0``
+returns the input latent unchanged. (Core ComfyUI instead keeps the tail of a longer grid, so its
+start differs slightly from 1 − denoise.)
+
+Non-finite values: on the CPU every step checks its state and velocity and raises
+``NonFiniteError`` at once; on an accelerator the check is queued on the device (no per-step host
+synchronisation) and read once after the last step, naming the first bad step either way.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..text.conditioning import prompt_batches
+from ..vae.latent_format import FLUX
+from .guidance import GuidedVelocity
+from .schedule import time_grid
+from .settings import check_settings
+from .solvers import denoised, get_solver
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[int, int, Tensor], None]  # (step 0-based, total steps, x0 estimate normalised)
+
+
+class NonFiniteError(FloatingPointError):
+    """The model produced NaN or inf during sampling."""
+
+
+def _raise_non_finite(step: int, total: int, dtype: torch.dtype) -> None:
+    if step < 0:
+        raise NonFiniteError("the input latent contains NaN or inf values; re-encode the image")
+    raise NonFiniteError(
+        f"the model produced NaN/inf values at step {step + 1} of {total} (computing in {dtype}); "
+        f"load the model with another weight dtype (fp32, or bf16 instead of fp16) and run again")
+
+
+class _NonFiniteWatch:
+    """Finds the first step whose evaluations produced NaN/inf (see the module docstring)."""
+
+    def __init__(self, device: torch.device, total: int, dtype: torch.dtype, deferred: bool | None = None):
+        self.immediate = device.type == "cpu" if deferred is None else not deferred
+        self.total, self.dtype = total, dtype
+        self.first_bad = None if self.immediate else torch.full((), total + 1, device=device)
+
+    def observe(self, step: int, x: Tensor, v: Tensor) -> None:
+        """x is the state at the start of ``step`` (bad → the previous step), v its velocity."""
+        bad_x, bad_v = ~torch.isfinite(x).all(), ~torch.isfinite(v).all()
+        if self.immediate:
+            if bad_x:
+                _raise_non_finite(step - 1, self.total, self.dtype)
+            if bad_v:
+                _raise_non_finite(step, self.total, self.dtype)
+            return
+        code = torch.where(bad_x, step - 1, torch.where(bad_v, step, self.total + 1))
+        self.first_bad = torch.minimum(self.first_bad, code)
+
+    def finish(self, x: Tensor) -> None:
+        last = ~torch.isfinite(x).all()
+        if self.immediate:
+            if last:
+                _raise_non_finite(self.total - 1, self.total, self.dtype)
+            return
+        first = int(torch.minimum(self.first_bad, torch.where(last, self.total - 1, self.total + 1)))
+        if first <= self.total - 1:
+            _raise_non_finite(first, self.total, self.dtype)
+
+
+def _start_latent(latent: dict | None, batch_size: int, width: int, height: int,
+                  channels: int) -> tuple[Tensor | None, tuple[int, ...]]:
+    """The normalised input latent (or None) and the shape of the latent batch to sample."""
+    if latent is None:
+        return None, (batch_size, channels, height // 8, width // 8)
+    raw = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(raw, Tensor) or raw.ndim != 4 or raw.shape[1] != channels:
+        raise ValueError(f"latent must be a LATENT dict with samples (B, {channels}, h, w) in the FLUX "
+                         f"VAE's space; got {None if raw is None else tuple(raw.shape)}")
+    if raw.shape[2] % 2 or raw.shape[3] % 2:
+        raise ValueError(f"latent size {tuple(raw.shape[2:])} must be even (image a multiple of 16)")
+    if (raw.shape[2] * 8, raw.shape[3] * 8) != (height, width):
+        log.info("sampling at the input latent's size %dx%d, not width/height %dx%d",
+                 raw.shape[3] * 8, raw.shape[2] * 8, width, height)
+    if raw.shape[0] not in (1, batch_size) and batch_size != 1:
+        raise ValueError(f"latent holds {raw.shape[0]} images but batch_size is {batch_size}; "
+                         f"use batch_size 1 (the latent's batch) or a single-image latent")
+    if latent.get("noise_mask") is not None:
+        log.warning("the latent's noise_mask is ignored: NextDiTSampler does not inpaint, the whole "
+                    "image is re-noised by denoise")
+    normalised = FLUX.from_raw(raw.float().cpu())
+    if normalised.shape[0] == 1 and batch_size > 1:
+        normalised = normalised.expand(batch_size, -1, -1, -1)
+    return normalised, tuple(normalised.shape)
+
+
+def initial_noise(shape: tuple[int, ...], seed: int) -> Tensor:
+    """ComfyUI KSampler's noise for ``seed``: float32 randn on a seeded CPU generator."""
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    return torch.randn(shape, generator=generator, dtype=torch.float32)
+
+
+def sample(model, positive, negative, width: int, height: int, seed: int, steps: int, solver: str,
+           shift: float, cfg: float, renorm_cfg: float, cfg_trunc: float, guidance: float = 0.0,
+           batch_size: int = 1, latent: dict | None = None, denoise: float = 1.0,
+           callback: Callback | None = None) -> dict:
+    """Sample latents; returns LATENT ``{"samples": (B, 16, H/8, W/8)}`` float32 CPU, raw FLUX space.
+
+    model: the NextDiT from ``load_dit``. positive / negative: CONDITIONING (negative unused and
+    optional when cfg == 1). steps: solver steps (the official ``num_sampling_steps`` is steps + 1
+    grid points). cfg_trunc: CFG only while data-time t < cfg_trunc (≥ 1: always). guidance > 0:
+    the distilled guidance scale, only for weights with a guidance embedder. callback(step, total,
+    x0): once per step with the current clean-latent estimate (normalised space); an exception
+    raised there stops sampling.
+    """
+    check_settings(width=width, height=height, steps=steps, shift=shift, cfg=cfg, renorm_cfg=renorm_cfg,
+                   guidance=guidance, batch_size=batch_size, denoise=denoise)
+    solve = get_solver(solver)
+    params = model.params
+    if guidance > 0 and not params.guidance_embed:
+        raise ValueError(f"guidance {guidance} needs guidance-distilled weights (with guidance_embedder.* "
+                         f"keys) but this model has no guidance embedder; set guidance to 0 and use cfg, "
+                         f"or distill a student with `python -m nextdit_nodes distill`")
+    if cfg != 1.0 and negative is None:
+        raise ValueError(f"cfg {cfg} needs a negative conditioning; connect one (an empty prompt is "
+                         f"the official default) or set cfg to 1")
+    if latent is None and denoise < 1.0:
+        raise ValueError(f"denoise {denoise} needs an input latent to start from; connect one or "
+                         f"set denoise to 1")
+    start_latent, shape = _start_latent(latent, batch_size, width, height, params.in_channels)
+    if start_latent is not None and denoise == 0.0:
+        return {"samples": latent["samples"].float().cpu().clone()}
+
+    batch = shape[0]
+    pos = prompt_batches(positive, batch, params.cap_dim, params.clip_dim, "positive")
+    neg = (prompt_batches(negative, batch, params.cap_dim, params.clip_dim, "negative")
+           if cfg != 1.0 else None)
+    velocity = GuidedVelocity(model, pos, neg, cfg, renorm_cfg, cfg_trunc, guidance)
+
+    t0 = 0.0 if start_latent is None else 1.0 - denoise
+    x = initial_noise(shape, seed)
+    if start_latent is not None and t0 > 0:
+        x = t0 * start_latent + (1.0 - t0) * x
+    device = model.device
+    x = x.to(device)
+    times = time_grid(steps, shift, t0)
+    watch = _NonFiniteWatch(device, steps, getattr(model, "compute_dtype", torch.float32))
+
+    def on_step(i: int, x_i: Tensor, t_i: float, v_i: Tensor) -> None:
+        watch.observe(i, x_i, v_i)
+        if callback is not None:
+            callback(i, steps, denoised(x_i, t_i, v_i))
+
+    with torch.no_grad():
+        x = solve(velocity, x, times, on_step)
+    watch.finish(x)
+    return {"samples": FLUX.to_raw(x.float()).cpu()}

@@ -1,0 +1,54 @@
+"""The sampler's settings: limits, the official defaults, and the one check of every value.
+
+Torch-free, so the sampler node shows and validates them with the same code ``sample`` runs.
+"""
+
+from __future__ import annotations
+
+MAX_SIDE = 4096  # pixels per side: twice the largest official resolution (2048); a safety limit
+
+# The official demo's settings (NewBie-image-Exp0.1 `demo.py`): midpoint solver, 18 grid points
+# (= 17 solver steps), time shift 6, CFG 5 while data-time t < 0.25, no renormalisation.
+OFFICIAL = {"solver": "midpoint", "steps": 17, "shift": 6.0, "cfg": 5.0, "cfg_trunc": 0.25, "renorm_cfg": 0.0}
+
+
+def _side(name: str, value) -> str | None:
+    if value < 16 or value % 16 or value > MAX_SIDE:
+        return (f"{name} {value} must be a multiple of 16 between 16 and {MAX_SIDE} "
+                f"(8× VAE downsampling × 2×2 patches)")
+    return None
+
+
+def _at_least_one(name: str, value) -> str | None:
+    return None if value >= 1 else f"{name} must be at least 1; got {value}"
+
+
+def _not_negative(name: str, value) -> str | None:
+    return None if value >= 0 else f"{name} must not be negative; got {value}"
+
+
+_CHECKS = {
+    "width": _side,
+    "height": _side,
+    "steps": _at_least_one,
+    "batch_size": _at_least_one,
+    "shift": lambda name, value: None if value > 0 else f"shift must be positive (NewBie uses 6); got {value}",
+    "cfg": _not_negative,
+    "renorm_cfg": _not_negative,
+    "guidance": _not_negative,
+    "denoise": lambda name, value: None if 0.0 <= value <= 1.0 else f"denoise must be in [0, 1]; got {value}",
+}
+
+
+def setting_problem(name: str, value) -> str | None:
+    """What is wrong with one sampler setting, or None (also for names without a rule)."""
+    check = _CHECKS.get(name)
+    return None if check is None else check(name, value)
+
+
+def check_settings(**settings) -> None:
+    """ValueError naming the first bad setting; None values (not known yet) are skipped."""
+    for name, value in settings.items():
+        problem = None if value is None else setting_problem(name, value)
+        if problem:
+            raise ValueError(problem)
