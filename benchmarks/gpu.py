@@ -2,10 +2,10 @@
 
 What it runs (random weights, the real NewBie shapes: 3.49 B parameters, dim 2304, 36 layers,
 24/8 heads, ffn 9216, cap 2560, clip 1024, plus a guidance embedder), in bf16:
-- ours, CFG: `samplers.sample` with euler, `--steps` steps, cfg 4.5 (cond and uncond packed into
+- ours, CFG: `sampling.sample.sample` with euler, `--steps` steps, cfg 4.5 (cond and uncond packed into
   one forward per step), a 300-token positive and a 40-token negative caption;
 - ours, guidance-distilled: the same with cfg 1 and guidance 4.5 (one single-prompt forward per step);
-- ours, blocks streamed from the CPU (models/offload.py): a few steps, s/step and peak VRAM;
+- ours, blocks streamed from the CPU (dit/offload.py): a few steps, s/step and peak VRAM;
 - optionally (`--compile`) ours with `compile_blocks`;
 - with COMFYUI_DIR set: core ComfyUI's `comfy.ldm.lumina.model.NextDiT` (the NewBie config its
   model detection builds) holding the same weights, sampled by a bare euler loop the way core runs

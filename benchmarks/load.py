@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 NEWBIE = dict(dim=2304, n_layers=36, n_heads=24, n_kv_heads=8, ffn_dim=9216, cap_dim=2560, clip_dim=1024)
-NEWBIE_PARAMETERS = 3_486_636_096   # research newbie-model.md §1 (code-derived, incl. norm_final)
+NEWBIE_PARAMETERS = 3_486_636_096   # docs/newbie-image.md §2 (counted from the module shapes, norm_final included)
 
 
 def newbie_shapes() -> dict[str, tuple[int, ...]]:

@@ -15,21 +15,25 @@ NewBie weights called without `clip_pooled` (as the official NextDiT_CLIP.forwar
 instead feeds zeros after the projection). Guidance-distilled weights called without `guidance`
 add no guidance term.
 
-What other modules attach to a NextDiT (the only changes made from outside; each is applied and
-removed by the functions named, and model-level state lives in `model.attachments`):
+What other modules attach to a NextDiT: the only changes made from outside, each applied and
+removed by the functions named; model-level state lives in `model.attachments`.
 
-| attachment | applied / removed by | what changes |
-| --- | --- | --- |
-| precision | `dit.precision.make_fp8_linears`, `make_fp16_safe`, `apply_plan` (load time) | block Linear classes (FP8Linear, Fp16Linear), parameter dtypes, `compute_dtype` |
-| block streaming | `dit.offload.offload_blocks` / `remove_offload` | pre/post forward hooks on streamed blocks; `attachments["offload"]` |
-| placement | `dit.placement.set_offload_mode` | `attachments["offload_mode"]` |
-| compile | `dit.compile.compile_blocks` / `uncompile_blocks` | block classes (a subclass with a compiled forward) |
-| LoRA | `lora.apply.apply_lora` (returns a copy; drop it to remove) | on a structural copy: forward hooks and buffers on Linears |
-| training adapters | `training.distill.Adapters` / `.remove()` | forward hooks on attention and MLP Linears |
-| gradient checkpointing | the `gradient_checkpointing` attribute (training) | blocks run under `torch.utils.checkpoint` |
-| host memory manager | `nodes.host.memory.use_model` | `attachments["host_patcher"]` |
+- precision (`dit.precision`: `make_fp8_linears`, `make_fp16_safe`, `apply_plan`, at load time):
+  block Linear classes (FP8Linear, Fp16Linear), parameter dtypes, `compute_dtype`;
+- block streaming (`dit.offload.offload_blocks` / `remove_offload`): pre/post forward hooks on the
+  streamed blocks, `attachments["offload"]`;
+- placement (`dit.placement.set_offload_mode`): `attachments["offload_mode"]`;
+- compile (`dit.compile.compile_blocks` / `uncompile_blocks`): block classes swapped for a
+  subclass with a compiled forward;
+- LoRA (`lora.apply.apply_lora`, which returns a structural copy: drop it to remove): forward
+  hooks and buffers on the copy's Linears;
+- training adapters (`training.distill.Adapters` / `.remove()`): forward hooks on attention and
+  MLP Linears;
+- gradient checkpointing (the `gradient_checkpointing` attribute, training): blocks run under
+  `torch.utils.checkpoint`;
+- the host's memory manager (`nodes.host.memory.use_model`): `attachments["host_patcher"]`.
 
-Everything else about a NextDiT is its parameters; state-dict keys never change.
+State-dict keys never change.
 """
 
 from __future__ import annotations

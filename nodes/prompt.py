@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import logging
 
+from ..prompting import PromptError, parse_prompt
+from ..prompting.builder import add_caption, add_character, add_general_tags
+from ..prompting.tags import CHARACTER_FIELDS, GENERAL_FIELDS
+
 log = logging.getLogger(__name__)
 
 CATEGORY = "NextDiT/prompt"
@@ -58,8 +62,6 @@ def _chain_input() -> dict:
 
 def _readable(node: str, call, *args):
     """Run a builder call, turning an unreadable incoming prompt into a message for the user."""
-    from ..prompting import PromptError
-
     try:
         return call(*args)
     except PromptError as error:
@@ -85,13 +87,9 @@ class NextDiTXMLCharacter:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..prompting.tags import CHARACTER_FIELDS
-
         return {"required": _field_inputs(CHARACTER_FIELDS), "optional": _chain_input()}
 
     def build(self, prompt: str | None = None, **fields: str):
-        from ..prompting.builder import add_character
-
         if not any(value.strip() for value in fields.values()):
             raise ValueError(
                 "NextDiTXMLCharacter: every tag is empty; fill in at least one (e.g. gender) or "
@@ -114,13 +112,9 @@ class NextDiTXMLGeneralTags:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..prompting.tags import GENERAL_FIELDS
-
         return {"required": _field_inputs(GENERAL_FIELDS), "optional": _chain_input()}
 
     def build(self, prompt: str | None = None, **fields: str):
-        from ..prompting.builder import add_general_tags
-
         return (_readable("NextDiTXMLGeneralTags", add_general_tags, prompt or "", fields),)
 
 
@@ -176,9 +170,6 @@ class NextDiTXMLPrompt:
 
 
 def _assemble(prompt: str, caption: str) -> tuple[str, list[str]]:
-    from ..prompting import parse_prompt
-    from ..prompting.builder import add_caption
-
     text = _readable("NextDiTXMLPrompt", add_caption, prompt, caption)
     return text, _readable("NextDiTXMLPrompt", parse_prompt, text).warnings
 

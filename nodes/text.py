@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from ..dtypes import DTYPES
-from ..prompting.system_prompts import SYSTEM_PROMPT_CHOICES
+from ..prompting import SYSTEM_PROMPT_CHOICES, encoder_texts, prompt_warnings, resolve_system_prompt
 from . import host
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,6 @@ class NextDiTTextEncode:
     def encode(self, text_encoders, prompt: str, system_prompt: str = SYSTEM_PROMPT_CHOICES[0],
                custom_system_prompt: str = ""):
         from ..text.conditioning import conditioning
-        from ..prompting import encoder_texts, prompt_warnings, resolve_system_prompt
 
         if not hasattr(text_encoders, "encode"):
             raise TypeError("text_encoders must come from NextDiTTextEncoderLoader "

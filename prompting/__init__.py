@@ -6,7 +6,8 @@ Pure stdlib: no torch, no ComfyUI.
 from .builder import add_caption, add_character, add_general_tags
 from .encoder_texts import encoder_texts
 from .errors import PromptError
-from .parse import MAX_PROMPT_CHARS, ParsedPrompt, parse_prompt, prompt_warnings
+from .parse import MAX_PROMPT_CHARS, parse_prompt, prompt_warnings
+from .parsed import ParsedPrompt
 from .system_prompts import (
     CUSTOM,
     PLAIN_OFFICIAL,

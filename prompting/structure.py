@@ -11,14 +11,11 @@ import difflib
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .count import read_head_count
 from .errors import error_at, locate
+from .parsed import ParsedPrompt
 from .tags import ALIASES, KNOWN_NAMES, character_number, tag_kind
-
-if TYPE_CHECKING:
-    from .parse import ParsedPrompt
 
 # A tag: "<", an optional "/", an XML-ish name, optional whitespace, an optional "/", ">".
 TAG = re.compile(r"<(/?)([A-Za-z_][\w.\-]*)[ \t\r\n]*(/?)>")

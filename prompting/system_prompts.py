@@ -1,6 +1,7 @@
 """System prompts for the Gemma encoder (Gemma only; Jina never sees them).
 
-The two official presets are verbatim from the released training script (NB-repo ``finetune.py``):
+The two official presets are verbatim from the released training script (``finetune.py`` of
+NewBieAI-Lab/NewBie-image-Exp0.1):
 XML-caption items and plain-text items used different prompts, each ending in
 ``"<Prompt Start> "`` with its trailing space, concatenated to the caption with no separator.
 """
@@ -26,7 +27,7 @@ CUSTOM = "custom"
 # Choices for a node's system_prompt COMBO, default first.
 SYSTEM_PROMPT_CHOICES: tuple[str, ...] = (*SYSTEM_PROMPTS, CUSTOM)
 
-# Every system prompt the official material ends with this marker (research newbie-model.md §5.1).
+# Every system prompt of the official material ends with this marker (docs/newbie-image.md §5).
 PROMPT_START = "<Prompt Start>"
 
 

@@ -1,4 +1,4 @@
-"""The NewBie XML tag vocabulary (research newbie-model.md §6) and how a tag name is classified."""
+"""The NewBie XML tag vocabulary (docs/newbie-image.md §6) and how a tag name is classified."""
 
 from __future__ import annotations
 

@@ -12,6 +12,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import WorkflowError
+
 
 @dataclass(frozen=True)
 class Link:
@@ -61,8 +63,6 @@ class Workflow:
         matches = titled or matches
         if len(matches) == 1:
             return matches[0]
-        from .errors import WorkflowError  # noqa: PLC0415 - keeps this module import-light
-
         if not matches:
             known = ", ".join(f"{n.id} ({n.title or n.class_type})" for n in self.nodes.values())
             raise WorkflowError(f"no node with id or title {ref!r}; the nodes are: {known}")

@@ -10,12 +10,13 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..nodes import NODE_CLASS_MAPPINGS, host
 from .core_nodes import core_node_classes
 from .errors import MissingModelError, NodeExecutionError, WorkflowError
 from .executor import Executor, RunResult
 from .graph import GraphNode, Workflow
 from .model_sources import MODEL_INPUT_FOLDERS, where_to_get
-from .progress import progress_display
+from .progress_bar import progress_display
 from .specs import input_specs
 from .workflow import load_workflow
 
@@ -23,8 +24,6 @@ from .workflow import load_workflow
 def runner_classes(output_dir: str | Path = "output", temp_dir: str | Path | None = None
                    ) -> dict[str, type]:
     """Every node the runner knows: the pack's nodes plus the core nodes it implements."""
-    from ..nodes import NODE_CLASS_MAPPINGS  # noqa: PLC0415
-
     return {**core_node_classes(output_dir, temp_dir), **NODE_CLASS_MAPPINGS}
 
 
@@ -77,8 +76,6 @@ def apply_overrides(workflow: Workflow, classes: Mapping[str, type], overrides: 
 
 def model_file_check(node: GraphNode, name: str, value: Any) -> bool | str:
     """Validation hook: a model-file value not in the dropdown may be a path or a new file."""
-    from ..nodes import host  # noqa: PLC0415
-
     folder = MODEL_INPUT_FOLDERS.get(name)
     if folder is None or not isinstance(value, str):
         return False

@@ -3,7 +3,7 @@
 Owner: model engineer. Other areas may ADD functions at the end of this file, in a section
 marked with their area; do not change the functions above that section.
 
-The official key table below is written from research `newbie-model.md` §3.1 (not from our
+The official key table below is written from docs/newbie-image.md §2 (not from our
 module), so `NextDiT.load_state_dict(official_state_dict(p))` also checks our module names.
 """
 
@@ -56,7 +56,7 @@ def _block_shapes(p: NextDiTParams, prefix: str, modulated: bool) -> dict[str, t
 
 
 def official_shapes(p: NextDiTParams, norm_final: bool = False) -> dict[str, tuple[int, ...]]:
-    """Every key of an official checkpoint for `p` and its shape (research §3.1)."""
+    """Every key of an official checkpoint for `p` and its shape (docs/newbie-image.md §2)."""
     a, patch = p.adaln_dim, p.patch_size * p.patch_size * p.in_channels
     shapes: dict[str, tuple[int, ...]] = {
         "x_embedder.weight": (p.dim, patch), "x_embedder.bias": (p.dim,),

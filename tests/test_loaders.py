@@ -1,8 +1,8 @@
 """Weight loading: file layouts, prefixes, strict errors, config inference, dtypes, the node.
 
-References are independent of the loader: `factories.official_state_dict` (keys from research
-§3.1) is what every layout must load to, the diffusers renaming is re-written here from research
-§3.3, and the Lumina-2 fixture comes from diffusers' own `Lumina2Transformer2DModel`.
+References are independent of the loader: `factories.official_state_dict` (keys from
+docs/newbie-image.md §2) is what every layout must load to, the diffusers renaming is re-written here from
+docs/newbie-image.md §4, and the Lumina-2 fixture comes from diffusers' own `Lumina2Transformer2DModel`.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def test_loading_and_editing_weights_never_modify_the_file(tmp_path, dtype):
 # ---- diffusers layouts ------------------------------------------------------------------------
 
 def _diffusers_names(official: dict[str, torch.Tensor], p) -> dict[str, torch.Tensor]:
-    """Official -> diffusers keys, written from research §3.3 (a second implementation)."""
+    """Official -> diffusers keys, written from docs/newbie-image.md §4 (a second implementation)."""
     top = {"t_embedder.mlp.0": "time_caption_embed.timestep_embedder.linear_1",
            "t_embedder.mlp.2": "time_caption_embed.timestep_embedder.linear_2",
            "cap_embedder": "time_caption_embed.caption_embedder",
@@ -311,7 +311,7 @@ def _meta_state(params, **kw) -> dict[str, torch.Tensor]:
 
 
 def test_infer_params_full_newbie_from_shapes():
-    """The released NewBie config (research §2) from shapes alone; 3,486,636,096 parameters (§1)."""
+    """The released NewBie config (docs/newbie-image.md §2) from shapes alone; 3,486,636,096 parameters."""
     from nextdit_nodes.dit.model import NextDiT
 
     newbie = newbie_width_params(n_layers=36, ffn_dim=9216)
@@ -449,7 +449,7 @@ def test_pickle_named_safetensors(tmp_path):
 
 def test_gqa_qkv_fused_back_at_newbie_widths():
     """NewBie widths: 24 query heads and 8 kv heads of 96 -> to_q 2304 rows, to_k/to_v 768 rows
-    each (research §3.3), fused back in q, k, v order to attention.qkv [3840, 2304]."""
+    each (docs/newbie-image.md §4), fused back in q, k, v order to attention.qkv [3840, 2304]."""
     from nextdit_nodes.files.tensors import TensorRef
     from nextdit_nodes.dit.keys import to_official
 

@@ -260,7 +260,7 @@ def test_lokr_alpha_from_metadata_without_alpha_tensors(tmp_path, base, inputs):
 
 def diffusers_names(p):
     """Official module -> list of (diffusers name, row slice of the official weight), by hand
-    from research newbie-model.md §3.3 (qkv rows [q: n_heads·hd, k: kv·hd, v: kv·hd])."""
+    from docs/newbie-image.md §9 (qkv rows [q: n_heads·hd, k: kv·hd, v: kv·hd])."""
     hd = p.head_dim
     q, kv = p.n_heads * hd, p.n_kv_heads * hd
     names = {}
@@ -619,7 +619,7 @@ def test_node_lists_resolves_and_applies(tmp_path, monkeypatch, base, inputs):
     assert_matches_merged(patched, base, deltas, 0.5, inputs)
 
 
-# ---- a guidance-distilled student (samplers/distill.py) -------------------------------------
+# ---- a guidance-distilled student (training/distill.py) -------------------------------------
 
 def test_distilled_student_loads_runs_and_takes_a_lora(tmp_path, params):
     from nextdit_nodes.loaders import load_dit

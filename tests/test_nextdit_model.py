@@ -1,6 +1,6 @@
-"""Next-DiT forward against an independent reference of the official forward (research §2-4, §10).
+"""Next-DiT forward against an independent reference of the official forward (docs/newbie-image.md §2-3).
 
-The reference below is written from the research notes as the official code computes it: a
+The reference below is written from that description as the official code computes it: a
 PADDED batch with key masks, dense float64 math, complex-number RoPE via `view_as_complex`,
 explicit softmax attention with `repeat_interleave` for GQA, and patchify/unpatchify written as
 explicit index loops. It reads the raw state dict; it never calls our modules.
@@ -341,7 +341,7 @@ def test_bf16_compute_returns_float32_close_to_fp32():
 # ----------------------------------------------------------------------------------------------
 
 def _diffusers_to_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename diffusers Lumina2 keys to the official layout (research §3.3, read backwards)."""
+    """Rename diffusers Lumina2 keys to the official layout (docs/newbie-image.md §4, read backwards)."""
     renames = [
         ("time_caption_embed.timestep_embedder.linear_1", "t_embedder.mlp.0"),
         ("time_caption_embed.timestep_embedder.linear_2", "t_embedder.mlp.2"),

@@ -24,7 +24,7 @@ from nextdit_nodes.prompting import (
 )
 from nextdit_nodes.prompting.count import read_head_count
 
-# The official README example (research newbie-model.md §6), verbatim with its indentation.
+# The official README example (docs/newbie-image.md §6), verbatim with its indentation.
 README_EXAMPLE = """\
   <character_1>
   <n>$character_1$</n>
@@ -85,7 +85,7 @@ README_GENERAL = {
     "other": "alternate_costume",
 }
 
-# Verbatim from the released training script (research newbie-model.md §5.1), typed here by hand.
+# Verbatim from the released training script (finetune.py), typed here by hand.
 OFFICIAL_XML = "You are an assistant designed to generate high-quality anime images based on xml format prompts. <Prompt Start> "
 OFFICIAL_PLAIN = "You are an assistant designed to generate high-quality anime images with the highest degree of image-text alignment based on textual prompts. <Prompt Start> "
 
@@ -130,7 +130,7 @@ def test_image_root_with_caption():
 
 
 def _template_prompt(xml: str, caption: str) -> str:
-    # The ComfyUI template's positive, as laid out in research newbie-model.md §6 (raw newlines).
+    # The ComfyUI template's positive (docs/newbie-image.md §6), with raw newlines.
     return (
         "You are an assistant designed to generate high-quality anime images with the highest "
         "degree of image-text alignment based on xml format textual prompts. <Prompt Start>\n"

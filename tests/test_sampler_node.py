@@ -1,4 +1,4 @@
-"""NextDiTSampler node: inputs per DESIGN.md §4, validation, progress with previews, interrupts."""
+"""NextDiTSampler node: its documented inputs, validation, progress with previews, interrupts."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Schedules, solvers, CFG combination and ``sample(...)`` against independent references.
 
-The references here are written from the research notes (research/newbie-model.md §8) and from
+The references here are written from the official code as docs/newbie-image.md §8 states it and from
 the papers' formulas, not from the code under test.
 """
 
@@ -141,7 +141,7 @@ def test_callback_sees_each_step_start_and_its_velocity():
 
 
 def _official_cfg(cond, uncond, scale, renorm):
-    """NB-repo forward_with_cfg for ONE sample (its `if` on the norms needs batch 1)."""
+    """The official forward_with_cfg for ONE sample (its `if` on the norms needs batch 1)."""
     half = uncond + scale * (cond - uncond)
     if renorm > 0:
         max_new = torch.linalg.vector_norm(cond) * renorm
@@ -167,7 +167,7 @@ def test_combine_cfg_is_the_official_formula_per_sample(renorm):
 
 # ---- sample(...) on a tiny random Next-DiT against an independent official reference ---------
 
-_SCALE, _SHIFT = 0.3611, 0.1159  # FLUX VAE constants (research §7)
+_SCALE, _SHIFT = 0.3611, 0.1159  # FLUX VAE constants (docs/newbie-image.md §7)
 
 
 def _prompt(params, length, seed, pad=0):
@@ -184,7 +184,7 @@ def _prompt(params, length, seed, pad=0):
 
 def _official_sampler(model, noise, conds, unconds, steps, shift, cfg, renorm, trunc, guidance=None,
                       start_latent=None, t_start=0.0):
-    """NB-repo demo sampling, written from research §8: linspace(0, 1, steps+1) shifted by
+    """The official demo sampling, written from docs/newbie-image.md §8: linspace(0, 1, steps+1) shifted by
     t/(t + s − s t), torchdiffeq midpoint on that grid, forward_with_cfg per evaluation with batch 1
     and SEPARATE unpadded forwards for cond and uncond; raw = x/0.3611 + 0.1159."""
     if t_start == 0.0:

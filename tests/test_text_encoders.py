@@ -116,7 +116,7 @@ def test_real_gemma_config_is_pinned():
 
 
 def test_real_jina_config_is_pinned(tmp_path):
-    # The real file's tensor shapes (research §5.2) give the real config, whatever a config says.
+    # The real file's tensor shapes (docs/newbie-image.md §5) give the real config, whatever a config says.
     real_shapes = {"embeddings.word_embeddings.weight": (250002, 1024),
                    "embeddings.token_type_embeddings.weight": (1, 1024),
                    "layers.0.mlp.fc1.weight": (4096, 1024), "layers.23.mlp.fc1.weight": (4096, 1024)}

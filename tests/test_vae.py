@@ -2,7 +2,7 @@
 
 References are the test-side LDM autoencoder and TAESD halves in ``vae_reference.py`` (written from
 the architecture facts, with BFL / original module names), diffusers' own BFL converter for the
-diffusers-layout files, and numbers computed by hand from research/newbie-model.md §7.
+diffusers-layout files, and numbers computed by hand from docs/newbie-image.md §7.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Owner: text-encoder engineer. Everything is built here: SentencePiece models trained in memory on
 a few sentences (Gemma-style BPE with byte fallback, pad 0 / eos 1 / bos 2; Jina-style unigram
 with XLM-R ids <s> 0 / <pad> 1 / </s> 2 / <unk> 3), random weights with transformers' own names,
-and writers for each layout named in research newbie-model.md §3.2/§5 and library-mapping.md.
+and writers for each layout named in docs/newbie-image.md §5.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ LORA_RANK, LORA_ALPHA = 4, 4.0
 
 def to_flash(state: dict) -> dict:
     """transformers JinaEmbeddingsV3Model keys -> jina's XLM-RoBERTa (flash) keys, written from
-    the mapping table in library-mapping.md (reverse direction)."""
+    the flash -> transformers names of text/jina_keys.py written out again (reverse direction)."""
     out = {}
     for key, value in state.items():
         parts = key.split(".")

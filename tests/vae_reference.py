@@ -1,5 +1,5 @@
 """Independent reference autoencoders for tests/test_vae.py, written from the architecture facts
-(research/newbie-model.md §7, peers.md §5b), not from the pack's loader or diffusers.
+(docs/newbie-image.md §7), not from the pack's loader or diffusers.
 
 - ``LdmAutoencoder``: the BFL/LDM autoencoder with BFL module names, so its ``state_dict()`` is an
   ``ae.safetensors``-layout file.

@@ -1,6 +1,6 @@
 """Loading a VAE file as a NEXTDIT_VAE: the FLUX autoencoder or the TAEF1 tiny decoder.
 
-The kind comes from the key names (``vae_keys.detect_layout``), the diffusers config from tensor
+The kind comes from the key names (``keys.detect_layout``), the diffusers config from tensor
 shapes. What shapes cannot tell comes from the file: the safetensors ``__metadata__`` keys
 ``latent_scale`` / ``latent_shift`` (``vae/latent_format.py``) and ``norm_num_groups``, or for a
 diffusers folder its ``config.json`` (``norm_num_groups``; ``scaling_factor`` / ``shift_factor``

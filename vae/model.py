@@ -3,8 +3,9 @@
 Conventions (the official NewBie ``demo.py`` and ``finetune.py``): LATENT values are in the FLUX
 VAE's raw space; the FLUX autoencoder decodes raw latents to [-1,1] and the image is
 ``clamp((x + 1) / 2, 0, 1)``; encoding maps the image to [-1,1] and keeps the mean of the latent
-distribution (no sampling), as the official training did. The tiny decoder (TAEF1) works on the normalised latent, so raw latents
-go through ``latent_format.from_raw`` first (and its encoder's output through ``to_raw``).
+distribution (no sampling), as the official training did. The tiny decoder (TAEF1) works on the
+normalised latent, so raw latents go through ``latent_format.from_raw`` first (and its encoder's
+output through ``to_raw``).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ MODELS = {
                               "split_files/vae/ae.safetensors", "directory": "vae"},
 }
 
-# The official README's two-character example (research newbie-model.md §6).
+# The official README's two-character example (docs/newbie-image.md §6).
 README_XML = """<character_1>
 <n>$character_1$</n>
 <gender>1girl</gender>
@@ -65,7 +65,7 @@ README_XML = """<character_1>
 <other>alternate_costume</other>
 </general_tags>"""
 
-# Official NewBie settings (NB-repo demo.py: 1024², 18 grid points = 17 midpoint steps, CFG 5,
+# Official NewBie settings (demo.py of NewBie-image-Exp0.1: 1024², 18 grid points = 17 midpoint steps, CFG 5,
 # cfg_trunc 0.25, no renorm, shift 6; negative = "" with no system prompt).
 OFFICIAL_SAMPLER = {"width": 1024, "height": 1024, "batch_size": 1, "seed": 42,
                     "control_after_generate": "fixed", "steps": 17, "solver": "midpoint",

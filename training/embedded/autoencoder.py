@@ -6,14 +6,9 @@ is the squared error through the latent MEAN, with the pixels along the objects'
 weighted 1 + EDGE_WEIGHT (``edge_weights``), plus a weak penalty that keeps the latent bounded.
 Outlines are a few percent of the pixels, so under a plain squared error a blurred corner costs
 almost nothing, least of all for small objects on the gray background (low contrast), and the
-decoder rounded small squares and triangles. Shape accuracy on held-out reconstructions after
-1000 steps: 67.4 % plain, 92.6 % edge-weighted (size 97.1 / 100 %); after 2500 steps, the fold
-and the decoder fine-tune: 94.8 % plain, 99.5 % edge-weighted. The Next-DiT trained on the
-sharper latents followed captions better too (at CFG 4 shape 99.3 against 94.5 %, colour+position
-100 against 97.4 %). L1 (with or without an edge term) is median-seeking and painted background
-over the small objects while the decoder was still unsure (colour+position 6–14 % per object
-after 600–1000 steps); squared error keeps them. Check ``reconstruction_adherence`` before
-training the DiT.
+decoder rounded small squares and triangles (the README has the measurements). L1 is
+median-seeking and paints background over small objects while the decoder is still unsure;
+squared error keeps them. Check ``reconstruction_adherence`` before training the DiT.
 """
 
 from __future__ import annotations
@@ -25,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...vae.latent_format import FLUX
 from .shapes import render, training_scene
 
 log = logging.getLogger(__name__)
@@ -39,18 +35,15 @@ LATENT_WEIGHT = 1e-4
 EDGE_WEIGHT = 4.0       # extra weight of outline pixels in the reconstruction error
 EDGE_CONTRAST = 0.1     # |pixel − its 3×3 mean|, summed over RGB in [-1, 1] units: an outline
 
-
 def build_autoencoder():
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(**AE_CONFIG)
 
-
 def image_batch(rng: random.Random, batch: int) -> torch.Tensor:
     """[B, 3, 64, 64] in [-1, 1] of fresh training scenes."""
     images = np.stack([render(training_scene(rng)) for _ in range(batch)])
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-
 
 def edge_weights(x: torch.Tensor) -> torch.Tensor:
     """[B, 1, H, W]: 1 + EDGE_WEIGHT within one pixel of an outline (a pixel that differs from its
@@ -59,19 +52,16 @@ def edge_weights(x: torch.Tensor) -> torch.Tensor:
     outline = ((x - local_mean).abs().sum(dim=1, keepdim=True) > EDGE_CONTRAST).float()
     return 1 + EDGE_WEIGHT * F.max_pool2d(outline, 3, stride=1, padding=1)
 
-
 def reconstruction_error(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Squared error with outlines weighted (``edge_weights``), normalised by the mean weight so its
     scale stays that of a plain mean squared error."""
     weights = edge_weights(x)
     return ((recon - x).pow(2) * weights).mean() / weights.mean()
 
-
 def autoencoder_loss(ae, x: torch.Tensor) -> torch.Tensor:
     latent = ae.encode(x).latent_dist.mean
     recon = ae.decode(latent).sample
     return reconstruction_error(recon, x) + LATENT_WEIGHT * latent.pow(2).mean()
-
 
 def train_autoencoder(steps: int, batch: int = 16, lr: float = 1e-3, seed: int = 0, progress=None):
     torch.manual_seed(seed)
@@ -92,13 +82,11 @@ def train_autoencoder(steps: int, batch: int = 16, lr: float = 1e-3, seed: int =
             progress(step + 1, steps, loss.item())
     return ae.eval()
 
-
 @torch.no_grad()
 def latent_statistics(ae, rng: random.Random, batches: int = 8, batch: int = 32) -> tuple[float, float]:
     """Mean and std of the encoder's latent means over training scenes (for the latent format)."""
     latents = torch.cat([ae.encode(image_batch(rng, batch)).latent_dist.mean for _ in range(batches)])
     return float(latents.mean()), float(latents.std())
-
 
 @torch.no_grad()
 def reconstruct(ae, images: np.ndarray) -> np.ndarray:
@@ -106,7 +94,6 @@ def reconstruct(ae, images: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     y = ae.decode(ae.encode(x).latent_dist.mean).sample
     return ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-
 
 @torch.no_grad()
 def fold_into_flux_format(ae, rng: random.Random, batches: int = 16, batch: int = 32) -> None:
@@ -119,7 +106,6 @@ def fold_into_flux_format(ae, rng: random.Random, batches: int = 16, batch: int 
     decoder's first one. The decoder's zero padding now pads z' rather than z; a short decoder
     fine-tune (``finetune_decoder``) absorbs that border difference.
     """
-    from ...vae.latent_format import FLUX
 
     latents = torch.cat([ae.encode(image_batch(rng, batch)).latent_dist.mean for _ in range(batches)])
     mean, std = latents.mean(dim=(0, 2, 3)), latents.std(dim=(0, 2, 3))
@@ -133,7 +119,6 @@ def fold_into_flux_format(ae, rng: random.Random, batches: int = 16, batch: int 
     conv_in = ae.decoder.conv_in
     conv_in.bias -= (conv_in.weight * (b / a)[None, :, None, None]).sum(dim=(1, 2, 3))
     conv_in.weight /= a[None, :, None, None]
-
 
 def finetune_decoder(ae, steps: int, batch: int = 16, lr: float = 2e-4, seed: int = 1, progress=None):
     """Train the decoder alone (encoder frozen) on the current latent: used after folding."""

@@ -6,16 +6,9 @@ the model learns is exactly what inference feeds it for an empty negative. The o
 blanked only the Gemma string and kept Jina's caption, so its "unconditional" pooled vector still
 carried the prompt; here CFG's negative is a true null condition.
 
-How the Next-DiT came to follow the captions (colour+position per object on 30 held-out prompts,
-CFG 1 / CFG 4, 4000 steps each): 5.9 / 4.4 % with the caption-piece tokenizer; 20.6 / 17.6 % once
-Gemma's embeddings kept each token's identity; 10.3 / 14.7 % with Gemma trained alongside and full
-multi-head attention; 13.2 / 23.5 % with two 60-wide heads; 73.5 / 79.4 % once ``initialise`` kept
-the caption tokens apart through the ungated context refiner (training loss 0.080 instead of 0.118);
-on 200 held-out prompts 81.2 % at CFG 4 after 4000 steps, 85.0 % after 5500 (loss 0.062), 91.9 %
-with six blocks at width 96 instead of four at 120, and 97.4 % (CFG 1: 96.0 %) once every XML field
-was one token (captions of 14 tokens instead of 31, ``shapes.caption_pieces``), which also cut the
-step time by a fifth, so 7000 steps fit where 5500 did (one run with both changes); 100 % (CFG 1
-too) on the latents of the outline-weighted autoencoder (``autoencoder.edge_weights``).
+What made the Next-DiT follow the captions (``initialise``, six blocks at width 96, one token per
+XML field, the autoencoder's outline weighting) is measured in the README's section on the
+embedded model.
 
 Batches are drawn from one caption length at a time (length buckets): the model then attends over
 equal-length samples in one batched call instead of one call per sample, which on two CPU cores
@@ -35,13 +28,10 @@ from ...dit.model import NextDiT
 from ...dit.params import NextDiTParams
 from ...text.towers import encode_jina, gemma_features, right_padded
 
-# 1.7 M parameters: about 0.29 s per batch of 64 on two CPU cores (0.36 s with 31-token captions).
-# Six joint blocks at width 96 rather than four at 120 (same step time): 91.9 against 85.0 %
-# colour+position at CFG 4 on 200 held-out prompts after 5500 steps with 31-token captions, as
-# depth helps a multi-hop read (a cell's colour sits in its position token's character block);
-# eight blocks at width 84 (ffn 256), same step time: 86.9 %. Two heads with their own keys and
-# values: measured better than many narrow query heads sharing one key/value head (23.5 against
-# 14.7 %, before `initialise`).
+# 1.7 M parameters: about 0.29 s per batch of 64 on two CPU cores. Depth over width (six blocks
+# of 96 beat four of 120 and eight of 84 at the same step time: a cell's colour sits in its
+# position token's character block, a multi-hop read), and two heads with their own keys and
+# values beat many narrow heads sharing one (README).
 EMBEDDED_PARAMS = NextDiTParams(dim=96, n_layers=6, n_heads=2, n_kv_heads=2, ffn_dim=320,
                                 cap_dim=64, clip_dim=64)
 

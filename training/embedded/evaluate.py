@@ -9,10 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...dit.checkpoint import load_dit
+from ...sampling.sample import sample
+from ...text.conditioning import conditioning
+from ...text.loading import load_text_encoders
+from ...vae.loading import load_vae
 from .adherence import score_image, summarise
 from .pipeline import DIT_FILE, GEMMA_FILE, JINA_FILE, STUDENT_FILE, VAE_FOLDER
 from .shapes import Scene, held_out_scenes, xml_caption
-
 
 @dataclass(frozen=True)
 class Setting:
@@ -21,19 +25,14 @@ class Setting:
     cfg: float
     guidance: float
 
-
 SETTINGS = (
     Setting("teacher, CFG 1 (no guidance)", False, 1.0, 0.0),
     Setting("teacher, CFG 4", False, 4.0, 0.0),
     Setting("distilled student, CFG 1, guidance 4", True, 1.0, 4.0),
 )
 
-
 class EmbeddedModels:
     def __init__(self, models_dir: Path):
-        from ...dit.checkpoint import load_dit
-        from ...text.loading import load_text_encoders
-        from ...vae.loading import load_vae
 
         models_dir = Path(models_dir)
         self.teacher = load_dit(models_dir / DIT_FILE, dtype="fp32")
@@ -43,15 +42,12 @@ class EmbeddedModels:
         self.vae = load_vae(models_dir / VAE_FOLDER, dtype="fp32")
 
     def conditioning(self, text: str):
-        from ...text.conditioning import conditioning
-
         return conditioning(self.text.encode(text, text), text, text)
 
 
 def generate(models: EmbeddedModels, scene_or_text, setting: Setting, seed: int, steps: int = 25,
              solver: str = "euler") -> np.ndarray:
     """One 64×64 image as uint8 [H, W, 3] for an XML caption (a Scene is captioned in XML)."""
-    from ...sampling.sample import sample
 
     text = xml_caption(scene_or_text) if isinstance(scene_or_text, Scene) else scene_or_text
     model = models.student if setting.student else models.teacher
@@ -59,7 +55,6 @@ def generate(models: EmbeddedModels, scene_or_text, setting: Setting, seed: int,
                     6.0, setting.cfg, 0.0, 1.0, guidance=setting.guidance)
     image = models.vae.decode(latent["samples"])[0]
     return (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-
 
 def adherence(models: EmbeddedModels, setting: Setting, count: int = 200, steps: int = 25,
               seed: int = 1234) -> dict[str, float]:

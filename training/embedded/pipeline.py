@@ -24,7 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...dit.checkpoint import load_dit
+from ...dit.model import NextDiT
+from ...text.conditioning import conditioning
+from ...text.loading import load_text_encoders
 from ...vae.latent_format import FLUX
+from ..distill import DistillConfig, distill, save_student
 from . import autoencoder as ae_training
 from .adherence import score_image, summarise
 from .dit_training import EMBEDDED_PARAMS, prepare_captions, train_dit
@@ -39,7 +44,6 @@ GEMMA_FILE = "text_encoders/embedded-shapes-gemma3.safetensors"
 JINA_FILE = "text_encoders/embedded-shapes-jina.safetensors"
 VAE_FOLDER = "vae/embedded-shapes-vae"
 
-
 @dataclass(frozen=True)
 class TrainingPlan:
     ae_steps: int = 2500
@@ -49,7 +53,6 @@ class TrainingPlan:
     dit_batch: int = 64
     distill_iterations: int = 2000
     seed: int = 0
-
 
 def _bar(desc: str):
     from tqdm import tqdm
@@ -65,14 +68,12 @@ def _bar(desc: str):
             bar.close()
     return update
 
-
 def train_autoencoder_stage(out: Path, plan: TrainingPlan):
     ae = ae_training.train_autoencoder(plan.ae_steps, seed=plan.seed, progress=_bar("autoencoder"))
     ae_training.fold_into_flux_format(ae, random.Random(plan.seed + 1))
     ae_training.finetune_decoder(ae, plan.ae_finetune_steps, progress=_bar("decoder after fold"))
     ae.save_pretrained(str(out / VAE_FOLDER), safe_serialization=True)
     return ae
-
 
 def reconstruction_adherence(reconstruct, count: int = 200) -> dict[str, float]:
     """The checker on an autoencoder's own reconstructions of held-out scenes; ``reconstruct`` maps
@@ -81,7 +82,6 @@ def reconstruction_adherence(reconstruct, count: int = 200) -> dict[str, float]:
     images = np.stack([render(scene) for scene in scenes])
     rebuilt = np.concatenate([reconstruct(images[i:i + 50]) for i in range(0, count, 50)])
     return summarise([score_image(image, scene) for image, scene in zip(rebuilt, scenes)])
-
 
 @torch.no_grad()
 def encode_images(ae, scenes, batch: int = 64) -> torch.Tensor:
@@ -93,14 +93,12 @@ def encode_images(ae, scenes, batch: int = 64) -> torch.Tensor:
         latents.append(FLUX.from_raw(ae.encode(x).latent_dist.mean))
     return torch.cat(latents)
 
-
 def save_training_checkpoint(model, path: Path, plan: TrainingPlan) -> None:
     """As the official trainer saves under DDP: every key `module.`-prefixed, args alongside."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {f"module.{k}": v.detach().clone() for k, v in model.state_dict().items()}
     args = argparse.Namespace(**dataclasses.asdict(plan), params=repr(model.params))
     torch.save({"model": state, "args": args}, path)
-
 
 class _StageClock:
     """Logs each stage's wall time and keeps them for the closing summary."""
@@ -115,14 +113,10 @@ class _StageClock:
         self.seconds[name] = time.perf_counter() - start
         log.info("%s: %.0f s", name, self.seconds[name])
 
-
 def train_embedded(out: Path, plan: TrainingPlan = TrainingPlan(), resume: bool = False) -> dict[str, float]:
     """Train every stage into ``out``; returns each stage's seconds. With ``resume``, a stage whose
     files already exist in ``out`` is loaded instead of retrained (delete a file to redo its stage)."""
     from diffusers import AutoencoderKL
-
-    from ...dit.checkpoint import load_dit
-    from ...text.loading import load_text_encoders
 
     out = Path(out)
     for folder in ("diffusion_models", "text_encoders", "vae"):
@@ -175,27 +169,15 @@ def train_embedded(out: Path, plan: TrainingPlan = TrainingPlan(), resume: bool 
              sum(clock.seconds.values()))
     return clock.seconds
 
-
 def distill_student(teacher, text_encoders, captions, out: Path, plan: TrainingPlan) -> None:
-    from ...text.conditioning import conditioning
-    from ..distill import DistillConfig, distill, save_student
 
     def cond(text: str):
         return conditioning(text_encoders.encode(text, text), text, text)
 
     count = min(len(captions), 2000)
-    # Colour+position at guidance 4 on 200 held-out prompts, previous teacher (CFG 4: 97.4 %):
-    # 81.2 % with a plain MSE, 84.5 % with each sample's error weighted by 1/w² (scale_weighted_loss),
-    # 86.9 % with that and 1200 iterations instead of 600; with those, lr 5e-4 or 2e-3 instead of
-    # 1e-3: 83.8 / 85.2 %, guidance range 1-5 instead of 1-6: 88.1 % (within the run-to-run spread
-    # of about 3 points, so the wider range stays); LoRA rank 4 instead of 16 (600 iterations):
-    # 81.7 %. On an earlier teacher LoRA scored 79.0 against 76.4 % for a full fine-tune.
-    # States advanced by the student itself (student_trajectories), on the first 100 of those
-    # prompts: 90.6 against 84.9 % (teacher trajectories), 93.9 % with 2400 iterations; batch 16
-    # for 2400 iterations 91.5 %; lr 2e-3 89.6 %; LoRA kept off the context refiner (which w cannot
-    # reach) 87.7 %. On the teacher of the outline-weighted autoencoder (CFG 4: shape 99.3 %, all
-    # right 98.5 %), 2000 iterations (8 min, what the hour leaves): shape 97.9 %, all right 95.5 %
-    # (1200: 95.7 / 91.0 %).
+    # LoRA rank 16, scale-weighted loss and on-policy states: the settings the README's
+    # measurements favour (each against plain MSE, teacher trajectories, full fine-tuning, other
+    # ranks, learning rates and guidance ranges); 2000 iterations are what the hour leaves.
     config = DistillConfig(mode="lora", iterations=plan.distill_iterations, batch_size=32, lr=1e-3,
                            guidance_min=1.0, guidance_max=6.0, width=64, height=64, seed=plan.seed,
                            scale_weighted_loss=True, student_trajectories=True)
@@ -204,15 +186,12 @@ def distill_student(teacher, text_encoders, captions, out: Path, plan: TrainingP
     student = distill(teacher, [cond(c) for c in captions[:count]], cond(""), config)
     save_student(student, out / STUDENT_FILE, overwrite=True)
 
-
 def embedded_files_present(models_dir: Path) -> bool:
     return all((Path(models_dir) / name).exists() for name in (DIT_FILE, GEMMA_FILE, JINA_FILE, VAE_FOLDER))
-
 
 def write_untrained(out: Path, seed: int = 0) -> None:
     """The embedded model's files with random (untrained) weights: same architecture, layouts and
     names, so the whole pipeline runs before ``train-embedded`` has produced real weights."""
-    from ...dit.model import NextDiT
 
     out = Path(out)
     for folder in ("diffusion_models", "text_encoders", "vae"):

@@ -4,9 +4,8 @@ trained on the shapes captions.
 Jina stays frozen and random (its mean-pooled vector only has to tell captions apart). Gemma starts
 random and then trains with the Next-DiT (``training/dit.py``; the official recipe froze both).
 Its starting point matters: Gemma's default init (embeddings std 0.02, scaled by √hidden) lets each
-block's post-normed output swamp the embeddings, so the same word in two captions had cosine 0.72
-and two different words 0.41; embeddings of std 0.3 give 0.94 and 0.14, and the Next-DiT on the
-frozen encoder went from 4 % to 18 % colour+position.
+block's post-normed output swamp the embeddings, so a word's features barely depend on the word;
+embeddings of std 0.3 keep each word's identity (README).
 
 They are saved as ComfyUI-layout single files (tokenizer as the ``spiece_model`` tensor, sizes in
 the metadata), so inference loads them exactly as it loads the real encoders.

@@ -1,4 +1,4 @@
-"""A tqdm bar over each node's steps, fed by the host's progress hook (``nodes/host.py``)."""
+"""A tqdm bar over each node's steps, fed by the host's progress hook (``nodes/host/progress.py``)."""
 
 from __future__ import annotations
 
