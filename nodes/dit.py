@@ -43,14 +43,10 @@ class NextDiTLoader:
                            "PCIe). none: always the whole DiT on the GPU."}),
         }}
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, dit_name):
-        # Replaces the dropdown check so a path works headless; a missing file is said early.
-        try:
-            host.resolve_model_file("diffusion_models", dit_name)
-        except FileNotFoundError as error:
-            return str(error)
-        return True
+    if host.paths_allowed():   # headless: replaces the dropdown check so a path works too (host/files.py)
+        @classmethod
+        def VALIDATE_INPUTS(cls, dit_name):
+            return host.model_file_problem("diffusion_models", dit_name) or True
 
     def load(self, dit_name: str, weight_dtype: str = "auto", offload: str = "auto"):
         from ..dit.checkpoint import load_dit

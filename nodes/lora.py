@@ -33,14 +33,10 @@ class NextDiTLoraLoader:
                            "negative values push away from what the LoRA learned."}),
         }}
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, lora_name):
-        # Replaces the dropdown check so a path works headless; a missing file is said early.
-        try:
-            host.resolve_model_file("loras", lora_name)
-        except FileNotFoundError as error:
-            return str(error)
-        return True
+    if host.paths_allowed():   # headless: replaces the dropdown check so a path works too (host/files.py)
+        @classmethod
+        def VALIDATE_INPUTS(cls, lora_name):
+            return host.model_file_problem("loras", lora_name) or True
 
     def apply(self, model, lora_name: str, strength: float = 1.0):
         from ..lora.apply import load_lora

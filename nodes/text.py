@@ -56,14 +56,11 @@ class NextDiTTextEncoderLoader:
                            "in Gemma 3."}),
         }}
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, gemma_name, jina_name):
-        for name in (gemma_name, jina_name):
-            try:
-                host.resolve_model_file("text_encoders", name)
-            except FileNotFoundError as error:
-                return str(error)
-        return True
+    if host.paths_allowed():   # headless: replaces the dropdown check so a path works too (host/files.py)
+        @classmethod
+        def VALIDATE_INPUTS(cls, gemma_name, jina_name):
+            return (host.model_file_problem("text_encoders", gemma_name)
+                    or host.model_file_problem("text_encoders", jina_name) or True)
 
     def load(self, gemma_name: str, jina_name: str, device: str = "auto", dtype: str = "auto"):
         from ..text.loading import load_text_encoders

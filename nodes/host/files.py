@@ -3,6 +3,13 @@
 Inside ComfyUI the folders come from ``folder_paths`` (``extra_model_paths.yaml`` included);
 headless from ``$NEXTDIT_MODELS_DIR`` laid out like ComfyUI's ``models/`` folder. The embedded
 default model's folder is searched last in both.
+
+A server (ComfyUI, or the pack's own ``serve``) takes prompts from whoever reaches its port, so
+there a file input must be one of the listed entries, as core's loaders demand: absolute paths,
+``..`` and anything else outside the model folders are refused, and the message names no server
+path. Inside ComfyUI the loaders leave that check to core's own dropdown validation ("Value not in
+list"); only headless, on the user's own machine (the runner, scripts), do they define
+``VALIDATE_INPUTS`` so that a path works too.
 """
 
 from __future__ import annotations
@@ -16,6 +23,20 @@ EMBEDDED_DIR = PACK_DIR / "embedded"
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pth", ".ckpt", ".bin")
 # Folders whose entries may also be directories (HF / diffusers layouts).
 FOLDER_LAYOUT_OK = ("diffusion_models", "text_encoders", "vae", "loras")
+
+
+_confined = False
+
+
+def confine_to_model_folders(confined: bool = True) -> None:
+    """A server calls this at start: from then on file inputs must name listed entries."""
+    global _confined
+    _confined = confined
+
+
+def paths_allowed() -> bool:
+    """Whether a file input may be a path: headless only, never inside ComfyUI or a server."""
+    return not _confined and _comfy_folder_paths() is None
 
 
 def _comfy_folder_paths():
@@ -72,7 +93,15 @@ def list_model_files(folder: str) -> list[str]:
 
 
 def resolve_model_file(folder: str, name: str) -> Path:
-    """Full path of ``name`` (a listed name or a path); FileNotFoundError says where we looked."""
+    """Full path of ``name``: a listed entry of ``folder``, or (headless only) a path.
+
+    ValueError for a value that is not a file name at all; FileNotFoundError otherwise, saying
+    where we looked (headless) or only that the name is not listed (on a server).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a file name from the {folder!r} model folders is needed here; got {name!r}")
+    if not paths_allowed():
+        return _listed_entry(folder, name)
     candidate = Path(name).expanduser()
     if candidate.is_absolute() and candidate.exists():
         return candidate
@@ -88,3 +117,22 @@ def resolve_model_file(folder: str, name: str) -> Path:
         f"Put the file in one of them (headless: set NEXTDIT_MODELS_DIR to your models folder), "
         f"or give a full path."
     )
+
+
+def _listed_entry(folder: str, name: str) -> Path:
+    if name in list_model_files(folder):
+        for base in _folder_dirs(folder):
+            if (base / name).exists():
+                return base / name
+    raise FileNotFoundError(f"{name!r} is not one of the files in the {folder!r} model folders; pick "
+                            f"one from the list (put new files into the {folder!r} folder; a server "
+                            f"accepts no paths)")
+
+
+def model_file_problem(folder: str, name) -> str | None:
+    """What a loader's VALIDATE_INPUTS reports for a file input, or None when it resolves."""
+    try:
+        resolve_model_file(folder, name)
+    except (FileNotFoundError, ValueError) as error:
+        return str(error)
+    return None
