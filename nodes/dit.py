@@ -16,9 +16,11 @@ class NextDiTLoader:
         "checkpoint (DDP/compile prefixes and all-in-one files handled). The configuration is read "
         "from the tensor shapes; a file of another model is refused with a message saying what it is."
     )
-    RETURN_TYPES = ("NEXTDIT_MODEL",)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The Next-DiT, ready for NextDiTSampler (or NextDiTLoraLoader).",)
+    RETURN_TYPES = ("NEXTDIT_MODEL", "MODEL")
+    RETURN_NAMES = ("model", "core_model")
+    OUTPUT_TOOLTIPS = ("The Next-DiT, ready for NextDiTSampler (or NextDiTLoraLoader).",
+                       "The same Next-DiT as a core ComfyUI MODEL (same weights, no copy), for KSampler, "
+                       "model patches, caches and LoRA loaders; inside ComfyUI only.")
     FUNCTION = "load"
 
     @classmethod
@@ -50,15 +52,16 @@ class NextDiTLoader:
 
     def load(self, dit_name: str, weight_dtype: str = "auto", offload: str = "auto"):
         from ..dit.checkpoint import load_dit
-        from .host.memory import load_for_device
+        from .host.memory import core_model_of, load_for_device
 
         if weight_dtype not in WEIGHT_DTYPES:
             raise ValueError(f"weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
         if offload not in OFFLOAD_MODES:
             raise ValueError(f"offload {offload!r} is not one of {', '.join(OFFLOAD_MODES)}")
         path = host.resolve_model_file("diffusion_models", dit_name)
-        return (load_for_device(lambda storage, compute: load_dit(path, dtype=weight_dtype, device=storage,
-                                                                  compute_device=compute), offload),)
+        model = load_for_device(lambda storage, compute: load_dit(path, dtype=weight_dtype, device=storage,
+                                                                compute_device=compute), offload)
+        return (model, core_model_of(model))
 
 
 NODE_CLASSES = [NextDiTLoader]

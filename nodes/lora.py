@@ -15,9 +15,11 @@ class NextDiTLoraLoader:
         "bare module paths. The incoming model is not modified and its weights are not copied; chain "
         "several loaders to stack LoRAs. The report lists which modules were patched and which were not."
     )
-    RETURN_TYPES = ("NEXTDIT_MODEL",)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The model with the LoRA added (the input model is unchanged).",)
+    RETURN_TYPES = ("NEXTDIT_MODEL", "MODEL")
+    RETURN_NAMES = ("model", "core_model")
+    OUTPUT_TOOLTIPS = ("The model with the LoRA added (the input model is unchanged).",
+                       "The same as a core ComfyUI MODEL: the input's core MODEL with this LoRA (core's "
+                       "object patch, applied while it samples); inside ComfyUI only.")
     FUNCTION = "apply"
 
     @classmethod
@@ -40,10 +42,11 @@ class NextDiTLoraLoader:
 
     def apply(self, model, lora_name: str, strength: float = 1.0):
         from ..lora.apply import load_lora
+        from .host.memory import core_model_of
 
         path = host.resolve_model_file("loras", lora_name)
         patched, report = load_lora(model, path, float(strength))
-        return {"ui": {"text": [report.text]}, "result": (patched,)}
+        return {"ui": {"text": [report.text]}, "result": (patched, core_model_of(patched, base=model))}
 
 
 NODE_CLASSES = [NextDiTLoraLoader]

@@ -119,4 +119,37 @@ class NextDiTSampler:
         return (out,)
 
 
-NODE_CLASSES = [NextDiTSampler]
+class NextDiTOfficialCFG:
+    DISPLAY_NAME = "NextDiT Official CFG"
+    CATEGORY = "NextDiT/sampling"
+    DESCRIPTION = (
+        "Makes core samplers (KSampler, SamplerCustomAdvanced) guide a Next-DiT MODEL the way the "
+        "official NewBie code and NextDiT Sampler do: CFG on the velocity, optionally renormalised to "
+        "the conditional velocity's norm, and only while the data-time is below cfg_trunc (afterwards "
+        "the prompt alone, and the negative is no longer computed). Set the scale with the sampler's "
+        "cfg. Core's RenormCFG differs: it renormalises the denoised image and compares against sigma."
+    )
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The model with the official CFG (a clone: the input is unchanged).",)
+    FUNCTION = "patch"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "A Next-DiT core MODEL: NextDiT Loader's core_model output."}),
+            "cfg_trunc": ("FLOAT", {"default": OFFICIAL["cfg_trunc"], "min": 0.0, "max": 100.0, "step": 0.01,
+                                    "tooltip": "CFG only while the data-time t = 1 − sigma is below this, then "
+                                               "the prompt alone. Official demo: 0.25. 1 or more = every step."}),
+            "renorm_cfg": ("FLOAT", {"default": OFFICIAL["renorm_cfg"], "min": 0.0, "max": 10.0, "step": 0.05,
+                                     "tooltip": "0 = off. Otherwise the guided velocity is scaled down to at most "
+                                                "renorm_cfg × the conditional one's norm, per image."}),
+        }}
+
+    def patch(self, model, cfg_trunc: float, renorm_cfg: float):
+        from .host.core_model import official_cfg  # inside ComfyUI only: core MODELs exist only there
+
+        return (official_cfg(model, float(cfg_trunc), float(renorm_cfg)),)
+
+
+NODE_CLASSES = [NextDiTSampler, NextDiTOfficialCFG]

@@ -47,12 +47,15 @@ def main(comfy_dir: str, pack_dir: str) -> None:
     inputs = random_inputs(p, [5, 7])
     with torch.no_grad():
         expected = model(**inputs)
-    size = offload.tensor_bytes(model)
 
-    # 1. use_model registers the DiT with the manager, once.
+    # 1. use_model registers the DiT with the manager, once, through its core MODEL (a BaseModel
+    #    holding this very module, plus the flow model-sampling tables).
     comfy_memory.use_model(model, memory_required=1000)
     comfy_memory.use_model(model)
-    patcher = model.attachments["host_patcher"]
+    patcher = model.attachments["core_model"]
+    assert patcher.model.diffusion_model is model
+    size = offload.tensor_bytes(patcher.model)
+    assert size > offload.tensor_bytes(model)
     entries = [m for m in mm.current_loaded_models if m.model is patcher]
     assert len(entries) == 1, mm.current_loaded_models
     assert patcher.loaded_size() == size and patcher.model_size() == size
@@ -87,7 +90,29 @@ def main(comfy_dir: str, pack_dir: str) -> None:
     assert not offload.is_offloaded(model) and patcher.loaded_size() == size
     assert patcher.is_clone(patcher) and not patcher.is_dynamic()
 
-    # 7. A module without repeated blocks (the VAE): whole loads and unloads, never streamed.
+    # 7. Core weight patches (what core's LoRA loaders add) on a clone: applied when the clone
+    #    loads, also with streamed blocks; the base loading again restores the weights.
+    set_offload_mode(model, "auto")
+    key = "diffusion_model.layers.0.attention.qkv.weight"
+    weight = model.layers[0].attention.qkv.weight
+    clone = patcher.clone()
+    clone.add_patches({key: ("diff", (torch.full_like(weight, 0.01),))}, 1.0)
+    mm.load_models_gpu([clone])
+    assert torch.allclose(model.layers[0].attention.qkv.weight, weight + 0.01)
+    with torch.no_grad():
+        changed = model(**inputs)
+    assert not torch.equal(changed, expected)
+    clone.detach()
+    clone.load(cpu, lowvram_model_memory=size // 2)
+    assert offload.is_offloaded(model)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs), changed)
+    mm.load_models_gpu([patcher])
+    assert torch.equal(model.layers[0].attention.qkv.weight, weight) and not offload.is_offloaded(model)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs), expected)
+
+    # 8. A module without repeated blocks (the VAE): whole loads and unloads, never streamed.
     vae = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
     vae_attachments = {}
     comfy_memory.use_model(vae, memory_required=10, attachments=vae_attachments)

@@ -378,7 +378,8 @@ def test_loader_node_offload_option_streams_blocks_in_the_sampler_with_the_same_
                     shift=6.0, cfg=4.0, renorm_cfg=0.0, cfg_trunc=1.0, guidance=0.0)
     outputs = {}
     for mode in ("none", "blocks"):
-        (model,) = NextDiTLoader().load(str(path), "fp32", mode)
+        model, core_model = NextDiTLoader().load(str(path), "fp32", mode)
+        assert core_model is None   # headless: no core MODEL
         (outputs[mode],) = NextDiTSampler().sample(model, **settings)
         assert offload.is_offloaded(model) == (mode == "blocks")
     assert torch.equal(outputs["blocks"]["samples"], outputs["none"]["samples"])

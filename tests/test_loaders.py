@@ -410,7 +410,8 @@ def test_node_lists_and_loads(tmp_path, monkeypatch):
     assert all("tooltip" in options for _, options in inputs.values())
     assert NextDiTLoader.VALIDATE_INPUTS("tiny_dit.safetensors") is True
     assert "not found" in NextDiTLoader.VALIDATE_INPUTS("nope.safetensors")
-    (model,) = NextDiTLoader().load("tiny_dit.safetensors", "auto")   # auto on CPU = fp32
+    model, core_model = NextDiTLoader().load("tiny_dit.safetensors", "auto")   # auto on CPU = fp32
+    assert core_model is None   # headless: no core MODEL (tests/comfy_host checks it in ComfyUI)
     _assert_same_state(model, expected)
 
 

@@ -614,7 +614,8 @@ def test_node_lists_resolves_and_applies(tmp_path, monkeypatch, base, inputs):
     assert node_class.VALIDATE_INPUTS("style.safetensors") is True
     assert node_class.VALIDATE_INPUTS("missing.safetensors") is not True
     returned = getattr(node_class(), node_class.FUNCTION)(model=base, lora_name="style.safetensors", strength=0.5)
-    (patched,) = returned["result"]
+    patched, core_model = returned["result"]
+    assert core_model is None   # headless: no core MODEL
     assert "layers.0.attention.qkv: applied" in returned["ui"]["text"][0]
     assert_matches_merged(patched, base, deltas, 0.5, inputs)
 

@@ -30,8 +30,8 @@ import torch
 
 from ...dit import offload
 from ...dit.model import repeated_blocks
-from ...dit.placement import (bytes_on, dit_activation_bytes, non_block_bytes, offload_mode, on_device, place,
-                              set_offload_mode, stream_room)
+from ...dit.placement import (bytes_on, dit_activation_bytes, non_block_bytes, offload_mode, place, set_offload_mode,
+                              stream_room)
 from ...dit.settings import OFFLOAD_MODES
 from . import devices
 
@@ -91,23 +91,42 @@ def use_dit_for_sampling(model, positive, negative, width: int, height: int, bat
                                           cap_len, dtype_bytes))
 
 
+def core_model_of(nextdit, base=None):
+    """Inside ComfyUI the core MODEL of ``nextdit`` (for a LoRA'd copy: a clone of ``base``'s that
+    runs the copy); headless None, since nothing there takes a MODEL."""
+    if _comfy() is None:
+        return None
+    from .core_model import core_model, with_diffusion_model  # noqa: PLC0415 - imports ComfyUI
+
+    if base is None or base is nextdit:
+        return core_model(nextdit)
+    return with_diffusion_model(core_model(base), nextdit)
+
+
 def use_model(module, memory_required: int = 0, attachments: dict | None = None) -> None:
     """Make ``module`` ready to compute on the pack's device, with ``memory_required`` bytes of
     activations on top (ComfyUI: through its memory manager; headless: ``dit.placement.place``).
 
-    attachments: where the module's patcher is kept (default ``module.attachments``, a NextDiT's;
-    the VAE node passes its NextDiTVAE's)."""
+    Inside ComfyUI a Next-DiT is loaded through its core MODEL (``core_model.core_model``), so
+    the manager sees one model however it is used (the pack's sampler, core's samplers, LoRA'd
+    clones); other modules (the VAE) get a patcher of their own, kept in ``attachments`` (the VAE
+    node passes its NextDiTVAE's)."""
     comfy = _comfy()
     device = devices.torch_device()
     if comfy is None:
         place(module, device, memory_required)
         return
     mm, _ = comfy
-    slot = module.attachments if attachments is None else attachments
-    patcher = slot.get(_PATCHER)
-    if patcher is None or patcher.model is not module:    # a LoRA copy has its own patcher
-        patcher = make_patcher(module, device, mm.unet_offload_device())
-        slot[_PATCHER] = patcher
+    if repeated_blocks(module):
+        from .core_model import core_model  # noqa: PLC0415 - imports ComfyUI
+
+        patcher = core_model(module)
+    else:
+        slot = module.attachments if attachments is None else attachments
+        patcher = slot.get(_PATCHER)
+        if patcher is None:
+            patcher = make_patcher(module, device, mm.unet_offload_device())
+            slot[_PATCHER] = patcher
     mm.load_models_gpu([patcher], memory_required=memory_required)
 
 
@@ -116,61 +135,101 @@ def use_model(module, memory_required: int = 0, attachments: dict | None = None)
 _PATCHER_CLASS = None
 
 
-def make_patcher(module, load_device, offload_device):
-    """A `PackModelPatcher` for ``module`` (ComfyUI must be importable)."""
+def make_patcher(model, load_device, offload_device):
+    """A `PackModelPatcher` for ``model``: a core BaseModel around a Next-DiT, or a plain module
+    (ComfyUI must be importable)."""
+    return patcher_class()(model, load_device, offload_device)
+
+
+def patcher_class():
     global _PATCHER_CLASS
     if _PATCHER_CLASS is None:
         _PATCHER_CLASS = _define_patcher_class(_comfy()[1].ModelPatcher)
-    return _PATCHER_CLASS(module, load_device, offload_device)
+    return _PATCHER_CLASS
 
 
 def _define_patcher_class(ModelPatcher):
-    class PackModelPatcher(ModelPatcher):
-        """ComfyUI's ModelPatcher for a pack module: whole-module moves, or block streaming."""
+    from comfy.utils import get_attr  # noqa: PLC0415 - inside ComfyUI only
 
-        def __init__(self, module, load_device, offload_device):
-            super().__init__(module, load_device, offload_device, size=offload.tensor_bytes(module))
-            self._set_loaded(bytes_on(module, load_device) if not offload.is_offloaded(module)
-                             else self._streamed_resident())
+    class PackModelPatcher(ModelPatcher):
+        """ComfyUI's ModelPatcher for a pack model: whole moves, or the Next-DiT's blocks streamed.
+
+        ``model`` is a core BaseModel whose ``diffusion_model`` is a Next-DiT (the core MODEL), or
+        a plain module without blocks (the VAE). Core's own machinery stays: clones, object
+        patches, and weight patches (core LoRAs), which are applied to the weights where they
+        rest before the blocks are planned, so streaming works on the patched weights."""
+
+        def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
+            super().__init__(model, load_device, offload_device, size=size or offload.tensor_bytes(model),
+                             weight_inplace_update=weight_inplace_update)
+            dit = self._dit()
+            resident = (bytes_on(model, load_device) if dit is None or not offload.is_offloaded(dit)
+                        else self._streamed_resident())
+            self._set_loaded(resident)
+
+        def _dit(self):
+            """The Next-DiT whose blocks may stream (None for a plain module)."""
+            dit = getattr(self.model, "diffusion_model", None)
+            return dit if dit is not None and repeated_blocks(dit) else None
 
         def _set_loaded(self, nbytes: int) -> None:
-            # What ComfyUI's ModelPatcher reads from the module it wraps.
+            # What ComfyUI's ModelPatcher reads from the model it wraps.
+            dit = self._dit()
             self.model.model_loaded_weight_memory = nbytes
-            self.model.model_lowvram = offload.is_offloaded(self.model)
+            self.model.model_lowvram = dit is not None and offload.is_offloaded(dit)
 
         def _streamed_resident(self) -> int:
-            state = offload.offload_state(self.model)
+            state = offload.offload_state(self._dit())
             streamed = sum(offload.tensor_bytes(b) for b in state.streamed) if state else 0
-            return self.size - streamed + stream_room(self.model)
+            return self.model_size() - streamed + stream_room(self._dit())
 
         def _stream(self, device, budget: int) -> None:
             """Stream the blocks that do not fit in ``budget`` bytes (which also pays for the two
             block copies in flight); what is resident plus those copies counts as loaded."""
-            room = stream_room(self.model)
-            block_budget = max(0, budget - non_block_bytes(self.model) - room)
-            self._set_loaded(offload.offload_blocks(self.model, device, budget=block_budget) + room)
+            dit = self._dit()
+            room = stream_room(dit)
+            outside = offload.tensor_bytes(self.model) - offload.tensor_bytes(dit)   # e.g. model_sampling
+            block_budget = max(0, budget - non_block_bytes(dit) - outside - room)
+            for name, child in self.model.named_children():
+                if child is not dit:
+                    child.to(device)
+            self._set_loaded(offload.offload_blocks(dit, device, budget=block_budget) + outside + room)
 
         def _can_stream(self) -> bool:
-            return bool(repeated_blocks(self.model)) and offload_mode(self.model) != "none"
+            dit = self._dit()
+            return dit is not None and offload_mode(dit) != "none"
+
+        def _patch_weights(self) -> None:
+            """Core's weight patches (LoRAs from core loaders), computed where each weight rests; the
+            model remembers whose patches it carries, as core's own load does."""
+            if self.model.current_weight_patches_uuid == self.patches_uuid:
+                return
+            for key in self.patches:
+                weight = get_attr(self.model, key)
+                if weight.element_size() == 1:
+                    raise ValueError(f"{key}: core's LoRA patches cannot change weights stored in fp8; load "
+                                     f"the Next-DiT with weight_dtype bf16/fp16/fp32, or use NextDiT LoRA "
+                                     f"Loader (which works on fp8)")
+                self.patch_weight_to_device(key, device_to=weight.device)
+            self.model.current_weight_patches_uuid = self.patches_uuid
 
         def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
             device = device_to if device_to is not None else self.load_device
+            dit = self._dit()
+            if dit is not None:
+                offload.remove_offload(dit, None)      # patched weights replace parameters: plan after
+            self._patch_weights()
             budget = None if (full_load or lowvram_model_memory == 0) else lowvram_model_memory
-            if offload_mode(self.model) == "blocks":
+            if dit is not None and offload_mode(dit) == "blocks":
                 budget = 0
-            if budget is None or budget >= self.size or not self._can_stream():
-                offload.remove_offload(self.model, device)
-                self._set_loaded(self.size)
-                return
-            self._stream(device, budget)
-
-        def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
-            before = self.loaded_size()
-            if before >= self.size and on_device(self.model, device_to):
-                return 0
-            target = before + extra_memory
-            self.load(device_to, lowvram_model_memory=0 if target >= self.size else target)
-            return self.loaded_size() - before
+            if budget is None or budget >= self.model_size() or not self._can_stream():
+                if dit is not None:
+                    offload.remove_offload(dit, device)
+                self.model.to(device)
+                self._set_loaded(self.model_size())
+            else:
+                self._stream(device, budget)
+            self.model.device = device
 
         def partially_unload(self, device_to, memory_to_free=0, force_patch_weights=False):
             before = self.loaded_size()
@@ -181,10 +240,11 @@ def _define_patcher_class(ModelPatcher):
             log.info("NextDiT: %.2f GB of block weights moved to the CPU for other models", freed / 1e9)
             return freed
 
-        def detach(self, unpatch_all=True):
-            offload.remove_offload(self.model, self.offload_device)
-            self._set_loaded(0)
-            return self.model
+        def unpatch_model(self, device_to=None, unpatch_weights=True):
+            dit = self._dit()
+            if dit is not None and unpatch_weights:
+                offload.remove_offload(dit, None)      # restored weights replace parameters too
+            super().unpatch_model(device_to, unpatch_weights)
 
         def current_loaded_device(self):
             return self.load_device if self.loaded_size() > 0 else self.offload_device

@@ -1,0 +1,146 @@
+"""The pack's Next-DiT as a core ComfyUI MODEL (imported only inside ComfyUI).
+
+``core_model(nextdit)`` wraps the very Next-DiT the pack's loader made (no copy, no second set of
+weights) in a ``comfy.model_base.BaseModel`` subclass and the pack's ``PackModelPatcher``, so
+core's samplers, schedulers, model patches, wrappers, caches and LoRA loaders work with it, while
+precision (fp16-safe path, fp8 storage), block streaming and the memory manager stay the pack's.
+What core expects of a Lumina-2 / NewBie model, as ``comfy/supported_models.py`` ``Lumina2`` sets
+it: flow model sampling (CONST, shift 6, multiplier 1) and the FLUX latent format. Core's sigma
+is the noise fraction, so the Next-DiT gets data-time 1 − σ and returns v = data − noise, which
+core reads as the model output −v (docs/newbie-image.md §8).
+
+Conditioning: ``extra_conds`` reads core CONDITIONING as both the pack's ``NextDiT Text Encode``
+and core's NewBie text encoder write it (caption features, ``attention_mask``, ``pooled_output``;
+``guidance`` from core's ``FluxGuidance`` for guidance-distilled students). The caption and its
+mask travel as one ``CaptionCond``, which core may batch across prompts of different lengths:
+they are padded with masked tokens, and the Next-DiT packs the real tokens, so no compute goes
+to padding.
+"""
+
+from __future__ import annotations
+
+import torch
+from comfy import conds, model_base, patcher_extension, samplers, supported_models
+from comfy import model_management as mm
+
+from ...sampling.guidance import cfg_active, combine_cfg
+from ...text.conditioning import prompt_batches
+from .memory import patcher_class
+
+_CORE_MODEL = "core_model"   # key in the Next-DiT's attachments
+
+
+class CaptionCond(conds.CONDRegular):
+    """Caption features and mask as one tensor (n, L, D + 1): the mask is the last channel.
+
+    Entries of different lengths concatenate: the shorter are padded with zero features and mask
+    0 at the end (real tokens first, as the Next-DiT packs them)."""
+
+    def can_concat(self, other):
+        return self.cond.shape[2] == other.cond.shape[2] and self.cond.device == other.cond.device
+
+    def concat(self, others):
+        entries = [self.cond] + [other.cond for other in others]
+        longest = max(entry.shape[1] for entry in entries)
+        return torch.cat([torch.nn.functional.pad(entry, (0, 0, 0, longest - entry.shape[1])) for entry in entries])
+
+
+def caption_tensor(feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(n, L, D) features and (n, L) mask -> the (n, L, D + 1) value of a CaptionCond."""
+    return torch.cat([feats.float(), mask.float().unsqueeze(-1)], dim=-1)
+
+
+class NextDiTCoreModel(model_base.BaseModel):
+    """A core BaseModel whose diffusion model is the pack's Next-DiT (state-dict keys
+    ``diffusion_model.<official key>``, so core LoRA patches find the weights)."""
+
+    def __init__(self, nextdit, device=None):
+        config = supported_models.Lumina2({"image_model": "lumina2", "disable_unet_model_creation": True})
+        super().__init__(config, model_base.ModelType.FLOW, device=device)
+        self.diffusion_model = nextdit
+
+    def get_dtype(self):
+        return self.diffusion_model.compute_dtype
+
+    def extra_conds(self, **kwargs):
+        p = self.diffusion_model.params
+        extras = {"attention_mask": kwargs.get("attention_mask"), "pooled_output": kwargs.get("pooled_output")}
+        (batch,) = prompt_batches([[kwargs["cross_attn"], extras]], 1, p.cap_dim, p.clip_dim, "conditioning")
+        out = {"nextdit_caption": CaptionCond(caption_tensor(batch.feats, batch.mask))}
+        if batch.pooled is not None:
+            out["clip_text_pooled"] = conds.CONDRegular(batch.pooled)
+        guidance = kwargs.get("guidance")
+        if guidance is not None and p.guidance_embed:
+            out["guidance"] = conds.CONDRegular(torch.tensor([float(guidance)]))
+        return out
+
+    def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
+        sigma = t
+        xc = self.model_sampling.calculate_input(sigma, x)
+        output = patcher_extension.WrapperExecutor.new_class_executor(
+            self._run_dit, self,
+            patcher_extension.get_all_wrappers(patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options),
+        ).execute(xc, sigma, kwargs["nextdit_caption"], kwargs.get("clip_text_pooled"), kwargs.get("guidance"),
+                  transformer_options)
+        return self.model_sampling.calculate_denoised(sigma, output.float(), x)
+
+    def _run_dit(self, x, sigma, caption, pooled, guidance, transformer_options):
+        """Core's model output for ``x`` at noise fraction ``sigma``: −v (B, C, h, w)."""
+        caption = caption.to(x.device, torch.float32)
+        feats, mask = caption[..., :-1], caption[..., -1] > 0.5
+        data_time = 1.0 - self.model_sampling.timestep(sigma).float()
+        v = self.diffusion_model(x.float(), data_time, feats, mask,
+                                 None if pooled is None else pooled.to(x.device, torch.float32),
+                                 None if guidance is None else guidance.to(x.device, torch.float32).reshape(-1))
+        return -v
+
+
+def core_model(nextdit):
+    """The core MODEL (a PackModelPatcher) of a Next-DiT; one per Next-DiT object, kept in its
+    attachments so every use of it goes through the same patcher."""
+    patcher = nextdit.attachments.get(_CORE_MODEL)
+    if patcher is None or patcher.get_model_object("diffusion_model") is not nextdit:   # not this one's
+        offload_device = mm.unet_offload_device()
+        patcher = patcher_class()(NextDiTCoreModel(nextdit, device=offload_device), mm.get_torch_device(),
+                                  offload_device)
+        nextdit.attachments[_CORE_MODEL] = patcher
+    return patcher
+
+
+def with_diffusion_model(patcher, nextdit):
+    """A clone of ``patcher`` that runs ``nextdit`` (a LoRA'd structural copy of its Next-DiT) in
+    its place: core's object patch, applied when the clone loads and undone when another loads."""
+    clone = patcher.clone()
+    clone.add_object_patch("diffusion_model", nextdit)
+    nextdit.attachments[_CORE_MODEL] = clone
+    return clone
+
+
+def official_cfg(patcher, cfg_trunc: float, renorm_cfg: float):
+    """A clone whose CFG is the official NewBie one (``sampling/guidance.py``): while data-time
+    t = 1 − σ is below ``cfg_trunc`` the guided velocity, renormalised to at most ``renorm_cfg``
+    times the conditional one's norm (0: off); from then on the conditional velocity alone, and
+    the unconditional branch is no longer computed.
+
+    Core hands the CFG function x − denoised per branch, which for a flow model is −σ·v: the same
+    factor for both branches, so combining and renormalising them is combining velocities."""
+    clone = patcher.clone()
+
+    def data_time(sigma) -> float:
+        return 1.0 - float(sigma.reshape(-1)[0])   # one noise level per step for the whole batch
+
+    def guide(args):
+        if not cfg_active(data_time(args["sigma"]), args["cond_scale"], cfg_trunc):
+            return args["cond"]
+        return combine_cfg(args["cond"], args["uncond"], args["cond_scale"], renorm_cfg)
+
+    def branches(args):
+        cond, uncond = args["conds"]
+        if uncond is not None and data_time(args["sigma"]) >= cfg_trunc:
+            uncond = None   # past the truncation only the conditional branch is used
+        return samplers.calc_cond_batch(args["model"], [cond, uncond], args["input"], args["sigma"],
+                                        args["model_options"])
+
+    clone.set_model_sampler_cfg_function(guide)
+    clone.set_model_sampler_calc_cond_batch_function(branches)
+    return clone
