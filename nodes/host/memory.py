@@ -30,8 +30,7 @@ import torch
 
 from ...dit import offload
 from ...dit.model import repeated_blocks
-from ...dit.placement import (bytes_on, dit_activation_bytes, non_block_bytes, offload_mode, place, set_offload_mode,
-                              stream_room)
+from ...dit.placement import dit_activation_bytes, non_block_bytes, offload_mode, place, set_offload_mode, stream_room
 from ...dit.settings import OFFLOAD_MODES
 from . import devices
 
@@ -162,10 +161,6 @@ def _define_patcher_class(ModelPatcher):
         def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
             super().__init__(model, load_device, offload_device, size=size or offload.tensor_bytes(model),
                              weight_inplace_update=weight_inplace_update)
-            dit = self._dit()
-            resident = (bytes_on(model, load_device) if dit is None or not offload.is_offloaded(dit)
-                        else self._streamed_resident())
-            self._set_loaded(resident)
 
         def _dit(self):
             """The Next-DiT whose blocks may stream (None for a plain module)."""
@@ -177,11 +172,6 @@ def _define_patcher_class(ModelPatcher):
             dit = self._dit()
             self.model.model_loaded_weight_memory = nbytes
             self.model.model_lowvram = dit is not None and offload.is_offloaded(dit)
-
-        def _streamed_resident(self) -> int:
-            state = offload.offload_state(self._dit())
-            streamed = sum(offload.tensor_bytes(b) for b in state.streamed) if state else 0
-            return self.model_size() - streamed + stream_room(self._dit())
 
         def _stream(self, device, budget: int) -> None:
             """Stream the blocks that do not fit in ``budget`` bytes (which also pays for the two

@@ -1,0 +1,300 @@
+"""The pack's Next-DiT as a core MODEL, checked in a real ComfyUI through /prompt (outside CI).
+
+Against a running ComfyUI whose custom_nodes has the pack (``../shared/comfy-host/comfy_run.sh``)
+and whose models folder this script fills (``--models``) with random-weight files: a Next-DiT at
+NewBie width with one joint layer (core's model detection needs dim 2304), the tiny example
+files of ``tests/runtime_models.py``, and a LoRA. Each check queues an API prompt and compares the
+latents the graphs saved (core ``SaveLatent``, read back through ``/view``):
+
+  1. core KSampler (euler, simple, cfg 1) on the pack's MODEL equals core KSampler on core's own
+     model loaded from the same file with UNETLoader;
+  2. KSampler at cfg 4 + NextDiT Official CFG equals NextDiT Sampler (renorm 1, cfg_trunc 0.5);
+  3. EasyCache and TorchCompileModel on the pack's MODEL run to success;
+  4. core's LoraLoaderModelOnly applies a LoRA to the pack's MODEL with every key loaded, and
+     NextDiT LoRA Loader's core_model through KSampler equals NextDiT Sampler with its model;
+  5. inpainting through the core path (SetLatentNoiseMask) keeps the unmasked latent;
+  6. every file input refuses absolute paths and ``..`` (HTTP 400, the node in node_errors, no
+     server path in the answer).
+
+  python tests/comfy_host/check_core_model.py --models ~/scratch/ComfyUI/models --write-models
+  SCRATCH=~/scratch ../shared/comfy-host/comfy_run.sh --port 8199 --isolated
+  python tests/comfy_host/check_core_model.py --url http://127.0.0.1:8199 --log ~/scratch/comfy-8199.log
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_safetensors
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS))
+
+WIDE_DIT = "nextdit_newbie_width_1layer.safetensors"
+LORA = "nextdit_check_lora.safetensors"
+STEPS = 4     # divides 1000: core's simple schedule is then the pack's shifted grid
+SEED = 77
+
+
+def write_models(models: Path) -> None:
+    from factories import newbie_width_params, write_dit_checkpoint
+    from runtime_models import write_tiny_models
+    from text_fixtures import GEMMA_SHAPES, JINA_SHAPES
+
+    write_tiny_models(models)
+    params = newbie_width_params(n_layers=1, ffn_dim=9216, cap_dim=GEMMA_SHAPES["hidden_size"],
+                                 clip_dim=JINA_SHAPES["hidden_size"])
+    write_dit_checkpoint(models / "diffusion_models" / WIDE_DIT, params, seed=5, prefix="")
+    # A kohya-style LoRA on every attention and MLP Linear of the wide model's joint layer.
+    generator = torch.Generator().manual_seed(9)
+    lora = {}
+    shapes = {"attention_qkv": (3840, 2304), "attention_out": (2304, 2304), "feed_forward_w1": (9216, 2304),
+              "feed_forward_w2": (2304, 9216), "feed_forward_w3": (9216, 2304)}
+    for name, (out_features, in_features) in shapes.items():
+        key = f"lora_unet_layers_0_{name}"
+        lora[f"{key}.lora_down.weight"] = torch.randn(4, in_features, generator=generator) * 0.05
+        lora[f"{key}.lora_up.weight"] = torch.randn(out_features, 4, generator=generator) * 0.05
+        lora[f"{key}.alpha"] = torch.tensor(4.0)
+    (models / "loras").mkdir(exist_ok=True)
+    from safetensors.torch import save_file
+
+    save_file(lora, str(models / "loras" / LORA))
+    print(f"wrote the check's model files into {models}")
+
+
+# ---- talking to ComfyUI --------------------------------------------------------------------------
+
+def post(url: str, prompt: dict) -> tuple[int, dict]:
+    body = json.dumps({"prompt": prompt, "client_id": uuid.uuid4().hex}).encode()
+    request = urllib.request.Request(f"{url}/prompt", body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request) as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def run(url: str, prompt: dict, timeout: float = 900) -> dict:
+    """Queue ``prompt``, wait for it, and return its /history entry (raises on failure)."""
+    status, answer = post(url, prompt)
+    if status != 200:
+        raise RuntimeError(f"prompt refused ({status}): {json.dumps(answer)[:2000]}")
+    prompt_id = answer["prompt_id"]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with urllib.request.urlopen(f"{url}/history/{prompt_id}") as response:
+            history = json.load(response)
+        entry = history.get(prompt_id)
+        if entry and entry.get("status", {}).get("completed") is not None:
+            if entry["status"].get("status_str") != "success":
+                messages = [m for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
+                raise RuntimeError(f"prompt failed: {json.dumps(messages)[:3000]}")
+            return entry
+        time.sleep(0.5)
+    raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+
+def saved_latent(url: str, entry: dict, node: str) -> torch.Tensor:
+    (latent,) = entry["outputs"][node]["latents"]
+    query = urllib.parse.urlencode({"filename": latent["filename"], "subfolder": latent["subfolder"],
+                                    "type": latent["type"]})
+    with urllib.request.urlopen(f"{url}/view?{query}") as response:
+        return load_safetensors(response.read())["latent_tensor"].float()
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+# ---- graphs ------------------------------------------------------------------------------------
+
+def text_nodes(prompt: dict) -> None:
+    prompt["te"] = {"class_type": "NextDiTTextEncoderLoader",
+                    "inputs": {"gemma_name": "gemma_3_4b_it_bf16.safetensors",
+                               "jina_name": "jina_clip_v2_bf16.safetensors", "device": "cpu", "dtype": "fp32"}}
+    prompt["pos"] = {"class_type": "NextDiTTextEncode", "inputs": {
+        "text_encoders": ["te", 0], "prompt": "<character_1>\n<n>red circle</n>\n</character_1>",
+        "system_prompt": "xml (official)", "custom_system_prompt": ""}}
+    prompt["neg"] = {"class_type": "NextDiTTextEncode", "inputs": {
+        "text_encoders": ["te", 0], "prompt": "", "system_prompt": "xml (official)", "custom_system_prompt": ""}}
+
+
+def ksampler(model: list, cfg: float, latent: list, name: str, denoise: float = 1.0) -> dict:
+    return {
+        f"{name}_ks": {"class_type": "KSampler", "inputs": {
+            "model": model, "seed": SEED, "steps": STEPS, "cfg": cfg, "sampler_name": "euler",
+            "scheduler": "simple", "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": latent,
+            "denoise": denoise}},
+        f"{name}_save": {"class_type": "SaveLatent", "inputs": {"samples": [f"{name}_ks", 0],
+                                                                "filename_prefix": f"latents/{name}"}},
+    }
+
+
+def pack_sampler(model: list, cfg: float, name: str) -> dict:
+    return {
+        f"{name}_ns": {"class_type": "NextDiTSampler", "inputs": {
+            "model": model, "positive": ["pos", 0], "negative": ["neg", 0], "width": 64, "height": 64,
+            "batch_size": 1, "seed": SEED, "steps": STEPS, "solver": "euler", "shift": 6.0, "cfg": cfg,
+            "renorm_cfg": 1.0, "cfg_trunc": 0.5, "guidance": 0.0}},
+        f"{name}_save": {"class_type": "SaveLatent", "inputs": {"samples": [f"{name}_ns", 0],
+                                                                "filename_prefix": f"latents/{name}"}},
+    }
+
+
+def check_equalities(url: str) -> None:
+    prompt: dict = {}
+    text_nodes(prompt)
+    prompt["empty"] = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    prompt["core_unet"] = {"class_type": "UNETLoader", "inputs": {"unet_name": WIDE_DIT, "weight_dtype": "default"}}
+    prompt["pack"] = {"class_type": "NextDiTLoader", "inputs": {"dit_name": WIDE_DIT, "weight_dtype": "fp32"}}
+    prompt["ocfg"] = {"class_type": "NextDiTOfficialCFG", "inputs": {"model": ["pack", 1], "cfg_trunc": 0.5,
+                                                                     "renorm_cfg": 1.0}}
+    prompt.update(ksampler(["core_unet", 0], 1.0, ["empty", 0], "core_cfg1"))
+    prompt.update(ksampler(["pack", 1], 1.0, ["empty", 0], "pack_cfg1"))
+    prompt.update(ksampler(["ocfg", 0], 4.0, ["empty", 0], "pack_cfg4"))
+    prompt.update(pack_sampler(["pack", 0], 4.0, "sampler_cfg4"))
+    entry = run(url, prompt)
+    core, ours = saved_latent(url, entry, "core_cfg1_save"), saved_latent(url, entry, "pack_cfg1_save")
+    print(f"1. KSampler cfg 1, core's model vs the pack's MODEL: relative max difference {relative(ours, core):.2e}")
+    assert relative(ours, core) <= 1e-4
+    guided, sampler = saved_latent(url, entry, "pack_cfg4_save"), saved_latent(url, entry, "sampler_cfg4_save")
+    print(f"2. KSampler cfg 4 + NextDiT Official CFG vs NextDiT Sampler: relative max difference "
+          f"{relative(guided, sampler):.2e}")
+    assert relative(guided, sampler) <= 1e-4
+
+
+def check_patches(url: str) -> None:
+    prompt: dict = {}
+    text_nodes(prompt)
+    prompt["empty"] = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    prompt["pack"] = {"class_type": "NextDiTLoader", "inputs": {
+        "dit_name": "NewBie-Image-Exp0.1-bf16.safetensors", "weight_dtype": "fp32"}}
+    prompt["easycache"] = {"class_type": "EasyCache", "inputs": {
+        "model": ["pack", 1], "reuse_threshold": 0.2, "start_percent": 0.15, "end_percent": 0.95, "verbose": True}}
+    prompt["compiled"] = {"class_type": "TorchCompileModel", "inputs": {"model": ["pack", 1], "backend": "inductor"}}
+    prompt.update(ksampler(["easycache", 0], 1.0, ["empty", 0], "easycache"))
+    prompt.update(ksampler(["compiled", 0], 1.0, ["empty", 0], "compiled"))
+    prompt.update(ksampler(["pack", 1], 1.0, ["empty", 0], "plain"))
+    start = time.time()
+    entry = run(url, prompt, timeout=1800)
+    plain = saved_latent(url, entry, "plain_save")
+    print(f"3. EasyCache and TorchCompileModel on the pack's MODEL: execution_success ({time.time() - start:.0f} s); "
+          f"compiled vs plain {relative(saved_latent(url, entry, 'compiled_save'), plain):.2e}, easycache vs "
+          f"plain {relative(saved_latent(url, entry, 'easycache_save'), plain):.2e}")
+
+
+def check_loras(url: str, log: Path | None) -> None:
+    prompt: dict = {}
+    text_nodes(prompt)
+    prompt["empty"] = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    prompt["pack"] = {"class_type": "NextDiTLoader", "inputs": {"dit_name": WIDE_DIT, "weight_dtype": "fp32"}}
+    prompt["core_lora"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+        "model": ["pack", 1], "lora_name": LORA, "strength_model": 0.8}}
+    prompt["pack_lora"] = {"class_type": "NextDiTLoraLoader", "inputs": {
+        "model": ["pack", 0], "lora_name": LORA, "strength": 0.8}}
+    prompt.update(ksampler(["core_lora", 0], 1.0, ["empty", 0], "core_lora"))
+    prompt.update(ksampler(["pack_lora", 1], 1.0, ["empty", 0], "pack_lora_core"))
+    prompt.update(ksampler(["pack", 1], 1.0, ["empty", 0], "no_lora"))
+    sampler = pack_sampler(["pack_lora", 0], 1.0, "pack_lora_sampler")
+    sampler["pack_lora_sampler_ns"]["inputs"].update(renorm_cfg=0.0, cfg_trunc=1.0)
+    prompt.update(sampler)
+    mark = log.stat().st_size if log else 0
+    entry = run(url, prompt)
+    core_lora, pack_core = saved_latent(url, entry, "core_lora_save"), saved_latent(url, entry, "pack_lora_core_save")
+    pack_sampler_lora, base = saved_latent(url, entry, "pack_lora_sampler_save"), saved_latent(url, entry, "no_lora_save")
+    print(f"4. LoRA: core LoraLoaderModelOnly vs NextDiT LoRA Loader (core path) {relative(core_lora, pack_core):.2e}; "
+          f"NextDiT LoRA Loader core path vs its NextDiT Sampler {relative(pack_core, pack_sampler_lora):.2e}; "
+          f"the LoRA changes the latent by {relative(core_lora, base):.2e}")
+    assert relative(core_lora, pack_core) <= 1e-4 and relative(pack_core, pack_sampler_lora) <= 1e-4
+    assert relative(core_lora, base) > 1e-3
+    if log:
+        with open(log, "rb") as handle:
+            handle.seek(mark)
+            text = handle.read().decode(errors="replace")
+        assert "lora key not loaded" not in text, "core left LoRA keys unloaded"
+        print("   the server log has no 'lora key not loaded'")
+
+
+def check_inpainting(url: str) -> None:
+    prompt: dict = {}
+    text_nodes(prompt)
+    prompt["pack"] = {"class_type": "NextDiTLoader", "inputs": {"dit_name": WIDE_DIT, "weight_dtype": "fp32"}}
+    prompt["empty"] = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    prompt.update(ksampler(["pack", 1], 1.0, ["empty", 0], "source"))
+    prompt["mask"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}}
+    prompt["hole"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 32}}
+    prompt["composite"] = {"class_type": "MaskComposite", "inputs": {
+        "destination": ["mask", 0], "source": ["hole", 0], "x": 0, "y": 0, "operation": "add"}}
+    prompt["masked"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["source_ks", 0],
+                                                                         "mask": ["composite", 0]}}
+    prompt.update(ksampler(["pack", 1], 1.0, ["masked", 0], "inpaint"))
+    entry = run(url, prompt)
+    source, inpainted = saved_latent(url, entry, "source_save"), saved_latent(url, entry, "inpaint_save")
+    keep = torch.ones_like(source, dtype=torch.bool)
+    keep[..., :4, :4] = False
+    print(f"5. core inpainting on the pack's MODEL: outside the mask max |difference| "
+          f"{float((inpainted - source)[keep].abs().max()):.2e}, inside {float((inpainted - source)[~keep].abs().max()):.2e}")
+    assert float((inpainted - source)[keep].abs().max()) < 1e-4
+
+
+def check_file_inputs(url: str) -> None:
+    loaders = {
+        "NextDiTLoader": ({"weight_dtype": "fp32"}, ["dit_name"]),
+        "NextDiTLoraLoader": ({"strength": 1.0}, ["lora_name"]),
+        "NextDiTTextEncoderLoader": ({"device": "cpu", "dtype": "fp32"}, ["gemma_name", "jina_name"]),
+        "NextDiTVAELoader": ({}, ["vae_name"]),
+    }
+    defaults = {"dit_name": WIDE_DIT, "lora_name": LORA, "gemma_name": "gemma_3_4b_it_bf16.safetensors",
+                "jina_name": "jina_clip_v2_bf16.safetensors", "vae_name": "ae.safetensors"}
+    refused = 0
+    for class_type, (constants, names) in loaders.items():
+        for name in names:
+            for value in ("/etc/passwd", "../../../../etc/passwd", "../custom_nodes/nextdit-nodes/__init__.py"):
+                inputs = {**constants, **{n: defaults[n] for n in names}, name: value}
+                prompt = {"load": {"class_type": class_type, "inputs": inputs}}
+                if class_type == "NextDiTLoraLoader":
+                    prompt["dit"] = {"class_type": "NextDiTLoader", "inputs": {"dit_name": WIDE_DIT, "weight_dtype": "fp32"}}
+                    inputs["model"] = ["dit", 0]
+                prompt["out"] = {"class_type": "PreviewAny", "inputs": {"source": ["load", 0]}}
+                status, answer = post(url, prompt)
+                text = json.dumps(answer)
+                ok = status == 400 and "load" in answer.get("node_errors", {}) and "/root" not in text \
+                    and "root:" not in text
+                refused += ok
+                if not ok:
+                    print(f"   NOT refused: {class_type}.{name}={value!r}: {status} {text[:300]}")
+    print(f"6. file inputs: {refused} of 15 path values refused with HTTP 400 and the loader in node_errors")
+    assert refused == 15
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8199")
+    parser.add_argument("--models", type=Path, help="ComfyUI models folder to fill (with --write-models)")
+    parser.add_argument("--write-models", action="store_true")
+    parser.add_argument("--log", type=Path, help="the server log, to look for unloaded LoRA keys")
+    parser.add_argument("--only", nargs="*", default=None)
+    args = parser.parse_args()
+    if args.write_models:
+        write_models(args.models)
+        return 0
+    checks = {"equal": check_equalities, "patches": check_patches, "lora": lambda url: check_loras(url, args.log),
+              "inpaint": check_inpainting, "files": check_file_inputs}
+    for name, check in checks.items():
+        if args.only is None or name in args.only:
+            check(args.url)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
