@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..text.conditioning import PromptBatch, pack
+from ..text.conditioning import PromptBatch, PromptEntry, pack
+from .schedule import percent_time
 
 
 def combine_cfg(v_cond: Tensor, v_uncond: Tensor, cfg: float, renorm_cfg: float) -> Tensor:
@@ -38,22 +39,45 @@ def cfg_active(t: float, cfg: float, cfg_trunc: float) -> bool:
 class GuidedVelocity:
     """``velocity(x, t)`` for the solvers: the model with CFG and/or a distilled guidance scale.
 
-    positive / negative: one PromptBatch of the latent batch size per CONDITIONING entry (entries
-    are averaged). ``guidance`` > 0 is fed to the guidance embedder of distilled weights.
+    positive / negative: the CONDITIONING entries (PromptEntry, of the latent batch size). At each
+    evaluation the entries whose time range holds t apply, averaged with their strengths as
+    weights, as core ComfyUI averages entries without areas; the conditional and unconditional
+    entries that apply run as one packed forward. ``shift`` maps the entries' start/end percents
+    onto data-time as core does; ``guidance`` > 0 is fed to the guidance embedder of distilled
+    weights.
     """
 
-    def __init__(self, model, positive: list[PromptBatch], negative: list[PromptBatch] | None,
-                 cfg: float, renorm_cfg: float, cfg_trunc: float, guidance: float = 0.0):
+    def __init__(self, model, positive: list[PromptEntry], negative: list[PromptEntry] | None,
+                 cfg: float, renorm_cfg: float, cfg_trunc: float, guidance: float = 0.0, shift: float = 6.0,
+                 start: float = 0.0):
         if cfg != 1.0 and not negative:
             raise ValueError(f"cfg {cfg} needs a negative conditioning; connect one or set cfg to 1")
-        device = model.device
         self.model = model
         self.cfg, self.renorm_cfg, self.cfg_trunc = float(cfg), float(renorm_cfg), float(cfg_trunc)
-        self.batch = positive[0].size
-        self.n_pos = len(positive)
-        self.cond_only = pack(positive).to(device)
-        self.both = pack(positive + negative).to(device) if cfg != 1.0 else None
+        self.batch = positive[0].batch.size
+        self.positive, self.negative = positive, negative or []
+        self.spans = [(percent_time(e.start_percent, shift), percent_time(e.end_percent, shift))
+                      for e in self.positive + self.negative]
         self.guidance = float(guidance) if guidance > 0 else None
+        self._packs: dict[tuple, tuple[PromptBatch, Tensor]] = {}
+        _check_coverage(self.spans[:len(positive)], start, 1.0, "positive")
+        if cfg != 1.0:
+            _check_coverage(self.spans[len(positive):], start, min(cfg_trunc, 1.0), "negative")
+
+    def _packed(self, entries: tuple[int, ...]) -> tuple[PromptBatch, Tensor]:
+        """The entries' prompts in one PromptBatch on the model's device, and their weights;
+        kept for the next step with the same entries (the same mask tensor lets the model
+        reuse its token layout)."""
+        if entries not in self._packs:
+            chosen = [(self.positive + self.negative)[i] for i in entries]
+            weights = torch.tensor([e.strength for e in chosen], dtype=torch.float32)
+            self._packs[entries] = (pack([e.batch for e in chosen]).to(self.model.device),
+                                    weights.to(self.model.device))
+        return self._packs[entries]
+
+    def _active(self, t: float, first: int, count: int) -> tuple[int, ...]:
+        # An entry applies while t is inside its span, ends included (core: σ_end <= σ <= σ_start).
+        return tuple(i for i in range(first, first + count) if self.spans[i][0] <= t <= self.spans[i][1])
 
     def _forward(self, x: Tensor, t: float, prompts: PromptBatch) -> Tensor:
         """Model velocities for every prompt entry: (entries, B, C, h, w) from one forward."""
@@ -67,8 +91,32 @@ class GuidedVelocity:
         return v.unflatten(0, (entries, self.batch))
 
     def __call__(self, x: Tensor, t: float) -> Tensor:
-        if not cfg_active(t, self.cfg, self.cfg_trunc):
-            return self._forward(x, t, self.cond_only).mean(0)
-        v = self._forward(x, t, self.both)
-        v_cond, v_uncond = v[:self.n_pos].mean(0), v[self.n_pos:].mean(0)
-        return combine_cfg(v_cond, v_uncond, self.cfg, self.renorm_cfg)
+        positive = self._active(t, 0, len(self.positive))
+        negative = self._active(t, len(self.positive), len(self.negative)) if cfg_active(
+            t, self.cfg, self.cfg_trunc) else ()
+        prompts, weights = self._packed(positive + negative)
+        v = self._forward(x, t, prompts)
+        v_cond = _weighted_mean(v[:len(positive)], weights[:len(positive)])
+        if not negative:
+            return v_cond
+        return combine_cfg(v_cond, _weighted_mean(v[len(positive):], weights[len(positive):]), self.cfg,
+                           self.renorm_cfg)
+
+
+def _weighted_mean(v: Tensor, weights: Tensor) -> Tensor:
+    """(entries, B, C, h, w) velocities averaged with per-entry weights."""
+    return (v * weights.view(-1, 1, 1, 1, 1)).sum(0) / weights.sum()
+
+
+def _check_coverage(spans: list[tuple[float, float]], start: float, end: float, what: str) -> None:
+    """ValueError unless the spans cover data-time [start, end]: a step without a prompt would have
+    nothing to sample towards (core would predict zeros there)."""
+    covered = start
+    for low, high in sorted(spans):
+        if low > covered:
+            break
+        covered = max(covered, high)
+    if covered < end:
+        raise ValueError(f"the {what} conditioning's time ranges (ConditioningSetTimestepRange) leave part of "
+                         f"the sampling without a prompt, from data-time {covered:.3f} on; give the ranges "
+                         f"no gaps, or add a {what} prompt without a range")

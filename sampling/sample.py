@@ -25,9 +25,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..text.conditioning import prompt_batches
+from ..text.conditioning import read_entries
 from ..vae.latent_format import FLUX
 from .guidance import GuidedVelocity
+from .inpaint import InpaintVelocity, resize_mask
 from .schedule import time_grid
 from .settings import check_settings
 from .solvers import denoised, get_solver
@@ -97,9 +98,6 @@ def _start_latent(latent: dict | None, batch_size: int, width: int, height: int,
     if raw.shape[0] not in (1, batch_size) and batch_size != 1:
         raise ValueError(f"latent holds {raw.shape[0]} images but batch_size is {batch_size}; "
                          f"use batch_size 1 (the latent's batch) or a single-image latent")
-    if latent.get("noise_mask") is not None:
-        log.warning("the latent's noise_mask is ignored: NextDiTSampler does not inpaint, the whole "
-                    "image is re-noised by denoise")
     normalised = FLUX.from_raw(raw.float().cpu())
     if normalised.shape[0] == 1 and batch_size > 1:
         normalised = normalised.expand(batch_size, -1, -1, -1)
@@ -141,20 +139,23 @@ def sample(model, positive, negative, width: int, height: int, seed: int, steps:
                          f"set denoise to 1")
     start_latent, shape = _start_latent(latent, batch_size, width, height, params.in_channels)
     if start_latent is not None and denoise == 0.0:
-        return {"samples": latent["samples"].float().cpu().clone()}
+        return {**latent, "samples": latent["samples"].float().cpu().clone()}
 
     batch = shape[0]
-    pos = prompt_batches(positive, batch, params.cap_dim, params.clip_dim, "positive")
-    neg = (prompt_batches(negative, batch, params.cap_dim, params.clip_dim, "negative")
-           if cfg != 1.0 else None)
-    velocity = GuidedVelocity(model, pos, neg, cfg, renorm_cfg, cfg_trunc, guidance)
-
     t0 = 0.0 if start_latent is None else 1.0 - denoise
-    x = initial_noise(shape, seed)
-    if start_latent is not None and t0 > 0:
-        x = t0 * start_latent + (1.0 - t0) * x
+    pos = read_entries(positive, batch, params.cap_dim, params.clip_dim, "positive")
+    neg = (read_entries(negative, batch, params.cap_dim, params.clip_dim, "negative")
+           if cfg != 1.0 else None)
+    velocity = GuidedVelocity(model, pos, neg, cfg, renorm_cfg, cfg_trunc, guidance, shift, start=t0)
+
     device = model.device
+    noise = initial_noise(shape, seed)
+    x = noise if start_latent is None or t0 == 0 else t0 * start_latent + (1.0 - t0) * noise
     x = x.to(device)
+    mask = None if start_latent is None else latent.get("noise_mask")
+    if mask is not None:   # only the masked region is generated (sampling/inpaint.py)
+        velocity = InpaintVelocity(velocity, resize_mask(mask, shape).to(device), start_latent.to(device),
+                                   noise.to(device))
     times = time_grid(steps, shift, t0)
     watch = _NonFiniteWatch(device, steps, getattr(model, "compute_dtype", torch.float32))
 
@@ -166,4 +167,5 @@ def sample(model, positive, negative, width: int, height: int, seed: int, steps:
     with torch.no_grad():
         x = solve(velocity, x, times, on_step)
     watch.finish(x)
-    return {"samples": FLUX.to_raw(x.float()).cpu()}
+    out = {"samples": FLUX.to_raw(x.float()).cpu()}
+    return out if latent is None else {**latent, **out}    # the input's noise_mask etc. go on, as core's

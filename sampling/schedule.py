@@ -30,6 +30,17 @@ def shifted_sigma(u: float, shift: float) -> float:
     return shift * u / (1.0 + (shift - 1.0) * u)
 
 
+def percent_time(percent: float, shift: float) -> float:
+    """The data-time at which a share ``percent`` of the sampling has passed, as core ComfyUI maps a
+    conditioning's start/end percent on flow models (``ModelSamplingDiscreteFlow.percent_to_sigma``:
+    σ = time_snr_shift(shift, 1 − percent), 0 % the first step, 100 % the end)."""
+    if percent <= 0.0:
+        return 0.0
+    if percent >= 1.0:
+        return 1.0
+    return 1.0 - shifted_sigma(1.0 - percent, shift)
+
+
 def time_grid(steps: int, shift: float, start: float = 0.0) -> list[float]:
     """``steps + 1`` increasing data-times from ``start`` to exactly 1.0 on the shifted grid.
 

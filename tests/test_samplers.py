@@ -13,7 +13,7 @@ import torch
 from factories import random_dit, tiny_params, with_guidance
 
 from nextdit_nodes.sampling.sample import NonFiniteError, sample
-from nextdit_nodes.text.conditioning import prompt_batches
+from nextdit_nodes.text.conditioning import read_entries
 from nextdit_nodes.sampling.guidance import GuidedVelocity, combine_cfg
 from nextdit_nodes.sampling.schedule import shift_time, shifted_sigma, sigma_from_time, time_grid
 from nextdit_nodes.sampling.solvers import SOLVERS, dpmpp_2m, euler, get_solver, heun, midpoint
@@ -308,8 +308,8 @@ def test_packed_cfg_equals_two_separate_forwards(tiny_model):
     p = tiny_model.params
     (pf, pp), pos_entry = _prompt(p, 9, seed=1)
     (nf, npool), neg_entry = _prompt(p, 2, seed=2, pad=5)
-    pos = prompt_batches([pos_entry], 2, p.cap_dim, p.clip_dim)
-    neg = prompt_batches([neg_entry], 2, p.cap_dim, p.clip_dim)
+    pos = read_entries([pos_entry], 2, p.cap_dim, p.clip_dim)
+    neg = read_entries([neg_entry], 2, p.cap_dim, p.clip_dim)
     velocity = GuidedVelocity(tiny_model, pos, neg, cfg=5.0, renorm_cfg=0.0, cfg_trunc=1.0)
     x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))
     t = torch.full((2,), 0.37)
@@ -447,8 +447,8 @@ def test_several_conditioning_entries_are_averaged_in_one_forward(tiny_model):
     (fa, pa), entry_a = _prompt(p, 6, seed=1)
     (fb, pb), entry_b = _prompt(p, 3, seed=2, pad=2)
     (fn, pn), neg_entry = _prompt(p, 4, seed=3)
-    pos = prompt_batches([entry_a, entry_b], 1, p.cap_dim, p.clip_dim)
-    neg = prompt_batches([neg_entry], 1, p.cap_dim, p.clip_dim)
+    pos = read_entries([entry_a, entry_b], 1, p.cap_dim, p.clip_dim)
+    neg = read_entries([neg_entry], 1, p.cap_dim, p.clip_dim)
     velocity = GuidedVelocity(tiny_model, pos, neg, cfg=3.0, renorm_cfg=0.0, cfg_trunc=1.0)
     x, t = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(4)), torch.tensor([0.5])
     calls = []

@@ -93,18 +93,74 @@ def _entry_to_batch(entry, batch_size: int, index: int, what: str) -> PromptBatc
     return PromptBatch(feats, mask, pooled)
 
 
-def prompt_batches(conditioning, batch_size: int, cap_dim: int, clip_dim: int | None,
-                   what: str = "positive") -> list[PromptBatch]:
-    """One PromptBatch of ``batch_size`` per CONDITIONING entry, checked against the model's widths.
+# What the pack's sampler does with each key an entry may carry: the keys it reads, and for the
+# keys other nodes add that it cannot apply, which node adds them and what to use instead.
+READ_KEYS = frozenset({"pooled_output", "attention_mask", "gemma_text", "jina_text", "prompt_warnings",
+                       "start_percent", "end_percent", "strength"})
+_CORE_PATH = ("sample with core's KSampler on NextDiT Loader's core_model output, which applies it, or "
+              "remove that node")
+REFUSED_KEYS = {
+    "area": "an area (ConditioningSetArea / ConditioningSetAreaPercentage): NextDiT Sampler applies every "
+            "prompt to the whole image",
+    "set_area_to_bounds": "an area from a mask (ConditioningSetMask): NextDiT Sampler applies every prompt to "
+                          "the whole image",
+    "mask": "a mask (ConditioningSetMask): NextDiT Sampler applies every prompt to the whole image",
+    "mask_strength": "a mask (ConditioningSetMask): NextDiT Sampler applies every prompt to the whole image",
+    "control": "a ControlNet (Apply ControlNet): NextDiT Sampler runs no ControlNet",
+    "control_apply_to_uncond": "a ControlNet (Apply ControlNet): NextDiT Sampler runs no ControlNet",
+    "gligen": "GLIGEN boxes (GLIGENTextBoxApply): NextDiT Sampler has no GLIGEN",
+    "hooks": "conditioning hooks (Cond Set Props / hook nodes): NextDiT Sampler applies no hooks",
+    "clip_start_percent": "a scheduled text-encoder hook (hook keyframes): NextDiT Sampler applies no hooks",
+    "clip_end_percent": "a scheduled text-encoder hook (hook keyframes): NextDiT Sampler applies no hooks",
+    "guidance": "a guidance value (FluxGuidance): NextDiT Sampler takes the guidance scale from its own "
+                "guidance input; set it there",
+}
+
+
+@dataclass(frozen=True)
+class PromptEntry:
+    """One CONDITIONING entry read for sampling: its tensors, its weight among the entries applied
+    at a step (core's ``strength``, 1 unless set), and the share of the sampling it applies to
+    (core's ``start_percent`` / ``end_percent``: 0 is the start of sampling, 1 its end)."""
+    batch: PromptBatch
+    strength: float = 1.0
+    start_percent: float = 0.0
+    end_percent: float = 1.0
+
+
+def _check_keys(extras: dict, index: int, what: str) -> None:
+    for key in extras:
+        if key in READ_KEYS:
+            continue
+        reason = REFUSED_KEYS.get(key, f"the conditioning key {key!r}, added by another node, which "
+                                       f"NextDiT Sampler does not apply")
+        raise ValueError(f"{what} entry {index} carries {reason}; {_CORE_PATH}")
+
+
+def _number(extras: dict, key: str, default: float, index: int, what: str) -> float:
+    value = extras.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or \
+            value in (float("inf"), float("-inf")):
+        raise ValueError(f"{what} entry {index}: {key} must be a finite number; got {value!r}")
+    return float(value)
+
+
+def read_entries(conditioning, batch_size: int, cap_dim: int, clip_dim: int | None,
+                 what: str = "positive") -> list[PromptEntry]:
+    """Every CONDITIONING entry as a PromptEntry of ``batch_size``, checked against the model's widths;
+    ValueError for what the pack's sampler cannot apply (areas, masks, ControlNets, ...: see
+    ``REFUSED_KEYS``), naming the node that added it and what to use instead.
 
     ``clip_dim`` None (Lumina-2 shaped weights) drops the pooled vectors, which those weights ignore.
     """
     if not isinstance(conditioning, (list, tuple)) or not conditioning:
         raise ValueError(f"{what} conditioning is empty or not a CONDITIONING list; "
                          f"connect the output of a text encode node")
-    batches = []
+    entries = []
     for index, entry in enumerate(conditioning):
         batch = _entry_to_batch(entry, batch_size, index, what)
+        extras = entry[1] or {}
+        _check_keys(extras, index, what)
         if batch.feats.shape[-1] != cap_dim:
             raise ValueError(f"{what} caption features are {batch.feats.shape[-1]} wide but the model "
                              f"expects {cap_dim}: encode the prompt with this model's text encoder "
@@ -115,8 +171,25 @@ def prompt_batches(conditioning, batch_size: int, cap_dim: int, clip_dim: int | 
         elif pooled is not None and pooled.shape[-1] != clip_dim:
             raise ValueError(f"{what} pooled_output is {pooled.shape[-1]} wide but the model expects "
                              f"{clip_dim}: encode the prompt with this model's CLIP (Jina CLIP v2 for NewBie)")
-        batches.append(PromptBatch(batch.feats, batch.mask, pooled))
-    return batches
+        strength = _number(extras, "strength", 1.0, index, what)
+        start, end = (_number(extras, key, default, index, what)
+                      for key, default in (("start_percent", 0.0), ("end_percent", 1.0)))
+        if strength <= 0 or not 0.0 <= start <= end <= 1.0:
+            raise ValueError(f"{what} entry {index}: strength must be positive and 0 <= start_percent <= "
+                             f"end_percent <= 1; got strength {strength:g}, start {start:g}, end {end:g}")
+        entries.append(PromptEntry(PromptBatch(batch.feats, batch.mask, pooled), strength, start, end))
+    return entries
+
+
+def prompt_batches(conditioning, batch_size: int, cap_dim: int, clip_dim: int | None,
+                   what: str = "positive") -> list[PromptBatch]:
+    """The PromptBatches of plain prompts, for code that applies every entry everywhere (training,
+    core's model conditions); time ranges and strengths are refused there."""
+    entries = read_entries(conditioning, batch_size, cap_dim, clip_dim, what)
+    if any((e.strength, e.start_percent, e.end_percent) != (1.0, 0.0, 1.0) for e in entries):
+        raise ValueError(f"{what} conditioning has entries with a time range or strength; they apply to "
+                         f"sampling only")
+    return [entry.batch for entry in entries]
 
 
 def pack(batches: list[PromptBatch]) -> PromptBatch:
