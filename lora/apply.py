@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,8 @@ def apply_lora(model: nn.Module, lora: ParsedLora, strength: float) -> nn.Module
 
     ``model`` itself is never modified. Strength 0 returns ``model`` unchanged.
     """
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
+        raise ValueError(f"LoRA strength must be a finite number; got {strength!r}")
     if strength == 0:
         return model
     patched = _structural_copy(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import host
+from .numbers import float_input
 
 
 class NextDiTLoraLoader:
@@ -29,10 +30,9 @@ class NextDiTLoraLoader:
                 "tooltip": "The Next-DiT from NextDiTLoader (or from another NextDiTLoraLoader to stack LoRAs)."}),
             "lora_name": (host.list_model_files("loras"), {
                 "tooltip": "LoRA file (or PEFT adapter folder) in models/loras. Headless, a path also works."}),
-            "strength": ("FLOAT", {
-                "default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
-                "tooltip": "Multiplier of the LoRA's change: 1 as trained, 0 leaves the model as it is, "
-                           "negative values push away from what the LoRA learned."}),
+            "strength": float_input(1.0, -10.0, 10.0, 0.01,
+                                    "Multiplier of the LoRA's change: 1 as trained, 0 leaves the model as it "
+                                    "is, negative values push away from what the LoRA learned."),
         }}
 
     if host.paths_allowed():   # headless: replaces the dropdown check so a path works too (host/files.py)
@@ -45,7 +45,7 @@ class NextDiTLoraLoader:
         from .host.memory import core_model_of
 
         path = host.resolve_model_file("loras", lora_name)
-        patched, report = load_lora(model, path, float(strength))
+        patched, report = load_lora(model, path, strength)
         return {"ui": {"text": [report.text]}, "result": (patched, core_model_of(patched, base=model))}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..sampling.settings import MAX_SIDE, OFFICIAL, check_settings
 from ..sampling.solvers import SOLVERS
 from . import host
+from .numbers import float_input
 
 PREVIEW_SIZE = 512
 
@@ -53,43 +54,48 @@ class NextDiTSampler:
                 "solver": (list(SOLVERS), {"default": OFFICIAL["solver"],
                                            "tooltip": "ODE solver. midpoint: the official default (2 evaluations "
                                                       "per step). euler and dpmpp_2m: 1 per step. heun: 2."}),
-                "shift": ("FLOAT", {"default": OFFICIAL["shift"], "min": 0.01, "max": 100.0, "step": 0.1,
-                                    "tooltip": "Time shift s of the grid, t ← t/(t + s − s·t); NewBie uses 6. "
-                                               "Larger spends more steps at high noise."}),
-                "cfg": ("FLOAT", {"default": OFFICIAL["cfg"], "min": 0.0, "max": 30.0, "step": 0.1,
-                                  "tooltip": "Classifier-free guidance scale; 1 = off (negative unused, half the "
-                                             "cost). Official demo: 5."}),
-                "renorm_cfg": ("FLOAT", {"default": OFFICIAL["renorm_cfg"], "min": 0.0, "max": 10.0, "step": 0.05,
-                                         "tooltip": "0 = off. Otherwise the guided velocity is scaled down to at "
-                                                    "most renorm_cfg × the conditional one's norm, per image "
-                                                    "(official CFG renorm; 1 is the model code's default)."}),
-                "cfg_trunc": ("FLOAT", {"default": OFFICIAL["cfg_trunc"], "min": 0.0, "max": 100.0, "step": 0.01,
-                                        "tooltip": "CFG only while the data-time t (0 = noise, 1 = image) is below "
-                                                   "this, then the prompt alone. Official demo: 0.25. 1 or more = "
-                                                   "CFG on every step."}),
-                "guidance": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1,
-                                       "tooltip": "0 = off. For guidance-distilled weights (made by `python -m "
-                                                  "nextdit_nodes distill`): the guidance scale fed to their "
-                                                  "embedder, one forward per step; use with cfg 1."}),
+                "shift": float_input(OFFICIAL["shift"], 0.01, 100.0, 0.1,
+                                    "Time shift s of the grid, t ← t/(t + s − s·t); NewBie uses 6. "
+                                    "Larger spends more steps at high noise."),
+                "cfg": float_input(OFFICIAL["cfg"], 0.0, 30.0, 0.1,
+                                  "Classifier-free guidance scale; 1 = off (negative unused, half the "
+                                  "cost). Official demo: 5."),
+                "renorm_cfg": float_input(OFFICIAL["renorm_cfg"], 0.0, 10.0, 0.05,
+                                         "0 = off. Otherwise the guided velocity is scaled down to at "
+                                         "most renorm_cfg × the conditional one's norm, per image "
+                                         "(official CFG renorm; 1 is the model code's default)."),
+                "cfg_trunc": float_input(OFFICIAL["cfg_trunc"], 0.0, 100.0, 0.01,
+                                        "CFG only while the data-time t (0 = noise, 1 = image) is below "
+                                        "this, then the prompt alone. Official demo: 0.25. 1 or more = "
+                                        "CFG on every step."),
+                "guidance": float_input(0.0, 0.0, 30.0, 0.1,
+                                       "0 = off. For guidance-distilled weights (made by `python -m "
+                                       "nextdit_nodes distill`): the guidance scale fed to their "
+                                       "embedder, one forward per step; use with cfg 1."),
             },
             "optional": {
                 "negative": ("CONDITIONING", {"tooltip": "Negative prompt, needed when cfg is not 1 (the "
                                                          "official default is an empty prompt)."}),
                 "latent": ("LATENT", {"tooltip": "Optional starting latent for image-to-image (e.g. from "
                                                  "NextDiT VAE Encode); its size replaces width/height."}),
-                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                      "tooltip": "With a latent: how much noise to start from (sampling starts "
-                                                 "at data-time 1 − denoise). 1 = ignore the latent's content, "
-                                                 "0 = return it unchanged."}),
+                "denoise": float_input(1.0, 0.0, 1.0, 0.01,
+                                      "With a latent: how much noise to start from (sampling starts "
+                                      "at data-time 1 − denoise). 1 = ignore the latent's content, "
+                                      "0 = return it unchanged."),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, width=None, height=None, steps=None):
-        # Linked inputs arrive as None: only constants can be checked before the run.
+    def VALIDATE_INPUTS(cls, width=None, height=None):
+        # Sides must be multiples of 16, which no min/max can say. Linked inputs arrive as None and
+        # values of the wrong type are refused by the host's own type check, which names the input:
+        # only numbers are checked here. The other numbers are checked per input by the host's
+        # range checks (nodes/numbers.py).
+        sides = {name: value for name, value in (("width", width), ("height", height))
+                 if isinstance(value, int) and not isinstance(value, bool)}
         try:
-            check_settings(width=width, height=height, steps=steps)
+            check_settings(**sides)
         except ValueError as error:
             return str(error)
         return True
@@ -138,17 +144,18 @@ class NextDiTOfficialCFG:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("MODEL", {"tooltip": "A Next-DiT core MODEL: NextDiT Loader's core_model output."}),
-            "cfg_trunc": ("FLOAT", {"default": OFFICIAL["cfg_trunc"], "min": 0.0, "max": 100.0, "step": 0.01,
-                                    "tooltip": "CFG only while the data-time t = 1 − sigma is below this, then "
-                                               "the prompt alone. Official demo: 0.25. 1 or more = every step."}),
-            "renorm_cfg": ("FLOAT", {"default": OFFICIAL["renorm_cfg"], "min": 0.0, "max": 10.0, "step": 0.05,
-                                     "tooltip": "0 = off. Otherwise the guided velocity is scaled down to at most "
-                                                "renorm_cfg × the conditional one's norm, per image."}),
+            "cfg_trunc": float_input(OFFICIAL["cfg_trunc"], 0.0, 100.0, 0.01,
+                                    "CFG only while the data-time t = 1 − sigma is below this, then "
+                                    "the prompt alone. Official demo: 0.25. 1 or more = every step."),
+            "renorm_cfg": float_input(OFFICIAL["renorm_cfg"], 0.0, 10.0, 0.05,
+                                     "0 = off. Otherwise the guided velocity is scaled down to at most "
+                                     "renorm_cfg × the conditional one's norm, per image."),
         }}
 
     def patch(self, model, cfg_trunc: float, renorm_cfg: float):
         from .host.core_model import official_cfg  # inside ComfyUI only: core MODELs exist only there
 
+        check_settings(cfg_trunc=cfg_trunc, renorm_cfg=renorm_cfg)   # linked values come unchecked
         return (official_cfg(model, float(cfg_trunc), float(renorm_cfg)),)
 
 

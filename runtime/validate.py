@@ -9,6 +9,7 @@ names, linked ones as ``None``, and takes over the default checks of those input
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable, Mapping
 
 from .errors import MissingModelError, ValidationError
@@ -58,13 +59,30 @@ def _types_match(received: Any, expected: str) -> bool:
     return bool({t.strip() for t in received.split(",")} & {t.strip() for t in expected.split(",")})
 
 
+def _number(spec: InputSpec, value: Any) -> int | float:
+    """An INT or FLOAT constant checked for its type and finiteness (ValueError says what it is not)."""
+    whole = spec.type == "INT"
+    kind = "a whole number" if whole else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"is not {kind}")
+    if whole and isinstance(value, int):
+        return value
+    try:
+        number = float(value) if not (whole and isinstance(value, str)) else int(value.strip())
+    except ValueError:
+        raise ValueError(f"is not {kind}") from None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ValueError("is not a finite number")
+    if whole and isinstance(number, float):
+        if not number.is_integer():
+            raise ValueError("is not a whole number")
+        return int(number)
+    return number
+
+
 def _convert(spec: InputSpec, value: Any) -> Any:
-    if spec.type == "INT":
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"{value} is not a whole number")
-        return int(value)
-    if spec.type == "FLOAT":
-        return float(value)
+    if spec.type in ("INT", "FLOAT"):
+        return _number(spec, value)
     if spec.type == "STRING":
         return str(value)
     if spec.type == "BOOLEAN":
@@ -75,13 +93,16 @@ def _convert(spec: InputSpec, value: Any) -> Any:
 
 
 def _check_constant(node: GraphNode, spec: InputSpec, model_check: ModelCheck | None,
-                    missing: list[str]) -> list[str]:
+                    missing: list[str], ranges: bool = True) -> list[str]:
+    """Type (numbers also finite), then, with ``ranges``, min/max and the COMBO choices."""
     where = f"{node.describe()}: input {spec.name!r}"
     value = node.inputs[spec.name]
     try:
         value = node.inputs[spec.name] = _convert(spec, value)
-    except (TypeError, ValueError) as error:
-        return [f"{where}: {value!r} is not a valid {spec.type} value ({error})"]
+    except ValueError as error:
+        return [f"{where}: {value!r} {error}"]
+    if not ranges:
+        return []
     low, high = spec.options.get("min"), spec.options.get("max")
     if low is not None and value < low:
         return [f"{where}: {value} is smaller than the minimum {low}"]
@@ -157,6 +178,8 @@ def validate(workflow: Workflow, classes: Mapping[str, type], node_ids: list[str
                                         check_type="input_types" not in custom_names)
             elif spec.name not in custom_names and not custom_all:
                 problems += _check_constant(node, spec, model_check, missing_models)
+            elif spec.type != "COMBO":   # the class checks the range itself; the type is still the runner's
+                problems += _check_constant(node, spec, model_check, missing_models, ranges=False)
             elif _unlisted_choice(spec, value) and model_check is not None:
                 # The class checks this input itself, but a missing model file deserves the
                 # runner's message (where we looked, where to get it) and exit code.

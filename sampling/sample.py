@@ -124,7 +124,7 @@ def sample(model, positive, negative, width: int, height: int, seed: int, steps:
     raised there stops sampling.
     """
     check_settings(width=width, height=height, steps=steps, shift=shift, cfg=cfg, renorm_cfg=renorm_cfg,
-                   guidance=guidance, batch_size=batch_size, denoise=denoise)
+                   cfg_trunc=cfg_trunc, guidance=guidance, batch_size=batch_size, denoise=denoise)
     solve = get_solver(solver)
     params = model.params
     if guidance > 0 and not params.guidance_embed:

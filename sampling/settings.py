@@ -5,6 +5,8 @@ Torch-free, so the sampler node shows and validates them with the same code ``sa
 
 from __future__ import annotations
 
+import math
+
 MAX_SIDE = 4096  # pixels per side: twice the largest official resolution (2048); a safety limit
 
 # The official demo's settings (NewBie-image-Exp0.1 `demo.py`): midpoint solver, 18 grid points
@@ -35,15 +37,23 @@ _CHECKS = {
     "shift": lambda name, value: None if value > 0 else f"shift must be positive (NewBie uses 6); got {value}",
     "cfg": _not_negative,
     "renorm_cfg": _not_negative,
+    "cfg_trunc": _not_negative,
     "guidance": _not_negative,
     "denoise": lambda name, value: None if 0.0 <= value <= 1.0 else f"denoise must be in [0, 1]; got {value}",
 }
 
 
 def setting_problem(name: str, value) -> str | None:
-    """What is wrong with one sampler setting, or None (also for names without a rule)."""
+    """What is wrong with one sampler setting, or None (also for names without a rule). NaN and
+    infinities are refused first: a NaN compares false with every limit and would pass them."""
     check = _CHECKS.get(name)
-    return None if check is None else check(name, value)
+    if check is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} must be a number; got {value!r}"
+    if not math.isfinite(value):
+        return f"{name} must be a finite number; got {value}"
+    return check(name, value)
 
 
 def check_settings(**settings) -> None:

@@ -1,0 +1,141 @@
+"""What NextDiT Sampler does with CONDITIONING and LATENT features beyond a plain prompt: timestep
+ranges and strengths (honoured as core ComfyUI honours them), inpainting with a noise_mask (as
+core's KSamplerX0Inpaint), and everything it cannot apply (refused with a message).
+
+The references are written here independently of ``sampling/``: Euler in core's sigma space
+(k-diffusion ``sample_euler``: d = (x − D)/σ, x += d·(σ' − σ)) over the model's denoised estimate
+D = x − σ·(−v), with core's rules for which entries apply at σ and for the inpainting blend.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from factories import random_dit, tiny_params
+from nextdit_nodes.sampling.sample import sample
+from nextdit_nodes.vae.latent_format import FLUX
+
+SHIFT = 6.0
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_dit(tiny_params(), seed=11)
+
+
+def entry(params, seed, length=5, **extras):
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(1, length, params.cap_dim, generator=g)
+    return [feats, {"pooled_output": torch.randn(1, params.clip_dim, generator=g), **extras}]
+
+
+def core_sigmas(steps: int) -> list[float]:
+    """Core's ``simple`` schedule on ModelSamplingDiscreteFlow(shift 6): 1000 table points."""
+    table = [SHIFT * (i / 1000) / (1 + (SHIFT - 1) * (i / 1000)) for i in range(1, 1001)]
+    return [table[-(1 + int(x * 1000 / steps))] for x in range(steps)] + [0.0]
+
+
+def percent_to_sigma(percent: float) -> float:
+    if percent <= 0.0:
+        return 1.0
+    if percent >= 1.0:
+        return 0.0
+    u = 1.0 - percent
+    return SHIFT * u / (1 + (SHIFT - 1) * u)
+
+
+def denoised(model, x, sigma, entries):
+    """Core's combination of the entries that apply at sigma (strength-weighted mean of D)."""
+    total, weight = torch.zeros_like(x), 0.0
+    for feats, extras in entries:
+        if sigma > percent_to_sigma(extras.get("start_percent", 0.0)) or \
+                sigma < percent_to_sigma(extras.get("end_percent", 1.0)):
+            continue
+        mask = torch.ones(feats.shape[:2], dtype=torch.bool)
+        v = model(x, torch.tensor([1.0 - sigma]), feats, mask, extras["pooled_output"])
+        strength = extras.get("strength", 1.0)
+        total, weight = total + strength * (x + sigma * v), weight + strength
+    return total / weight
+
+
+@torch.no_grad()
+def reference(model, entries, steps, seed, latent=None, mask=None, shape=(1, 16, 8, 8)):
+    sigmas = core_sigmas(steps)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    x = noise
+    for i in range(steps):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        x_in = x if mask is None else x * mask + (s * noise + (1 - s) * latent) * (1 - mask)
+        d_est = denoised(model, x_in, s, entries)
+        if mask is not None:
+            d_est = d_est * mask + latent * (1 - mask)
+        x = x + (x - d_est) / s * (s_next - s)
+    return x
+
+
+def run(model, positive, steps=5, seed=3, **kwargs):
+    return sample(model, positive, None, 64, 64, seed, steps, "euler", SHIFT, 1.0, 0.0, 1.0, **kwargs)
+
+
+def test_timestep_ranges_switch_prompts_as_core_does(model):
+    p = model.params
+    # Five steps: the 50 % boundary falls between grid points, so both sides agree on every step.
+    a = entry(p, 1, start_percent=0.0, end_percent=0.5)
+    b = entry(p, 2, length=7, start_percent=0.5, end_percent=1.0)
+    ours = FLUX.from_raw(run(model, [a, b])["samples"])
+    expected = reference(model, [a, b], 5, 3)
+    assert torch.allclose(ours, expected, atol=1e-4), float((ours - expected).abs().max())
+    combined = FLUX.from_raw(run(model, [entry(p, 1), entry(p, 2, length=7)])["samples"])
+    assert (ours - combined).abs().max() > 1e-2          # the ranges change the result
+
+
+def test_strengths_weight_the_average(model):
+    p = model.params
+    entries = [entry(p, 1, strength=1.0), entry(p, 2, strength=3.0)]
+    ours = FLUX.from_raw(run(model, entries)["samples"])
+    assert torch.allclose(ours, reference(model, entries, 5, 3), atol=1e-4)
+
+
+def test_a_step_without_any_prompt_is_refused_before_the_model_runs(model):
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match="without a prompt"):
+            run(model, [entry(model.params, 1, start_percent=0.0, end_percent=0.3)])
+    finally:
+        handle.remove()
+    assert not calls
+
+
+@pytest.mark.parametrize("key,value,node", [
+    ("area", (4, 4, 0, 0), "ConditioningSetArea"),
+    ("mask", torch.ones(1, 8, 8), "ConditioningSetMask"),
+    ("control", object(), "Apply ControlNet"),
+    ("gligen", ("position", None, []), "GLIGENTextBoxApply"),
+    ("guidance", 3.5, "FluxGuidance"),
+    ("reference_latents", [torch.zeros(1, 16, 8, 8)], "'reference_latents'"),
+])
+def test_what_the_sampler_cannot_apply_is_refused_naming_the_node(model, key, value, node):
+    with pytest.raises(ValueError) as raised:
+        run(model, [entry(model.params, 1, **{key: value})])
+    assert node in str(raised.value) and "core_model" in str(raised.value)
+
+
+@pytest.mark.parametrize("denoise", [1.0, 0.6])
+def test_inpainting_keeps_the_unmasked_latent_and_matches_core(model, denoise):
+    p = model.params
+    torch.manual_seed(0)
+    raw = torch.randn(1, 16, 8, 8) * 0.5
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 16:48, 8:40] = 1.0           # pixel-space mask, as SetLatentNoiseMask stores it
+    out = sample(model, [entry(p, 4)], None, 64, 64, 5, 5, "euler", SHIFT, 1.0, 0.0, 1.0,
+                 latent={"samples": raw, "noise_mask": mask}, denoise=denoise)
+    latent_mask = torch.nn.functional.interpolate(mask[:, None], size=(8, 8), mode="bilinear")
+    keep = (latent_mask == 0).expand(1, 16, 8, 8)
+    assert torch.allclose(out["samples"][keep], raw[keep], atol=1e-5)
+    assert (out["samples"] - raw)[~keep].abs().max() > 1e-2
+    assert out["noise_mask"] is mask                    # the mask goes on with the latent, as core's
+    if denoise == 1.0:   # core's own sigmas (with denoise < 1 core keeps the tail of a longer grid)
+        expected = reference(model, [entry(p, 4)], 5, 5, latent=FLUX.from_raw(raw), mask=latent_mask)
+        assert torch.allclose(FLUX.from_raw(out["samples"]), expected, atol=1e-4)
