@@ -80,3 +80,18 @@ def test_a_nan_lora_strength_is_refused():
 
     with pytest.raises(ValueError, match="finite"):
         apply_lora(random_dit(tiny_params()), None, float("nan"))
+
+
+@pytest.mark.parametrize("setting", ["NextDiT Sampler.cfg=nan", "NextDiT Sampler.shift=inf",
+                                     "NextDiT Sampler.steps=nan"])
+def test_headless_run_refuses_bad_numbers_with_exit_code_3(setting, tmp_path, capsys):
+    from nextdit_nodes.runtime import cli
+    from nextdit_nodes.runtime.demo import WORKFLOW
+
+    code = cli.main(["run", str(WORKFLOW), "--set", setting, "--output-dir", str(tmp_path), "-q"])
+    name = setting.split(".")[1].split("=")[0]
+    err = capsys.readouterr().err
+    # --set types an INT on the command line already; a FLOAT reaches validation
+    said = f"input {name!r}" if "steps" not in setting else f"{name}=nan"
+    assert code == 3 and err.count(said) == 1, err
+    assert not list(tmp_path.iterdir())          # nothing ran, nothing written

@@ -1,4 +1,6 @@
-"""The pack's Next-DiT as a core MODEL, checked in a real ComfyUI through /prompt (outside CI).
+"""The pack as a ComfyUI citizen, checked in a real ComfyUI through /prompt (outside CI): its
+Next-DiT as a core MODEL, its sampler's handling of CONDITIONING and LATENT features, and its
+refusal of bad numbers and of file inputs outside the model folders.
 
 Against a running ComfyUI whose custom_nodes has the pack (``../shared/comfy-host/comfy_run.sh``)
 and whose models folder this script fills (``--models``) with random-weight files: a Next-DiT at
@@ -14,17 +16,22 @@ latents the graphs saved (core ``SaveLatent``, read back through ``/view``):
      NextDiT LoRA Loader's core_model through KSampler equals NextDiT Sampler with its model;
   5. inpainting through the core path (SetLatentNoiseMask) keeps the unmasked latent;
   6. every file input refuses absolute paths and ``..`` (HTTP 400, the node in node_errors, no
-     server path in the answer).
+     server path in the answer);
+  7. NextDiT Sampler with ConditioningSetTimestepRange (A for the first half, B for the second)
+     equals core KSampler on core's own model with the same conditioning;
+  8. NextDiT Sampler's inpainting (SetLatentNoiseMask) equals core KSampler's on the pack's MODEL;
+  9. ConditioningSetArea and ConditioningSetMask end in an execution error naming the node;
+ 10. NaN and infinity in every number input of the pack's nodes, and strings in place of
+     numbers, are refused with HTTP 400, each error attached to the input once.
 
-  python tests/comfy_host/check_core_model.py --models ~/scratch/ComfyUI/models --write-models
+  python tests/comfy_host/check_citizen.py --models ~/scratch/ComfyUI/models --write-models
   SCRATCH=~/scratch ../shared/comfy-host/comfy_run.sh --port 8199 --isolated
-  python tests/comfy_host/check_core_model.py --url http://127.0.0.1:8199 --log ~/scratch/comfy-8199.log
+  python tests/comfy_host/check_citizen.py --url http://127.0.0.1:8199 --log ~/scratch/comfy-8199.log
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -277,6 +284,123 @@ def check_file_inputs(url: str) -> None:
     assert refused == 15
 
 
+def check_timestep_ranges(url: str) -> None:
+    prompt: dict = {}
+    text_nodes(prompt)
+    prompt["other"] = {"class_type": "NextDiTTextEncode", "inputs": {
+        "text_encoders": ["te", 0], "prompt": "<character_1>\n<n>blue square</n>\n</character_1>",
+        "system_prompt": "xml (official)", "custom_system_prompt": ""}}
+    prompt["first"] = {"class_type": "ConditioningSetTimestepRange", "inputs": {
+        "conditioning": ["pos", 0], "start": 0.0, "end": 0.5}}
+    prompt["second"] = {"class_type": "ConditioningSetTimestepRange", "inputs": {
+        "conditioning": ["other", 0], "start": 0.5, "end": 1.0}}
+    prompt["both"] = {"class_type": "ConditioningCombine", "inputs": {
+        "conditioning_1": ["first", 0], "conditioning_2": ["second", 0]}}
+    prompt["plain"] = {"class_type": "ConditioningCombine", "inputs": {
+        "conditioning_1": ["pos", 0], "conditioning_2": ["other", 0]}}
+    prompt["empty"] = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    prompt["core_unet"] = {"class_type": "UNETLoader", "inputs": {"unet_name": WIDE_DIT, "weight_dtype": "default"}}
+    prompt["pack"] = {"class_type": "NextDiTLoader", "inputs": {"dit_name": WIDE_DIT, "weight_dtype": "fp32"}}
+    steps = 5     # the 50 % boundary falls between grid points
+    for name, model, sampler in (("core", ["core_unet", 0], "KSampler"), ("ours", ["pack", 0], "NextDiTSampler"),
+                                 ("combined", ["pack", 0], "NextDiTSampler")):
+        conditioning = ["plain" if name == "combined" else "both", 0]
+        if sampler == "KSampler":
+            inputs = {"model": model, "seed": SEED, "steps": steps, "cfg": 1.0, "sampler_name": "euler",
+                      "scheduler": "simple", "positive": conditioning, "negative": ["neg", 0],
+                      "latent_image": ["empty", 0], "denoise": 1.0}
+        else:
+            inputs = {"model": model, "positive": conditioning, "width": 64, "height": 64, "batch_size": 1,
+                      "seed": SEED, "steps": steps, "solver": "euler", "shift": 6.0, "cfg": 1.0, "renorm_cfg": 0.0,
+                      "cfg_trunc": 1.0, "guidance": 0.0}
+        prompt[f"{name}_s"] = {"class_type": sampler, "inputs": inputs}
+        prompt[f"{name}_save"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"{name}_s", 0],
+                                                                        "filename_prefix": f"latents/{name}"}}
+    entry = run(url, prompt)
+    core, ours, combined = (saved_latent(url, entry, f"{n}_save") for n in ("core", "ours", "combined"))
+    print(f"7. timestep ranges: NextDiT Sampler vs core KSampler on core's model {relative(ours, core):.2e}; "
+          f"vs the plain combination {relative(ours, combined):.2e}")
+    assert relative(ours, core) <= 1e-4 and relative(ours, combined) > 1e-3
+
+
+def check_sampler_inpainting(url: str) -> None:
+    prompt: dict = {}
+    text_nodes(prompt)
+    prompt["pack"] = {"class_type": "NextDiTLoader", "inputs": {"dit_name": WIDE_DIT, "weight_dtype": "fp32"}}
+    prompt["empty"] = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    prompt.update(ksampler(["pack", 1], 1.0, ["empty", 0], "source"))
+    prompt["mask"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}}
+    prompt["hole"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 24}}
+    prompt["composite"] = {"class_type": "MaskComposite", "inputs": {
+        "destination": ["mask", 0], "source": ["hole", 0], "x": 16, "y": 8, "operation": "add"}}
+    prompt["masked"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["source_ks", 0],
+                                                                         "mask": ["composite", 0]}}
+    prompt.update(ksampler(["pack", 1], 1.0, ["masked", 0], "core_inpaint"))
+    prompt["ours"] = {"class_type": "NextDiTSampler", "inputs": {
+        "model": ["pack", 0], "positive": ["pos", 0], "width": 64, "height": 64, "batch_size": 1, "seed": SEED,
+        "steps": STEPS, "solver": "euler", "shift": 6.0, "cfg": 1.0, "renorm_cfg": 0.0, "cfg_trunc": 1.0,
+        "guidance": 0.0, "latent": ["masked", 0], "denoise": 1.0}}
+    prompt["ours_save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["ours", 0],
+                                                                 "filename_prefix": "latents/ours_inpaint"}}
+    entry = run(url, prompt)
+    core, ours = saved_latent(url, entry, "core_inpaint_save"), saved_latent(url, entry, "ours_save")
+    source = saved_latent(url, entry, "source_save")
+    print(f"8. inpainting: NextDiT Sampler vs core KSampler on the pack's MODEL {relative(ours, core):.2e}; "
+          f"changed inside the mask by {float((ours - source).abs().max()):.2e}")
+    assert relative(ours, core) <= 1e-4
+
+
+def check_refusals(url: str) -> None:
+    refused = []
+    for node, inputs in (("ConditioningSetArea", {"width": 64, "height": 64, "x": 0, "y": 0, "strength": 1.0}),
+                         ("ConditioningSetMask", {"mask": ["hole", 0], "strength": 1.0, "set_cond_area": "default"})):
+        prompt: dict = {}
+        text_nodes(prompt)
+        prompt["hole"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 32}}
+        prompt["feature"] = {"class_type": node, "inputs": {"conditioning": ["pos", 0], **inputs}}
+        prompt["pack"] = {"class_type": "NextDiTLoader", "inputs": {"dit_name": WIDE_DIT, "weight_dtype": "fp32"}}
+        prompt.update(pack_sampler(["pack", 0], 1.0, "refused"))
+        prompt["refused_ns"]["inputs"]["positive"] = ["feature", 0]
+        try:
+            run(url, prompt)
+        except RuntimeError as error:
+            assert node in str(error) and "core_model" in str(error), str(error)[:500]
+            refused.append(node)
+    print(f"9. refused with a message naming the node: {', '.join(refused)}")
+    assert len(refused) == 2
+
+
+def check_numbers(url: str) -> None:
+    sampler: dict = {}
+    text_nodes(sampler)
+    sampler["pack"] = {"class_type": "NextDiTLoader", "inputs": {"dit_name": WIDE_DIT, "weight_dtype": "fp32"}}
+    sampler.update(pack_sampler(["pack", 0], 4.0, "num"))
+    lora = {"pack": sampler["pack"], "lora": {"class_type": "NextDiTLoraLoader", "inputs": {
+        "model": ["pack", 0], "lora_name": LORA, "strength": 1.0}},
+        "out": {"class_type": "PreviewAny", "inputs": {"source": ["lora", 0]}}}
+    ocfg = {"pack": sampler["pack"], "ocfg": {"class_type": "NextDiTOfficialCFG", "inputs": {
+        "model": ["pack", 1], "cfg_trunc": 0.5, "renorm_cfg": 1.0}},
+        "out": {"class_type": "PreviewAny", "inputs": {"source": ["ocfg", 0]}}}
+    targets = [(sampler, "num_ns", name) for name in ("width", "height", "batch_size", "seed", "steps", "shift",
+                                                      "cfg", "renorm_cfg", "cfg_trunc", "guidance")]
+    targets += [(lora, "lora", "strength"), (ocfg, "ocfg", "cfg_trunc"), (ocfg, "ocfg", "renorm_cfg")]
+    refused = total = 0
+    for graph, node, name in targets:
+        for value in (float("nan"), float("inf"), "nan", "abc"):
+            prompt = json.loads(json.dumps(graph))
+            prompt[node]["inputs"][name] = value
+            status, answer = post(url, prompt)
+            errors = answer.get("node_errors", {}).get(node, {}).get("errors", [])
+            about = [e for e in errors if e.get("extra_info", {}).get("input_name") == name]
+            total += 1
+            if status == 400 and len(about) == 1 and len(errors) == 1:
+                refused += 1
+            else:
+                print(f"   {node}.{name}={value!r}: {status}, {len(about)} errors on the input: {json.dumps(errors)[:400]}")
+    print(f"10. numbers: {refused} of {total} bad values refused with HTTP 400, one error, on their input")
+    assert refused == total
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8199")
@@ -289,7 +413,8 @@ def main() -> int:
         write_models(args.models)
         return 0
     checks = {"equal": check_equalities, "patches": check_patches, "lora": lambda url: check_loras(url, args.log),
-              "inpaint": check_inpainting, "files": check_file_inputs}
+              "inpaint": check_inpainting, "files": check_file_inputs, "ranges": check_timestep_ranges,
+              "sampler_inpaint": check_sampler_inpainting, "refusals": check_refusals, "numbers": check_numbers}
     for name, check in checks.items():
         if args.only is None or name in args.only:
             check(args.url)
