@@ -112,11 +112,18 @@ def main(comfy_dir: str, pack_dir: str) -> None:
     with torch.no_grad():
         assert torch.equal(model(**inputs), expected)
 
-    # 8. A module without repeated blocks (the VAE): whole loads and unloads, never streamed.
-    vae = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
+    # 8. A module without repeated blocks (the VAE; diffusers modules have a read-only `device`):
+    #    whole loads and unloads, never streamed.
+    class Vae(torch.nn.Sequential):
+        @property
+        def device(self):
+            return next(self.parameters()).device
+
+    vae = Vae(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
     vae_attachments = {}
     comfy_memory.use_model(vae, memory_required=10, attachments=vae_attachments)
     vae_patcher = vae_attachments["host_patcher"]
+    assert vae_patcher.model.module is vae
     assert any(m.model is vae_patcher for m in mm.current_loaded_models)
     assert vae_patcher.loaded_size() == offload.tensor_bytes(vae)
     mm.free_memory(free + 1, cpu, keep_loaded=[m for m in mm.current_loaded_models if m.model is patcher])

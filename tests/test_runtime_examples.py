@@ -5,6 +5,7 @@ under the real file names (``runtime_models.write_tiny_models``)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from nextdit_nodes.runtime import cli
+from nextdit_nodes.runtime.errors import WorkflowError
 from nextdit_nodes.runtime.executor import Executor
 from nextdit_nodes.runtime.graph import Link
 from nextdit_nodes.runtime.model_sources import KNOWN_MODEL_FILES, MADE_LOCALLY, MODEL_INPUT_FOLDERS
@@ -21,7 +23,10 @@ from nextdit_nodes.runtime.validate import needed_nodes, validate
 from nextdit_nodes.runtime.workflow import NOTE_TYPES, load_workflow
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((ROOT / "example_workflows").glob("*.json"))
+ALL_EXAMPLES = sorted((ROOT / "example_workflows").glob("*.json"))
+# Examples sampled by core's KSampler on the pack's core MODEL: ComfyUI only (the runner has no KSampler).
+CORE_PATH_EXAMPLES = ("NewBie with core KSampler and official CFG", "Embedded shapes model with core KSampler")
+EXAMPLES = [path for path in ALL_EXAMPLES if path.stem not in CORE_PATH_EXAMPLES]
 CLASSES = runner_classes()
 TEXT_TO_IMAGE = ROOT / "example_workflows" / "NewBie XML text to image.json"
 
@@ -31,9 +36,9 @@ NEWBIE_EXAMPLES = ("NewBie XML text to image", "NewBie XML two characters with b
 
 
 def test_the_three_examples_exist_with_thumbnails():
-    names = {path.stem for path in EXAMPLES}
-    assert set(NEWBIE_EXAMPLES) <= names
-    for path in EXAMPLES:
+    names = {path.stem for path in ALL_EXAMPLES}
+    assert set(NEWBIE_EXAMPLES) <= names and set(CORE_PATH_EXAMPLES) <= names
+    for path in ALL_EXAMPLES:
         thumbnail = path.with_suffix(".jpg")
         assert thumbnail.exists(), f"{path.name} has no thumbnail {thumbnail.name}"
         with Image.open(thumbnail) as image:
@@ -76,6 +81,25 @@ def test_example_nodes_inputs_and_widget_values(path, placeholder_models):
                 assert node.inputs[name] == value, f"{raw['type']}.{name}"
     # The whole graph validates against the real INPUT_TYPES and VALIDATE_INPUTS.
     validate(workflow, CLASSES, needed_nodes(workflow, CLASSES), model_check=model_file_check)
+
+
+@pytest.mark.parametrize("name", CORE_PATH_EXAMPLES)
+def test_core_path_examples_are_refused_headless_naming_the_core_nodes(name):
+    """The runner refuses them, naming exactly the core nodes it does not implement; every pack
+    node in them is still checked against the real node classes."""
+    path = ROOT / "example_workflows" / f"{name}.json"
+    data = json.loads(path.read_text())
+    assert data["extra"].get("frontendVersion"), "saved by the real editor"
+    with pytest.raises(WorkflowError) as refused:
+        load_workflow(path, CLASSES)
+    unknown = set(re.findall(r"unknown node type '([^']+)'", str(refused.value)))
+    assert unknown == {raw["type"] for raw in data["nodes"] if raw["type"] not in CLASSES} == \
+        {"KSampler", "EmptySD3LatentImage"}
+    for raw in data["nodes"]:
+        if raw["type"].startswith("NextDiT"):
+            named = raw["widgets_values_named"]
+            specs = input_specs(CLASSES[raw["type"]])
+            assert all(key in specs and specs[key].is_widget for key in named), raw["type"]
 
 
 def test_models_the_examples_use_are_documented():

@@ -124,9 +124,20 @@ def use_model(module, memory_required: int = 0, attachments: dict | None = None)
         slot = module.attachments if attachments is None else attachments
         patcher = slot.get(_PATCHER)
         if patcher is None:
-            patcher = make_patcher(module, device, mm.unet_offload_device())
+            patcher = make_patcher(_Hosted(module), device, mm.unet_offload_device())
             slot[_PATCHER] = patcher
     mm.load_models_gpu([patcher], memory_required=memory_required)
+
+
+class _Hosted(torch.nn.Module):
+    """A pack module that is not a Next-DiT (the VAE), as core's ModelPatcher wraps it: a child,
+    under a parent whose ``device`` attribute the patcher may set (diffusers modules have a
+    read-only ``device`` property)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+        self.device = None
 
 
 # ---- the ModelPatcher subclass (built only inside ComfyUI) ----------------------------------------

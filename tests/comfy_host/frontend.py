@@ -194,4 +194,4 @@ def open_template(page, pack_folder: str, name: str, out: Path) -> list[str]:
     page.keyboard.press("Escape")
     types = page.evaluate("() => app.graph.nodes.map(n => n.type)")
     print(f"template browser: opened {name!r} ->", types)
-    return [] if "NextDiTSampler" in types else ["opening the template did not load its graph"]
+    return [] if "NextDiTLoader" in types else ["opening the template did not load its graph"]

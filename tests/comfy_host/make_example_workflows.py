@@ -220,8 +220,62 @@ def embedded_shapes() -> dict:
     return {"nodes": nodes, "links": links}
 
 
-# Its thumbnail is its real output, written by `python -m nextdit_nodes demo` (see README).
-OUTPUT_THUMBNAILS = {"Embedded shapes model"}
+def _core_path(dit: dict, files: tuple[str, str, str], positive: dict, negative: dict, ksampler: dict,
+               official_cfg: dict, width: int, height: int, prefix: str) -> dict:
+    """The pack's loaders and text encoders, then core's sampling: the loader's core MODEL through
+    NextDiT Official CFG into KSampler, decoded by the pack's VAE node. files: Gemma, Jina, VAE."""
+    gemma, jina, vae_name = files
+    text = {"type": "NextDiTTextEncoderLoader", "pos": [0, 160], "width": 330, "widgets": {
+        "gemma_name": gemma, "jina_name": jina, "device": "auto", "dtype": "auto"}}
+    vae = {"type": "NextDiTVAELoader", "pos": [0, 380], "width": 330, "widgets": {"vae_name": vae_name}}
+    if gemma in MODELS:   # downloadable files: ComfyUI's missing-models dialog offers them
+        text["models"], vae["models"] = [MODELS[gemma], MODELS[jina]], [MODELS[vae_name]]
+    nodes = [
+        {**dit, "pos": [0, 0], "width": 330}, text, vae,
+        {"type": "NextDiTTextEncode", "title": "Positive", "pos": [420, 0], "size": [400, 420], "widgets": positive},
+        {"type": "NextDiTTextEncode", "title": "Negative", "pos": [420, 460], "size": [400, 200], "widgets": negative},
+        {"type": "NextDiTOfficialCFG", "pos": [420, -200], "width": 330, "widgets": official_cfg},
+        {"type": "EmptySD3LatentImage", "pos": [860, 420], "width": 300,
+         "widgets": {"width": width, "height": height, "batch_size": 1}},
+        {"type": "KSampler", "pos": [860, 0], "width": 300, "widgets": ksampler},
+        {"type": "NextDiTVAEDecode", "pos": [1200, 0], "widgets": {"tiled": "auto"}},
+        {"type": "SaveImage", "pos": [1480, 0], "size": [300, 340], "widgets": {"filename_prefix": prefix}},
+    ]
+    # 0 dit, 1 text, 2 vae, 3 pos, 4 neg, 5 official cfg, 6 empty latent, 7 ksampler, 8 decode, 9 save
+    links = [[0, 1, 5, "model"], [1, 0, 3, "text_encoders"], [1, 0, 4, "text_encoders"], [5, 0, 7, "model"],
+             [3, 0, 7, "positive"], [4, 0, 7, "negative"], [6, 0, 7, "latent_image"], [2, 0, 8, "vae"],
+             [7, 0, 8, "samples"], [8, 0, 9, "images"]]
+    return {"nodes": nodes, "links": links}
+
+
+def newbie_core_sampler() -> dict:
+    """NewBie through core's KSampler with the official CFG: euler / simple at 20 steps (a count
+    that divides 1000, so core's simple schedule is the official shifted grid), CFG 5, truncation
+    0.25."""
+    dit = {"type": "NextDiTLoader", "widgets": {"dit_name": DIT, "weight_dtype": "auto"}, "models": [MODELS[DIT]]}
+    ksampler = {"seed": 42, "control_after_generate": "fixed", "steps": 20, "cfg": 5.0, "sampler_name": "euler",
+                "scheduler": "simple", "denoise": 1.0}
+    return _core_path(dit, (GEMMA, JINA, VAE),
+                      {"prompt": README_XML, "system_prompt": "xml (official)", "custom_system_prompt": ""},
+                      {"prompt": "", "system_prompt": "none", "custom_system_prompt": ""}, ksampler,
+                      {"cfg_trunc": 0.25, "renorm_cfg": 0.0}, 1024, 1024, "NewBie")
+
+
+def embedded_core_sampler() -> dict:
+    """The embedded example through core's KSampler: the same settings as the pack's sampler in
+    "Embedded shapes model" (25 euler steps, CFG 4 on every step), so the same picture."""
+    dit = {"type": "NextDiTLoader", "widgets": {"dit_name": "NextDiT-embedded-shapes.pth", "weight_dtype": "auto"}}
+    ksampler = {"seed": 42, "control_after_generate": "fixed", "steps": 25, "cfg": 4.0, "sampler_name": "euler",
+                "scheduler": "simple", "denoise": 1.0}
+    return _core_path(dit, ("embedded-shapes-gemma3.safetensors", "embedded-shapes-jina.safetensors",
+                            "embedded-shapes-vae"),
+                      {"prompt": SHAPES_XML, "system_prompt": "none", "custom_system_prompt": ""},
+                      {"prompt": "", "system_prompt": "none", "custom_system_prompt": ""}, ksampler,
+                      {"cfg_trunc": 1.0, "renorm_cfg": 0.0}, 64, 64, "NextDiT-embedded-core")
+
+
+# Their thumbnails are their real outputs (the embedded one from `python -m nextdit_nodes demo`, see README).
+OUTPUT_THUMBNAILS = {"Embedded shapes model", "Embedded shapes model with core KSampler"}
 # Built only once train-embedded's weights ship in the pack (until then the demo keeps its
 # workflow in runtime/workflows/).
 EMBEDDED_SHIPPED = (Path(__file__).resolve().parents[2] / "embedded" / "diffusion_models"
@@ -232,6 +286,8 @@ EXAMPLES = {
     "NewBie XML text to image": text_to_image,
     "NewBie XML two characters with builder nodes": builder_two_characters,
     "NewBie guidance-distilled text to image": guidance_distilled,
+    "NewBie with core KSampler and official CFG": newbie_core_sampler,
+    "Embedded shapes model with core KSampler": embedded_core_sampler,
 }
 
 

@@ -67,10 +67,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8199")
     parser.add_argument("--out", type=Path, default=Path("embedded_check"))
+    parser.add_argument("--template", default=TEMPLATE,
+                        help=f"the example to open (default {TEMPLATE!r}; also 'Embedded shapes model with core "
+                             f"KSampler')")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with editor(args.url) as (page, events):
-        problems = open_template(page, PACK_FOLDER, TEMPLATE, args.out)
+        problems = open_template(page, PACK_FOLDER, args.template, args.out)
         if not problems:
             problems = run(page, events, args.url, args.out)
     print("PROBLEMS:", *problems, sep="\n  ") if problems else print("the embedded example ran in ComfyUI")
