@@ -29,7 +29,7 @@ def run(args) -> int:
     import torch
 
     from ..training.embedded.adherence import score_image, summarise
-    from ..training.embedded.evaluate import SETTINGS, EmbeddedModels, adherence
+    from ..training.embedded.evaluate import SETTINGS, EmbeddedModels, adherence, inpaint_adherence
     from ..training.embedded.pipeline import reconstruction_adherence
     from ..training.embedded.shapes import held_out_scenes, render
 
@@ -54,4 +54,11 @@ def run(args) -> int:
         if setting.student and models.student is None:
             continue
         print(_row(setting.name, adherence(models, setting, args.count, args.steps)), flush=True)
+    print("\nInpainting (teacher, CFG 4): held-out scenes of two or three objects without their last "
+          "object, that object's cell masked, the whole scene's caption")
+    print("| objects scored | colour+position / object | colour+position / image | size / object "
+          "| shape / object | all right / image |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, scores in inpaint_adherence(models, args.count // 2, args.steps).items():
+        print(_row(name, scores), flush=True)
     return 0
