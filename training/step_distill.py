@@ -144,8 +144,10 @@ def make_step_student(model: nn.Module, mode: str = "lora", rank: int = 16, seed
     student.train()
     if mode == "full":
         return Student(student.requires_grad_(True), None, model.eval())
+    # lora: only the adapters train. The guidance embedder stays as stage 1 made it (shared with
+    # the teacher): training it at a fixed scale shifts every modulation at once, and on a small
+    # random model that made the error grow instead of shrink.
     student.requires_grad_(False)
-    student.guidance_embedder.requires_grad_(True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return Student(student, Adapters(student, rank), None)
@@ -207,6 +209,12 @@ class _GridPool(_TrajectoryPool):
 
 # ---- the loop ------------------------------------------------------------------------------------
 
+def trainable(student: Student) -> list[nn.Parameter]:
+    """The adapters (lora) or every weight of the student's own copy (full)."""
+    module = student.model if student.adapters is None else student.adapters
+    return [p for p in module.parameters() if p.requires_grad]
+
+
 def train_step(student: Student, optimizer: torch.optim.Optimizer, x: Tensor, t: Tensor, cond: PromptBatch,
                w: Tensor, target: Tensor, scale_weighted: bool) -> tuple[Tensor, Tensor]:
     """One optimizer step on one batch; returns (loss, the student's velocity, detached)."""
@@ -216,7 +224,7 @@ def train_step(student: Student, optimizer: torch.optim.Optimizer, x: Tensor, t:
         raise FloatingPointError("step distillation loss became NaN/inf; lower --lr or train in fp32/bf16")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(student.trainable(), 1.0)
+    torch.nn.utils.clip_grad_norm_(trainable(student), 1.0)
     optimizer.step()
     return loss.detach(), prediction.detach()
 
@@ -232,7 +240,7 @@ def _train_round(student: Student, prompts: list[PromptBatch], config: StepDisti
     generator = torch.Generator("cpu").manual_seed(round_seed)
     pool = _GridPool(replace(config.trajectories(), seed=round_seed), steps, len(prompts),
                      student.model.params.in_channels, device, generator)
-    optimizer = torch.optim.AdamW(student.param_groups(config.lr, config.lr), weight_decay=0.0)
+    optimizer = torch.optim.AdamW(trainable(student), lr=config.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_linear_decay(config.iterations))
     scale_weighted = config.fixed_guidance is None   # a range: every scale counts alike (distill.guided_loss)
 
