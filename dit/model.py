@@ -31,7 +31,9 @@ removed by the functions named; model-level state lives in `model.attachments`.
   MLP Linears;
 - gradient checkpointing (the `gradient_checkpointing` attribute, training): blocks run under
   `torch.utils.checkpoint`;
-- the host's memory manager (`nodes.host.memory.use_model`): `attachments["host_patcher"]`.
+- inside ComfyUI, its core MODEL (`nodes.host.core_model.core_model`): `attachments["core_model"]`,
+  the ModelPatcher every use of the model loads through (core LoRA patches replace parameters
+  while it is loaded, and restore them when it unloads).
 
 State-dict keys never change.
 """

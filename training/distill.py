@@ -3,8 +3,9 @@
 After Meng et al., "On Distillation of Guided Diffusion Models" (CVPR 2023, arXiv 2210.03142),
 stage 1, with a guidance input as FLUX.1-dev has one (black-forest-labs/flux `guidance_in`): the
 student is the teacher plus a guidance embedder (``guidance_embedder.mlp.0/2``, last layer
-zero-initialised, so the student starts as the teacher's conditional branch). For each training sample a guidance scale w is drawn uniformly from a range
-and the student, given w, learns the teacher's guided velocity v_u + w·(v_c − v_u) (MSE).
+zero-initialised, so the student starts as the teacher's conditional branch). For each training
+sample a guidance scale w is drawn uniformly from a range and the student, given w, learns the
+teacher's guided velocity v_u + w·(v_c − v_u) (MSE).
 
 Modes: ``lora`` trains the guidance embedder plus low-rank adapters on every attention (qkv, out)
 and MLP (w1, w2, w3) linear; the teacher IS the student with adapters off and no guidance, so the

@@ -25,7 +25,7 @@ from comfy import model_management as mm
 
 from ...sampling.guidance import cfg_active, combine_cfg
 from ...text.conditioning import prompt_batches
-from .memory import patcher_class
+from .patcher import patcher_class
 
 _CORE_MODEL = "core_model"   # key in the Next-DiT's attachments
 
