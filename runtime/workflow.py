@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import WorkflowError
+from .errors import UnknownNodeTypeError, WorkflowError
 from .graph import GraphNode, Link, Workflow
 from .specs import CONTROL_VALUES, widget_specs
 from .subgraphs import flatten_subgraphs, has_subgraphs
@@ -78,18 +78,19 @@ def _read_json(path: str | Path) -> dict:
     return data
 
 
-def _unknown_type_error(unknown: list[tuple[str, str, str | None]], classes: Mapping) -> WorkflowError:
+def _unknown_type_error(unknown: list[tuple[str, str, str | None]], classes: Mapping
+                        ) -> UnknownNodeTypeError:
     lines = []
     for node_id, class_type, title in unknown:
         name = f' "{title}"' if title and title != class_type else ""
         hint = (" (a group node: convert it back to nodes in ComfyUI first)"
                 if class_type.startswith(("workflow>", "workflow/")) else "")
         lines.append(f"node {node_id}{name}: unknown node type {class_type!r}{hint}")
-    return WorkflowError(
+    return UnknownNodeTypeError(
         "\n".join(lines) + "\nThis runner runs the pack's nodes (python -m nextdit_nodes nodes "
         "lists them) and the core nodes " + ", ".join(sorted(n for n in classes if not
                                                              n.startswith("NextDiT")))
-        + "; run other nodes inside ComfyUI.")
+        + "; run other nodes inside ComfyUI.", unknown)
 
 
 # ---- API format --------------------------------------------------------------------------------
