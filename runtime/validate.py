@@ -135,7 +135,11 @@ def _custom_validation(workflow: Workflow, classes: Mapping[str, type], node: Gr
     if verdict is True:
         return []
     detail = "" if verdict is False else f": {verdict}"
-    return [Problem(f"{node.describe()}: invalid inputs{detail}", node.id, "custom_validation_failed")]
+    # Which inputs an editor should point at: those the message names, else every one checked.
+    checked = [name for name in arguments if name != "input_types"]
+    named = [name for name in checked if name in str(verdict)]
+    return [Problem(f"{node.describe()}: invalid inputs{detail}", node.id, "custom_validation_failed",
+                    ", ".join(named or checked) or None)]
 
 
 def validate(workflow: Workflow, classes: Mapping[str, type], node_ids: list[str],

@@ -75,7 +75,6 @@ def create_app(config: ServerConfig) -> web.Application:
     web_root = frontend_root()
 
     app = web.Application(client_max_size=config.max_upload, middlewares=[same_origin_only, content_policy])
-    app["hub"] = hub
     routes = web.RouteTableDef()
 
     @routes.get("/ws")
@@ -92,7 +91,7 @@ def create_app(config: ServerConfig) -> web.Application:
         return web.json_response(object_info({wanted: classes[wanted]}, set(NODE_CLASS_MAPPINGS))
                                  if wanted in classes else {})
 
-    prompts.add_routes(routes, queue, classes)
+    prompts.add_routes(routes, queue, classes, hub)
     files.add_routes(routes, folders, config.max_upload)
     userdata.add_routes(routes, config.user_dir)
     templates.add_routes(routes, app, config.examples)

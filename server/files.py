@@ -115,8 +115,10 @@ def add_routes(routes: web.RouteTableDef, folders: dict[str, Path], max_upload: 
         if kind not in folders:
             return web.Response(status=400, text=f"type must be one of {', '.join(folders)}")
         subfolder = post.get("subfolder") or ""
-        target = inside(folders[kind], subfolder, image.filename)
-        if target is None or target.name != Path(image.filename.replace("\\", "/")).name:
+        # A plain file name (folders go in "subfolder"), and the two together stay inside.
+        plain = not any(c in image.filename for c in "/\\") and image.filename not in (".", "..")
+        target = inside(folders[kind], subfolder, image.filename) if plain else None
+        if target is None:
             return web.Response(status=400, text="the file name leaves the upload folder")
         data = image.file.read()
         problem = _checked_image(data)

@@ -87,7 +87,7 @@ def check_prompt(body: dict, classes) -> tuple:
     return workflow, outputs
 
 
-def add_routes(routes: web.RouteTableDef, queue: JobQueue, classes) -> None:
+def add_routes(routes: web.RouteTableDef, queue: JobQueue, classes, hub) -> None:
     counter = {"number": 0}
 
     @routes.get("/prompt")
@@ -119,7 +119,7 @@ def add_routes(routes: web.RouteTableDef, queue: JobQueue, classes) -> None:
         if client_id:
             extra_data["client_id"] = client_id
         queue.put(Job(number, prompt_id, body["prompt"], extra_data, workflow, checked, client_id))
-        request.app["hub"].broadcast_status()
+        hub.broadcast_status()
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": {}})
 
     @routes.get("/queue")
@@ -133,7 +133,7 @@ def add_routes(routes: web.RouteTableDef, queue: JobQueue, classes) -> None:
             queue.clear()
         if body.get("delete"):
             queue.delete(body["delete"])
-        request.app["hub"].broadcast_status()
+        hub.broadcast_status()
         return web.Response(status=200)
 
     @routes.post("/interrupt")
