@@ -161,8 +161,15 @@ def test_embedded_workflow_from_the_template_browser_runs_and_shows_the_demo_pic
     pixels = np.array(shown["rgba"], dtype=np.uint8).reshape(shown["height"], shown["width"], 4)
     assert np.array_equal(pixels[..., :3], demo), f"{np.count_nonzero(pixels[..., :3] != demo)} values differ"
     assert (pixels[..., 3] == 255).all()
+    # The saved PNG, dropped on the page, gives the graph back (the editor reads its chunks).
     (saved,) = output.glob("*.png")
-    assert json.loads(Image.open(saved).text["workflow"])["nodes"]  # the graph travels in the PNG
+    restored = page.evaluate("""async (name) => {
+      const blob = await (await fetch(`/api/view?filename=${encodeURIComponent(name)}&type=output`)).blob();
+      app.graph.clear();
+      await app.handleFile(new File([blob], name, {type: 'image/png'}));
+      return app.graph.nodes.map(n => [String(n.id), n.type]); }""", saved.name)
+    expected = [[str(n["id"]), n["type"]] for n in json.loads(EMBEDDED.read_text())["nodes"]]
+    assert sorted(restored) == sorted(expected)
     assert _console_errors(events) == []
 
 
