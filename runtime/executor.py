@@ -78,14 +78,16 @@ class Executor:
 
     def run(self, workflow: Workflow, on_node: Callable[[GraphNode], None] | None = None,
             on_cached: Callable[[list[str]], None] | None = None,
-            on_output: Callable[[GraphNode, dict], None] | None = None) -> RunResult:
+            on_output: Callable[[GraphNode, dict], None] | None = None,
+            targets: list[str] | None = None) -> RunResult:
         """Validate then execute every node the output nodes need; returns outputs and UI data.
 
         Hooks for a host: ``on_cached(ids)`` once, with the nodes the cache will serve;
         ``on_node(node)`` before a node runs; ``on_output(node, ui)`` for each node (run or
-        cached) that returned UI data, such as the images it saved.
+        cached) that returned UI data, such as the images it saved. ``targets``: run only these
+        output nodes (and what they need).
         """
-        order = needed_nodes(workflow, self.classes)
+        order = needed_nodes(workflow, self.classes, targets)
         validate(workflow, self.classes, order, self.model_check)
         prompt = workflow.to_api()
         extra_pnginfo = {"workflow": workflow.ui} if workflow.ui is not None else None

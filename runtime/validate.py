@@ -21,10 +21,13 @@ from .specs import InputSpec, input_specs
 ModelCheck = Callable[[GraphNode, str, Any], "bool | str"]
 
 
-def needed_nodes(workflow: Workflow, classes: Mapping[str, type]) -> list[str]:
-    """Output nodes and everything they depend on, dependencies first; raises on cycles."""
+def needed_nodes(workflow: Workflow, classes: Mapping[str, type], targets: list[str] | None = None
+                 ) -> list[str]:
+    """Output nodes (or only ``targets``, the editor's "run selected outputs") and everything
+    they depend on, dependencies first; raises on cycles."""
     outputs = [node_id for node_id, node in workflow.nodes.items()
-               if getattr(classes[node.class_type], "OUTPUT_NODE", False)]
+               if getattr(classes[node.class_type], "OUTPUT_NODE", False)
+               and (targets is None or node_id in targets)]
     if not outputs:
         raise ValidationError([Problem("the workflow has no output node (for example SaveImage or "
                                        "PreviewImage), so there is nothing to run", kind="prompt_no_outputs")])

@@ -63,7 +63,8 @@ def check_prompt(body: dict, classes) -> tuple:
     try:
         workflow = load_workflow({"prompt": body["prompt"], "extra_data": body.get("extra_data") or {}},
                                  classes)
-        order = needed_nodes(workflow, classes)
+        targets = body.get("partial_execution_targets")
+        order = needed_nodes(workflow, classes, [str(t) for t in targets] if targets else None)
         validate(workflow, classes, order, model_file_check)
     except UnknownNodeTypeError as error:
         node_id, class_type, title = error.unknown[0]

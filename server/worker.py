@@ -60,7 +60,7 @@ class Worker:
         status = "error"
         try:
             self.executor.run(job.workflow, on_node=self._on_node, on_cached=self._on_cached,
-                              on_output=self._on_output)
+                              on_output=self._on_output, targets=job.outputs_to_execute)
         except host.Interrupted:
             self._send("execution_interrupted", {**self._where(), "executed": self._executed}, record=True)
         except NodeExecutionError as error:
