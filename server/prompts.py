@@ -129,11 +129,7 @@ def add_routes(routes: web.RouteTableDef, queue: JobQueue, classes, hub) -> None
 
     @routes.post("/queue")
     async def post_queue(request):
-        body = await _json(request)
-        if body.get("clear"):
-            queue.clear()
-        if body.get("delete"):
-            queue.delete(body["delete"])
+        _clear_or_delete(await _json(request), queue.clear, queue.delete)
         hub.broadcast_status()
         return web.Response(status=200)
 
@@ -162,11 +158,7 @@ def add_routes(routes: web.RouteTableDef, queue: JobQueue, classes, hub) -> None
 
     @routes.post("/history")
     async def post_history(request):
-        body = await _json(request)
-        if body.get("clear"):
-            queue.forget()
-        if body.get("delete"):
-            queue.forget(body["delete"])
+        _clear_or_delete(await _json(request), queue.forget, queue.forget)
         return web.Response(status=200)
 
     @routes.get("/jobs")
@@ -189,6 +181,14 @@ def add_routes(routes: web.RouteTableDef, queue: JobQueue, classes, hub) -> None
     async def get_job(request):
         found = [job for job in queue.jobs() if job["id"] == request.match_info["job_id"]]
         return web.json_response(found[0]) if found else web.json_response({"error": "Job not found"}, status=404)
+
+
+def _clear_or_delete(body: dict, clear, delete) -> None:
+    """ComfyUI's ``{"clear": true}`` / ``{"delete": [prompt ids]}`` bodies of /queue and /history."""
+    if body.get("clear"):
+        clear()
+    if body.get("delete"):
+        delete(body["delete"])
 
 
 async def _json(request: web.Request) -> dict:

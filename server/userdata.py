@@ -119,25 +119,32 @@ def add_routes(routes: web.RouteTableDef, user_dir: Path) -> None:
             "X-Content-Type-Options": "nosniff",
             "Content-Disposition": "inline" if inline else "attachment"})
 
+    def refused_overwrite(request: web.Request, path: Path) -> web.Response | None:
+        if request.query.get("overwrite", "true") == "false" and path.exists():
+            return web.Response(status=409, text="File already exists")
+        return None
+
+    def saved(request: web.Request, path: Path) -> web.Response:
+        """What ComfyUI answers after a save or a move: the path, or its full information."""
+        if request.query.get("full_info", "false").lower() == "true":
+            return web.json_response(_file_info(path, root.resolve()))
+        return web.json_response(path.relative_to(root.resolve()).as_posix())
+
     @routes.post("/userdata/{file}")
     async def post_userdata(request):
         path = user_path(request)
         if path is None or path == root.resolve():
             return web.Response(status=403)
-        if request.query.get("overwrite", "true") == "false" and path.exists():
-            return web.Response(status=409, text="File already exists")
+        if (refusal := refused_overwrite(request, path)) is not None:
+            return refusal
         _write(path, await request.read())
-        if request.query.get("full_info", "false").lower() == "true":
-            return web.json_response(_file_info(path, root.resolve()))
-        return web.json_response(path.relative_to(root.resolve()).as_posix())
+        return saved(request, path)
 
     @routes.delete("/userdata/{file}")
     async def delete_userdata(request):
         path = user_path(request)
-        if path is None:
-            return web.Response(status=403)
-        if not path.is_file():
-            return web.Response(status=404)
+        if path is None or not path.is_file():
+            return web.Response(status=403 if path is None else 404)
         path.unlink()
         return web.Response(status=204)
 
@@ -148,10 +155,8 @@ def add_routes(routes: web.RouteTableDef, user_dir: Path) -> None:
             return web.Response(status=403)
         if not source.is_file():
             return web.Response(status=404)
-        if request.query.get("overwrite", "true") == "false" and dest.exists():
-            return web.Response(status=409, text="File already exists")
+        if (refusal := refused_overwrite(request, dest)) is not None:
+            return refusal
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(source, dest)
-        if request.query.get("full_info", "false").lower() == "true":
-            return web.json_response(_file_info(dest, root.resolve()))
-        return web.json_response(dest.relative_to(root.resolve()).as_posix())
+        return saved(request, dest)
