@@ -108,7 +108,7 @@ class Worker:
         if self._job is None:
             return
         if preview is not None:
-            kind, image, max_size = preview
+            _, image, max_size = preview  # ("JPEG", PIL image, largest side)
             self.hub.send_bytes(preview_frame(image, max_size), self._job.client_id)
         self._send("progress", {"value": done, "max": total,
                                 "node": self._node.id if self._node else None})

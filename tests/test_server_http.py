@@ -8,18 +8,14 @@ import asyncio
 import io
 import json
 import os
-from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
-pytest.importorskip("aiohttp", reason="the editor's server needs aiohttp (a dependency of the pack)")
-from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
-
-from nextdit_nodes.nodes import NODE_CLASS_MAPPINGS, host  # noqa: E402
-from nextdit_nodes.server.app import ServerConfig, create_app  # noqa: E402
+from nextdit_nodes.nodes import NODE_CLASS_MAPPINGS, host
+from nextdit_nodes.server.app import ServerConfig, create_app
 
 DATA = Path(__file__).resolve().parent / "data"
 EMBEDDED = Path(__file__).resolve().parents[1] / "example_workflows" / "Embedded shapes model.json"
