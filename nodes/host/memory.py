@@ -97,6 +97,16 @@ def core_model_of(nextdit, base=None):
     return with_diffusion_model(core_model(base), nextdit)
 
 
+def unpatched_base(nextdit) -> None:
+    """Inside ComfyUI, make sure ``nextdit``'s weights carry no core LoRA patches before a LoRA'd
+    copy shares them (``core_model.release_weight_patches``); headless nothing patches them."""
+    if _comfy() is None:
+        return
+    from .core_model import release_weight_patches  # noqa: PLC0415 - imports ComfyUI
+
+    release_weight_patches(nextdit)
+
+
 def use_model(module, memory_required: int = 0, attachments: dict | None = None) -> None:
     """Make ``module`` ready to compute on the pack's device, with ``memory_required`` bytes of
     activations on top (ComfyUI: through its memory manager; headless: ``dit.placement.place``).

@@ -233,6 +233,17 @@ def check_loras(url: str, log: Path | None) -> None:
             text = handle.read().decode(errors="replace")
         assert "lora key not loaded" not in text, "core left LoRA keys unloaded"
         print("   the server log has no 'lora key not loaded'")
+    # A new strength on the same loaded weights, then the model without a LoRA: core patches and
+    # unpatches the shared Next-DiT, so the LoRA-free latent must come back unchanged.
+    prompt["core_lora"]["inputs"]["strength_model"] = 0.4
+    prompt["pack_lora"]["inputs"]["strength"] = 0.4
+    entry = run(url, prompt)
+    core_half, pack_half = saved_latent(url, entry, "core_lora_save"), saved_latent(url, entry, "pack_lora_core_save")
+    base_again = saved_latent(url, entry, "no_lora_save")
+    print(f"   strength 0.4: core vs pack {relative(core_half, pack_half):.2e}, differs from 0.8 by "
+          f"{relative(core_half, core_lora):.2e}; the LoRA-free latent afterwards vs before {relative(base_again, base):.2e}")
+    assert relative(core_half, pack_half) <= 1e-4 and relative(core_half, core_lora) > 1e-3
+    assert relative(base_again, base) <= 1e-6
 
 
 def check_inpainting(url: str) -> None:
