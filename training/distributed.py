@@ -61,7 +61,7 @@ class Distributed:
         frozen += [name for name, _ in module.named_buffers()]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, frozen)
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
+        return DistributedDataParallel(module, device_ids=device_ids)
 
     def no_sync(self, wrapped: nn.Module):
         """Skip the gradient all-reduce (all but the last micro-batch of an accumulated step)."""
