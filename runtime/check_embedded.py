@@ -16,6 +16,10 @@ def register(subparsers) -> None:
     parser.add_argument("--models-dir", type=Path, default=EMBEDDED_DIR)
     parser.add_argument("--count", type=int, default=200, help="held-out prompts per setting")
     parser.add_argument("--steps", type=int, default=25, help="Euler steps")
+    parser.add_argument("--lora", type=Path, default=None,
+                        help="instead: the teacher (CFG 4) with and without this LoRA, on the base held-out "
+                             "prompts (old concepts) and on held-out prompts of the colour it teaches (pink)")
+    parser.add_argument("--lora-strength", type=float, default=1.0)
     parser.set_defaults(func=run)
 
 
@@ -25,7 +29,39 @@ def _row(name: str, scores: dict[str, float]) -> str:
             f"| {scores['all_right_per_image']:.1f} |")
 
 
+def _header() -> None:
+    print("| images (held-out prompts) | colour+position / object | colour+position / image "
+          "| size / object | shape / object | all right / image |")
+    print("| --- | --- | --- | --- | --- | --- |")
+
+
+def run_lora(args) -> int:
+    from ..training.embedded.adherence import score_image, summarise
+    from ..training.embedded.evaluate import SETTINGS, EmbeddedModels, adherence
+    from ..training.embedded.lora_demo import CONCEPT, held_out_concept_scenes, tokens, word_separation
+    from ..training.embedded.shapes import held_out_scenes, render
+
+    models = EmbeddedModels(args.models_dir)
+    print(f"Gemma pieces of '{CONCEPT}': {tokens(models.text, CONCEPT)}")
+    print("cosine similarities (one-object captions differing only in the colour): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in word_separation(models.text).items()))
+    teacher = next(s for s in SETTINGS if not s.student and s.cfg == 4.0)
+    patched = models.with_lora(args.lora, args.lora_strength)
+    concept = held_out_concept_scenes(args.count)
+    base = held_out_scenes(args.count)
+    _header()
+    print(_row(f"{CONCEPT}: rendered from the captions (checker check)",
+               summarise([score_image(render(s), s) for s in concept])))
+    for label, scenes in ((f"new concept ({CONCEPT})", concept), ("old concepts", base)):
+        for name, which in (("without the LoRA", models), (f"LoRA strength {args.lora_strength:g}", patched)):
+            print(_row(f"{label}, teacher CFG 4, {name}",
+                       adherence(which, teacher, steps=args.steps, scenes=scenes)), flush=True)
+    return 0
+
+
 def run(args) -> int:
+    if args.lora is not None:
+        return run_lora(args)
     import torch
 
     from ..training.embedded.adherence import score_image, summarise
@@ -35,9 +71,7 @@ def run(args) -> int:
 
     scenes = held_out_scenes(args.count)
     images = [render(scene) for scene in scenes]
-    print("| images (held-out prompts) | colour+position / object | colour+position / image "
-          "| size / object | shape / object | all right / image |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    _header()
     print(_row("rendered from the captions (checker check)",
                summarise([score_image(i, s) for i, s in zip(images, scenes)])))
     print(_row("rendered, captions shuffled (chance)",

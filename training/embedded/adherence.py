@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .shapes import COLOURS, SHAPES, SIZE_FRACTION, Scene, ShapeObject
+from .shapes import ALL_COLOURS, SHAPES, SIZE_FRACTION, Scene, ShapeObject
 
 # Pixels at least this far (RGB Euclidean) from the background belong to an object.
 OBJECT_DISTANCE = 60.0
@@ -74,8 +74,8 @@ def score_object(image: np.ndarray, obj: ShapeObject, background: np.ndarray) ->
     # fixed distance threshold would grow bright objects and shrink dim ones.
     direction = colour - background
     mask = (cell - background) @ direction > 0.5 * (direction @ direction)
-    names = list(COLOURS)
-    nearest = names[int(np.argmin([np.linalg.norm(colour - np.array(COLOURS[n])) for n in names]))]
+    names = list(ALL_COLOURS)   # the base palette and the colours LoRAs teach (a pinkish red counts as pink)
+    nearest = names[int(np.argmin([np.linalg.norm(colour - np.array(ALL_COLOURS[n])) for n in names]))]
     ys, xs = np.nonzero(mask)
     extent = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) / cell.shape[1]
     size = "large" if extent > SIZE_THRESHOLD else "small"

@@ -25,6 +25,10 @@ COLOURS = {  # name -> RGB; far apart so a checker can tell them by nearest colo
     "purple": (150, 40, 190),
     "orange": (245, 130, 20),
 }
+# Colours the base training never showed, for teaching one with a LoRA (``lora_demo.py``). Hot
+# pink: at least 120 (RGB distance) from every base colour and background, so the checker tells it apart.
+NEW_COLOURS = {"pink": (255, 105, 180)}
+ALL_COLOURS = {**COLOURS, **NEW_COLOURS}   # base colours first: their indices never change
 SIZES = ("small", "large")
 ROWS = ("top", "middle", "bottom")
 COLUMNS = ("left", "center", "right")
@@ -57,15 +61,17 @@ class Scene:
     background: str
 
 
-def random_scene(rng: random.Random, allowed=None) -> Scene:
-    """One to three objects in distinct cells; ``allowed(obj) -> bool`` filters combinations."""
+def random_scene(rng: random.Random, allowed=None, pick_colour=None) -> Scene:
+    """One to three objects in distinct cells; ``allowed(obj) -> bool`` filters combinations;
+    ``pick_colour(rng) -> name`` chooses colours (default: uniformly among the base colours)."""
     n_objects = rng.randint(1, 3)
     cells = rng.sample(range(9), n_objects)
     objects = []
     for cell in cells:
         while True:
-            obj = ShapeObject(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(SIZES),
-                              cell // 3, cell % 3)
+            shape = rng.choice(SHAPES)   # draw order shape, colour, size: the shipped datasets' order
+            colour = rng.choice(list(COLOURS)) if pick_colour is None else pick_colour(rng)
+            obj = ShapeObject(shape, colour, rng.choice(SIZES), cell // 3, cell % 3)
             if allowed is None or allowed(obj):
                 break
         objects.append(obj)
@@ -82,7 +88,7 @@ def render(scene: Scene, size: int = 64, supersample: int = 4) -> np.ndarray:
         cx, cy = (obj.column + 0.5) * cell, (obj.row + 0.5) * cell
         half = SIZE_FRACTION[obj.size] * cell / 2
         box = (cx - half, cy - half, cx + half, cy + half)
-        colour = COLOURS[obj.colour]
+        colour = ALL_COLOURS[obj.colour]
         if obj.shape == "circle":
             draw.ellipse(box, fill=colour)
         elif obj.shape == "square":
@@ -166,7 +172,7 @@ def caption_pieces() -> list[str]:
 
 def held_out(obj: ShapeObject) -> bool:
     """Shape–colour–cell combinations never shown in training (about one in seven)."""
-    return (SHAPES.index(obj.shape) * 5 + list(COLOURS).index(obj.colour) * 3
+    return (SHAPES.index(obj.shape) * 5 + list(ALL_COLOURS).index(obj.colour) * 3
             + obj.row * 3 + obj.column) % 7 == 0
 
 
