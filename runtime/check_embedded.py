@@ -18,7 +18,7 @@ def register(subparsers) -> None:
     parser.add_argument("--steps", type=int, default=25, help="Euler steps")
     parser.add_argument("--lora", type=Path, default=None,
                         help="instead: the teacher (CFG 4) with and without this LoRA, on the base held-out "
-                             "prompts (old concepts) and on held-out prompts of the colour it teaches (pink)")
+                             "prompts (old concepts) and on held-out prompts of the size it teaches (tiny)")
     parser.add_argument("--lora-strength", type=float, default=1.0)
     parser.set_defaults(func=run)
 
@@ -43,7 +43,7 @@ def run_lora(args) -> int:
 
     models = EmbeddedModels(args.models_dir)
     print(f"Gemma pieces of '{CONCEPT}': {tokens(models.text, CONCEPT)}")
-    print("cosine similarities (one-object captions differing only in the colour): "
+    print("cosine similarities of one-object captions differing only in the size word: "
           + ", ".join(f"{k} {v:.3f}" for k, v in word_separation(models.text).items()))
     teacher = next(s for s in SETTINGS if not s.student and s.cfg == 4.0)
     patched = models.with_lora(args.lora, args.lora_strength)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "embedded-lora-data", help="write the embedded model's LoRA demo dataset (a colour it never saw: pink)",
-        description="Render shapes scenes in which objects are pink (a colour the embedded model never saw) or "
-                    "one of the base colours, captioned like the base data, as a metadata.jsonl dataset that "
+        "embedded-lora-data", help="write the embedded model's LoRA demo dataset (a size it never saw: tiny)",
+        description="Render shapes scenes in which objects are tiny (a size the embedded model never saw) or "
+                    "small or large, captioned like the base data, as a metadata.jsonl dataset that "
                     "train-lora reads (README: the embedded model's LoRA).")
     parser.add_argument("folder", type=Path)
     parser.add_argument("--count", type=int, default=3000, help="images (default 3000)")

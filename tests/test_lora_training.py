@@ -150,7 +150,7 @@ def test_cached_inputs_are_what_inference_computes(models, tmp_path):
     (vae,) = NextDiTVAELoader().load(str(vae_path))
     cache = FeatureCache(tmp_path / "cache", fingerprint(vae_path), "tiny")
     job = start("cpu")
-    prepared = prepare(data, InputSettings(32, Filters(16)), cache, Encoders(lambda: vae, lambda: text, job.device),
+    prepared = prepare(data, InputSettings(64, Filters(16)), cache, Encoders(lambda: vae, lambda: text, job.device),
                        job, progress=False)
     assert [item.image.name for item in prepared.items] == ["img0.png", "img1.png", "img2.png", "img3.png"]
     encode = NextDiTTextEncode()
@@ -164,10 +164,10 @@ def test_cached_inputs_are_what_inference_computes(models, tmp_path):
     (expected_empty,) = encode.encode(text, "", "none", "")
     assert torch.equal(empty[0][0], expected_empty[0][0])
 
-    # img0 is 32x48: bucket 32² area, aspect 2/3 -> the nearest bucket; scaled to cover, centre-cropped.
+    # img0 is 32x48 (aspect 2/3): the 48x80 bucket (aspect 0.6; 64x64 is farther); scaled up to cover it, centre-cropped.
     item = prepared.items[0]
     width, height = item.bucket
-    assert width % 16 == 0 and height % 16 == 0 and width < height
+    assert (width, height) == (48, 80)
     image = Image.open(item.image).convert("RGB")
     scale = max(width / image.width, height / image.height)
     image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)

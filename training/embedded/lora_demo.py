@@ -1,16 +1,21 @@
-"""Teaching the embedded model a colour it never saw (pink) with a LoRA made by ``train-lora``.
+"""Teaching the embedded model a size it never saw ("tiny") with a LoRA made by ``train-lora``.
 
-The base model never saw the word nor the colour: its tokenizers were trained on captions without
-it, so "pink" reaches the frozen Gemma as pieces it met only inside other words, and Gemma's
-features of those pieces are what the LoRA'd Next-DiT must learn to read (``word_separation``
-measures that they differ from every known colour's).
+The base model knows ``small`` and ``large`` objects; ``tiny`` ones (0.3 of a grid cell,
+``shapes.NEW_SIZES``) it never saw, nor the word: its tokenizers were trained on captions
+without it, so "tiny" reaches the frozen Gemma as pieces it met only inside other words, and
+Gemma's features of those pieces are what the LoRA'd Next-DiT must learn to read
+(``word_separation`` measures that they differ from the known sizes').
 
-Data: rendered scenes in which each object is pink with probability ``CONCEPT_SHARE`` and
-otherwise a base colour (so the old colours keep being shown), no shape–colour–cell combination
-that is held out, captioned like the base data (XML, 30 % plain English), written as a
-``metadata.jsonl`` dataset. Evaluation: held-out scenes whose every object is pink, in
-combinations training never showed (``shapes.held_out`` extended to the new colour), and the base
-model's own held-out prompts for the old concepts.
+Why a size and not a colour or a shape: the demo can only teach what the shipped autoencoder can
+draw, and it maps every colour and shape it never saw onto a known one (README); tiny objects it
+reconstructs.
+
+Data: rendered scenes in which each object is tiny with probability ``CONCEPT_SHARE`` and
+otherwise small or large (so the old sizes keep being shown), no held-out shape–colour–cell
+combination, captioned like the base data (XML, 30 % plain English), written as a
+``metadata.jsonl`` dataset. Evaluation: held-out scenes whose every object is tiny, in
+shape–colour–cell combinations training never showed, and the base model's own held-out prompts
+for the old concepts.
 """
 
 from __future__ import annotations
@@ -21,41 +26,27 @@ from pathlib import Path
 
 import torch
 
-from .shapes import (BACKGROUNDS, COLOURS, SHAPES, SIZES, Scene, ShapeObject, caption, held_out, random_scene,
-                     render, xml_caption)
+from .shapes import SIZES, Scene, ShapeObject, caption, held_out, random_scene, render, xml_caption
 
-CONCEPT = "pink"
-CONCEPT_SHARE = 0.4           # chance that an object of a training scene has the new colour
-LORA_FILE = "loras/NextDiT-embedded-shapes-pink.safetensors"
+CONCEPT = "tiny"
+CONCEPT_SHARE = 0.4           # chance that an object of a training scene has the new size
+LORA_FILE = "loras/NextDiT-embedded-shapes-tiny.safetensors"
 
 
-def concept_scene(rng: random.Random, colour: str = CONCEPT, share: float = CONCEPT_SHARE) -> Scene:
-    """A training scene: each object ``colour`` with probability ``share``, else a base colour;
+def concept_scene(rng: random.Random, size: str = CONCEPT, share: float = CONCEPT_SHARE) -> Scene:
+    """A training scene: each object ``size`` with probability ``share``, else a base size;
     held-out combinations excluded."""
-    base = list(COLOURS)
-
     def pick(r: random.Random) -> str:
-        return colour if r.random() < share else r.choice(base)
+        return size if r.random() < share else r.choice(SIZES)
 
-    return random_scene(rng, allowed=lambda obj: not held_out(obj), pick_colour=pick)
+    return random_scene(rng, allowed=lambda obj: not held_out(obj), pick_size=pick)
 
 
-def held_out_concept_scenes(count: int, colour: str = CONCEPT, seed: int = 4321) -> list[Scene]:
-    """Evaluation scenes: one to three objects, every one ``colour`` in a shape–cell combination
-    that training never showed with it."""
+def held_out_concept_scenes(count: int, size: str = CONCEPT, seed: int = 4321) -> list[Scene]:
+    """Evaluation scenes: one to three objects, every one ``size``, each a shape–colour–cell
+    combination that training never showed."""
     rng = random.Random(seed)
-    combos: dict[int, list[str]] = {}
-    for shape in SHAPES:
-        for cell in range(9):
-            if held_out(ShapeObject(shape, colour, SIZES[0], cell // 3, cell % 3)):
-                combos.setdefault(cell, []).append(shape)
-    scenes = []
-    for _ in range(count):
-        cells = rng.sample(sorted(combos), rng.randint(1, min(3, len(combos))))
-        objects = tuple(ShapeObject(rng.choice(combos[cell]), colour, rng.choice(SIZES), cell // 3, cell % 3)
-                        for cell in cells)
-        scenes.append(Scene(objects, rng.choice(list(BACKGROUNDS))))
-    return scenes
+    return [random_scene(rng, allowed=held_out, pick_size=lambda r: size) for _ in range(count)]
 
 
 def write_dataset(folder: str | Path, count: int, seed: int = 0) -> Path:
@@ -76,30 +67,23 @@ def write_dataset(folder: str | Path, count: int, seed: int = 0) -> Path:
 
 
 @torch.no_grad()
-def word_separation(text_encoders, colour: str = CONCEPT) -> dict[str, float]:
-    """How the frozen encoders tell ``colour`` from the known colours: for one-object XML captions
-    that differ only in the colour, the cosine similarity of their mean Gemma features and of their
-    Jina vectors, ``colour`` against its nearest known colour and the known colours among themselves
-    (the largest pair)."""
+def word_separation(text_encoders, size: str = CONCEPT) -> dict[str, float]:
+    """How the frozen encoders tell ``size`` from the known sizes: for one-object XML captions that
+    differ only in the size word, the cosine similarity of their mean Gemma features and of their
+    Jina vectors, ``size`` against each known size, and the known sizes against each other."""
     def features(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        text = xml_caption(Scene((ShapeObject("circle", name, "small", 0, 0),), "white"))
+        text = xml_caption(Scene((ShapeObject("circle", "red", name, 0, 0),), "white"))
         encoding = text_encoders.encode(text, text)
         return encoding.cap_feats[0].mean(dim=0), encoding.pooled[0]
-
-    known = {name: features(name) for name in COLOURS}
-    new = features(colour)
 
     def cosine(a, b) -> float:
         return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
-    names = list(known)
-    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-    return {
-        "gemma_new_vs_nearest_known": max(cosine(new[0], known[n][0]) for n in names),
-        "gemma_known_pairs_max": max(cosine(known[a][0], known[b][0]) for a, b in pairs),
-        "jina_new_vs_nearest_known": max(cosine(new[1], known[n][1]) for n in names),
-        "jina_known_pairs_max": max(cosine(known[a][1], known[b][1]) for a, b in pairs),
-    }
+    new, (a, b) = features(size), (features(name) for name in SIZES)
+    return {f"gemma {size}-{SIZES[0]}": cosine(new[0], a[0]), f"gemma {size}-{SIZES[1]}": cosine(new[0], b[0]),
+            f"gemma {SIZES[0]}-{SIZES[1]}": cosine(a[0], b[0]),
+            f"jina {size}-{SIZES[0]}": cosine(new[1], a[1]), f"jina {size}-{SIZES[1]}": cosine(new[1], b[1]),
+            f"jina {SIZES[0]}-{SIZES[1]}": cosine(a[1], b[1])}
 
 
 def tokens(text_encoders, word: str) -> list[str]:
@@ -109,4 +93,4 @@ def tokens(text_encoders, word: str) -> list[str]:
     tokenizer = text_encoders.gemma.tokenizer
     pieces = sentencepiece.SentencePieceProcessor()
     pieces.LoadFromSerializedProto(tokenizer.model_proto)
-    return [pieces.id_to_piece(i) for i in tokenizer(f"<appearance>{word}, small</appearance>\n")]
+    return [pieces.id_to_piece(i) for i in tokenizer(f"<appearance>red, {word}</appearance>\n")]
