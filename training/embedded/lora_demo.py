@@ -49,8 +49,10 @@ def held_out_concept_scenes(count: int, size: str = CONCEPT, seed: int = 4321) -
     return [random_scene(rng, allowed=held_out, pick_size=lambda r: size) for _ in range(count)]
 
 
-def write_dataset(folder: str | Path, count: int, seed: int = 0) -> Path:
-    """``count`` rendered training scenes as ``images/NNNNN.png`` with a ``metadata.jsonl``."""
+def write_dataset(folder: str | Path, count: int, seed: int = 0, share: float = CONCEPT_SHARE,
+                  plain_share: float = 0.3) -> Path:
+    """``count`` rendered training scenes as ``images/NNNNN.png`` with a ``metadata.jsonl``;
+    ``plain_share`` of the captions in plain English, the rest XML (the base data's mix)."""
     from PIL import Image  # noqa: PLC0415
 
     folder = Path(folder)
@@ -58,10 +60,10 @@ def write_dataset(folder: str | Path, count: int, seed: int = 0) -> Path:
     rng = random.Random(seed)
     lines = []
     for index in range(count):
-        scene = concept_scene(rng)
+        scene = concept_scene(rng, share=share)
         name = f"images/{index:05d}.png"
         Image.fromarray(render(scene)).save(folder / name)
-        lines.append(json.dumps({"image": name, "text": caption(scene, rng)}))
+        lines.append(json.dumps({"image": name, "text": caption(scene, rng, plain_share)}))
     (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
 
