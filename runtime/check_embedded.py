@@ -35,6 +35,16 @@ def _header() -> None:
     print("| --- | --- | --- | --- | --- | --- |")
 
 
+def _through_vae(vae, scenes) -> list:
+    import numpy as np
+    import torch
+
+    from ..training.embedded.shapes import render
+
+    pixels = torch.from_numpy(np.stack([render(scene) for scene in scenes])).float() / 255
+    return list((vae.decode(vae.encode(pixels)) * 255).round().byte().numpy())
+
+
 def run_lora(args) -> int:
     from ..training.embedded.adherence import score_image, summarise
     from ..training.embedded.evaluate import SETTINGS, EmbeddedModels, adherence
@@ -52,6 +62,8 @@ def run_lora(args) -> int:
     _header()
     print(_row(f"{CONCEPT}: rendered from the captions (checker check)",
                summarise([score_image(render(s), s) for s in concept])))
+    print(_row(f"{CONCEPT}: autoencoder reconstructions (shipped VAE; what any Next-DiT can reach)",
+               summarise([score_image(image, s) for image, s in zip(_through_vae(models.vae, concept), concept)])))
     for label, scenes in ((f"new concept ({CONCEPT})", concept), ("old concepts", base)):
         for name, which in (("without the LoRA", models), (f"LoRA strength {args.lora_strength:g}", patched)):
             print(_row(f"{label}, teacher CFG 4, {name}",

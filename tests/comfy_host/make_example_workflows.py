@@ -233,8 +233,8 @@ TINY_XML = """<character_1>
 </character_2>
 
 <character_3>
-<n>triangle</n>
-<appearance>green, tiny</appearance>
+<n>square</n>
+<appearance>purple, tiny</appearance>
 <position>bottom_right</position>
 </character_3>
 
