@@ -132,7 +132,7 @@ def compare(work: Path, output: Path, log: Path) -> list[str]:
     print(f"'lora key not loaded' lines in the server log: {len(missing)}")
     problems += missing[:5]
     for name in ("lora", "base"):
-        core = load_file(str(next((output / "latents").glob(f"core_{name}_*.latent"))))["latent_tensor"].float()
+        core = load_file(str(next(output.rglob(f"core_{name}_*.latent"))))["latent_tensor"].float()
         pack = torch.load(work / f"pack_{name}.pt")
         difference = (core - pack).abs().max().item()
         print(f"{name}: max |core - pack| = {difference:.3g} (values up to {pack.abs().max().item():.3g})")
