@@ -110,9 +110,10 @@ def register(subparsers) -> None:
 
 
 def _configs(args):
+    from ..training.buckets import bucket_sizes  # noqa: PLC0415
+    from ..training.flow import OFFICIAL_TIME_SHIFT  # noqa: PLC0415
     from ..training.lora_data import Filters  # noqa: PLC0415
     from ..training.lora_inputs import InputSettings  # noqa: PLC0415
-    from ..training.flow import OFFICIAL_TIME_SHIFT  # noqa: PLC0415
     from ..training.lora_training import LoraTrainingConfig  # noqa: PLC0415
 
     targets = tuple(name.strip() for name in args.targets.split(",") if name.strip())
@@ -124,10 +125,8 @@ def _configs(args):
             rank=args.rank, alpha=args.alpha, targets=targets, steps=args.steps, batch_size=args.batch_size,
             accumulation=args.accumulation, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
             schedule=args.schedule, optimizer=args.optimizer, caption_dropout=args.caption_dropout,
-            time_shift=OFFICIAL_TIME_SHIFT if args.time_shift is None else args.time_shift, grad_clip=args.grad_clip, checkpointing=not args.no_checkpointing,
-            seed=args.seed)
-        from ..training.buckets import bucket_sizes  # noqa: PLC0415
-
+            time_shift=OFFICIAL_TIME_SHIFT if args.time_shift is None else args.time_shift,
+            grad_clip=args.grad_clip, checkpointing=not args.no_checkpointing, seed=args.seed)
         bucket_sizes(args.resolution, *args.aspect_range)   # checks the resolution
     except ValueError as error:
         raise TrainLoraUsageError(str(error)) from None

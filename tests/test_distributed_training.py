@@ -12,10 +12,10 @@ import sys
 
 import torch
 from factories import tiny_params, write_dit_checkpoint
+from nextdit_nodes.text.conditioning import save_conditionings
+from runtime_models import DIT, GEMMA, JINA, VAE
 from safetensors.torch import load_file
 from test_lora_training import models, train_lora, write_dataset  # noqa: F401  (models: a fixture)
-
-from nextdit_nodes.text.conditioning import save_conditionings
 
 
 def torchrun(*args: str) -> str:
@@ -40,10 +40,9 @@ def test_train_lora_on_two_processes_equals_one_process_with_the_combined_batch(
     single = tmp_path / "single" / "lora.safetensors"
     assert train_lora(models, data, single, "--batch-size", "2", *common) == 0
     out = tmp_path / "ddp"
-    torchrun("train-lora", str(data), "--dit", str(models / "diffusion_models" / "NewBie-Image-Exp0.1-bf16.safetensors"),
-             "--gemma", str(models / "text_encoders" / "gemma_3_4b_it_bf16.safetensors"),
-             "--jina", str(models / "text_encoders" / "jina_clip_v2_bf16.safetensors"),
-             "--vae", str(models / "vae" / "ae.safetensors"), "--output", str(out / "lora.safetensors"),
+    torchrun("train-lora", str(data), "--dit", str(models / "diffusion_models" / DIT),
+             "--gemma", str(models / "text_encoders" / GEMMA), "--jina", str(models / "text_encoders" / JINA),
+             "--vae", str(models / "vae" / VAE), "--output", str(out / "lora.safetensors"),
              "--resolution", "32", "--rank", "4", "--save-dtype", "fp32", "--device", "cpu", "--no-progress",
              "--batch-size", "1", *common)
     assert sorted(p.name for p in out.iterdir()) == ["lora.safetensors"]

@@ -6,12 +6,11 @@ only where the embedded/ folder is missing."""
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from nextdit_nodes.nodes.host import EMBEDDED_DIR
 from nextdit_nodes.training.embedded.adherence import score_image
 from nextdit_nodes.training.embedded.pipeline import embedded_files_present
 from nextdit_nodes.training.embedded.shapes import held_out_scenes, xml_caption
+from PIL import Image
 
 pytestmark = pytest.mark.skipif(not embedded_files_present(EMBEDDED_DIR),
                                 reason="the embedded model has not been trained and shipped yet")
@@ -47,12 +46,13 @@ def test_lora_example_draws_the_size_the_lora_taught(tmp_path):
 
     workflow = PACK_DIR / "example_workflows" / LORA_WORKFLOW
     executor = Executor(runner_classes(tmp_path, tmp_path), model_check=model_file_check)
+    title = "LoRA: tiny objects (made by train-lora)"
     right = {1.0: [], 0.0: []}
     for strength in right:
         for index, scene in enumerate(held_out_concept_scenes(4, seed=99)):
             _, (png,) = run_workflow(workflow, tmp_path, [f"Positive.prompt={xml_caption(scene)}",
                                                           f"NextDiT Sampler.seed={index}",
-                                                          f"LoRA: tiny objects (made by train-lora).strength={strength}"],
+                                                          f"{title}.strength={strength}"],
                                      executor=executor)
             right[strength] += [s.size for s in score_image(np.asarray(Image.open(png).convert("RGB")), scene)]
     with_lora, without = (sum(right[s]) / len(right[s]) for s in (1.0, 0.0))

@@ -17,16 +17,15 @@ import numpy as np
 import pytest
 import torch
 from factories import dit_from_state_dict, random_inputs
-from PIL import Image
-from runtime_models import DIT, GEMMA, JINA, VAE, tiny_newbie_params, write_tiny_models
-from safetensors import safe_open
-from safetensors.torch import load_file
-
 from nextdit_nodes.dit.checkpoint import load_dit
 from nextdit_nodes.lora.apply import load_lora
 from nextdit_nodes.training.buckets import BatchOrder, bucket_sizes, nearest_bucket
 from nextdit_nodes.training.flow import logit_normal_times
 from nextdit_nodes.training.lora_data import Filters, scan_dataset
+from PIL import Image
+from runtime_models import DIT, GEMMA, JINA, VAE, tiny_newbie_params, write_tiny_models
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +163,8 @@ def test_cached_inputs_are_what_inference_computes(models, tmp_path):
     (expected_empty,) = encode.encode(text, "", "none", "")
     assert torch.equal(empty[0][0], expected_empty[0][0])
 
-    # img0 is 32x48 (aspect 2/3): the 48x80 bucket (aspect 0.6; 64x64 is farther); scaled up to cover it, centre-cropped.
+    # img0 is 32x48 (aspect 2/3): the 48x80 bucket (aspect 0.6; 64x64 is farther), scaled up to
+    # cover it and centre-cropped.
     item = prepared.items[0]
     width, height = item.bucket
     assert (width, height) == (48, 80)

@@ -5,8 +5,9 @@ data-time t runs from 0 (noise) to 1 (data), x_t = t·data + (1 − t)·noise an
 the velocity data − noise with a mean squared error.
 
 Time sampling (docs/newbie-image.md §10: official ``transport/transport.py`` with
-``snr_type=lognorm``, the setting of the released ``scripts/run_1024_finetune.sh``): t = sigmoid(u), u ~ N(0, 1) (logit-normal), then
-shifted towards the noise end by the resolution shift of Lumina-Image-2.0 / FLUX,
+``snr_type=lognorm``, the setting of the released ``scripts/run_1024_finetune.sh``):
+t = sigmoid(u), u ~ N(0, 1) (logit-normal), then shifted towards the noise end by the resolution
+shift of Lumina-Image-2.0 / FLUX,
 σ ← s·σ / (1 + (s − 1)·σ) on σ = 1 − t with s = exp(μ); the official training fixed μ = 1.15
 (its ``seq_len`` of 4096 tokens at 1024²), so s = e^1.15 ≈ 3.16. In data-time that is
 ``shift_time(t, s)``, the shift sampling uses.
