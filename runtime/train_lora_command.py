@@ -214,7 +214,10 @@ def run(args) -> int:
         model = load_dit(dit_path, dtype=_dit_dtype(args.dtype, job.device), device=job.device)
         training = LoraTraining(model, data, config, job)
         if args.resume:
-            training.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=False))
+            try:
+                training.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
+            except ValueError as error:
+                raise TrainLoraUsageError(f"{state_path}: {error}") from None
             log.info("resumed at step %d of %d", training.step, config.steps)
         save_dtype = dtypes.torch_dtype(args.save_dtype)
         metadata = _metadata(args, config, dit_path, data, job, sha256_file(dit_path) if job.is_main else "")

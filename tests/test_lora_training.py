@@ -185,11 +185,15 @@ def test_resumed_training_ends_where_an_uninterrupted_run_ends(models, tmp_path)
     assert train_lora(models, data, part, "--steps", "3", "--save-every", "2", *common) == 0
     state = tmp_path / "part.training-state.pt"
     assert state.is_file() and (tmp_path / "part-step000002.safetensors").is_file()
-    assert torch.load(state, weights_only=False)["step"] == 2
+    assert torch.load(state, weights_only=True)["step"] == 2
     part.unlink()
     assert train_lora(models, data, part, "--steps", "3", "--resume", *common) == 0
     a, b = load_file(str(whole)), load_file(str(part))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    from nextdit_nodes.runtime.train_lora_command import TrainLoraUsageError
+
+    with pytest.raises(TrainLoraUsageError, match="rank"):       # another rank cannot continue this state
+        train_lora(models, data, part, "--steps", "3", "--resume", *common, "--rank", "8")
 
 
 # ---- the pieces --------------------------------------------------------------------------------

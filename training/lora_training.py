@@ -206,14 +206,15 @@ class LoraTraining:
                 "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        saved = {k: v for k, v in state["config"].items() if k not in ("steps",)}
-        ours = {k: v for k, v in asdict(self.config).items() if k not in ("steps",)}
+        free = ("steps", "checkpointing")   # may change on resume: neither changes what a step computes
+        saved = {k: v for k, v in state["config"].items() if k not in free}
+        ours = {k: v for k, v in asdict(self.config).items() if k not in free}
         ours["targets"] = list(ours["targets"])
         saved["targets"] = list(saved["targets"])
         if saved != ours:
             changed = sorted(k for k in ours if saved.get(k) != ours[k])
             raise ValueError(f"the training state was saved with other settings ({', '.join(changed)}); resume "
-                             f"with the settings it was started with (only --steps may change)")
+                             f"with the settings it was started with (only --steps and checkpointing may change)")
         set_lora_pairs(self.model, {name: LowRankPair(*pair) for name, pair in state["lora"].items()})
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
