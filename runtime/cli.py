@@ -16,7 +16,8 @@ from importlib import import_module
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, RunnerError
 
 # Subcommand modules, each with register(subparsers).
-_COMMAND_MODULES = ("run", "demo", "list_nodes", "distill_command", "train_embedded", "check_embedded")
+_COMMAND_MODULES = ("run", "demo", "list_nodes", "distill_command", "train_lora_command", "train_embedded",
+                    "check_embedded", "embedded_lora_data")
 
 EXIT_CODES_HELP = """exit codes:
   0    success
