@@ -1,7 +1,8 @@
-"""``python -m nextdit_nodes ...``: the headless command line."""
+"""``python -m nextdit_nodes ...``: the headless command line, plus ``serve`` (the editor)."""
 
 import sys
 
 from .runtime.cli import main
+from .server import command as serve_command
 
-sys.exit(main())
+sys.exit(main(extra_commands=(serve_command,)))

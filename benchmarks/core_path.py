@@ -69,23 +69,28 @@ def main() -> int:
     scenes = shapes.held_out_scenes(args.count)
     positives = [encode.encode(text, shapes.xml_caption(scene), "none", "")[0] for scene in scenes]
 
-    def run(patched) -> tuple[float, dict]:
-        scores, seconds = [], 0.0
-        for index, (scene, positive) in enumerate(zip(scenes, positives)):
-            latent = torch.zeros(1, 16, 8, 8)
-            noise = comfy.sample.prepare_noise(latent, index)
-            start = time.perf_counter()
-            samples = comfy.sample.sample(patched, noise, args.steps, 4.0, "euler", "simple", positive, negative,
-                                          latent, disable_pbar=True, seed=index)
-            seconds += time.perf_counter() - start
-            image = vae.decode(samples)[0]
-            pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-            scores.append(adherence.score_image(pixels, scene))
-        return seconds, adherence.summarise(scores)
+    def sample(patched, index: int, positive) -> tuple[float, object]:
+        latent = torch.zeros(1, 16, 8, 8)
+        noise = comfy.sample.prepare_noise(latent, index)
+        start = time.perf_counter()
+        samples = comfy.sample.sample(patched, noise, args.steps, 4.0, "euler", "simple", positive, negative,
+                                      latent, disable_pbar=True, seed=index)
+        seconds = time.perf_counter() - start
+        image = vae.decode(samples)[0]
+        return seconds, (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
-    run(guided) if args.count > 1 else None     # warm-up: first-call costs out of the timing
-    plain_seconds, plain = run(guided)
-    cached_seconds, with_cache = run(cached)
+    for patched in (guided, cached):     # warm-up: first-call costs out of the timing
+        sample(patched, 0, positives[0])
+    # The two runs alternate prompt by prompt, so a change in the machine's load hits both alike.
+    seconds = {"plain": 0.0, "cached": 0.0}
+    scores: dict[str, list] = {"plain": [], "cached": []}
+    for index, (scene, positive) in enumerate(zip(scenes, positives)):
+        for name, patched in (("plain", guided), ("cached", cached)):
+            spent, pixels = sample(patched, index, positive)
+            seconds[name] += spent
+            scores[name].append(adherence.score_image(pixels, scene))
+    plain_seconds, cached_seconds = seconds["plain"], seconds["cached"]
+    plain, with_cache = adherence.summarise(scores["plain"]), adherence.summarise(scores["cached"])
     print(f"core KSampler path, {args.count} held-out prompts, {args.steps} euler steps, CFG 4:")
     print(f"  sampling time without / with EasyCache (threshold {args.threshold}): {plain_seconds:.1f} s / "
           f"{cached_seconds:.1f} s, speed-up {plain_seconds / cached_seconds:.2f}x")

@@ -29,6 +29,9 @@ removed by the functions named; model-level state lives in `model.attachments`.
   hooks and buffers on the copy's Linears;
 - training adapters (`training.distill.Adapters` / `.remove()`): forward hooks on attention and
   MLP Linears;
+- LoRA training (`training.lora_training.attach_lora`, on a model loaded for training only): peft
+  replaces the targeted Linears by its LoRA layers in place (their weights move to
+  `<name>.base_layer.weight`; `lora_training.lora_pairs` reads the adapters out);
 - gradient checkpointing (the `gradient_checkpointing` attribute, training): blocks run under
   `torch.utils.checkpoint`;
 - the host's memory manager (`nodes.host.memory.use_model`): `attachments["host_patcher"]`;
@@ -37,8 +40,11 @@ removed by the functions named; model-level state lives in `model.attachments`.
 - step cache (`dit.step_cache.apply_step_cache` / `remove_step_cache`, while sampling): a forward
   pre-hook on the first joint layer's attention, `attachments["step_cache"]`, which the forward
   asks to run the joint layers.
+- inside ComfyUI, its core MODEL (`nodes.host.core_model.core_model`): `attachments["core_model"]`,
+  the ModelPatcher every use of the model loads through (core LoRA patches replace parameters
+  while it is loaded, and restore them when it unloads).
 
-State-dict keys never change.
+State-dict keys never change, except under peft's LoRA training above.
 """
 
 from __future__ import annotations

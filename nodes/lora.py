@@ -42,9 +42,10 @@ class NextDiTLoraLoader:
 
     def apply(self, model, lora_name: str, strength: float = 1.0):
         from ..lora.apply import load_lora
-        from .host.memory import core_model_of
+        from .host.memory import core_model_of, unpatched_base
 
         path = host.resolve_model_file("loras", lora_name)
+        unpatched_base(model)    # the copy shares the model's weights: not while a core LoRA rests in them
         patched, report = load_lora(model, path, strength)
         return {"ui": {"text": [report.text]}, "result": (patched, core_model_of(patched, base=model))}
 

@@ -152,12 +152,14 @@ class NextDiTXMLPrompt:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, prompt=None, caption=None):
-        # Typed-in prompts are checked before the queue runs; connected ones arrive as None.
+    def VALIDATE_INPUTS(cls, prompt=None):
+        # A typed-in prompt is checked before the queue runs (a connected one arrives as None). Only
+        # the prompt is named, so that ComfyUI pins the message on it alone; a caption that clashes
+        # with it is refused when the node runs.
         if not isinstance(prompt, str):
             return True
         try:
-            _assemble(prompt, caption if isinstance(caption, str) else "")
+            _assemble(prompt, "")
         except ValueError as error:
             return str(error)
         return True

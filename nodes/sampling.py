@@ -32,6 +32,9 @@ class NextDiTSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
+        # The editor rounds a typed side to the step; a side sent by hand that is not a multiple of
+        # 16 is refused when the node runs (sampling.settings): a VALIDATE_INPUTS naming both sides
+        # would have ComfyUI pin its message on both inputs.
         side = {"default": 1024, "min": 16, "max": MAX_SIDE, "step": 16}
         return {
             "required": {
@@ -97,20 +100,6 @@ class NextDiTSampler:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, width=None, height=None):
-        # Sides must be multiples of 16, which no min/max can say. Linked inputs arrive as None and
-        # values of the wrong type are refused by the host's own type check, which names the input:
-        # only numbers are checked here. The other numbers are checked per input by the host's
-        # range checks (nodes/numbers.py).
-        sides = {name: value for name, value in (("width", width), ("height", height))
-                 if isinstance(value, int) and not isinstance(value, bool)}
-        try:
-            check_settings(**sides)
-        except ValueError as error:
-            return str(error)
-        return True
-
     def sample(self, model, positive, width, height, batch_size, seed, steps, solver, shift, cfg,
                renorm_cfg, cfg_trunc, guidance, negative=None, latent=None, denoise=1.0, step_cache=0.0,
                unique_id=None):
@@ -119,6 +108,7 @@ class NextDiTSampler:
         from ..sampling.sample import SamplingReport, sample
         from .host.memory import use_dit_for_sampling
 
+        check_settings(width=width, height=height)   # before any memory is moved for them
         # The settings sample() will use (steps 0: the model's own), for the memory estimate and the bar.
         total, _, _, used_cfg, _ = with_own_settings(own_settings(model), steps, solver, shift, cfg, guidance)
         # Inside ComfyUI the memory manager makes room (and may stream blocks); headless a no-op

@@ -20,6 +20,10 @@ def register(subparsers) -> None:
                         help="also score this few-step student (made by `distill --steps`) at its own settings; "
                              "repeatable")
     parser.add_argument("--no-cache-table", action="store_true", help="leave out the step cache table")
+    parser.add_argument("--lora", type=Path, default=None,
+                        help="instead: the teacher (CFG 4) with and without this LoRA, on the base held-out "
+                             "prompts (old concepts) and on held-out prompts of the size it teaches (tiny)")
+    parser.add_argument("--lora-strength", type=float, default=1.0)
     parser.set_defaults(func=run)
 
 
@@ -29,7 +33,51 @@ def _row(name: str, scores: dict[str, float]) -> str:
             f"| {scores['all_right_per_image']:.1f} |")
 
 
+def _header() -> None:
+    print("| images (held-out prompts) | colour+position / object | colour+position / image "
+          "| size / object | shape / object | all right / image |")
+    print("| --- | --- | --- | --- | --- | --- |")
+
+
+def _through_vae(vae, scenes) -> list:
+    import numpy as np
+    import torch
+
+    from ..training.embedded.shapes import render
+
+    pixels = torch.from_numpy(np.stack([render(scene) for scene in scenes])).float() / 255
+    return list((vae.decode(vae.encode(pixels)) * 255).round().byte().numpy())
+
+
+def run_lora(args) -> int:
+    from ..training.embedded.adherence import score_image, summarise
+    from ..training.embedded.evaluate import SETTINGS, EmbeddedModels, adherence
+    from ..training.embedded.lora_demo import CONCEPT, held_out_concept_scenes, tokens, word_separation
+    from ..training.embedded.shapes import held_out_scenes, render
+
+    models = EmbeddedModels(args.models_dir)
+    print(f"Gemma pieces of '{CONCEPT}': {tokens(models.text, CONCEPT)}")
+    print("cosine similarities of one-object captions differing only in the size word: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in word_separation(models.text).items()))
+    teacher = next(s for s in SETTINGS if s.model == "teacher" and s.cfg == 4.0)
+    patched = models.with_lora(args.lora, args.lora_strength)
+    concept = held_out_concept_scenes(args.count)
+    base = held_out_scenes(args.count)
+    _header()
+    print(_row(f"{CONCEPT}: rendered from the captions (checker check)",
+               summarise([score_image(render(s), s) for s in concept])))
+    print(_row(f"{CONCEPT}: autoencoder reconstructions (shipped VAE; what any Next-DiT can reach)",
+               summarise([score_image(image, s) for image, s in zip(_through_vae(models.vae, concept), concept)])))
+    for label, scenes in ((f"new concept ({CONCEPT})", concept), ("old concepts", base)):
+        for name, which in (("without the LoRA", models), (f"LoRA strength {args.lora_strength:g}", patched)):
+            print(_row(f"{label}, teacher CFG 4, {name}",
+                       adherence(which, teacher, steps=args.steps, scenes=scenes)), flush=True)
+    return 0
+
+
 def run(args) -> int:
+    if args.lora is not None:
+        return run_lora(args)
     import torch
 
     from ..training.embedded.adherence import score_image, summarise
@@ -42,9 +90,7 @@ def run(args) -> int:
 
     scenes = held_out_scenes(args.count)
     images = [render(scene) for scene in scenes]
-    print("| images (held-out prompts) | colour+position / object | colour+position / image "
-          "| size / object | shape / object | all right / image |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    _header()
     print(_row("rendered from the captions (checker check)",
                summarise([score_image(i, s) for i, s in zip(images, scenes)])))
     print(_row("rendered, captions shuffled (chance)",

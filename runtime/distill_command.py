@@ -15,6 +15,10 @@ Training prompts, one of:
   --prompts FILE (one prompt per line; blank lines and lines starting with # skipped) with
     --gemma and --jina: encoded once with NextDiT Text Encode, then the encoders are freed;
   --conditionings FILE: precomputed (``text.conditioning.save_conditionings``).
+
+Under ``torchrun --nproc_per_node N`` (any number of nodes) the same command trains one student
+with N processes: each draws the job's states and keeps its share (--batch-size per process),
+gradients are averaged, and only the first process writes the file and shows progress.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import dtypes
-from .errors import EXIT_USAGE, MissingModelError, RunnerError
+from .errors import EXIT_USAGE, RunnerError
+from .model_sources import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +61,8 @@ def register(subparsers) -> None:
                             "full: every weight (needs several times the model's size in memory)")
     train.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
     train.add_argument("--iterations", type=int, default=2000, help="training iterations (default 2000)")
-    train.add_argument("--batch-size", type=int, default=4, help="latents per iteration (default 4)")
+    train.add_argument("--batch-size", type=int, default=4,
+                       help="latents per iteration and process (default 4; the job's batch is this × processes)")
     train.add_argument("--lr", type=float, default=None,
                        help="learning rate of the LoRA (default 1e-4) or of all weights in full mode (1e-5)")
     train.add_argument("--embedder-lr", type=float, default=1e-3, help="learning rate of the guidance embedder")
@@ -78,6 +84,8 @@ def register(subparsers) -> None:
                        help="advance the data-free trajectories with the student's own velocity (on-policy): "
                             "it trains on the states its sampling reaches, labelled by the teacher (default: "
                             "the teacher's trajectories)")
+    train.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
+                       help="AdamW (default), or plain gradient steps (sgd)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--no-checkpointing", action="store_true",
                        help="keep all activations for backward (faster, far more memory; default: "
@@ -85,7 +93,8 @@ def register(subparsers) -> None:
     out = parser.add_argument_group("devices and output")
     out.add_argument("--dtype", choices=dtypes.DTYPES, default="auto",
                      help="teacher weights in memory (auto: bf16 on a GPU, fp32 on the CPU; not fp8)")
-    out.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    out.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                     help="auto: a GPU when there is one (under torchrun each process takes GPU LOCAL_RANK)")
     out.add_argument("--save-dtype", choices=("same", *dtypes.DTYPES[1:]), default="same",
                      help="dtype of the written weights (default: the teacher's)")
     out.add_argument("--output", type=Path, help="output file (default <teacher stem>-distilled.safetensors "
@@ -94,15 +103,6 @@ def register(subparsers) -> None:
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_step_arguments(parser)
     parser.set_defaults(func=run)
-
-
-def _resolve(folder: str, name: str) -> Path:
-    from ..nodes import host  # noqa: PLC0415
-
-    try:
-        return host.resolve_model_file(folder, name)
-    except FileNotFoundError as error:
-        raise MissingModelError(str(error)) from None
 
 
 def _read_prompts(path: Path) -> list[str]:
@@ -122,7 +122,7 @@ def _encode_prompts(args) -> tuple[list, object]:
     if not (args.gemma and args.jina):
         raise DistillUsageError("--prompts needs --gemma and --jina (the text encoders)")
     prompts = _read_prompts(args.prompts)
-    gemma, jina = _resolve("text_encoders", args.gemma), _resolve("text_encoders", args.jina)
+    gemma, jina = resolve_model("text_encoders", args.gemma), resolve_model("text_encoders", args.jina)
     (encoders,) = NextDiTTextEncoderLoader().load(str(gemma), str(jina))
     preset = args.system_prompt in SYSTEM_PROMPT_CHOICES and args.system_prompt != "custom"
     choice, custom = (args.system_prompt, "") if preset else ("custom", args.system_prompt)
@@ -150,10 +150,9 @@ def run(args) -> int:
     """Load the teacher, get the conditionings, train, write the student; returns the exit code."""
     if getattr(args, "steps", None):   # a few-step student (training/step_distill.py)
         return _run_steps(args)
-    import torch  # noqa: PLC0415
-
     from ..dit.checkpoint import load_dit  # noqa: PLC0415
     from ..text.conditioning import load_conditionings  # noqa: PLC0415
+    from ..training import distributed  # noqa: PLC0415
     from ..training.distill import DistillConfig, default_output_path, distill, save_student  # noqa: PLC0415
 
     if (args.prompts is None) == (args.conditionings is None):
@@ -161,7 +160,7 @@ def run(args) -> int:
     if args.student_trajectories and args.latents is not None:
         raise DistillUsageError("--student-trajectories advances the data-free trajectories; with --latents the "
                                 "states are noised training latents. Drop one of the two options")
-    teacher_path = _resolve("diffusion_models", args.teacher)
+    teacher_path = resolve_model("diffusion_models", args.teacher)
     output = args.output or default_output_path(teacher_path)
     if output.exists() and not args.overwrite:
         raise DistillUsageError(f"{output} exists; choose another --output or pass --overwrite")
@@ -174,7 +173,7 @@ def run(args) -> int:
                                width=args.width, height=args.height, seed=args.seed,
                                checkpointing=not args.no_checkpointing,
                                scale_weighted_loss=args.scale_weighted_loss,
-                               student_trajectories=args.student_trajectories)
+                               student_trajectories=args.student_trajectories, optimizer=args.optimizer)
     except ValueError as error:
         raise DistillUsageError(str(error)) from None
 
@@ -186,20 +185,22 @@ def run(args) -> int:
         positives, negative = _encode_prompts(args)
     latents = _load_latents(args.latents) if args.latents is not None else None
 
-    if args.device == "auto":
-        from ..nodes import host  # noqa: PLC0415
-        device = host.torch_device()
-    else:
-        device = torch.device(args.device)
-    teacher = load_dit(teacher_path, dtype=args.dtype, device=device)
-    log.info("distilling %s (%s mode, %d prompts, %d iterations) into %s", teacher_path.name, args.mode,
-             len(positives), args.iterations, output)
-    student = distill(teacher, positives, negative, config, latents=latents, progress=not args.no_progress)
-    save_dtype = None if args.save_dtype == "same" else dtypes.torch_dtype(args.save_dtype)
-    metadata = {"teacher": teacher_path.name, "guidance_range": f"{args.guidance_min}-{args.guidance_max}",
-                "distill_mode": args.mode, "iterations": str(args.iterations)}
-    path = save_student(student, output, dtype=save_dtype, metadata=metadata, overwrite=args.overwrite)
-    print(f"wrote {path}: sample it with cfg 1 and guidance {args.guidance_min:g}-{args.guidance_max:g}")
+    job = distributed.start(args.device)
+    try:
+        teacher = load_dit(teacher_path, dtype=args.dtype, device=job.device)
+        log.info("distilling %s (%s mode, %d prompts, %d iterations, %d process(es)) into %s", teacher_path.name,
+                 args.mode, len(positives), args.iterations, job.world_size, output)
+        student = distill(teacher, positives, negative, config, latents=latents, progress=not args.no_progress,
+                          job=job)
+        if job.is_main:
+            save_dtype = None if args.save_dtype == "same" else dtypes.torch_dtype(args.save_dtype)
+            metadata = {"teacher": teacher_path.name, "guidance_range": f"{args.guidance_min}-{args.guidance_max}",
+                        "distill_mode": args.mode, "iterations": str(args.iterations),
+                        "batch": f"{args.batch_size} x {job.world_size} process(es)"}
+            path = save_student(student, output, dtype=save_dtype, metadata=metadata, overwrite=args.overwrite)
+            print(f"wrote {path}: sample it with cfg 1 and guidance {args.guidance_min:g}-{args.guidance_max:g}")
+    finally:
+        distributed.finish(job)
     return 0
 
 
@@ -257,10 +258,9 @@ def _guidance_student(args, teacher_path: Path) -> Path:
 
 
 def _run_steps(args) -> int:
-    import torch  # noqa: PLC0415
-
     from ..dit.checkpoint import load_dit  # noqa: PLC0415
     from ..text.conditioning import load_conditionings  # noqa: PLC0415
+    from ..training import distributed  # noqa: PLC0415
     from ..training.distill import save_student  # noqa: PLC0415
     from ..training.step_distill import StepDistillConfig, step_distill  # noqa: PLC0415
 
@@ -284,41 +284,43 @@ def _run_steps(args) -> int:
     except ValueError as error:
         raise DistillUsageError(str(error)) from None
     teacher_path = _resolve("diffusion_models", args.teacher)
-    first = _guidance_student(args, teacher_path)
-    output = args.output or step_output_path(first, args.steps)
+    guidance_student = _guidance_student(args, teacher_path)   # under torchrun: a job of its own
+    output = args.output or step_output_path(guidance_student, args.steps)
     if output.exists() and not args.overwrite:
         raise DistillUsageError(f"{output} exists; choose another --output or pass --overwrite")
+    first = guidance_student
     if args.resume and config.method == "progressive":   # the round student closest to N already written
         for steps, _ in config.rounds()[:-1][::-1]:
-            if step_output_path(first, steps).exists():
-                first = step_output_path(first, steps)
+            if step_output_path(guidance_student, steps).exists():
+                first = step_output_path(guidance_student, steps)
                 config = replace(config, start_steps=steps)
                 log.info("resuming from the %d-step round student %s", steps, first)
                 break
     positives = (load_conditionings(args.conditionings)[0] if args.conditionings is not None
                  else _encode_prompts(args)[0])
-    if args.device == "auto":
-        from ..nodes import host  # noqa: PLC0415
-        device = host.torch_device()
-    else:
-        device = torch.device(args.device)
-    model = load_dit(first, dtype=args.dtype, device=device)
     save_dtype = None if args.save_dtype == "same" else dtypes.torch_dtype(args.save_dtype)
-    metadata = {"nextdit_distilled": "guidance+steps", "teacher": first.name, "step_method": config.method,
-                "distill_mode": config.mode, "iterations": f"{config.iterations} per round",
-                **config.own_settings().to_metadata()}
+    metadata = {"nextdit_distilled": "guidance+steps", "teacher": guidance_student.name,
+                "step_method": config.method, "distill_mode": config.mode,
+                "iterations": f"{config.iterations} per round", **config.own_settings().to_metadata()}
 
-    def save_round(student, steps: int) -> None:
-        if args.save_rounds:
-            path = save_student(student, step_output_path(first, steps), save_dtype,
-                                {**metadata, **replace(config.own_settings(), steps=steps).to_metadata()},
-                                overwrite=True)
-            log.info("wrote the %d-step round student %s", steps, path)
+    job = distributed.start(args.device)
+    try:
+        model = load_dit(first, dtype=args.dtype, device=job.device)
 
-    log.info("distilling %s into a %d-step student (%s, %s mode, %d prompts) at %s", first.name, args.steps,
-             config.method, config.mode, len(positives), output)
-    student = step_distill(model, positives, config, progress=not args.no_progress, on_round=save_round)
-    path = save_student(student, output, save_dtype, metadata, overwrite=args.overwrite)
-    print(f"wrote {path}: sample it with NextDiT Sampler's steps 0 (its own settings: "
-          f"{config.own_settings().describe()})")
+        def save_round(student, steps: int) -> None:
+            if args.save_rounds and job.is_main:
+                path = save_student(student, step_output_path(guidance_student, steps), save_dtype,
+                                    {**metadata, **replace(config.own_settings(), steps=steps).to_metadata()},
+                                    overwrite=True)
+                log.info("wrote the %d-step round student %s", steps, path)
+
+        log.info("distilling %s into a %d-step student (%s, %s mode, %d prompts, %d process(es)) at %s", first.name,
+                 args.steps, config.method, config.mode, len(positives), job.world_size, output)
+        student = step_distill(model, positives, config, progress=not args.no_progress, on_round=save_round, job=job)
+        if job.is_main:
+            path = save_student(student, output, save_dtype, metadata, overwrite=args.overwrite)
+            print(f"wrote {path}: sample it with NextDiT Sampler's steps 0 (its own settings: "
+                  f"{config.own_settings().describe()})")
+    finally:
+        distributed.finish(job)
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1  # a bug: an exception nobody expected
 EXIT_USAGE = 2  # bad command line (argparse's own code)
@@ -23,22 +25,51 @@ class WorkflowError(RunnerError):
     exit_code = EXIT_BAD_WORKFLOW
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a graph: the message, and (for an editor that marks the node) the
+    node, the input and the kind, named as ComfyUI names them (``execution.py`` error types)."""
+
+    message: str
+    node_id: str | None = None
+    kind: str = "invalid_prompt"
+    input_name: str | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UnknownNodeTypeError(WorkflowError):
+    """Nodes whose type the runner does not have; ``unknown`` lists (node id, type, title)."""
+
+    def __init__(self, message: str, unknown: list[tuple[str, str, str | None]]):
+        super().__init__(message)
+        self.unknown = unknown
+
+
 class ValidationError(RunnerError):
-    """The graph is well formed but some node's inputs are wrong; ``problems`` lists them all."""
+    """The graph is well formed but some node's inputs are wrong; ``problems`` lists them all
+    (messages), ``details`` the same as :class:`Problem` entries."""
 
     exit_code = EXIT_BAD_WORKFLOW
 
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        lines = "\n  ".join(problems)
+    def __init__(self, problems: list[Problem | str]):
+        self.details = [p if isinstance(p, Problem) else Problem(str(p)) for p in problems]
+        self.problems = [str(p) for p in problems]
+        lines = "\n  ".join(self.problems)
         super().__init__(f"the workflow is not valid ({len(problems)} problem"
                          f"{'s' if len(problems) != 1 else ''}):\n  {lines}")
 
 
 class MissingModelError(RunnerError):
-    """A model file was not found; the message says where we looked and where to get it."""
+    """A model file was not found; the message says where we looked and where to get it;
+    ``details`` names the nodes and inputs (when validation found it)."""
 
     exit_code = EXIT_MISSING_MODEL
+
+    def __init__(self, message: str, details: list[Problem] = ()):
+        super().__init__(message)
+        self.details = list(details)
 
 
 class NodeExecutionError(RunnerError):

@@ -3,7 +3,10 @@
 Caching follows ComfyUI's classic cache: a node's key is its class, its ``IS_CHANGED`` value
 (``NaN`` = never equal), its constant inputs and, for links, the upstream node's key and slot,
 so a change anywhere upstream changes every key downstream. Keys survive between ``run`` calls
-of one :class:`Executor`; entries not used by the latest run are dropped, as ComfyUI does.
+of one :class:`Executor`; entries not used by the latest run are dropped, as ComfyUI does. As in
+ComfyUI, every key (``IS_CHANGED`` included) is computed before the first node runs, so a host
+learns up front which nodes come from the cache, and the host's interrupt is checked before each
+node (nodes that take long check it themselves, the sampler every step).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from ..nodes import host
 from .errors import NodeExecutionError
 from .graph import GraphNode, Link, Workflow
 from .specs import hidden_inputs, input_specs
@@ -72,32 +76,47 @@ class Executor:
         self._cache: dict[Any, _Entry] = {}
         self._instances: dict[tuple[str, str], object] = {}
 
-    def run(self, workflow: Workflow, on_node: Callable[[GraphNode], None] | None = None
-            ) -> RunResult:
-        """Validate then execute every node the output nodes need; returns outputs and UI data."""
-        order = needed_nodes(workflow, self.classes)
+    def run(self, workflow: Workflow, on_node: Callable[[GraphNode], None] | None = None,
+            on_cached: Callable[[list[str]], None] | None = None,
+            on_output: Callable[[GraphNode, dict], None] | None = None,
+            targets: list[str] | None = None) -> RunResult:
+        """Validate then execute every node the output nodes need; returns outputs and UI data.
+
+        Hooks for a host: ``on_cached(ids)`` once, with the nodes the cache will serve;
+        ``on_node(node)`` before a node runs; ``on_output(node, ui)`` for each node (run or
+        cached) that returned UI data, such as the images it saved. ``targets``: run only these
+        output nodes (and what they need).
+        """
+        order = needed_nodes(workflow, self.classes, targets)
         validate(workflow, self.classes, order, self.model_check)
         prompt = workflow.to_api()
         extra_pnginfo = {"workflow": workflow.ui} if workflow.ui is not None else None
         keys: dict[str, Any] = {}
+        for node_id in order:
+            keys[node_id] = self._key(workflow.nodes[node_id], keys, prompt, extra_pnginfo)
         result = RunResult({}, {})
+        result.cached = [node_id for node_id in order if keys[node_id] in self._cache]
+        if on_cached is not None:
+            on_cached(list(result.cached))
         used = {}
         for node_id in order:
             node = workflow.nodes[node_id]
-            keys[node_id] = self._key(node, keys, prompt, extra_pnginfo)
             entry = self._cache.get(keys[node_id])
             if entry is None:
+                host.check_interrupt()
                 if on_node is not None:
                     on_node(node)
                 entry = self._execute(node, result.outputs, prompt, extra_pnginfo)
                 result.executed.append(node_id)
                 self._cache[keys[node_id]] = entry  # kept even if a later node fails
-            else:
+            elif node_id not in result.cached:  # the same work as a node earlier in this run
                 result.cached.append(node_id)
             used[keys[node_id]] = entry
             result.outputs[node_id] = entry.outputs
             if entry.ui is not None:
                 result.ui[node_id] = entry.ui
+                if on_output is not None:
+                    on_output(node, entry.ui)
         self._cache = used  # as ComfyUI's classic cache: only what the latest run used
         return result
 
@@ -152,6 +171,8 @@ class Executor:
         kwargs.update(_hidden_values(node, cls, prompt, extra_pnginfo))
         try:
             returned = _await(getattr(self._instance(node), cls.FUNCTION)(**kwargs))
+        except host.Interrupted:
+            raise
         except Exception as error:
             raise NodeExecutionError(f"{node.describe()} failed: {type(error).__name__}: {error}",
                                      node.id, node.class_type) from error

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import PurePath
+from pathlib import Path, PurePath
+
+from .errors import MissingModelError
 
 _NEWBIE_REPO = "https://huggingface.co/Comfy-Org/NewBie-image-Exp0.1_repackaged"
 
@@ -48,3 +50,14 @@ def where_to_get(name: str) -> str | None:
                 verb = "Download it from" if table is KNOWN_MODEL_FILES else "There is no download:"
                 return f"{verb} {source} and put it in the {folder!r} models folder."
     return None
+
+
+def resolve_model(folder: str, name: str) -> Path:
+    """A command-line model name: a file in the ``folder`` models folders or a path (MissingModelError
+    naming where we looked otherwise)."""
+    from ..nodes import host  # noqa: PLC0415
+
+    try:
+        return host.resolve_model_file(folder, name)
+    except FileNotFoundError as error:
+        raise MissingModelError(str(error)) from None

@@ -12,7 +12,7 @@ import inspect
 import math
 from typing import Any, Callable, Mapping
 
-from .errors import MissingModelError, ValidationError
+from .errors import MissingModelError, Problem, ValidationError
 from .graph import GraphNode, Link, Workflow
 from .specs import InputSpec, input_specs
 
@@ -22,13 +22,16 @@ from .specs import InputSpec, input_specs
 ModelCheck = Callable[[GraphNode, str, Any], "bool | str"]
 
 
-def needed_nodes(workflow: Workflow, classes: Mapping[str, type]) -> list[str]:
-    """Output nodes and everything they depend on, dependencies first; raises on cycles."""
+def needed_nodes(workflow: Workflow, classes: Mapping[str, type], targets: list[str] | None = None
+                 ) -> list[str]:
+    """Output nodes (or only ``targets``, the editor's "run selected outputs") and everything
+    they depend on, dependencies first; raises on cycles."""
     outputs = [node_id for node_id, node in workflow.nodes.items()
-               if getattr(classes[node.class_type], "OUTPUT_NODE", False)]
+               if getattr(classes[node.class_type], "OUTPUT_NODE", False)
+               and (targets is None or node_id in targets)]
     if not outputs:
-        raise ValidationError(["the workflow has no output node (for example SaveImage or "
-                               "PreviewImage), so there is nothing to run"])
+        raise ValidationError([Problem("the workflow has no output node (for example SaveImage or "
+                                       "PreviewImage), so there is nothing to run", kind="prompt_no_outputs")])
     order: list[str] = []
     state: dict[str, str] = {}  # "visiting" | "done"
 
@@ -38,7 +41,8 @@ def needed_nodes(workflow: Workflow, classes: Mapping[str, type]) -> list[str]:
         if state.get(node_id) == "visiting":
             cycle = path[path.index(node_id):] + [node_id]
             shown = " -> ".join(workflow.nodes[n].describe() for n in cycle)
-            raise ValidationError([f"dependency cycle: {shown}; remove one of these links"])
+            raise ValidationError([Problem(f"dependency cycle: {shown}; remove one of these links",
+                                           node_id, "dependency_cycle")])
         state[node_id] = "visiting"
         for value in workflow.nodes[node_id].inputs.values():
             if isinstance(value, Link) and value.node_id in workflow.nodes:
@@ -93,31 +97,35 @@ def _convert(spec: InputSpec, value: Any) -> Any:
 
 
 def _check_constant(node: GraphNode, spec: InputSpec, model_check: ModelCheck | None,
-                    missing: list[str], ranges: bool = True) -> list[str]:
+                    missing: list[Problem], ranges: bool = True) -> list[Problem]:
     """Type (numbers also finite), then, with ``ranges``, min/max and the COMBO choices."""
     where = f"{node.describe()}: input {spec.name!r}"
     value = node.inputs[spec.name]
+
+    def problem(message: str, kind: str) -> list[Problem]:
+        return [Problem(f"{where}: {message}", node.id, kind, spec.name)]
+
     try:
         value = node.inputs[spec.name] = _convert(spec, value)
     except ValueError as error:
-        return [f"{where}: {value!r} {error}"]
+        return problem(f"{value!r} {error}", "invalid_input_type")
     if not ranges:
         return []
     low, high = spec.options.get("min"), spec.options.get("max")
     if low is not None and value < low:
-        return [f"{where}: {value} is smaller than the minimum {low}"]
+        return problem(f"{value} is smaller than the minimum {low}", "value_smaller_than_min")
     if high is not None and value > high:
-        return [f"{where}: {value} is bigger than the maximum {high}"]
+        return problem(f"{value} is bigger than the maximum {high}", "value_bigger_than_max")
     if spec.type == "COMBO" and value not in (spec.choices or ()):
         verdict = model_check(node, spec.name, value) if model_check is not None else False
         if isinstance(verdict, str):
-            missing.append(verdict)
+            missing.append(Problem(verdict, node.id, "value_not_in_list", spec.name))
             return []
         if verdict:
             return []
         shown = ", ".join(repr(c) for c in spec.choices[:20]) if spec.choices else "(none)"
         more = f" and {len(spec.choices) - 20} more" if spec.choices and len(spec.choices) > 20 else ""
-        return [f"{where}: {value!r} is not one of the choices: {shown}{more}"]
+        return problem(f"{value!r} is not one of the choices: {shown}{more}", "value_not_in_list")
     return []
 
 
@@ -126,7 +134,7 @@ def _unlisted_choice(spec: InputSpec, value: Any) -> bool:
 
 
 def _custom_validation(workflow: Workflow, classes: Mapping[str, type], node: GraphNode,
-                       cls: type) -> list[str]:
+                       cls: type) -> list[Problem]:
     function = getattr(cls, "VALIDATE_INPUTS", None)
     if function is None:
         return []
@@ -146,18 +154,23 @@ def _custom_validation(workflow: Workflow, classes: Mapping[str, type], node: Gr
     try:
         verdict = function(**arguments)
     except Exception as error:  # noqa: BLE001 - reported as a validation problem of this node
-        return [f"{node.describe()}: VALIDATE_INPUTS raised {type(error).__name__}: {error}"]
+        return [Problem(f"{node.describe()}: VALIDATE_INPUTS raised {type(error).__name__}: {error}",
+                        node.id, "exception_during_validation")]
     if verdict is True:
         return []
     detail = "" if verdict is False else f": {verdict}"
-    return [f"{node.describe()}: invalid inputs{detail}"]
+    # Which inputs an editor should point at: those the message names, else every one checked.
+    checked = [name for name in arguments if name != "input_types"]
+    named = [name for name in checked if name in str(verdict)]
+    return [Problem(f"{node.describe()}: invalid inputs{detail}", node.id, "custom_validation_failed",
+                    ", ".join(named or checked) or None)]
 
 
 def validate(workflow: Workflow, classes: Mapping[str, type], node_ids: list[str],
              model_check: ModelCheck | None = None) -> None:
     """Check ``node_ids``; raise :class:`ValidationError` listing every problem found."""
-    problems: list[str] = []
-    missing_models: list[str] = []
+    problems: list[Problem] = []
+    missing_models: list[Problem] = []
     for node_id in node_ids:
         node = workflow.nodes[node_id]
         cls = classes[node.class_type]
@@ -169,8 +182,9 @@ def validate(workflow: Workflow, classes: Mapping[str, type], node_ids: list[str
         for spec in input_specs(cls).values():
             if spec.name not in node.inputs:
                 if spec.required:
-                    problems.append(f"{node.describe()}: required input {spec.name!r} is missing "
-                                    f"(connect it, or give it a value)")
+                    problems.append(Problem(f"{node.describe()}: required input {spec.name!r} is "
+                                            f"missing (connect it, or give it a value)", node.id,
+                                            "required_input_missing", spec.name))
                 continue
             value = node.inputs[spec.name]
             if isinstance(value, Link):
@@ -185,29 +199,33 @@ def validate(workflow: Workflow, classes: Mapping[str, type], node_ids: list[str
                 # runner's message (where we looked, where to get it) and exit code.
                 verdict = model_check(node, spec.name, value)
                 if isinstance(verdict, str):
-                    missing_models.append(verdict)
+                    missing_models.append(Problem(verdict, node.id, "value_not_in_list", spec.name))
         if len(missing_models) == missing_before:
             problems += _custom_validation(workflow, classes, node, cls)
     if problems:
         raise ValidationError(problems + missing_models)
     if missing_models:
-        raise MissingModelError("\n".join(missing_models))
+        raise MissingModelError("\n".join(map(str, missing_models)), missing_models)
 
 
 def _check_link(workflow: Workflow, classes: Mapping[str, type], node: GraphNode,
-                spec: InputSpec, link: Link, check_type: bool = True) -> list[str]:
+                spec: InputSpec, link: Link, check_type: bool = True) -> list[Problem]:
     """A link must reach an existing output; its type must match unless the class checks types
     itself (a VALIDATE_INPUTS that takes ``input_types``, as in ComfyUI)."""
     where = f"{node.describe()}: input {spec.name!r}"
+
+    def problem(message: str, kind: str) -> list[Problem]:
+        return [Problem(f"{where} {message}", node.id, kind, spec.name)]
+
     upstream = workflow.nodes.get(link.node_id)
     if upstream is None:
-        return [f"{where} is linked to node {link.node_id}, which is not in the workflow"]
+        return problem(f"is linked to node {link.node_id}, which is not in the workflow", "bad_linked_input")
     returns = classes[upstream.class_type].RETURN_TYPES
     if not 0 <= link.slot < len(returns):
-        return [f"{where} is linked to output {link.slot} of {upstream.describe()}, which has "
-                f"only {len(returns)} output(s)"]
+        return problem(f"is linked to output {link.slot} of {upstream.describe()}, which has only "
+                       f"{len(returns)} output(s)", "bad_linked_input")
     received = returns[link.slot]
     if check_type and not _types_match(received, spec.type):
-        return [f"{where} expects {spec.type} but is linked to a {received} output of "
-                f"{upstream.describe()}"]
+        return problem(f"expects {spec.type} but is linked to a {received} output of "
+                       f"{upstream.describe()}", "return_type_mismatch")
     return []

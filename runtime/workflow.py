@@ -6,6 +6,7 @@ option (the seed). Frontend-only nodes are resolved the way the frontend does wh
 prompt: a ``PrimitiveNode`` becomes the constant it holds, a ``Reroute`` passes its link through,
 notes and groups are ignored, a muted node (mode 2) is left out together with its links, and a
 bypassed node (mode 4) hands each consumer the upstream link of its first input of the same type.
+Subgraphs are flattened first, as the frontend does (``subgraphs.py``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import WorkflowError
+from .errors import UnknownNodeTypeError, WorkflowError
 from .graph import GraphNode, Link, Workflow
 from .specs import CONTROL_VALUES, widget_specs
+from .subgraphs import flatten_subgraphs, has_subgraphs
 
 NOTE_TYPES = ("Note", "MarkdownNote")
 MODE_MUTED, MODE_BYPASS = 2, 4
@@ -76,18 +78,19 @@ def _read_json(path: str | Path) -> dict:
     return data
 
 
-def _unknown_type_error(unknown: list[tuple[str, str, str | None]], classes: Mapping) -> WorkflowError:
+def _unknown_type_error(unknown: list[tuple[str, str, str | None]], classes: Mapping
+                        ) -> UnknownNodeTypeError:
     lines = []
     for node_id, class_type, title in unknown:
         name = f' "{title}"' if title and title != class_type else ""
         hint = (" (a group node: convert it back to nodes in ComfyUI first)"
                 if class_type.startswith(("workflow>", "workflow/")) else "")
         lines.append(f"node {node_id}{name}: unknown node type {class_type!r}{hint}")
-    return WorkflowError(
+    return UnknownNodeTypeError(
         "\n".join(lines) + "\nThis runner runs the pack's nodes (python -m nextdit_nodes nodes "
         "lists them) and the core nodes " + ", ".join(sorted(n for n in classes if not
                                                              n.startswith("NextDiT")))
-        + "; run other nodes inside ComfyUI.")
+        + "; run other nodes inside ComfyUI.", unknown)
 
 
 # ---- API format --------------------------------------------------------------------------------
@@ -186,8 +189,8 @@ class _UIGraph:
 
 
 def _from_ui(data: dict, classes: Mapping[str, type]) -> Workflow:
-    graph = _UIGraph(data)
-    subgraph_ids = {sub.get("id") for sub in (data.get("definitions") or {}).get("subgraphs") or []}
+    # The PNG "workflow" chunk keeps the subgraphs; the graph that runs is the flattened one.
+    graph = _UIGraph(flatten_subgraphs(data) if has_subgraphs(data) else data)
     nodes, unknown = {}, []
     for node_id, raw in graph.nodes.items():
         class_type = raw["type"]
@@ -195,9 +198,6 @@ def _from_ui(data: dict, classes: Mapping[str, type]) -> Workflow:
             continue
         if raw.get("mode", 0) in (MODE_MUTED, MODE_BYPASS):
             continue
-        if class_type in subgraph_ids:
-            raise WorkflowError(f"node {node_id} is a subgraph; the headless runner does not run "
-                                f"subgraphs: unpack it in ComfyUI (right-click, Unpack Subgraph)")
         cls = classes.get(class_type)
         if cls is None:
             unknown.append((node_id, class_type, raw.get("title")))

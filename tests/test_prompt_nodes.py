@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 from nextdit_nodes.nodes import NODE_CLASS_MAPPINGS
@@ -94,10 +96,15 @@ def test_prompt_node_error_and_validation():
     bad = "<character_1>\n<n>a\n</character_1>"
     with pytest.raises(ValueError, match="line 3, column 1"):
         call(NextDiTXMLPrompt, prompt=bad)
-    message = NextDiTXMLPrompt.VALIDATE_INPUTS(prompt=bad, caption="")
+    message = NextDiTXMLPrompt.VALIDATE_INPUTS(prompt=bad)
     assert isinstance(message, str) and "still open" in message
-    assert NextDiTXMLPrompt.VALIDATE_INPUTS(prompt="1girl, solo", caption="") is True
-    assert NextDiTXMLPrompt.VALIDATE_INPUTS(prompt=None, caption=None) is True  # connected input
+    assert NextDiTXMLPrompt.VALIDATE_INPUTS(prompt="1girl, solo") is True
+    assert NextDiTXMLPrompt.VALIDATE_INPUTS(prompt=None) is True  # connected input
+    # Only the prompt is checked before the run (ComfyUI pins a message on every input the check
+    # names); a caption carrying a tag is refused when the node runs, naming the field.
+    assert "caption" not in inspect.signature(NextDiTXMLPrompt.VALIDATE_INPUTS).parameters
+    with pytest.raises(ValueError, match="<caption> contains the tag <character_1>"):
+        call(NextDiTXMLPrompt, prompt="1girl, solo", caption="a girl <character_1>")
 
 
 def test_node_declarations():

@@ -213,14 +213,6 @@ def test_workflow_from_a_saved_png(tmp_path):
         load_workflow(tmp_path / "plain.png", CLASSES)
 
 
-def test_subgraph_nodes_are_refused_with_a_hint():
-    data = ui_workflow()
-    data["definitions"] = {"subgraphs": [{"id": "a1b2", "nodes": []}]}
-    data["nodes"][3]["type"] = "a1b2"
-    with pytest.raises(WorkflowError, match="node 4 is a subgraph.*Unpack Subgraph"):
-        load_workflow(data, CLASSES)
-
-
 def test_validate_inputs_gets_linked_types():
     seen = {}
 

@@ -3,8 +3,9 @@
 After Meng et al., "On Distillation of Guided Diffusion Models" (CVPR 2023, arXiv 2210.03142),
 stage 1, with a guidance input as FLUX.1-dev has one (black-forest-labs/flux `guidance_in`): the
 student is the teacher plus a guidance embedder (``guidance_embedder.mlp.0/2``, last layer
-zero-initialised, so the student starts as the teacher's conditional branch). For each training sample a guidance scale w is drawn uniformly from a range
-and the student, given w, learns the teacher's guided velocity v_u + w·(v_c − v_u) (MSE).
+zero-initialised, so the student starts as the teacher's conditional branch). For each training
+sample a guidance scale w is drawn uniformly from a range and the student, given w, learns the
+teacher's guided velocity v_u + w·(v_c − v_u) (MSE).
 
 Modes: ``lora`` trains the guidance embedder plus low-rank adapters on every attention (qkv, out)
 and MLP (w1, w2, w3) linear; the teacher IS the student with adapters off and no guidance, so the
@@ -20,6 +21,11 @@ the states are exactly those the sampler visits. With ``student_trajectories`` t
 with the student's own velocity instead (on-policy, as in DAgger): the teacher still gives every
 target, but at the states the student's sampling reaches, drift included, so it learns to correct
 its own errors rather than only to follow a path it never takes alone.
+
+Many processes (``torchrun``, ``training/distributed.py``): ``batch_size`` is per process. The
+states, scales and prompts of the whole job's batch are drawn on every process from the same
+generator and each process keeps its rows, so N processes with batch B train exactly as one
+process with batch N·B; the trainable parameters are wrapped in DistributedDataParallel.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from ..dit.layers import TimestepEmbedder
 from ..dit.model import NextDiT
 from ..sampling.schedule import shift_time, time_grid
 from ..text.conditioning import PromptBatch, is_conditioning, pack, prompt_batches
+from .distributed import Distributed
+from .flow import noised
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +56,9 @@ class DistillConfig:
     mode: str = "lora"                        # "lora" or "full"
     rank: int = 16                            # LoRA rank (lora mode)
     iterations: int = 2000
-    batch_size: int = 4                       # latents per iteration (the teacher runs 2× that, packed)
+    batch_size: int = 4                       # latents per iteration and process (the teacher runs 2× that, packed)
     lr: float = 1e-4                          # adapters (lora) or all weights (full)
+    optimizer: str = "adamw"                  # or "sgd" (plain gradient steps)
     embedder_lr: float = 1e-3                 # the new guidance embedder
     guidance_min: float = 1.0
     guidance_max: float = 8.0
@@ -65,6 +74,8 @@ class DistillConfig:
     def __post_init__(self):
         if self.mode not in ("lora", "full"):
             raise ValueError(f"mode must be 'lora' or 'full'; got {self.mode!r}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd'; got {self.optimizer!r}")
         if not 0 <= self.guidance_min <= self.guidance_max:
             raise ValueError(f"guidance range must satisfy 0 <= min <= max; got "
                              f"[{self.guidance_min}, {self.guidance_max}]")
@@ -158,6 +169,11 @@ class Student:
         rest = [p for p in self.trainable() if id(p) not in ids]
         return [{"params": embedder, "lr": embedder_lr}, {"params": rest, "lr": lr}]
 
+    def trained_module(self) -> nn.Module:
+        """One module owning every trainable parameter whose forward is the student's (what
+        DistributedDataParallel wraps)."""
+        return _StudentForward(self.model, self.adapters)
+
     def state_dict(self, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
         """Official keys + ``guidance_embedder.*``, adapters merged (W + B·A) into new tensors, on the CPU.
         The teacher's tensors are never modified."""
@@ -170,6 +186,15 @@ class Student:
                 tensor = (tensor.float() + deltas[key].detach().float()).to(tensor.dtype)
             out[key] = tensor.to("cpu", dtype or tensor.dtype).contiguous()
         return out
+
+
+class _StudentForward(nn.Module):
+    def __init__(self, model: nn.Module, adapters: Adapters | None):
+        super().__init__()
+        self.model, self.adapters = model, adapters
+
+    def forward(self, *args) -> Tensor:
+        return self.model(*args)   # the adapters act through their hooks
 
 
 def make_student(teacher: nn.Module, mode: str = "lora", rank: int = 16, seed: int = 0) -> Student:
@@ -257,18 +282,22 @@ def _guided(student: Student, x, t, w, both: PromptBatch) -> Tensor:
 
 
 class _TrajectoryPool:
-    """Data-free states: ``batch_size`` teacher CFG trajectories advanced one Euler step per iteration."""
+    """Data-free states: the job's batch of teacher CFG trajectories, advanced one Euler step per
+    iteration. Every process draws every trajectory's random start (so all draw alike) and keeps
+    the states of its own rows."""
 
-    def __init__(self, config: DistillConfig, n_prompts: int, channels: int, device, generator):
+    def __init__(self, config: DistillConfig, n_prompts: int, channels: int, device, generator,
+                 job: Distributed):
         self.config, self.n_prompts, self.device, self.gen = config, n_prompts, device, generator
         self.shape = (channels, config.height // 8, config.width // 8)
-        b = config.batch_size
-        self.x = torch.empty(b, *self.shape)
-        self.grids: list[list[float]] = [[]] * b
-        self.step = [0] * b
-        self.prompt = [0] * b
-        self.w = torch.empty(b)
-        for slot in range(b):
+        size = config.batch_size * job.world_size
+        self.rows = job.rows(size)
+        self.x = torch.empty(config.batch_size, *self.shape)
+        self.grids: list[list[float]] = [[]] * size
+        self.step = [0] * size
+        self.prompt = [0] * size
+        self.w = torch.empty(size)
+        for slot in range(size):
             self._reset(slot)
         self.x = self.x.to(device)
 
@@ -281,15 +310,21 @@ class _TrajectoryPool:
         self.step[slot] = 0
         self.prompt[slot] = int(torch.randint(self.n_prompts, (1,), generator=self.gen))
         self.w[slot] = c.guidance_min + (c.guidance_max - c.guidance_min) * torch.rand((), generator=self.gen)
-        self.x[slot] = torch.randn(self.shape, generator=self.gen).to(self.x.device)
+        start = torch.randn(self.shape, generator=self.gen)
+        if self.rows.start <= slot < self.rows.stop:
+            self.x[slot - self.rows.start] = start.to(self.x.device)
 
     def states(self) -> tuple[Tensor, Tensor, Tensor, list[int]]:
-        t = torch.tensor([g[s] for g, s in zip(self.grids, self.step)], dtype=torch.float32, device=self.device)
-        return self.x, t, self.w.to(self.device), list(self.prompt)
+        rows = self.rows
+        t = torch.tensor([g[s] for g, s in zip(self.grids[rows], self.step[rows])], dtype=torch.float32,
+                         device=self.device)
+        return self.x, t, self.w[rows].to(self.device), self.prompt[rows]
 
-    def advance(self, target: Tensor) -> None:
-        dt = torch.tensor([g[s + 1] - g[s] for g, s in zip(self.grids, self.step)], device=self.device)
-        self.x = self.x + dt.view(-1, 1, 1, 1) * target
+    def advance(self, velocity: Tensor) -> None:
+        """Move this process's states by ``velocity``; every trajectory's clock advances."""
+        rows = self.rows
+        dt = torch.tensor([g[s + 1] - g[s] for g, s in zip(self.grids[rows], self.step[rows])], device=self.device)
+        self.x = self.x + dt.view(-1, 1, 1, 1) * velocity
         for slot in range(len(self.step)):
             self.step[slot] += 1
             if self.step[slot] == len(self.grids[slot]) - 1:
@@ -297,23 +332,26 @@ class _TrajectoryPool:
 
 
 class _LatentSource:
-    """States from training latents: x_t = t·latent + (1 − t)·noise, t on the shifted curve."""
+    """States from training latents: x_t = t·latent + (1 − t)·noise, t on the shifted curve; the
+    job's whole batch drawn on every process, this process's rows kept."""
 
-    def __init__(self, config: DistillConfig, latents: Tensor, n_prompts: int, device, generator):
+    def __init__(self, config: DistillConfig, latents: Tensor, n_prompts: int, device, generator,
+                 job: Distributed):
         self.config, self.latents, self.n_prompts, self.device, self.gen = config, latents, n_prompts, device, generator
+        self.size, self.rows = config.batch_size * job.world_size, job.rows(config.batch_size * job.world_size)
 
     def states(self):
-        c, b = self.config, self.config.batch_size
+        c, b, rows = self.config, self.size, self.rows
         pick = torch.randint(len(self.latents), (b,), generator=self.gen)
         data = self.latents[pick].float()
         noise = torch.randn(data.shape, generator=self.gen)
         t = torch.tensor([shift_time(float(u), c.shift) for u in torch.rand(b, generator=self.gen)])
-        x = t.view(-1, 1, 1, 1) * data + (1 - t.view(-1, 1, 1, 1)) * noise
+        x = noised(data, noise, t)
         w = c.guidance_min + (c.guidance_max - c.guidance_min) * torch.rand(b, generator=self.gen)
         prompts = torch.randint(self.n_prompts, (b,), generator=self.gen).tolist()
-        return x.to(self.device), t.to(self.device), w.to(self.device), prompts
+        return x[rows].to(self.device), t[rows].to(self.device), w[rows].to(self.device), prompts[rows]
 
-    def advance(self, target: Tensor) -> None:
+    def advance(self, velocity: Tensor) -> None:
         pass
 
 
@@ -332,26 +370,31 @@ def guided_loss(prediction: Tensor, target: Tensor, w: Tensor, scale_weighted: b
 # ---- the loop --------------------------------------------------------------------------------
 
 def distill(teacher: nn.Module, positives: list, negative, config: DistillConfig = DistillConfig(),
-            latents: Tensor | None = None, progress: bool = True) -> Student:
+            latents: Tensor | None = None, progress: bool = True, job: Distributed | None = None) -> Student:
     """Train a guidance-distilled student of ``teacher``.
 
     positives: training prompts, each a CONDITIONING (e.g. NextDiT Text Encode's output); negative:
     the unconditional CONDITIONING (the official default is the empty prompt). latents: optional
     (N, 16, h, w) normalised training latents; without them the states come from teacher
-    trajectories at config.width × config.height. Returns the Student; ``save_student`` writes it.
+    trajectories at config.width × config.height. job: this process's place in a torchrun job
+    (default: alone). Returns the Student; ``save_student`` writes it.
     """
     if latents is not None and config.student_trajectories:
         raise ValueError("student_trajectories advances the data-free trajectories; with latents the states "
                          "are noised training latents. Use one or the other")
     params = teacher.params
     device = teacher.device
+    job = job or Distributed(0, 1, 0, device)
     student = make_student(teacher, config.mode, config.rank, config.seed)
     student.model.gradient_checkpointing = config.checkpointing
+    trained = job.wrap(student.trained_module())
     prompts = _Prompts(positives, negative, params, device)
     generator = torch.Generator("cpu").manual_seed(config.seed)
-    source = (_TrajectoryPool(config, len(prompts.items), params.in_channels, device, generator)
-              if latents is None else _LatentSource(config, latents, len(prompts.items), device, generator))
-    optimizer = torch.optim.AdamW(student.param_groups(config.lr, config.embedder_lr), weight_decay=0.0)
+    source = (_TrajectoryPool(config, len(prompts.items), params.in_channels, device, generator, job)
+              if latents is None else _LatentSource(config, latents, len(prompts.items), device, generator, job))
+    groups = student.param_groups(config.lr, config.embedder_lr)
+    optimizer = (torch.optim.SGD(groups, lr=config.lr) if config.optimizer == "sgd"
+                 else torch.optim.AdamW(groups, weight_decay=0.0))
     # Short warm-up, then linear decay to zero: the targets are noisy (random states, scales, prompts).
     warmup = max(1, config.iterations // 20)
     decay = config.iterations - warmup + 1
@@ -360,12 +403,12 @@ def distill(teacher: nn.Module, positives: list, negative, config: DistillConfig
 
     from tqdm import tqdm  # noqa: PLC0415
 
-    bar = tqdm(range(config.iterations), desc="distill", unit="it", disable=not progress)
+    bar = tqdm(range(config.iterations), desc="distill", unit="it", disable=not (progress and job.is_main))
     for _ in bar:
         x, t, w, indices = source.states()
         cond, both = prompts.batch(indices)
         target = _guided(student, x, t, w, both)
-        prediction = student.model(x, t, cond.feats, cond.mask, cond.pooled, w)
+        prediction = trained(x, t, cond.feats, cond.mask, cond.pooled, w)
         loss = guided_loss(prediction, target, w, config.scale_weighted_loss)
         if not torch.isfinite(loss):
             raise FloatingPointError("distillation loss became NaN/inf; lower --lr or train in fp32/bf16")
@@ -375,7 +418,7 @@ def distill(teacher: nn.Module, positives: list, negative, config: DistillConfig
         optimizer.step()
         schedule.step()
         source.advance(prediction.detach() if config.student_trajectories else target)
-        bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
+        bar.set_postfix(loss=f"{float(job.mean(loss)):.4g}", refresh=False)
 
     student.model.eval()
     return student

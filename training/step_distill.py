@@ -31,8 +31,9 @@ each student sampled at its own step count, one evaluation per step):
 
 METHOD_TABLE
 
-``train_step`` is one optimizer step over one batch, so a data-parallel wrapper can run it per
-rank on that rank's share of the states.
+Many processes (``torchrun``, ``training/distributed.py``) as in ``distill.py``: ``batch_size``
+is per process, every process draws the whole job's states and keeps its rows, and the trainable
+parameters are wrapped in DistributedDataParallel.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from ..dit.own_settings import OwnSettings
 from ..sampling.schedule import time_grid
 from ..text.conditioning import PromptBatch, pack, prompt_batches
 from .distill import Adapters, DistillConfig, Student, _TrajectoryPool, guided_loss
+from .distributed import Distributed
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +194,10 @@ def teacher_target(student: Student, x: Tensor, times: Tensor, cond: PromptBatch
 class _GridPool(_TrajectoryPool):
     """distill.py's trajectory pool with every trajectory on the student's own N-step grid."""
 
-    def __init__(self, config: DistillConfig, steps: int, n_prompts: int, channels: int, device, generator):
+    def __init__(self, config: DistillConfig, steps: int, n_prompts: int, channels: int, device, generator,
+                 job: Distributed):
         self.grid = time_grid(steps, config.shift)
-        super().__init__(config, n_prompts, channels, device, generator)
+        super().__init__(config, n_prompts, channels, device, generator, job)
 
     def _reset(self, slot: int) -> None:
         super()._reset(slot)
@@ -203,7 +206,7 @@ class _GridPool(_TrajectoryPool):
     def fine_times(self, k: int) -> Tensor:
         """(B, K+1): each state's interval [t_i, t_{i+1}] on the K-times finer nested grid."""
         fine = time_grid(k * (len(self.grid) - 1), self.config.shift)
-        rows = [fine[i * k:(i + 1) * k + 1] for i in self.step]
+        rows = [fine[i * k:(i + 1) * k + 1] for i in self.step[self.rows]]
         return torch.tensor(rows, dtype=torch.float32, device=self.device)
 
 
@@ -215,10 +218,11 @@ def trainable(student: Student) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
-def train_step(student: Student, optimizer: torch.optim.Optimizer, x: Tensor, t: Tensor, cond: PromptBatch,
-               w: Tensor, target: Tensor, scale_weighted: bool) -> tuple[Tensor, Tensor]:
-    """One optimizer step on one batch; returns (loss, the student's velocity, detached)."""
-    prediction = student.model(x, t, cond.feats, cond.mask, cond.pooled, w)
+def train_step(student: Student, trained: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, t: Tensor,
+               cond: PromptBatch, w: Tensor, target: Tensor, scale_weighted: bool) -> tuple[Tensor, Tensor]:
+    """One optimizer step on one batch through ``trained`` (the student's forward, maybe wrapped in
+    DistributedDataParallel); returns (loss, the student's velocity, detached)."""
+    prediction = trained(x, t, cond.feats, cond.mask, cond.pooled, w)
     loss = guided_loss(prediction, target, w, scale_weighted)
     if not torch.isfinite(loss):
         raise FloatingPointError("step distillation loss became NaN/inf; lower --lr or train in fp32/bf16")
@@ -235,11 +239,12 @@ def _warmup_then_linear_decay(iterations: int) -> Callable[[int], float]:
 
 
 def _train_round(student: Student, prompts: list[PromptBatch], config: StepDistillConfig, steps: int, k: int,
-                 round_seed: int, progress: bool) -> None:
+                 round_seed: int, progress: bool, job: Distributed) -> None:
     device = student.model.device
     generator = torch.Generator("cpu").manual_seed(round_seed)
     pool = _GridPool(replace(config.trajectories(), seed=round_seed), steps, len(prompts),
-                     student.model.params.in_channels, device, generator)
+                     student.model.params.in_channels, device, generator, job)
+    trained = job.wrap(student.trained_module())
     optimizer = torch.optim.AdamW(trainable(student), lr=config.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_linear_decay(config.iterations))
     scale_weighted = config.fixed_guidance is None   # a range: every scale counts alike (distill.guided_loss)
@@ -247,30 +252,34 @@ def _train_round(student: Student, prompts: list[PromptBatch], config: StepDisti
     from tqdm import tqdm  # noqa: PLC0415
 
     teacher_steps = steps * k
-    bar = tqdm(range(config.iterations), desc=f"steps {teacher_steps}->{steps}", unit="it", disable=not progress)
+    bar = tqdm(range(config.iterations), desc=f"steps {teacher_steps}->{steps}", unit="it",
+               disable=not (progress and job.is_main))
     for _ in bar:
         x, t, w, indices = pool.states()
         cond = pack([prompts[i] for i in indices]).to(device)
         target = teacher_target(student, x, pool.fine_times(k), cond, w)
-        loss, prediction = train_step(student, optimizer, x, t, cond, w, target, scale_weighted)
+        loss, prediction = train_step(student, trained, optimizer, x, t, cond, w, target, scale_weighted)
         schedule.step()
         pool.advance(prediction if config.student_trajectories else target)
-        bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
+        bar.set_postfix(loss=f"{float(job.mean(loss)):.4g}", refresh=False)
 
 
 def step_distill(model: nn.Module, positives: list, config: StepDistillConfig = StepDistillConfig(),
-                 progress: bool = True, on_round: Callable[[Student, int], None] | None = None) -> Student:
+                 progress: bool = True, on_round: Callable[[Student, int], None] | None = None,
+                 job: Distributed | None = None) -> Student:
     """Train an N-step student (N = config.steps) of a guidance-distilled ``model`` (unchanged).
 
     positives: training prompts, each a CONDITIONING. on_round(student, steps): called after each
     round but the last (progressive), e.g. to save that round's student. Returns the Student;
-    ``distill.save_student`` writes it, with ``config.own_settings().to_metadata()``.
+    ``distill.save_student`` writes it, with ``config.own_settings().to_metadata()``. job: this
+    process's place in a torchrun job (default: alone).
     """
     params = model.params
     prompts = [batch for index, conditioning in enumerate(positives)
                for batch in prompt_batches(conditioning, 1, params.cap_dim, params.clip_dim, f"prompt {index}")]
     if not prompts:
         raise ValueError("step distillation needs at least one training prompt")
+    job = job or Distributed(0, 1, 0, model.device)
     student = make_step_student(model, config.mode, config.rank, config.seed)
     rounds = config.rounds()
     for number, (steps, k) in enumerate(rounds):
@@ -279,7 +288,7 @@ def step_distill(model: nn.Module, positives: list, config: StepDistillConfig = 
         student.model.gradient_checkpointing = config.checkpointing
         log.info("step distillation round %d of %d: %d steps from the teacher's %d", number + 1, len(rounds),
                  steps, steps * k)
-        _train_round(student, prompts, config, steps, k, config.seed + 1000 * number, progress)
+        _train_round(student, prompts, config, steps, k, config.seed + 1000 * number, progress, job)
         if on_round is not None and number < len(rounds) - 1:
             on_round(student, steps)
     student.model.eval()

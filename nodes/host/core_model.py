@@ -25,7 +25,7 @@ from comfy import model_management as mm
 
 from ...sampling.guidance import cfg_active, combine_cfg
 from ...text.conditioning import prompt_batches
-from .memory import patcher_class
+from .patcher import patcher_class
 
 _CORE_MODEL = "core_model"   # key in the Next-DiT's attachments
 
@@ -114,6 +114,27 @@ def with_diffusion_model(patcher, nextdit):
     clone.add_object_patch("diffusion_model", nextdit)
     nextdit.attachments[_CORE_MODEL] = clone
     return clone
+
+
+def release_weight_patches(nextdit) -> None:
+    """Put ``nextdit``'s own weights back if a clone of its core MODEL left core weight patches in
+    them. Core patches the weights in place of the originals while such a clone (a core LoRA) is
+    loaded, and leaves them there until another clone loads; a LoRA'd structural copy made
+    meanwhile (NextDiT LoRA Loader) would share the patched weights and carry both LoRAs. The
+    loaded clones are unloaded through the memory manager, as core does before loading a clone
+    with other patches."""
+    patcher = nextdit.attachments.get(_CORE_MODEL)
+    if patcher is None or patcher.get_model_object("diffusion_model") is not nextdit:
+        return
+    carried = getattr(patcher.model, "current_weight_patches_uuid", None)
+    if carried is None or carried == patcher.patches_uuid:
+        return
+    for index in reversed(range(len(mm.current_loaded_models))):
+        loaded = mm.current_loaded_models[index]
+        if loaded.model is not None and patcher.is_clone(loaded.model):
+            mm.current_loaded_models.pop(index).model_unload()
+    if patcher.model.current_weight_patches_uuid not in (None, patcher.patches_uuid):  # not listed as loaded
+        patcher.unpatch_model(patcher.offload_device, unpatch_weights=True)
 
 
 def official_cfg(patcher, cfg_trunc: float, renorm_cfg: float):

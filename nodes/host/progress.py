@@ -1,7 +1,9 @@
-"""Per-step progress and interrupts: ComfyUI's ProgressBar inside ComfyUI, a hook headless."""
+"""Per-step progress and interrupts: ComfyUI's ProgressBar and interrupt flag inside ComfyUI; a
+hook and the pack's own flag headless (the runner's server sets it when the user presses Cancel)."""
 
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 ProgressHook = Callable[[int, int, object], None]  # (done, total, preview or None)
@@ -34,10 +36,29 @@ class Progress:
             _progress_hook(done, self.total, preview)
 
 
+class Interrupted(Exception):
+    """Headless: the host asked the running graph to stop (``request_interrupt``)."""
+
+
+_interrupt = threading.Event()
+
+
+def request_interrupt(requested: bool = True) -> None:
+    """Headless hosts: ask the running graph to stop at its next check (False clears a request)."""
+    if requested:
+        _interrupt.set()
+    else:
+        _interrupt.clear()
+
+
 def check_interrupt() -> None:
-    """Raise ComfyUI's interrupt exception if the user cancelled; a no-op headless."""
+    """Raise if the user cancelled: ComfyUI's interrupt exception inside ComfyUI, else
+    :class:`Interrupted` once per ``request_interrupt`` (the request is used up, as in ComfyUI)."""
     try:
         import comfy.model_management as mm  # noqa: PLC0415
     except ImportError:
+        if _interrupt.is_set():
+            _interrupt.clear()
+            raise Interrupted("interrupted by the user") from None
         return
     mm.throw_exception_if_processing_interrupted()

@@ -22,7 +22,10 @@ latents the graphs saved (core ``SaveLatent``, read back through ``/view``):
   8. NextDiT Sampler's inpainting (SetLatentNoiseMask) equals core KSampler's on the pack's MODEL;
   9. ConditioningSetArea and ConditioningSetMask end in an execution error naming the node;
  10. NaN and infinity in every number input of the pack's nodes, and strings in place of
-     numbers, are refused with HTTP 400, each error attached to the input once.
+     numbers, are refused with HTTP 400, each error attached to the input once;
+ 11. the embedded guidance-distilled student through core: KSampler at cfg 1 with core's
+     FluxGuidance 4 on the prompt equals NextDiT Sampler at cfg 1, guidance 4 (the guidance
+     reaches the student's guidance embedder), and differs from guidance 1.
 
   python tests/comfy_host/check_citizen.py --models ~/scratch/ComfyUI/models --write-models
   SCRATCH=~/scratch ../shared/comfy-host/comfy_run.sh --port 8199 --isolated
@@ -230,6 +233,17 @@ def check_loras(url: str, log: Path | None) -> None:
             text = handle.read().decode(errors="replace")
         assert "lora key not loaded" not in text, "core left LoRA keys unloaded"
         print("   the server log has no 'lora key not loaded'")
+    # A new strength on the same loaded weights, then the model without a LoRA: core patches and
+    # unpatches the shared Next-DiT, so the LoRA-free latent must come back unchanged.
+    prompt["core_lora"]["inputs"]["strength_model"] = 0.4
+    prompt["pack_lora"]["inputs"]["strength"] = 0.4
+    entry = run(url, prompt)
+    core_half, pack_half = saved_latent(url, entry, "core_lora_save"), saved_latent(url, entry, "pack_lora_core_save")
+    base_again = saved_latent(url, entry, "no_lora_save")
+    print(f"   strength 0.4: core vs pack {relative(core_half, pack_half):.2e}, differs from 0.8 by "
+          f"{relative(core_half, core_lora):.2e}; the LoRA-free latent afterwards vs before {relative(base_again, base):.2e}")
+    assert relative(core_half, pack_half) <= 1e-4 and relative(core_half, core_lora) > 1e-3
+    assert relative(base_again, base) <= 1e-6
 
 
 def check_inpainting(url: str) -> None:
@@ -401,6 +415,45 @@ def check_numbers(url: str) -> None:
     assert refused == total
 
 
+def check_student(url: str) -> None:
+    prompt: dict = {
+        "student": {"class_type": "NextDiTLoader", "inputs": {
+            "dit_name": "NextDiT-embedded-shapes-distilled.safetensors", "weight_dtype": "fp32"}},
+        "te": {"class_type": "NextDiTTextEncoderLoader", "inputs": {
+            "gemma_name": "embedded-shapes-gemma3.safetensors", "jina_name": "embedded-shapes-jina.safetensors",
+            "device": "cpu", "dtype": "fp32"}},
+        "pos": {"class_type": "NextDiTTextEncode", "inputs": {
+            "text_encoders": ["te", 0], "system_prompt": "none", "custom_system_prompt": "",
+            "prompt": "<character_1>\n<n>circle</n>\n<appearance>red, large</appearance>\n"
+                      "<position>top_left</position>\n</character_1>"}},
+        "neg": {"class_type": "NextDiTTextEncode", "inputs": {
+            "text_encoders": ["te", 0], "prompt": "", "system_prompt": "none", "custom_system_prompt": ""}},
+        "empty": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+    }
+    for guidance in (4.0, 1.0):
+        name = f"g{guidance:g}"
+        prompt[f"{name}_flux"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0],
+                                                                          "guidance": guidance}}
+        prompt[f"{name}_ks"] = {"class_type": "KSampler", "inputs": {
+            "model": ["student", 1], "seed": SEED, "steps": STEPS, "cfg": 1.0, "sampler_name": "euler",
+            "scheduler": "simple", "positive": [f"{name}_flux", 0], "negative": ["neg", 0],
+            "latent_image": ["empty", 0], "denoise": 1.0}}
+        prompt[f"{name}_save"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"{name}_ks", 0],
+                                                                        "filename_prefix": f"latents/{name}"}}
+    prompt["ns"] = {"class_type": "NextDiTSampler", "inputs": {
+        "model": ["student", 0], "positive": ["pos", 0], "width": 64, "height": 64, "batch_size": 1,
+        "seed": SEED, "steps": STEPS, "solver": "euler", "shift": 6.0, "cfg": 1.0, "renorm_cfg": 0.0,
+        "cfg_trunc": 1.0, "guidance": 4.0}}
+    prompt["ns_save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["ns", 0],
+                                                               "filename_prefix": "latents/student_ns"}}
+    entry = run(url, prompt)
+    core4, core1 = saved_latent(url, entry, "g4_save"), saved_latent(url, entry, "g1_save")
+    sampler = saved_latent(url, entry, "ns_save")
+    print(f"11. student, KSampler cfg 1 + FluxGuidance 4 vs NextDiT Sampler guidance 4: relative max difference "
+          f"{relative(core4, sampler):.2e} (guidance 1 instead: {relative(core1, sampler):.2e})")
+    assert relative(core4, sampler) <= 1e-4 < relative(core1, sampler)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8199")
@@ -414,7 +467,8 @@ def main() -> int:
         return 0
     checks = {"equal": check_equalities, "patches": check_patches, "lora": lambda url: check_loras(url, args.log),
               "inpaint": check_inpainting, "files": check_file_inputs, "ranges": check_timestep_ranges,
-              "sampler_inpaint": check_sampler_inpainting, "refusals": check_refusals, "numbers": check_numbers}
+              "sampler_inpaint": check_sampler_inpainting, "refusals": check_refusals, "numbers": check_numbers,
+              "student": check_student}
     for name, check in checks.items():
         if args.only is None or name in args.only:
             check(args.url)

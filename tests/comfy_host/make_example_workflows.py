@@ -274,8 +274,49 @@ def embedded_core_sampler() -> dict:
                       {"cfg_trunc": 1.0, "renorm_cfg": 0.0}, 64, 64, "NextDiT-embedded-core")
 
 
-# Their thumbnails are their real outputs (the embedded one from `python -m nextdit_nodes demo`, see README).
-OUTPUT_THUMBNAILS = {"Embedded shapes model", "Embedded shapes model with core KSampler"}
+
+TINY_XML = """<character_1>
+<n>circle</n>
+<appearance>red, tiny</appearance>
+<position>top_left</position>
+</character_1>
+
+<character_2>
+<n>square</n>
+<appearance>blue, large</appearance>
+<position>middle_center</position>
+</character_2>
+
+<character_3>
+<n>square</n>
+<appearance>purple, tiny</appearance>
+<position>bottom_right</position>
+</character_3>
+
+<general_tags>
+<count>three objects</count>
+<background>white_background</background>
+</general_tags>"""
+
+
+def embedded_shapes_lora() -> dict:
+    """The embedded model with the LoRA that taught it a size it never saw ("tiny"; README)."""
+    spec = embedded_shapes()
+    nodes, links = spec["nodes"], spec["links"]
+    nodes[3]["widgets"] = {**nodes[3]["widgets"], "prompt": TINY_XML}
+    nodes[3]["size"] = [400, 520]
+    nodes[4]["pos"] = [420, 560]
+    nodes.append({"type": "NextDiTLoraLoader", "title": "LoRA: tiny objects (made by train-lora)",
+                  "pos": [0, 520], "width": 330,
+                  "widgets": {"lora_name": "NextDiT-embedded-shapes-tiny.safetensors", "strength": 1.0}})
+    links = [link for link in links if link[2:] != [5, "model"]]   # the sampler takes the LoRA'd model
+    links += [[0, 0, 8, "model"], [8, 0, 5, "model"]]
+    return {"nodes": nodes, "links": links}
+
+
+# Their thumbnails are their real outputs, written by the headless runner (see README).
+OUTPUT_THUMBNAILS = {"Embedded shapes model", "Embedded shapes model with core KSampler",
+                     "Embedded shapes model with a LoRA"}
 # Built only once train-embedded's weights ship in the pack (until then the demo keeps its
 # workflow in runtime/workflows/).
 EMBEDDED_SHIPPED = (Path(__file__).resolve().parents[2] / "embedded" / "diffusion_models"
@@ -283,6 +324,7 @@ EMBEDDED_SHIPPED = (Path(__file__).resolve().parents[2] / "embedded" / "diffusio
 
 EXAMPLES = {
     "Embedded shapes model": embedded_shapes,
+    "Embedded shapes model with a LoRA": embedded_shapes_lora,
     "NewBie XML text to image": text_to_image,
     "NewBie XML two characters with builder nodes": builder_two_characters,
     "NewBie guidance-distilled text to image": guidance_distilled,
@@ -304,11 +346,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("example_workflows"))
     parser.add_argument("--only", default=None, help="build only the example with this name")
     parser.add_argument("--thumbnail-from", type=Path, default=None,
-                        help="the PNG `python -m nextdit_nodes demo` wrote: becomes the embedded example's "
-                             "thumbnail (no editor needed)")
+                        help="the PNG the example wrote (`python -m nextdit_nodes demo`, or `run` on the "
+                             "example): becomes its thumbnail (no editor needed)")
+    parser.add_argument("--thumbnail-for", default="Embedded shapes model",
+                        help="the example whose thumbnail --thumbnail-from makes")
     args = parser.parse_args()
     if args.thumbnail_from:
-        make_thumbnail(args.thumbnail_from, args.out / "Embedded shapes model.jpg")
+        make_thumbnail(args.thumbnail_from, args.out / f"{args.thumbnail_for}.jpg")
         return
     args.out.mkdir(parents=True, exist_ok=True)
     with editor(args.url) as (page, _events):

@@ -1,6 +1,8 @@
-"""The main job inside real ComfyUI (issue 8, point 5; outside CI): open the embedded-model
+"""The main job inside real ComfyUI (outside CI): open the embedded-model
 example from the template browser in the real frontend, press Run, and wait for
 ``execution_success``; the image ComfyUI wrote is scored with the adherence checker.
+``--template`` opens another embedded example: "Embedded shapes model with core KSampler" (the
+same prompt through core's sampler) or "Embedded shapes model with a LoRA".
 
 The embedded weights ship in the pack's ``embedded/`` folder, so ComfyUI needs no model files:
 
@@ -25,7 +27,17 @@ PACK_FOLDER = "nextdit-nodes"
 TEMPLATE = "Embedded shapes model"
 
 
-def run(page, events, url: str, out: Path) -> list[str]:
+# The objects each example's prompt asks for: (shape, colour, size, row, column), and what must be right.
+ASKED = {
+    TEMPLATE: ([("circle", "red", "large", 0, 0), ("square", "blue", "small", 2, 2)], "colour_position"),
+    "Embedded shapes model with core KSampler": ([("circle", "red", "large", 0, 0), ("square", "blue", "small", 2, 2)],
+                                                 "colour_position"),
+    "Embedded shapes model with a LoRA": ([("circle", "red", "tiny", 0, 0), ("square", "blue", "large", 1, 1),
+                                           ("square", "purple", "tiny", 2, 2)], "size"),
+}
+
+
+def run(page, events, url: str, out: Path, template: str = TEMPLATE) -> list[str]:
     fit_view(page)
     start = len(events["ws"])
     pressed = click_run(page)
@@ -41,11 +53,12 @@ def run(page, events, url: str, out: Path) -> list[str]:
         png = response.read()
     (out / "comfyui_output.png").write_bytes(png)
     print(f"ComfyUI wrote {image} ({len(png)} bytes); shown in the SaveImage node (after_run.png)")
-    return score(png)
+    return score(png, template)
 
 
-def score(png: bytes) -> list[str]:
-    """The example's prompt asks for a large red circle top left and a small blue square bottom right."""
+def score(png: bytes, template: str = TEMPLATE) -> list[str]:
+    """The objects the example's prompt asks for must be there (colour and cell; for the LoRA example,
+    their sizes, tiny included)."""
     try:
         import numpy as np  # noqa: PLC0415
         from PIL import Image  # noqa: PLC0415
@@ -56,26 +69,25 @@ def score(png: bytes) -> list[str]:
         print(f"not scored here ({error}); score comfyui_output.png with the pack's checker")
         return []
 
-    scene = Scene((ShapeObject("circle", "red", "large", 0, 0), ShapeObject("square", "blue", "small", 2, 2)),
-                  "white")
+    objects, figure = ASKED[template]
+    scene = Scene(tuple(ShapeObject(*obj) for obj in objects), "white")
     scores = score_image(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), scene)
     print("checker on ComfyUI's image:", scores)
-    return [] if all(s.colour_position for s in scores) else ["the image does not show the prompt's objects"]
+    right = all(getattr(s, figure) for s in scores)
+    return [] if right else [f"the image does not show the prompt's objects ({figure})"]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8199")
     parser.add_argument("--out", type=Path, default=Path("embedded_check"))
-    parser.add_argument("--template", default=TEMPLATE,
-                        help=f"the example to open (default {TEMPLATE!r}; also 'Embedded shapes model with core "
-                             f"KSampler')")
+    parser.add_argument("--template", default=TEMPLATE, choices=list(ASKED))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with editor(args.url) as (page, events):
         problems = open_template(page, PACK_FOLDER, args.template, args.out)
         if not problems:
-            problems = run(page, events, args.url, args.out)
+            problems = run(page, events, args.url, args.out, args.template)
     print("PROBLEMS:", *problems, sep="\n  ") if problems else print("the embedded example ran in ComfyUI")
     return 1 if problems else 0
 

@@ -14,13 +14,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .shapes import COLOURS, SHAPES, SIZE_FRACTION, Scene, ShapeObject
+from .shapes import ALL_SIZE_FRACTIONS, COLOURS, SHAPES, Scene, ShapeObject
 
 # Pixels at least this far (RGB Euclidean) from the background belong to an object.
 OBJECT_DISTANCE = 60.0
 # A cell needs this share of object pixels to hold an object at all (a small triangle fills ~10 %).
 MIN_OBJECT_SHARE = 0.03
-SIZE_THRESHOLD = (SIZE_FRACTION["small"] + SIZE_FRACTION["large"]) / 2  # of the cell's width
+# Sizes by extent (of the cell's width): each size up to the midpoint to the next larger one.
+_BY_EXTENT = sorted(ALL_SIZE_FRACTIONS, key=ALL_SIZE_FRACTIONS.get)
+SIZE_THRESHOLDS = [(ALL_SIZE_FRACTIONS[a] + ALL_SIZE_FRACTIONS[b]) / 2 for a, b in zip(_BY_EXTENT, _BY_EXTENT[1:])]
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def score_object(image: np.ndarray, obj: ShapeObject, background: np.ndarray) ->
     nearest = names[int(np.argmin([np.linalg.norm(colour - np.array(COLOURS[n])) for n in names]))]
     ys, xs = np.nonzero(mask)
     extent = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) / cell.shape[1]
-    size = "large" if extent > SIZE_THRESHOLD else "small"
+    size = _BY_EXTENT[sum(extent > threshold for threshold in SIZE_THRESHOLDS)]
     return ObjectScore(nearest == obj.colour, size == obj.size, classify_shape(mask) == obj.shape)
 
 

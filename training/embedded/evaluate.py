@@ -3,6 +3,7 @@ and VAE (the paths every real model takes)."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 
 from ...dit.checkpoint import load_dit
+from ...lora.apply import load_lora
 from ...sampling.sample import SamplingReport, sample
 from ...text.conditioning import conditioning
 from ...text.loading import load_text_encoders
@@ -50,6 +52,12 @@ class EmbeddedModels:
     def conditioning(self, text: str):
         return conditioning(self.text.encode(text, text), text, text)
 
+    def with_lora(self, path: Path, strength: float = 1.0) -> "EmbeddedModels":
+        """The same models with the LoRA at ``path`` on the teacher (through NextDiT LoRA Loader's code)."""
+        patched = copy.copy(self)
+        patched.teacher = load_lora(self.teacher, path, strength)[0]
+        return patched
+
 
 def generate(models: EmbeddedModels, scene_or_text, setting: Setting, seed: int, steps: int = 25,
              solver: str = "euler", report: SamplingReport | None = None) -> np.ndarray:
@@ -65,9 +73,10 @@ def generate(models: EmbeddedModels, scene_or_text, setting: Setting, seed: int,
 
 
 def adherence(models: EmbeddedModels, setting: Setting, count: int = 200, steps: int = 25,
-              seed: int = 1234) -> dict[str, float]:
-    """The checker's figures; with a step cache also ``skipped`` (% of evaluations it skipped)."""
-    scenes = held_out_scenes(count, seed)
+              seed: int = 1234, scenes: list[Scene] | None = None) -> dict[str, float]:
+    """The checker's figures on ``scenes`` (default: ``count`` of the base held-out scenes); with a
+    step cache also ``skipped`` (% of evaluations it skipped)."""
+    scenes = held_out_scenes(count, seed) if scenes is None else scenes
     reports = [SamplingReport() for _ in scenes]
     scores = [score_image(generate(models, scene, setting, seed=i, steps=steps, report=report), scene)
               for i, (scene, report) in enumerate(zip(scenes, reports))]

@@ -1,0 +1,275 @@
+"""``python -m nextdit_nodes train-lora DATA --dit MODEL --gemma G --jina J --vae V --output FILE``:
+train a LoRA for the Next-DiT on a folder of captioned images.
+
+DATA is a folder of images with same-stem captions (.txt, or .xml for NewBie XML), or with a
+metadata.jsonl ({"image": ..., "text": ...}) or metadata.csv (file_name,text). Images that cannot be
+read, are too small or have an aspect ratio outside --aspect-range are skipped and listed. Latents
+and text features are computed once into --cache-dir and reused by later runs.
+
+The output is one .safetensors LoRA (diffusion_model.<module>.lora_A/lora_B/alpha) that NextDiT LoRA
+Loader and ComfyUI core's LoRA loaders read, with its rank, alpha, the base model's SHA-256 and the
+training settings in the metadata.
+
+Under ``torchrun --nproc_per_node N`` (any number of nodes) the same command trains one LoRA with N
+processes: --batch-size is per process, the data is split by rank, gradients are averaged, and only
+the first process writes the LoRA, checkpoints and samples and shows progress (the feature cache is
+filled by all, each its share of the images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from .errors import EXIT_USAGE, RunnerError
+from .model_sources import resolve_model
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TARGETS = "attention.qkv,attention.out,feed_forward.w1,feed_forward.w2,feed_forward.w3"
+
+
+class TrainLoraUsageError(RunnerError):
+    """A bad combination of train-lora options or an unusable dataset."""
+
+    exit_code = EXIT_USAGE
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train-lora", help="train a LoRA on a folder of captioned images", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", type=Path, help="dataset folder")
+    models = parser.add_argument_group("models (a name in the models folders, or a path)")
+    models.add_argument("--dit", required=True, help="Next-DiT weights (models/diffusion_models)")
+    models.add_argument("--gemma", required=True, help="Gemma 3 4B-it (models/text_encoders)")
+    models.add_argument("--jina", required=True, help="Jina CLIP v2 (models/text_encoders)")
+    models.add_argument("--vae", required=True, help="FLUX VAE with its encoder, ae.safetensors (models/vae)")
+    models.add_argument("--output", type=Path, required=True, help="the LoRA file to write (.safetensors)")
+    data = parser.add_argument_group("data")
+    data.add_argument("--resolution", type=int, default=1024,
+                      help="bucket pixel count = resolution² (a multiple of 16; default 1024)")
+    data.add_argument("--center-crop", action="store_true",
+                      help="centre-crop every image to resolution × resolution instead of aspect-ratio buckets")
+    data.add_argument("--min-side", type=int, default=None,
+                      help="skip images whose shorter side is below this (default: resolution / 2)")
+    data.add_argument("--aspect-range", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"),
+                      help="keep images with width / height in this range (default 0.5 2.0)")
+    data.add_argument("--system-prompt", default="auto",
+                      help="Gemma's system prompt: auto (the official XML one for XML captions, the official "
+                           "plain one otherwise, as the base training did), 'xml (official)', 'plain (official)', "
+                           "none, or any other text used verbatim")
+    data.add_argument("--caption-dropout", type=float, default=0.1,
+                      help="share of samples trained with both encoders' texts blank (default 0.1)")
+    data.add_argument("--cache-dir", type=Path, default=None,
+                      help="where latents and text features are kept (default DATA/.nextdit-cache)")
+    train = parser.add_argument_group("training")
+    train.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    train.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
+    train.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank, scale 1)")
+    train.add_argument("--targets", default=DEFAULT_TARGETS,
+                       help=f"comma-separated Linear names to adapt in every block (default {DEFAULT_TARGETS})")
+    train.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    train.add_argument("--batch-size", type=int, default=1,
+                       help="images per process and micro-batch (default 1; the job's batch is this × processes)")
+    train.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimizer step (default 1)")
+    train.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    train.add_argument("--weight-decay", type=float, default=0.0)
+    train.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
+    train.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                       help="learning rate after the warm-up (default constant)")
+    train.add_argument("--time-shift", type=float, default=None,
+                       help="shift of the logit-normal training times towards noise (default e^1.15 = 3.158, the "
+                            "official training's; 1 = no shift)")
+    train.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off; default 1)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--no-checkpointing", action="store_true",
+                       help="keep all activations for backward (faster, far more memory; default: gradient "
+                            "checkpointing on every block)")
+    out = parser.add_argument_group("checkpoints, samples, devices")
+    out.add_argument("--save-every", type=int, default=0,
+                     help="also write <output>-stepNNNNNN.safetensors and the training state every N steps")
+    out.add_argument("--resume", action="store_true",
+                     help="continue from <output stem>.training-state.pt (written with --save-every)")
+    out.add_argument("--sample-prompts", type=Path, default=None,
+                     help="text file, one prompt per line: images of them every --sample-every steps")
+    out.add_argument("--sample-every", type=int, default=0)
+    out.add_argument("--sample-steps", type=int, default=28, help="Euler steps of the samples (default 28)")
+    out.add_argument("--sample-cfg", type=float, default=4.5, help="CFG of the samples (default 4.5)")
+    out.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
+                     help="base weights (auto: bf16 with bf16 autocast on a GPU that has it, fp32 elsewhere)")
+    out.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                     help="auto: a GPU when there is one (under torchrun each process takes GPU LOCAL_RANK)")
+    out.add_argument("--save-dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
+                     help="dtype of the LoRA tensors in the file (default bf16)")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    out.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def _configs(args):
+    from ..training.buckets import bucket_sizes  # noqa: PLC0415
+    from ..training.flow import OFFICIAL_TIME_SHIFT  # noqa: PLC0415
+    from ..training.lora_data import Filters  # noqa: PLC0415
+    from ..training.lora_inputs import InputSettings  # noqa: PLC0415
+    from ..training.lora_training import LoraTrainingConfig  # noqa: PLC0415
+
+    targets = tuple(name.strip() for name in args.targets.split(",") if name.strip())
+    try:
+        min_side = args.min_side if args.min_side is not None else args.resolution // 2
+        settings = InputSettings(args.resolution, Filters(min_side, *args.aspect_range), args.center_crop,
+                                 args.system_prompt)
+        config = LoraTrainingConfig(
+            rank=args.rank, alpha=args.alpha, targets=targets, steps=args.steps, batch_size=args.batch_size,
+            accumulation=args.accumulation, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
+            schedule=args.schedule, optimizer=args.optimizer, caption_dropout=args.caption_dropout,
+            time_shift=OFFICIAL_TIME_SHIFT if args.time_shift is None else args.time_shift,
+            grad_clip=args.grad_clip, checkpointing=not args.no_checkpointing, seed=args.seed)
+        bucket_sizes(args.resolution, *args.aspect_range)   # checks the resolution
+    except ValueError as error:
+        raise TrainLoraUsageError(str(error)) from None
+    return settings, config
+
+
+def _read_prompts(path: Path | None) -> tuple[str, ...]:
+    if path is None:
+        return ()
+    if not path.is_file():
+        raise TrainLoraUsageError(f"sample prompts file {path} does not exist")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return tuple(line.replace("\\n", "\n") for line in lines if line and not line.startswith("#"))
+
+
+def _dit_dtype(choice: str, device) -> str:
+    import torch  # noqa: PLC0415
+
+    if choice != "auto":
+        return choice
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def _metadata(args, config, dit_path: Path, data, job, dit_sha256: str) -> dict[str, str]:
+    from dataclasses import asdict  # noqa: PLC0415
+
+    settings = {**asdict(config), "targets": list(config.targets), "processes": job.world_size,
+                "global_batch": config.batch_size * config.accumulation * job.world_size,
+                "resolution": args.resolution, "center_crop": args.center_crop,
+                "aspect_range": list(args.aspect_range), "system_prompt": args.system_prompt,
+                "images": len(data.items), "buckets": sorted({f"{w}x{h}" for w, h in
+                                                             (item.bucket for item in data.items)})}
+    return {"lora_rank": str(config.rank), "lora_alpha": f"{config.lora_alpha:g}",
+            "base_model": dit_path.name, "base_model_sha256": dit_sha256,
+            "trainer": "nextdit-nodes train-lora", "training_settings": json.dumps(settings, sort_keys=True)}
+
+
+def run(args) -> int:
+    """Prepare the data, train, write the LoRA; returns the exit code."""
+    import torch  # noqa: PLC0415
+
+    from .. import dtypes  # noqa: PLC0415
+    from ..dit.checkpoint import load_dit  # noqa: PLC0415
+    from ..files.fingerprint import fingerprint, sha256_file  # noqa: PLC0415
+    from ..lora.save import save_lora  # noqa: PLC0415
+    from ..text.loading import load_text_encoders  # noqa: PLC0415
+    from ..training import distributed  # noqa: PLC0415
+    from ..training.feature_cache import FeatureCache  # noqa: PLC0415
+    from ..training.lora_inputs import Encoders, prepare  # noqa: PLC0415
+    from ..training.lora_training import LoraTraining, save_training_state  # noqa: PLC0415
+    from ..training.lora_training import run as train  # noqa: PLC0415
+    from ..vae.loading import load_vae  # noqa: PLC0415
+
+    settings, config = _configs(args)
+    if not args.data.is_dir():
+        raise TrainLoraUsageError(f"dataset folder {args.data} does not exist")
+    output = args.output if args.output.suffix == ".safetensors" else args.output.with_suffix(".safetensors")
+    state_path = output.with_name(f"{output.stem}.training-state.pt")
+    if output.exists() and not (args.overwrite or args.resume):
+        raise TrainLoraUsageError(f"{output} exists; choose another --output, pass --overwrite, or --resume")
+    if args.resume and not state_path.is_file():
+        raise TrainLoraUsageError(f"--resume needs {state_path} (written by --save-every)")
+    prompts = _read_prompts(args.sample_prompts)
+    if args.sample_every and not prompts:
+        raise TrainLoraUsageError("--sample-every needs --sample-prompts (a file with one prompt per line)")
+    dit_path = resolve_model("diffusion_models", args.dit)
+    gemma_path, jina_path = resolve_model("text_encoders", args.gemma), resolve_model("text_encoders", args.jina)
+    vae_path = resolve_model("vae", args.vae)
+
+    job = distributed.start(args.device)
+    try:
+        cache = FeatureCache(args.cache_dir or args.data / ".nextdit-cache", fingerprint(vae_path),
+                             f"{fingerprint(gemma_path)}-{fingerprint(jina_path)}")
+        encoders = Encoders(lambda: load_vae(vae_path, device=job.device),
+                            lambda: load_text_encoders(gemma_path, jina_path, device=job.device),
+                            job.device)
+        data = prepare(args.data, settings, cache, encoders, job, prompts, progress=not args.no_progress)
+        if job.is_main:
+            for skipped in data.skipped:
+                print(f"skipped {skipped}")
+            print(f"{data.layout}: {len(data.items)} images train, {len(data.skipped)} skipped; {data.counts}")
+        if not data.items:
+            raise TrainLoraUsageError(f"no usable images in {args.data} (see the skipped files above)")
+
+        model = load_dit(dit_path, dtype=_dit_dtype(args.dtype, job.device), device=job.device)
+        training = LoraTraining(model, data, config, job)
+        if args.resume:
+            try:
+                training.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
+            except ValueError as error:
+                raise TrainLoraUsageError(f"{state_path}: {error}") from None
+            log.info("resumed at step %d of %d", training.step, config.steps)
+        save_dtype = dtypes.torch_dtype(args.save_dtype)
+        metadata = _metadata(args, config, dit_path, data, job, sha256_file(dit_path) if job.is_main else "")
+        samples = _Samples(prompts, data, encoders, args, output) if prompts and args.sample_every else None
+
+        def checkpoint(step: int) -> None:
+            if args.save_every and step % args.save_every == 0 and step < config.steps:
+                save_lora(output.with_name(f"{output.stem}-step{step:06d}.safetensors"), training.pairs(),
+                          config.lora_alpha, {**metadata, "steps_done": str(step)}, save_dtype)
+                save_training_state(training, state_path)
+            if samples is not None and (step % args.sample_every == 0 or step == config.steps):
+                samples.write(model, step)
+
+        train(training, progress=not args.no_progress, every=_gcd_every(args), on_every=checkpoint)
+        if job.is_main:
+            path = save_lora(output, training.pairs(), config.lora_alpha,
+                             {**metadata, "steps_done": str(training.step)}, save_dtype)
+            print(f"wrote {path} ({len(training.pairs())} modules, rank {config.rank}, alpha "
+                  f"{config.lora_alpha:g}, {training.step} steps)")
+    finally:
+        distributed.finish(job)
+    return 0
+
+
+def _gcd_every(args) -> int:
+    import math  # noqa: PLC0415
+
+    every = [n for n in (args.save_every, args.sample_every) if n]
+    return math.gcd(*every) if every else 0
+
+
+class _Samples:
+    """Images of the sample prompts with the LoRA being trained (first process only)."""
+
+    def __init__(self, prompts, data, encoders, args, output: Path):
+        self.prompts, self.data, self.encoders, self.args = prompts, data, encoders, args
+        self.folder = output.with_name(f"{output.stem}-samples")
+
+    def write(self, model, step: int) -> None:
+        import numpy as np  # noqa: PLC0415
+        from PIL import Image  # noqa: PLC0415
+
+        from ..sampling.sample import sample  # noqa: PLC0415
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        size = self.args.resolution
+        negative = self.data.cache.conditioning(self.data.empty_key)
+        for index, prompt in enumerate(self.prompts):
+            positive = self.data.cache.conditioning(self.data.extra_keys[prompt])
+            latent = sample(model, positive, negative, size, size, self.args.seed + index, self.args.sample_steps,
+                            "euler", 6.0, self.args.sample_cfg, 0.0, 1.0)
+            image = self.encoders.vae.decode(latent["samples"])[0]
+            pixels = (image.clamp(0, 1) * 255).round().byte().numpy()
+            Image.fromarray(np.ascontiguousarray(pixels)).save(self.folder / f"step{step:06d}-{index}.png")
+        log.info("samples of step %d in %s", step, self.folder)

@@ -1,0 +1,174 @@
+"""The prompt queue and its history, in the shapes ComfyUI's ``/queue``, ``/history`` and
+``/api/jobs`` answer (``execution.py`` ``PromptQueue``, ``comfy_execution/jobs.py``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..runtime.graph import Workflow
+
+MAX_HISTORY = 10000  # ComfyUI's MAXIMUM_HISTORY_SIZE
+STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Job:
+    number: float
+    prompt_id: str
+    prompt: dict  # the API prompt as posted
+    extra_data: dict
+    workflow: Workflow
+    outputs_to_execute: list[str]
+    client_id: str | None = None
+    outputs: dict[str, dict] = field(default_factory=dict)  # node id -> its UI data
+    messages: list[list] = field(default_factory=list)  # [event, data] as sent
+
+    def entry(self) -> list:
+        """ComfyUI's queue item: [number, prompt_id, prompt, extra_data, outputs_to_execute]."""
+        return [self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs_to_execute]
+
+
+class JobQueue:
+    """Pending jobs by number, the running one, and the history; safe across threads."""
+
+    def __init__(self):
+        self._lock = threading.Condition()
+        self._pending: list[Job] = []
+        self._running: Job | None = None
+        self._history: dict[str, dict] = {}
+        self._closed = False
+
+    # ---- the queue ------------------------------------------------------------------------------
+
+    def put(self, job: Job) -> None:
+        with self._lock:
+            self._pending.append(job)
+            self._pending.sort(key=lambda j: j.number)
+            self._lock.notify()
+
+    def take(self) -> Job | None:
+        """The next job (blocks); None once the queue is closed."""
+        with self._lock:
+            while not self._pending and not self._closed:
+                self._lock.wait()
+            if self._closed:
+                return None
+            self._running = self._pending.pop(0)
+            return self._running
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+
+    def remaining(self) -> int:
+        with self._lock:
+            return len(self._pending) + (self._running is not None)
+
+    def queue_info(self) -> dict:
+        return {"exec_info": {"queue_remaining": self.remaining()}}
+
+    def running_id(self) -> str | None:
+        with self._lock:
+            return self._running.prompt_id if self._running else None
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"queue_running": [self._running.entry()] if self._running else [],
+                    "queue_pending": [job.entry() for job in self._pending]}
+
+    def delete(self, prompt_ids) -> bool:
+        with self._lock:
+            before = len(self._pending)
+            self._pending = [job for job in self._pending if job.prompt_id not in set(prompt_ids)]
+            return len(self._pending) != before
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pending.clear()
+
+    # ---- history --------------------------------------------------------------------------------
+
+    def finish(self, job: Job, status_str: str) -> None:
+        with self._lock:
+            if len(self._history) >= MAX_HISTORY:
+                self._history.pop(next(iter(self._history)))
+            self._history[job.prompt_id] = {
+                "prompt": job.entry(), "outputs": job.outputs,
+                "status": {"status_str": status_str, "completed": status_str == "success",
+                           "messages": job.messages},
+                "meta": {node: {"node_id": node, "display_node": node, "parent_node": None,
+                                "real_node_id": node} for node in job.outputs},
+            }
+            self._running = None
+
+    def history(self, max_items: int | None = None, offset: int = -1, prompt_id: str | None = None
+                ) -> dict:
+        with self._lock:
+            if prompt_id is not None:
+                return {prompt_id: self._history[prompt_id]} if prompt_id in self._history else {}
+            items = list(self._history.items())
+        if offset < 0 and max_items is not None:
+            offset = max(0, len(items) - max_items)
+        items = items[max(offset, 0):]
+        return dict(items[:max_items] if max_items is not None else items)
+
+    def forget(self, prompt_ids=None) -> None:
+        with self._lock:
+            if prompt_ids is None:
+                self._history.clear()
+            for prompt_id in prompt_ids or ():
+                self._history.pop(prompt_id, None)
+
+    # ---- /api/jobs ------------------------------------------------------------------------------
+
+    def jobs(self, statuses=STATUSES) -> list[dict]:
+        """Every job as ComfyUI's jobs API lists it, newest first."""
+        with self._lock:
+            listed = ([_queued(self._running, "in_progress")] if self._running else []) + \
+                     [_queued(job, "pending") for job in self._pending] + \
+                     [_finished(prompt_id, item) for prompt_id, item in self._history.items()]
+        listed = [job for job in listed if job["status"] in statuses]
+        return sorted(listed, key=lambda job: job.get("create_time") or 0, reverse=True)
+
+
+def _workflow_id(extra_data: dict) -> str | None:
+    return ((extra_data.get("extra_pnginfo") or {}).get("workflow") or {}).get("id")
+
+
+def _queued(job: Job, status: str) -> dict:
+    return _pruned({"id": job.prompt_id, "status": status, "priority": job.number,
+                    "create_time": job.extra_data.get("create_time"), "outputs_count": 0,
+                    "previewable_outputs_count": 0, "workflow_id": _workflow_id(job.extra_data)})
+
+
+def _finished(prompt_id: str, item: dict) -> dict:
+    number, _, _, extra_data, _ = item["prompt"]
+    times, error, interrupted = {}, None, False
+    for event, data in item["status"]["messages"]:
+        if event == "execution_start":
+            times["execution_start_time"] = data.get("timestamp")
+        elif event in ("execution_success", "execution_error", "execution_interrupted"):
+            times["execution_end_time"] = data.get("timestamp")
+            error = data if event == "execution_error" else None
+            interrupted = event == "execution_interrupted"
+    images = [dict(image, nodeId=node, mediaType="images")
+              for node, ui in item["outputs"].items() for image in ui.get("images", [])]
+    status = ("completed" if item["status"]["status_str"] == "success"
+              else "cancelled" if interrupted else "failed")
+    return _pruned({"id": prompt_id, "status": status, "priority": number,
+                    "create_time": extra_data.get("create_time"), **times, "execution_error": error,
+                    "outputs_count": len(images), "previewable_outputs_count": len(images),
+                    "preview_output": images[-1] if images else None,
+                    "workflow_id": _workflow_id(extra_data)})
+
+
+def _pruned(job: dict[str, Any]) -> dict:
+    return {key: value for key, value in job.items() if value is not None}

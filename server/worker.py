@@ -1,0 +1,114 @@
+"""The one execution thread: takes jobs from the queue and runs them with the runner's
+:class:`Executor` (kept for the server's life, so its cache serves every prompt), reporting to the
+editor with ComfyUI's websocket messages (``execution.py`` ``PromptExecutor``, ``main.py``
+``hijack_progress``)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+
+from ..nodes import host
+from ..runtime.errors import NodeExecutionError
+from ..runtime.executor import Executor
+from ..runtime.graph import GraphNode
+from .jobs import Job, JobQueue, now_ms
+from .messages import Hub, preview_frame
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self, queue: JobQueue, executor: Executor, hub: Hub):
+        self.queue = queue
+        self.executor = executor
+        self.hub = hub
+        self._job: Job | None = None
+        self._node: GraphNode | None = None
+        self._executed: list[str] = []
+        self._thread = threading.Thread(target=self._loop, name="nextdit-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.queue.close()
+        host.request_interrupt()
+        self._thread.join(timeout=30)
+        host.request_interrupt(False)
+
+    def _loop(self) -> None:
+        host.set_progress_hook(self._progress)
+        while (job := self.queue.take()) is not None:
+            self._run(job)
+
+    # ---- one job --------------------------------------------------------------------------------
+
+    def _send(self, event: str, data: dict, record: bool = False) -> None:
+        data = {**data, "prompt_id": self._job.prompt_id}
+        if record:
+            data["timestamp"] = now_ms()
+            self._job.messages.append([event, data])
+        self.hub.send(event, data, self._job.client_id)
+
+    def _run(self, job: Job) -> None:
+        self._job, self._node, self._executed = job, None, []
+        host.request_interrupt(False)  # a Cancel pressed while idle does not stop the next run
+        self.hub.broadcast_status()
+        self._send("execution_start", {}, record=True)
+        status = "error"
+        try:
+            self.executor.run(job.workflow, on_node=self._on_node, on_cached=self._on_cached,
+                              on_output=self._on_output, targets=job.outputs_to_execute)
+        except host.Interrupted:
+            self._send("execution_interrupted", {**self._where(), "executed": self._executed}, record=True)
+        except NodeExecutionError as error:
+            cause = error.__cause__ or error
+            self._send("execution_error", {
+                **self._where(), "executed": self._executed, "exception_message": str(error),
+                "exception_type": f"{type(cause).__module__}.{type(cause).__name__}",
+                "traceback": traceback.format_exception(cause), "current_inputs": {},
+                "current_outputs": {}}, record=True)
+        except Exception as error:  # noqa: BLE001 - reported to the editor; the server goes on
+            log.exception("prompt %s failed", job.prompt_id)
+            self._send("execution_error", {
+                **self._where(), "executed": self._executed, "exception_message": str(error),
+                "exception_type": type(error).__name__, "traceback": traceback.format_exception(error),
+                "current_inputs": {}, "current_outputs": {}}, record=True)
+        else:
+            status = "success"
+            self._send("execution_success", {}, record=True)
+        finally:
+            self.queue.finish(job, status)
+            self.hub.broadcast_status()
+            self._send("executing", {"node": None})
+            self._job = self._node = None
+
+    def _where(self) -> dict:
+        node = self._node
+        return {"node_id": node.id if node else None, "node_type": node.class_type if node else None}
+
+    # ---- executor hooks -------------------------------------------------------------------------
+
+    def _on_cached(self, node_ids: list[str]) -> None:
+        self._send("execution_cached", {"nodes": node_ids}, record=True)
+
+    def _on_node(self, node: GraphNode) -> None:
+        if self._node is not None:
+            self._executed.append(self._node.id)
+        self._node = node
+        self._send("executing", {"node": node.id, "display_node": node.id})
+
+    def _on_output(self, node: GraphNode, ui: dict) -> None:
+        self._job.outputs[node.id] = ui
+        self._send("executed", {"node": node.id, "display_node": node.id, "output": ui})
+
+    def _progress(self, done: int, total: int, preview=None) -> None:
+        if self._job is None:
+            return
+        if preview is not None:
+            _, image, max_size = preview  # ("JPEG", PIL image, largest side)
+            self.hub.send_bytes(preview_frame(image, max_size), self._job.client_id)
+        self._send("progress", {"value": done, "max": total,
+                                "node": self._node.id if self._node else None})
