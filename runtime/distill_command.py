@@ -8,7 +8,8 @@ cfg 1 and guidance = the scale you want.
 
 With --steps N it makes a few-step student instead (``training/step_distill.py``): from a
 guidance-distilled student, or from a teacher after making (or with --resume reusing) its
-guidance-distilled student. That file records its steps, solver, shift and guidance scale, which
+guidance-distilled student, which then starts the few-step student while the teacher's own CFG
+paths are its first targets (--cfg-teacher names the teacher of a given guidance-distilled student). That file records its steps, solver, shift and guidance scale, which
 NextDiT Sampler uses with steps 0. By default ``<student stem>-<N>step.safetensors``.
 
 Training prompts, one of:
@@ -225,6 +226,13 @@ def _add_step_arguments(parser) -> None:
     steps.add_argument("--step-guidance", type=float,
                        help="train at this one guidance scale, recorded in the file so the sampler uses it "
                             "(default: the range --guidance-min..--guidance-max, chosen when sampling)")
+    steps.add_argument("--cfg-teacher", metavar="FILE",
+                       help="when TEACHER is a guidance-distilled student: the teacher it was made from, whose CFG "
+                            "paths (at the trained guidance scales, --negative as the unconditional prompt) the first "
+                            "round then learns (the default when TEACHER is the teacher itself)")
+    steps.add_argument("--student-targets", action="store_true",
+                       help="learn the guidance-distilled student's own paths even when the teacher is known "
+                            "(Meng et al. as published; on the embedded model the teacher's CFG paths did better)")
     steps.add_argument("--save-rounds", action="store_true",
                        help="progressive: also write each round's student (<student stem>-<n>step.safetensors)")
     steps.add_argument("--resume", action="store_true",
@@ -237,13 +245,18 @@ def step_output_path(student_path: Path, steps: int) -> Path:
     return student_path.with_name(f"{student_path.stem}-{steps}step.safetensors")
 
 
+def _is_guidance_student(path: Path) -> bool:
+    from ..files.tensors import open_weights  # noqa: PLC0415
+
+    return any("guidance_embedder." in key for key in open_weights(path, subfolder="transformer"))
+
+
 def _guidance_student(args, teacher_path: Path) -> Path:
     """The guidance-distilled student to start from: TEACHER itself when it is one, else made by
     the guidance stage (this command without --steps) or, with --resume, the one already made."""
-    from ..files.tensors import open_weights  # noqa: PLC0415
     from ..training.distill import default_output_path  # noqa: PLC0415
 
-    if any("guidance_embedder." in key for key in open_weights(teacher_path, subfolder="transformer")):
+    if _is_guidance_student(teacher_path):
         return teacher_path
     path = default_output_path(teacher_path)
     if path.exists() and args.resume:
@@ -283,8 +296,14 @@ def _run_steps(args) -> int:
             height=args.height, seed=args.seed, checkpointing=not args.no_checkpointing)
     except ValueError as error:
         raise DistillUsageError(str(error)) from None
-    teacher_path = _resolve("diffusion_models", args.teacher)
+    teacher_path = resolve_model("diffusion_models", args.teacher)
+    if args.cfg_teacher is not None and not _is_guidance_student(teacher_path):
+        raise DistillUsageError("--cfg-teacher is for a guidance-distilled TEACHER; this TEACHER is the teacher "
+                                "itself, whose CFG paths are learnt already. Drop --cfg-teacher")
     guidance_student = _guidance_student(args, teacher_path)   # under torchrun: a job of its own
+    cfg_teacher_path = None if args.student_targets else (
+        teacher_path if guidance_student != teacher_path else
+        resolve_model("diffusion_models", args.cfg_teacher) if args.cfg_teacher is not None else None)
     output = args.output or step_output_path(guidance_student, args.steps)
     if output.exists() and not args.overwrite:
         raise DistillUsageError(f"{output} exists; choose another --output or pass --overwrite")
@@ -294,18 +313,23 @@ def _run_steps(args) -> int:
             if step_output_path(guidance_student, steps).exists():
                 first = step_output_path(guidance_student, steps)
                 config = replace(config, start_steps=steps)
+                cfg_teacher_path = None     # only the first round, done, learns the teacher's CFG paths
                 log.info("resuming from the %d-step round student %s", steps, first)
                 break
-    positives = (load_conditionings(args.conditionings)[0] if args.conditionings is not None
-                 else _encode_prompts(args)[0])
+    positives, negative = (load_conditionings(args.conditionings) if args.conditionings is not None
+                           else _encode_prompts(args))
     save_dtype = None if args.save_dtype == "same" else dtypes.torch_dtype(args.save_dtype)
     metadata = {"nextdit_distilled": "guidance+steps", "teacher": guidance_student.name,
                 "step_method": config.method, "distill_mode": config.mode,
+                "step_targets": (f"CFG of {cfg_teacher_path.name}" if cfg_teacher_path is not None
+                                 else "the guidance-distilled student's own paths"),
                 "iterations": f"{config.iterations} per round", **config.own_settings().to_metadata()}
 
     job = distributed.start(args.device)
     try:
         model = load_dit(first, dtype=args.dtype, device=job.device)
+        cfg_teacher = (load_dit(cfg_teacher_path, dtype=args.dtype, device=job.device)
+                       if cfg_teacher_path is not None else None)
 
         def save_round(student, steps: int) -> None:
             if args.save_rounds and job.is_main:
@@ -316,7 +340,8 @@ def _run_steps(args) -> int:
 
         log.info("distilling %s into a %d-step student (%s, %s mode, %d prompts, %d process(es)) at %s", first.name,
                  args.steps, config.method, config.mode, len(positives), job.world_size, output)
-        student = step_distill(model, positives, config, progress=not args.no_progress, on_round=save_round, job=job)
+        student = step_distill(model, positives, config, progress=not args.no_progress, on_round=save_round, job=job,
+                               cfg_teacher=cfg_teacher, negative=negative if cfg_teacher is not None else None)
         if job.is_main:
             path = save_student(student, output, save_dtype, metadata, overwrite=args.overwrite)
             print(f"wrote {path}: sample it with NextDiT Sampler's steps 0 (its own settings: "

@@ -24,7 +24,7 @@ from nextdit_nodes.sampling.schedule import time_grid
 from nextdit_nodes.text.conditioning import save_conditionings
 from nextdit_nodes.training.distill import save_student
 from nextdit_nodes.training.step_distill import (StepDistillConfig, _next_round, make_step_student, step_distill,
-                                                 teacher_target)
+                                                 teacher_target, teacher_velocity)
 
 W = 3.0
 
@@ -99,7 +99,8 @@ def test_teacher_target_is_the_teachers_euler_path(guided):
             expected.append((end - x0[None]) / (row[-1] - row[0]))
         from nextdit_nodes.text.conditioning import prompt_batches
         batch = prompt_batches(cond, 2, guided.params.cap_dim, guided.params.clip_dim)[0]
-        target = teacher_target(student, x, times, batch, torch.full((2,), W))
+        w = torch.full((2,), W)
+        target = teacher_target(lambda x_, t_: teacher_velocity(student, x_, t_, batch, w), x, times)
     assert torch.allclose(target, torch.cat(expected), atol=1e-5)
 
 
@@ -117,6 +118,54 @@ def test_one_round_learns_two_teacher_steps_in_one_and_leaves_the_model(guided, 
     assert initial > 1e-3
     assert final < initial / factor, (initial, final)
     assert all(torch.equal(v, before[k]) for k, v in guided.state_dict().items())
+
+
+def cfg_two_step_error(student_model, teacher, cond, negative, steps=2, samples=6, seed=9):
+    """As two_step_error, against the CFG teacher's two Euler steps: v_u + W·(v_c − v_u), each
+    branch its own forward of the teacher (no guidance input)."""
+    def cfg(x, t):
+        b = x.shape[0]
+        v_c, v_u = (model_call(teacher, x, t, c) for c in (cond, negative))
+        return v_u + W * (v_c - v_u)
+
+    def model_call(model, x, t, c):
+        feats, extras = c[0]
+        b = x.shape[0]
+        return model(x, torch.full((b,), t), feats.expand(b, -1, -1),
+                     torch.ones(b, feats.shape[1], dtype=torch.bool), extras["pooled_output"].expand(b, -1))
+
+    coarse, fine = time_grid(steps, 6.0), time_grid(2 * steps, 6.0)
+    x = torch.randn(samples, 16, 4, 4, generator=torch.Generator().manual_seed(seed))
+    errors = []
+    with torch.no_grad():
+        for i in range(steps):
+            mid = x + (fine[2 * i + 1] - fine[2 * i]) * cfg(x, fine[2 * i])
+            end = mid + (fine[2 * i + 2] - fine[2 * i + 1]) * cfg(mid, fine[2 * i + 1])
+            v = _call(student_model, x, coarse[i], cond)
+            errors.append(((x + (coarse[i + 1] - coarse[i]) * v - end) ** 2).mean())
+            x = x + (coarse[i + 1] - coarse[i]) * v
+    return torch.stack(errors).mean().item()
+
+
+def test_with_the_cfg_teacher_the_first_round_learns_its_guided_paths_not_the_students(guided):
+    # A teacher unrelated to the guided model: its CFG paths are a different target, so only a
+    # student trained on them gets close to them.
+    teacher = random_dit(tiny_params(), seed=11)
+    cond, negative = conditioning(guided.params), conditioning(guided.params, seed=3, length=2)
+    config = StepDistillConfig(steps=2, start_steps=4, mode="full", iterations=250, batch_size=16, lr=2e-3,
+                               guidance_min=W, guidance_max=W, width=32, height=32)
+    own = step_distill(guided, [cond], config, progress=False)
+    taught = step_distill(guided, [cond], config, progress=False, cfg_teacher=teacher, negative=negative)
+    # Measured: against the CFG teacher's paths 1.73 before, 0.76 taught, 1.73 own; against the
+    # guided model's own paths 0.019 before, 0.77 taught, 0.008 own.
+    initial = cfg_two_step_error(guided, teacher, cond, negative)
+    assert cfg_two_step_error(taught.model, teacher, cond, negative) < initial / 2
+    assert cfg_two_step_error(own.model, teacher, cond, negative) > 0.9 * initial
+    assert two_step_error(taught.model, guided, cond) > 10 * two_step_error(own.model, guided, cond)
+    with pytest.raises(ValueError, match="negative"):
+        step_distill(guided, [cond], config, progress=False, cfg_teacher=teacher)
+    with pytest.raises(ValueError, match="without guidance embedder"):
+        step_distill(guided, [cond], config, progress=False, cfg_teacher=guided, negative=negative)
 
 
 def test_a_new_round_starts_from_the_trained_student_as_its_teacher(guided):
@@ -204,6 +253,9 @@ def test_distill_steps_from_a_teacher_writes_both_students_and_resumes(tmp_path)
     student.register_forward_hook(lambda *a: calls.append(1))
     sample(student, conditioning(params, 1), None, 32, 32, 0, 0, "midpoint", 6.0, 1.0, 0.0, 1.0)
     assert len(calls) == 2
+    from safetensors import safe_open
+    with safe_open(str(output), "pt") as f:      # the teacher was given: its CFG paths were the targets
+        assert f.metadata()["step_targets"] == "CFG of tiny.safetensors"
 
     # Again: the files exist. Without --resume the guidance stage refuses to redo its student;
     # with it (and --overwrite for the output) both earlier students are reused, not retrained.
@@ -214,3 +266,35 @@ def test_distill_steps_from_a_teacher_writes_both_students_and_resumes(tmp_path)
     assert resumed.func(resumed) == 0
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
     assert own_settings(load_dit(output)).steps == 2
+
+
+def test_distill_steps_cfg_teacher_options(tmp_path):
+    from safetensors import safe_open
+
+    from nextdit_nodes.runtime import distill_command as command
+
+    params = tiny_params()
+    teacher_path, student_path = tmp_path / "tiny.safetensors", tmp_path / "guided.safetensors"
+    write_dit_checkpoint(teacher_path, params, seed=2)
+    write_dit_checkpoint(student_path, with_guidance(params), seed=3)
+    conditionings = save_conditionings(tmp_path / "prompts.safetensors", [conditioning(params, 1)],
+                                       conditioning(params, 2))
+    parser = argparse.ArgumentParser()
+    command.register(parser.add_subparsers())
+    common = ["--conditionings", str(conditionings), "--batch-size", "2", "--width", "32", "--height", "32",
+              "--rank", "2", "--device", "cpu", "--no-progress", "--steps", "2", "--start-steps", "4",
+              "--step-iterations", "1", "--overwrite"]
+
+    def targets(*extra):
+        args = parser.parse_args(["distill", *extra, *common])
+        assert args.func(args) == 0
+        with safe_open(str(tmp_path / "guided-2step.safetensors"), "pt") as f:
+            return f.metadata()["step_targets"]
+
+    assert targets(str(student_path)) == "the guidance-distilled student's own paths"
+    assert targets(str(student_path), "--cfg-teacher", str(teacher_path)) == "CFG of tiny.safetensors"
+    assert targets(str(student_path), "--cfg-teacher", str(teacher_path), "--student-targets") == \
+        "the guidance-distilled student's own paths"
+    args = parser.parse_args(["distill", str(teacher_path), "--cfg-teacher", str(teacher_path), *common])
+    with pytest.raises(command.DistillUsageError, match="Drop --cfg-teacher"):
+        args.func(args)

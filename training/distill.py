@@ -245,7 +245,7 @@ def _fresh_guidance_embedder(params, device, dtype) -> dict[str, Tensor]:
 
 class _Prompts:
     """Training prompts (each a PromptBatch of size 1) and their unconditional prompts: one shared
-    negative CONDITIONING, or a list with one per positive."""
+    negative CONDITIONING, or a list with one per positive (None: no unconditional prompts)."""
 
     def __init__(self, positives: list, negative, params, device):
         def batches(conditionings, what):
@@ -257,7 +257,9 @@ class _Prompts:
         self.items = batches(positives, "prompt")
         if not self.items:
             raise ValueError("distillation needs at least one training prompt")
-        if is_conditioning(negative):
+        if negative is None:
+            self.negatives = None
+        elif is_conditioning(negative):
             self.negatives = batches([negative], "negative") * len(self.items)
         else:
             self.negatives = batches(negative, "negative")
@@ -266,17 +268,21 @@ class _Prompts:
                                  f"negative for all or one per prompt")
         self.device = device
 
-    def batch(self, indices: list[int]) -> tuple[PromptBatch, PromptBatch]:
-        """(cond, cond + uncond) packed for len(indices) samples."""
+    def batch(self, indices: list[int]) -> tuple[PromptBatch, PromptBatch | None]:
+        """(cond, cond + uncond) packed for len(indices) samples (cond + uncond None without negatives)."""
         cond = [self.items[i] for i in indices]
+        if self.negatives is None:
+            return pack(cond).to(self.device), None
         uncond = [self.negatives[i] for i in indices]
         return pack(cond).to(self.device), pack(cond + uncond).to(self.device)
 
 
-def _guided(student: Student, x, t, w, both: PromptBatch) -> Tensor:
-    """Teacher's plain CFG velocity with a per-sample scale w (B,): one packed forward of 2B."""
+@torch.no_grad()
+def guided_velocity(teacher, x, t, w, both: PromptBatch) -> Tensor:
+    """A teacher's plain CFG velocity with a per-sample scale w (B,): one packed forward of 2B.
+    teacher(x, t, feats, mask, pooled) is the teacher's forward, without guidance input."""
     b = x.shape[0]
-    v = student.teacher_velocity(torch.cat([x, x]), torch.cat([t, t]), both.feats, both.mask, both.pooled)
+    v = teacher(torch.cat([x, x]), torch.cat([t, t]), both.feats, both.mask, both.pooled)
     v_cond, v_uncond = v[:b], v[b:]
     return v_uncond + w.view(-1, 1, 1, 1) * (v_cond - v_uncond)
 
@@ -407,7 +413,7 @@ def distill(teacher: nn.Module, positives: list, negative, config: DistillConfig
     for _ in bar:
         x, t, w, indices = source.states()
         cond, both = prompts.batch(indices)
-        target = _guided(student, x, t, w, both)
+        target = guided_velocity(student.teacher_velocity, x, t, w, both)
         prediction = trained(x, t, cond.feats, cond.mask, cond.pooled, w)
         loss = guided_loss(prediction, target, w, config.scale_weighted_loss)
         if not torch.isfinite(loss):

@@ -48,8 +48,8 @@ from torch import Tensor, nn
 from ..dit.model import NextDiT
 from ..dit.own_settings import OwnSettings
 from ..sampling.schedule import time_grid
-from ..text.conditioning import PromptBatch, pack, prompt_batches
-from .distill import Adapters, DistillConfig, Student, _TrajectoryPool, guided_loss
+from ..text.conditioning import PromptBatch
+from .distill import Adapters, DistillConfig, Student, _Prompts, _TrajectoryPool, guided_loss, guided_velocity
 from .distributed import Distributed
 
 log = logging.getLogger(__name__)
@@ -174,18 +174,19 @@ def _next_round(student: Student, rank: int, seed: int) -> Student:
 
 @torch.no_grad()
 def teacher_velocity(student: Student, x: Tensor, t: Tensor, cond: PromptBatch, w: Tensor) -> Tensor:
+    """The round's teacher: the student's starting point (adapters off, or the frozen copy), at scale w."""
     if student.adapters is None:
         return student.teacher(x, t, cond.feats, cond.mask, cond.pooled, w)
     with student.adapters.disabled():
         return student.model(x, t, cond.feats, cond.mask, cond.pooled, w)
 
 
-def teacher_target(student: Student, x: Tensor, times: Tensor, cond: PromptBatch, w: Tensor) -> Tensor:
-    """The velocity v* = (x' − x) / (t_K − t_0) of the teacher's Euler path over ``times`` (B, K+1)."""
+def teacher_target(velocity: Callable[[Tensor, Tensor], Tensor], x: Tensor, times: Tensor) -> Tensor:
+    """The velocity v* = (x' − x) / (t_K − t_0) of a teacher's Euler path over ``times`` (B, K+1);
+    velocity(x, t) is the teacher's."""
     end = x
     for k in range(times.shape[1] - 1):
-        end = end + (times[:, k + 1] - times[:, k]).view(-1, 1, 1, 1) * teacher_velocity(
-            student, end, times[:, k], cond, w)
+        end = end + (times[:, k + 1] - times[:, k]).view(-1, 1, 1, 1) * velocity(end, times[:, k])
     return (end - x) / (times[:, -1] - times[:, 0]).view(-1, 1, 1, 1)
 
 
@@ -238,11 +239,13 @@ def _warmup_then_linear_decay(iterations: int) -> Callable[[int], float]:
     return lambda i: min((i + 1) / warmup, max(0.0, (iterations - i) / (iterations - warmup + 1)))
 
 
-def _train_round(student: Student, prompts: list[PromptBatch], config: StepDistillConfig, steps: int, k: int,
-                 round_seed: int, progress: bool, job: Distributed) -> None:
+def _train_round(student: Student, prompts: _Prompts, config: StepDistillConfig, steps: int, k: int,
+                 round_seed: int, progress: bool, job: Distributed, cfg_teacher: nn.Module | None) -> None:
+    """One round: ``steps`` student steps, each matching K Euler steps of the round's teacher (the
+    student's starting point, or ``cfg_teacher`` guided by CFG at each state's scale)."""
     device = student.model.device
     generator = torch.Generator("cpu").manual_seed(round_seed)
-    pool = _GridPool(replace(config.trajectories(), seed=round_seed), steps, len(prompts),
+    pool = _GridPool(replace(config.trajectories(), seed=round_seed), steps, len(prompts.items),
                      student.model.params.in_channels, device, generator, job)
     trained = job.wrap(student.trained_module())
     optimizer = torch.optim.AdamW(trainable(student), lr=config.lr, weight_decay=0.0)
@@ -256,8 +259,12 @@ def _train_round(student: Student, prompts: list[PromptBatch], config: StepDisti
                disable=not (progress and job.is_main))
     for _ in bar:
         x, t, w, indices = pool.states()
-        cond = pack([prompts[i] for i in indices]).to(device)
-        target = teacher_target(student, x, pool.fine_times(k), cond, w)
+        cond, both = prompts.batch(indices)
+        if cfg_teacher is None:
+            target = teacher_target(lambda x_, t_: teacher_velocity(student, x_, t_, cond, w), x, pool.fine_times(k))
+        else:
+            target = teacher_target(lambda x_, t_: guided_velocity(cfg_teacher, x_, t_, w, both), x,
+                                    pool.fine_times(k))
         loss, prediction = train_step(student, trained, optimizer, x, t, cond, w, target, scale_weighted)
         schedule.step()
         pool.advance(prediction if config.student_trajectories else target)
@@ -266,29 +273,36 @@ def _train_round(student: Student, prompts: list[PromptBatch], config: StepDisti
 
 def step_distill(model: nn.Module, positives: list, config: StepDistillConfig = StepDistillConfig(),
                  progress: bool = True, on_round: Callable[[Student, int], None] | None = None,
-                 job: Distributed | None = None) -> Student:
+                 job: Distributed | None = None, cfg_teacher: nn.Module | None = None, negative=None) -> Student:
     """Train an N-step student (N = config.steps) of a guidance-distilled ``model`` (unchanged).
 
-    positives: training prompts, each a CONDITIONING. on_round(student, steps): called after each
+    positives: training prompts, each a CONDITIONING. With ``cfg_teacher`` (the teacher ``model``
+    was distilled from, no guidance embedder) and ``negative`` (its unconditional CONDITIONING), the
+    first round's targets are that teacher's CFG paths at each state's guidance scale instead of
+    ``model``'s own: the student starts from ``model`` but learns the teacher's guided solution,
+    not the guidance-distilled approximation of it. on_round(student, steps): called after each
     round but the last (progressive), e.g. to save that round's student. Returns the Student;
     ``distill.save_student`` writes it, with ``config.own_settings().to_metadata()``. job: this
     process's place in a torchrun job (default: alone).
     """
+    if (cfg_teacher is None) != (negative is None):
+        raise ValueError("CFG targets need both the teacher and its negative (unconditional) prompt")
+    if cfg_teacher is not None and cfg_teacher.params.guidance_embed:
+        raise ValueError("the CFG teacher is the model without guidance embedder that the guidance-distilled "
+                         "student was made from")
     params = model.params
-    prompts = [batch for index, conditioning in enumerate(positives)
-               for batch in prompt_batches(conditioning, 1, params.cap_dim, params.clip_dim, f"prompt {index}")]
-    if not prompts:
-        raise ValueError("step distillation needs at least one training prompt")
     job = job or Distributed(0, 1, 0, model.device)
+    prompts = _Prompts(positives, negative, params, model.device)
     student = make_step_student(model, config.mode, config.rank, config.seed)
     rounds = config.rounds()
     for number, (steps, k) in enumerate(rounds):
         if number:
             student = _next_round(student, config.rank, config.seed + number)
         student.model.gradient_checkpointing = config.checkpointing
-        log.info("step distillation round %d of %d: %d steps from the teacher's %d", number + 1, len(rounds),
-                 steps, steps * k)
-        _train_round(student, prompts, config, steps, k, config.seed + 1000 * number, progress, job)
+        log.info("step distillation round %d of %d: %d steps from the %s's %d", number + 1, len(rounds), steps,
+                 "CFG teacher" if cfg_teacher is not None and number == 0 else "teacher", steps * k)
+        _train_round(student, prompts, config, steps, k, config.seed + 1000 * number, progress, job,
+                     cfg_teacher if number == 0 else None)
         if on_round is not None and number < len(rounds) - 1:
             on_round(student, steps)
     student.model.eval()
