@@ -324,6 +324,7 @@ class _TrajectoryPool:
         rows = self.rows
         t = torch.tensor([g[s] for g, s in zip(self.grids[rows], self.step[rows])], dtype=torch.float32,
                          device=self.device)
+        self.job_w = self.w.clone()
         return self.x, t, self.w[rows].to(self.device), self.prompt[rows]
 
     def advance(self, velocity: Tensor) -> None:
@@ -355,22 +356,34 @@ class _LatentSource:
         x = noised(data, noise, t)
         w = c.guidance_min + (c.guidance_max - c.guidance_min) * torch.rand(b, generator=self.gen)
         prompts = torch.randint(self.n_prompts, (b,), generator=self.gen).tolist()
+        self.job_w = w
         return x[rows].to(self.device), t[rows].to(self.device), w[rows].to(self.device), prompts[rows]
 
     def advance(self, velocity: Tensor) -> None:
         pass
 
 
-def guided_loss(prediction: Tensor, target: Tensor, w: Tensor, scale_weighted: bool) -> Tensor:
+def _scale_weights(w: Tensor) -> Tensor:
+    return w.float().clamp(min=1.0).pow(-2)
+
+
+def guided_loss(prediction: Tensor, target: Tensor, w: Tensor, scale_weighted: bool,
+                job_w: Tensor | None = None) -> Tensor:
     """Mean squared error against the guided targets. The target v_u + w·(v_c − v_u) grows with
     w, so under a plain MSE the largest scales' errors dominate and the low scales (w = 1 is the
     teacher's own conditional velocity) are fitted loosely. ``scale_weighted`` divides each
-    sample's error by max(w, 1)², weights normalised to sum 1, so every scale counts alike."""
+    sample's error by max(w, 1)², weights normalised to sum 1, so every scale counts alike.
+    job_w: the scales of the whole job's batch under torchrun (this process's ``w`` among them):
+    the weights are normalised over all of them, so the gradients DistributedDataParallel averages
+    are those of the job's whole batch."""
     per_sample = (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)
     if not scale_weighted:
         return per_sample.mean()
-    weights = w.float().clamp(min=1.0).pow(-2)
-    return (per_sample * weights).sum() / weights.sum()
+    weights = _scale_weights(w)
+    if job_w is None:
+        return (per_sample * weights).sum() / weights.sum()
+    processes = len(job_w) / len(w)
+    return (per_sample * weights).sum() * processes / _scale_weights(job_w).sum().to(weights.device)
 
 
 # ---- the loop --------------------------------------------------------------------------------
@@ -415,7 +428,7 @@ def distill(teacher: nn.Module, positives: list, negative, config: DistillConfig
         cond, both = prompts.batch(indices)
         target = guided_velocity(student.teacher_velocity, x, t, w, both)
         prediction = trained(x, t, cond.feats, cond.mask, cond.pooled, w)
-        loss = guided_loss(prediction, target, w, config.scale_weighted_loss)
+        loss = guided_loss(prediction, target, w, config.scale_weighted_loss, source.job_w)
         if not torch.isfinite(loss):
             raise FloatingPointError("distillation loss became NaN/inf; lower --lr or train in fp32/bf16")
         optimizer.zero_grad(set_to_none=True)

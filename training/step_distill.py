@@ -220,11 +220,12 @@ def trainable(student: Student) -> list[nn.Parameter]:
 
 
 def train_step(student: Student, trained: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, t: Tensor,
-               cond: PromptBatch, w: Tensor, target: Tensor, scale_weighted: bool) -> tuple[Tensor, Tensor]:
+               cond: PromptBatch, w: Tensor, target: Tensor, scale_weighted: bool,
+               job_w: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One optimizer step on one batch through ``trained`` (the student's forward, maybe wrapped in
     DistributedDataParallel); returns (loss, the student's velocity, detached)."""
     prediction = trained(x, t, cond.feats, cond.mask, cond.pooled, w)
-    loss = guided_loss(prediction, target, w, scale_weighted)
+    loss = guided_loss(prediction, target, w, scale_weighted, job_w)
     if not torch.isfinite(loss):
         raise FloatingPointError("step distillation loss became NaN/inf; lower --lr or train in fp32/bf16")
     optimizer.zero_grad(set_to_none=True)
@@ -265,7 +266,7 @@ def _train_round(student: Student, prompts: _Prompts, config: StepDistillConfig,
         else:
             target = teacher_target(lambda x_, t_: guided_velocity(cfg_teacher, x_, t_, w, both), x,
                                     pool.fine_times(k))
-        loss, prediction = train_step(student, trained, optimizer, x, t, cond, w, target, scale_weighted)
+        loss, prediction = train_step(student, trained, optimizer, x, t, cond, w, target, scale_weighted, pool.job_w)
         schedule.step()
         pool.advance(prediction if config.student_trajectories else target)
         bar.set_postfix(loss=f"{float(job.mean(loss)):.4g}", refresh=False)
