@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     parser.add_argument("--dit-steps", type=int, default=None, help="Next-DiT training steps")
     parser.add_argument("--distill-iterations", type=int, default=None, help="student iterations")
     parser.add_argument("--few-step-iterations", type=int, default=None, help="few-step student iterations per round")
-    parser.add_argument("--few-steps", type=int, default=None,
+    parser.add_argument("--few-steps", type=int, default=None, choices=(1, 2, 4),
                         help="the few-step student's step count (default 4, the shipped one; 2 or 1 also write "
                              "the rounds before, 4 and 2 steps)")
     parser.add_argument("--seed", type=int, default=0)

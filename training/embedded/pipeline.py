@@ -210,26 +210,39 @@ def distill_student(teacher, text_encoders, captions, out: Path, plan: TrainingP
                       config)
     save_student(student, out / STUDENT_FILE, overwrite=True)
 
-# Guidance 4, progressive rounds from the guidance-distilled student's 8 Euler steps (it samples
-# as well at 8 as at 25): the settings the README's comparison favours.
-FEW_STEP_CONFIG = StepDistillConfig(method="progressive", start_steps=8, mode="lora", rank=16, batch_size=32,
-                                    lr=1e-3, guidance_min=4.0, guidance_max=4.0, width=64, height=64)
+# Guidance 4. The 4-step student fits each of its steps to the teacher's CFG path over it (16 Euler
+# steps in all; "segment" from the guidance-distilled student); fewer steps halve from it in
+# progressive rounds. The README's comparison favours these settings.
+FEW_STEP_CONFIG = StepDistillConfig(steps=4, method="segment", teacher_steps=16, mode="lora", rank=16,
+                                    batch_size=32, lr=1e-3, guidance_min=4.0, guidance_max=4.0, width=64, height=64)
 
 
 def few_step_student(text_encoders, captions, out: Path, plan: TrainingPlan) -> None:
-    """The N-step student (N = plan.few_steps; 4 ships) of the guidance-distilled student, read
-    from its file as `distill NextDiT-embedded-shapes-distilled.safetensors --steps N` reads it.
-    Every round's student is written too (4 → 2 → 1), in fp16 (the embedded folder stays small)."""
-    config = replace(FEW_STEP_CONFIG, steps=plan.few_steps, iterations=plan.few_step_iterations, seed=plan.seed)
-    model = load_dit(out / STUDENT_FILE, dtype="fp32")
+    """The 4-step student of the guidance-distilled student, learning the teacher's CFG paths, as
+    `distill NextDiT-embedded-shapes-distilled.safetensors --steps 4 --step-method segment
+    --teacher-steps 16 --cfg-teacher NextDiT-embedded-shapes.pth` makes it; with plan.few_steps 2 or
+    1 also the progressive rounds from it (`distill ...-4step.safetensors --steps N --start-steps 4`).
+    In fp16 (the embedded folder stays small); every student is written."""
+    config = replace(FEW_STEP_CONFIG, iterations=plan.few_step_iterations, seed=plan.seed)
+    positives = _conditionings(text_encoders, captions[:2000])
 
-    def save(student, steps: int) -> None:
+    def save(student, steps: int, method: str, targets: str) -> None:
         settings = replace(config.own_settings(), steps=steps)
         save_student(student, out / few_step_file(steps), dtype=torch.float16, overwrite=True,
                      metadata={"nextdit_distilled": "guidance+steps", "teacher": Path(STUDENT_FILE).name,
-                               "step_method": config.method, **settings.to_metadata()})
+                               "step_method": method, "step_targets": targets, **settings.to_metadata()})
 
-    save(step_distill(model, _conditionings(text_encoders, captions[:2000]), config, on_round=save), config.steps)
+    if not (out / few_step_file(4)).exists():
+        student = step_distill(load_dit(out / STUDENT_FILE, dtype="fp32"), positives, config,
+                               cfg_teacher=load_dit(out / DIT_FILE, dtype="fp32"),
+                               negative=_conditionings(text_encoders, [""])[0])
+        save(student, 4, config.method, f"CFG of {Path(DIT_FILE).name}")
+    if plan.few_steps < 4:
+        rounds = replace(config, method="progressive", steps=plan.few_steps, start_steps=4)
+        targets = f"progressive rounds from {few_step_file(4)}"
+        student = step_distill(load_dit(out / few_step_file(4), dtype="fp32"), positives, rounds,
+                               on_round=lambda s, steps: save(s, steps, "progressive", targets))
+        save(student, plan.few_steps, "progressive", targets)
 
 
 def embedded_files_present(models_dir: Path) -> bool:
