@@ -40,7 +40,8 @@ class OwnSettings:
 
     def describe(self) -> str:
         guidance = "" if self.guidance is None else f", guidance {self.guidance:g}"
-        return f"{self.steps} {self.solver} steps, shift {self.shift:g}, cfg {self.cfg:g}{guidance}"
+        steps = f"{self.steps} {self.solver} step{'' if self.steps == 1 else 's'}"
+        return f"{steps}, shift {self.shift:g}, cfg {self.cfg:g}{guidance}"
 
 
 def from_metadata(metadata: dict[str, str]) -> OwnSettings | None:
