@@ -26,8 +26,8 @@ import torch
 
 from ..files import keys as key_lists
 from ..files.errors import WeightsError
-from ..files.tensors import TensorRef, open_weights
-from . import precision
+from ..files.tensors import TensorRef, open_weights, read_metadata
+from . import own_settings, precision
 from .keys import official_refs
 from .model import NextDiT
 from .params import BLOCK_KEY, NextDiTParams
@@ -51,8 +51,9 @@ def load_dit(path, dtype: str = "fp32", device: torch.device | str = "cpu",
     dtype: auto, bf16, fp16, fp32 or fp8_e4m3fn (see dit/precision.py). compute_device: where the
     model will run, for choosing `auto` (default ``device``; differs when the weights are kept on
     the CPU for a GPU: block offloading, ComfyUI's offload device). A plan computing in fp16 gets
-    the fp16-safe path. Raises WeightsError, naming the file, for anything that
-    is not a complete Next-DiT.
+    the fp16-safe path. The sampling settings a few-step student's file records are attached
+    (``dit.own_settings``). Raises WeightsError, naming the file, for anything that is not a
+    complete Next-DiT.
     """
     with _gc_paused():
         return _load_dit(Path(path), dtype, torch.device(device), compute_device)
@@ -75,6 +76,10 @@ def _gc_paused():
 def _load_dit(path: Path, dtype: str, device: torch.device, compute_device):
     plan = precision.resolve(dtype, device if compute_device is None else compute_device)
     raw = open_weights(path, subfolder="transformer")
+    try:
+        settings = own_settings.from_metadata(read_metadata(path))
+    except ValueError as error:
+        raise WeightsError(path, str(error)) from None
     state = official_refs(path, raw)
     params = infer_params(state, path)
     with ThreadPoolExecutor(max_workers=_READ_THREADS, thread_name_prefix="nextdit-load") as pool:
@@ -106,6 +111,9 @@ def _load_dit(path: Path, dtype: str, device: torch.device, compute_device):
     if on_meta:  # a tensor the model creates itself would need computing here; none exist today
         raise RuntimeError(f"NextDiT tensors left unloaded on the meta device: {on_meta[:5]}")
     precision.apply_plan(model, plan)
+    own_settings.attach(model, settings)
+    if settings is not None:
+        log.info("%s was made for %s (NextDiT Sampler's steps 0 uses them)", path.name, settings.describe())
     log.info("loaded %s: %s, weights %s (compute %s) on %s", path.name, _describe_params(params), dtype,
              plan.compute, device)
     return model.eval().requires_grad_(False)

@@ -34,6 +34,12 @@ removed by the functions named; model-level state lives in `model.attachments`.
   `<name>.base_layer.weight`; `lora_training.lora_pairs` reads the adapters out);
 - gradient checkpointing (the `gradient_checkpointing` attribute, training): blocks run under
   `torch.utils.checkpoint`;
+- the host's memory manager (`nodes.host.memory.use_model`): `attachments["host_patcher"]`;
+- own sampling settings (`dit.own_settings.attach`, at load time from a few-step student's file
+  metadata): `attachments["own_settings"]`;
+- step cache (`dit.step_cache.apply_step_cache` / `remove_step_cache`, while sampling): a forward
+  pre-hook on the first joint layer's attention, `attachments["step_cache"]`, which the forward
+  asks to run the joint layers.
 - inside ComfyUI, its core MODEL (`nodes.host.core_model.core_model`): `attachments["core_model"]`,
   the ModelPatcher every use of the model loads through (core LoRA patches replace parameters
   while it is loaded, and restore them when it unloads).
@@ -109,11 +115,21 @@ class NextDiT(nn.Module):
             img = self._run(block, img, layout.images, *layout.rope(layout.img_index), c)
 
         joint = layout.join(cap, img)                                                        # (T, dim)
-        for block in self.layers:
-            joint = self._run(block, joint, layout.joint, *layout.rope(), c)
+        step_cache = self.attachments.get("step_cache")
+        if step_cache is None:
+            joint = self.run_layers(joint, layout, c)
+        else:   # may reuse the layers' last residual instead (dit/step_cache.py)
+            joint = step_cache.run_layers(self, joint, layout, c)
 
         out = self.final_layer(joint[layout.img_index], layout.images, c)                   # (B*N, p*p*C)
         return unpatchify(out.float().unflatten(0, (b, -1)), p.patch_size, h, w)
+
+    def run_layers(self, joint: Tensor, layout: TokenLayout, c: Tensor, start: int = 0,
+                   stop: int | None = None) -> Tensor:
+        """The joint layers ``start`` to ``stop`` (exclusive; None: the last) over the packed tokens (T, dim)."""
+        for block in self.layers[start:stop]:
+            joint = self._run(block, joint, layout.joint, *layout.rope(), c)
+        return joint
 
     def _run(self, block: nn.Module, *args) -> Tensor:
         if self.gradient_checkpointing and torch.is_grad_enabled():

@@ -1,12 +1,13 @@
 """Node NextDiTSampler: NEXTDIT_MODEL + CONDITIONING → LATENT (FLUX VAE raw space).
 
-The work is ``sampling.sample``; this node adds progress, interrupts and latent previews.
+The work is ``sampling.sample``; this node adds progress, interrupts, latent previews and a line of
+text saying which settings ran (steps 0: the model's own) and what the step cache skipped.
 Defaults are the official NewBie demo's settings (``sampling.settings.OFFICIAL``).
 """
 
 from __future__ import annotations
 
-from ..sampling.settings import MAX_SIDE, OFFICIAL, check_settings
+from ..sampling.settings import MAX_SIDE, OFFICIAL, check_settings, with_own_settings
 from ..sampling.solvers import SOLVERS
 from . import host
 from .numbers import float_input
@@ -50,10 +51,14 @@ class NextDiTSampler:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                                  "tooltip": "Noise seed. The same seed and size give the same starting noise "
                                             "as core ComfyUI's KSampler, on any device."}),
-                "steps": ("INT", {"default": OFFICIAL["steps"], "min": 1, "max": 1000,
+                "steps": ("INT", {"default": OFFICIAL["steps"], "min": 0, "max": 1000,
                                   "tooltip": "Solver steps (intervals of the time grid). The official scripts' "
                                              "num_sampling_steps counts grid points = steps + 1: their default "
-                                             "18 is 17 here. midpoint and heun evaluate the model twice per step."}),
+                                             "18 is 17 here. midpoint and heun evaluate the model twice per step. "
+                                             "0 = the model's own settings: a few-step student (made by `python "
+                                             "-m nextdit_nodes distill --steps N`) records the steps, solver, "
+                                             "shift, cfg and guidance it was made for, and they replace the "
+                                             "values set here."}),
                 "solver": (list(SOLVERS), {"default": OFFICIAL["solver"],
                                            "tooltip": "ODE solver. midpoint: the official default (2 evaluations "
                                                       "per step). euler and dpmpp_2m: 1 per step. heun: 2."}),
@@ -85,22 +90,32 @@ class NextDiTSampler:
                                       "With a latent: how much noise to start from (sampling starts "
                                       "at data-time 1 − denoise). 1 = ignore the latent's content, "
                                       "0 = return it unchanged."),
+                "step_cache": float_input(0.0, 0.0, 10.0, 0.01,
+                                         "0 = off. Otherwise an evaluation whose first-block input changed "
+                                         "less than this (relative L1) since the last full one reuses the "
+                                         "other blocks' result instead of computing them: faster, slightly "
+                                         "different images. 0.05 is a good start; the node's text and the log "
+                                         "say how many evaluations were skipped."),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def sample(self, model, positive, width, height, batch_size, seed, steps, solver, shift, cfg,
-               renorm_cfg, cfg_trunc, guidance, negative=None, latent=None, denoise=1.0, unique_id=None):
+               renorm_cfg, cfg_trunc, guidance, negative=None, latent=None, denoise=1.0, step_cache=0.0,
+               unique_id=None):
+        from ..dit.own_settings import own_settings
         from ..sampling.preview import LaggedPreviews
-        from ..sampling.sample import sample
+        from ..sampling.sample import SamplingReport, sample
         from .host.memory import use_dit_for_sampling
 
         check_settings(width=width, height=height)   # before any memory is moved for them
+        # The settings sample() will use (steps 0: the model's own), for the memory estimate and the bar.
+        total, _, _, used_cfg, _ = with_own_settings(own_settings(model), steps, solver, shift, cfg, guidance)
         # Inside ComfyUI the memory manager makes room (and may stream blocks); headless a no-op
         # unless the model's offload mode asks for streaming.
-        use_dit_for_sampling(model, positive, negative, width, height, batch_size, cfg)
+        use_dit_for_sampling(model, positive, negative, width, height, batch_size, used_cfg)
 
-        progress = host.Progress(steps, unique_id)
+        progress = host.Progress(total, unique_id)
         # On a GPU each preview is shown one step late, so the loop never waits for the device.
         previews = LaggedPreviews(lambda step, image: progress.update(step + 1, ("JPEG", image, PREVIEW_SIZE)))
 
@@ -108,11 +123,12 @@ class NextDiTSampler:
             host.check_interrupt()
             previews(step, x0)
 
+        report = SamplingReport()
         out = sample(model, positive, negative, width, height, seed, steps, solver, shift, cfg, renorm_cfg,
                      cfg_trunc, guidance=guidance, batch_size=batch_size, latent=latent, denoise=denoise,
-                     callback=on_step)
+                     callback=on_step, step_cache=step_cache, report=report)
         previews.finish()
-        return (out,)
+        return {"ui": {"text": [report.describe()]}, "result": (out,)}
 
 
 class NextDiTOfficialCFG:

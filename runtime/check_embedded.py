@@ -16,6 +16,10 @@ def register(subparsers) -> None:
     parser.add_argument("--models-dir", type=Path, default=EMBEDDED_DIR)
     parser.add_argument("--count", type=int, default=200, help="held-out prompts per setting")
     parser.add_argument("--steps", type=int, default=25, help="Euler steps")
+    parser.add_argument("--few-step", type=Path, action="append", default=[], metavar="FILE",
+                        help="also score this few-step student (made by `distill --steps`) at its own settings; "
+                             "repeatable")
+    parser.add_argument("--no-cache-table", action="store_true", help="leave out the step cache table")
     parser.add_argument("--lora", type=Path, default=None,
                         help="instead: the teacher (CFG 4) with and without this LoRA, on the base held-out "
                              "prompts (old concepts) and on held-out prompts of the size it teaches (tiny)")
@@ -55,7 +59,7 @@ def run_lora(args) -> int:
     print(f"Gemma pieces of '{CONCEPT}': {tokens(models.text, CONCEPT)}")
     print("cosine similarities of one-object captions differing only in the size word: "
           + ", ".join(f"{k} {v:.3f}" for k, v in word_separation(models.text).items()))
-    teacher = next(s for s in SETTINGS if not s.student and s.cfg == 4.0)
+    teacher = next(s for s in SETTINGS if s.model == "teacher" and s.cfg == 4.0)
     patched = models.with_lora(args.lora, args.lora_strength)
     concept = held_out_concept_scenes(args.count)
     base = held_out_scenes(args.count)
@@ -77,7 +81,10 @@ def run(args) -> int:
     import torch
 
     from ..training.embedded.adherence import score_image, summarise
-    from ..training.embedded.evaluate import SETTINGS, EmbeddedModels, adherence, inpaint_adherence
+    from ..dit.checkpoint import load_dit
+    from ..dit.own_settings import own_settings
+    from ..training.embedded.evaluate import (CACHE_THRESHOLDS, SETTINGS, EmbeddedModels, Setting, adherence,
+                                              inpaint_adherence)
     from ..training.embedded.pipeline import reconstruction_adherence
     from ..training.embedded.shapes import held_out_scenes, render
 
@@ -97,9 +104,23 @@ def run(args) -> int:
     reconstructed = reconstruction_adherence(through_shipped_vae, args.count)
     print(_row("autoencoder reconstructions (shipped VAE)", reconstructed), flush=True)
     for setting in SETTINGS:
-        if setting.student and models.student is None:
+        if getattr(models, setting.model.replace("-", "_")) is None:
             continue
         print(_row(setting.name, adherence(models, setting, args.count, args.steps)), flush=True)
+    for path in args.few_step:
+        models.few_step = load_dit(path, dtype="fp32")
+        name = f"{path.name} (its own settings: {own_settings(models.few_step).describe()})"
+        print(_row(name, adherence(models, Setting(name, "few-step", 1.0, 0.0, steps=0), args.count)), flush=True)
+    if not args.no_cache_table:
+        print(f"\nStep cache (teacher, CFG 4, {args.steps} Euler steps): share of evaluations whose joint layers "
+              f"after the first were skipped")
+        print("| threshold | evaluations skipped | colour+position / object | colour+position / image "
+              "| size / object | shape / object | all right / image |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for threshold in CACHE_THRESHOLDS:
+            scores = adherence(models, Setting("", "teacher", 4.0, 0.0, step_cache=threshold), args.count, args.steps)
+            label = "0 (no cache)" if threshold == 0 else f"{threshold:g}"
+            print(_row(f"{label} | {scores.get('skipped', 0.0):.1f} %", scores), flush=True)
     print("\nInpainting (teacher, CFG 4): held-out scenes of two or three objects without their last "
           "object, that object's cell masked, the whole scene's caption")
     print("| objects scored | colour+position / object | colour+position / image | size / object "

@@ -6,6 +6,12 @@ plus ``guidance_embedder.*``, which NextDiT Loader reads: by default
 ``<teacher stem>-distilled.safetensors`` next to the teacher. Sample it with NextDiT Sampler at
 cfg 1 and guidance = the scale you want.
 
+With --steps N it makes a few-step student instead (``training/step_distill.py``): from a
+guidance-distilled student, or from a teacher after making (or with --resume reusing) its
+guidance-distilled student, which then starts the few-step student while the teacher's own CFG
+paths are its first targets (--cfg-teacher names the teacher of a given guidance-distilled student). That file records its steps, solver, shift and guidance scale, which
+NextDiT Sampler uses with steps 0. By default ``<student stem>-<N>step.safetensors``.
+
 Training prompts, one of:
   --prompts FILE (one prompt per line; blank lines and lines starting with # skipped) with
     --gemma and --jina: encoded once with NextDiT Text Encode, then the encoders are freed;
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from .. import dtypes
@@ -95,6 +102,7 @@ def register(subparsers) -> None:
                                                  "next to the teacher)")
     out.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_step_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -141,6 +149,8 @@ def _load_latents(path: Path):
 
 def run(args) -> int:
     """Load the teacher, get the conditionings, train, write the student; returns the exit code."""
+    if getattr(args, "steps", None):   # a few-step student (training/step_distill.py)
+        return _run_steps(args)
     from ..dit.checkpoint import load_dit  # noqa: PLC0415
     from ..text.conditioning import load_conditionings  # noqa: PLC0415
     from ..training import distributed  # noqa: PLC0415
@@ -190,6 +200,152 @@ def run(args) -> int:
                         "batch": f"{args.batch_size} x {job.world_size} process(es)"}
             path = save_student(student, output, dtype=save_dtype, metadata=metadata, overwrite=args.overwrite)
             print(f"wrote {path}: sample it with cfg 1 and guidance {args.guidance_min:g}-{args.guidance_max:g}")
+    finally:
+        distributed.finish(job)
+    return 0
+
+
+# ---- --steps: a few-step student (training/step_distill.py) ------------------------------------
+
+def _add_step_arguments(parser) -> None:
+    steps = parser.add_argument_group("few-step student (--steps; also uses --prompts/--conditionings, --mode, "
+                                      "--rank, --lr, --batch-size, --shift, --width, --height, --seed)")
+    steps.add_argument("--steps", type=int, default=0,
+                       help="make an N-step student (one model call per step); TEACHER may be a guidance-distilled "
+                            "student or a teacher (its guidance-distilled student is made first)")
+    steps.add_argument("--step-method", choices=("progressive", "segment"), default="progressive",
+                       help="progressive: rounds halving the step count, each matching two steps of the previous "
+                            "round's student (Meng et al.); segment: each step matches the guidance-distilled "
+                            "student's own --teacher-steps solution over it (default progressive)")
+    steps.add_argument("--start-steps", type=int,
+                       help="progressive: the step count the guidance-distilled student starts from, N times a "
+                            "power of 2 (default: the smallest such count of at least 16)")
+    steps.add_argument("--teacher-steps", type=int, default=32,
+                       help="segment: the teacher's Euler steps over the whole grid, a multiple of N (default 32)")
+    steps.add_argument("--step-iterations", type=int, default=400, help="iterations per round (default 400)")
+    steps.add_argument("--step-guidance", type=float,
+                       help="train at this one guidance scale, recorded in the file so the sampler uses it "
+                            "(default: the range --guidance-min..--guidance-max, chosen when sampling)")
+    steps.add_argument("--cfg-teacher", metavar="FILE",
+                       help="when TEACHER is a guidance-distilled student: the teacher it was made from, whose CFG "
+                            "paths (at the trained guidance scales, --negative as the unconditional prompt) the first "
+                            "round then learns (the default when TEACHER is the teacher itself)")
+    steps.add_argument("--student-targets", action="store_true",
+                       help="learn the guidance-distilled student's own paths even when the teacher is known "
+                            "(Meng et al. as published; on the embedded model the teacher's CFG paths did better)")
+    steps.add_argument("--save-rounds", action="store_true",
+                       help="progressive: also write each round's student (<student stem>-<n>step.safetensors)")
+    steps.add_argument("--resume", action="store_true",
+                       help="reuse the guidance-distilled student and any round students already written "
+                            "instead of training them again")
+
+
+def step_output_path(student_path: Path, steps: int) -> Path:
+    """``<student stem>-<N>step.safetensors`` next to the guidance-distilled student."""
+    return student_path.with_name(f"{student_path.stem}-{steps}step.safetensors")
+
+
+def _is_guidance_student(path: Path) -> bool:
+    from ..files.tensors import open_weights  # noqa: PLC0415
+
+    return any("guidance_embedder." in key for key in open_weights(path, subfolder="transformer"))
+
+
+def _guidance_student(args, teacher_path: Path) -> Path:
+    """The guidance-distilled student to start from: TEACHER itself when it is one, else made by
+    the guidance stage (this command without --steps) or, with --resume, the one already made."""
+    from ..training.distill import default_output_path  # noqa: PLC0415
+
+    if _is_guidance_student(teacher_path):
+        return teacher_path
+    path = default_output_path(teacher_path)
+    if path.exists() and args.resume:
+        log.info("starting from the guidance-distilled student %s (--resume)", path)
+        return path
+    if path.exists() and not args.overwrite:
+        raise DistillUsageError(f"{path} exists: pass --resume to start the step distillation from it, or "
+                                f"--overwrite to make it again")
+    guidance_args = argparse.Namespace(**{**vars(args), "steps": 0, "output": path})
+    run(guidance_args)
+    return path
+
+
+def _run_steps(args) -> int:
+    from ..dit.checkpoint import load_dit  # noqa: PLC0415
+    from ..text.conditioning import load_conditionings  # noqa: PLC0415
+    from ..training import distributed  # noqa: PLC0415
+    from ..training.distill import save_student  # noqa: PLC0415
+    from ..training.step_distill import StepDistillConfig, step_distill  # noqa: PLC0415
+
+    if (args.prompts is None) == (args.conditionings is None):
+        raise DistillUsageError("give exactly one of --prompts (with --gemma/--jina) or --conditionings")
+    if args.latents is not None:
+        raise DistillUsageError("--latents is for the guidance stage alone; step distillation trains on its "
+                                "own trajectories. Drop --latents (or run the guidance stage first without --steps)")
+    start = args.start_steps or 2 * args.steps
+    while args.start_steps is None and start < 16:    # default: the smallest N·2^k of at least 16
+        start *= 2
+    guidance = (args.step_guidance, args.step_guidance) if args.step_guidance is not None else (
+        args.guidance_min, args.guidance_max)
+    try:
+        config = StepDistillConfig(
+            steps=args.steps, method=args.step_method, start_steps=start, teacher_steps=args.teacher_steps,
+            mode=args.mode, rank=args.rank, iterations=args.step_iterations, batch_size=args.batch_size,
+            lr=args.lr if args.lr is not None else (1e-4 if args.mode == "lora" else 1e-5),
+            guidance_min=guidance[0], guidance_max=guidance[1], shift=args.shift, width=args.width,
+            height=args.height, seed=args.seed, checkpointing=not args.no_checkpointing)
+    except ValueError as error:
+        raise DistillUsageError(str(error)) from None
+    teacher_path = resolve_model("diffusion_models", args.teacher)
+    if args.cfg_teacher is not None and not _is_guidance_student(teacher_path):
+        raise DistillUsageError("--cfg-teacher is for a guidance-distilled TEACHER; this TEACHER is the teacher "
+                                "itself, whose CFG paths are learnt already. Drop --cfg-teacher")
+    guidance_student = _guidance_student(args, teacher_path)   # under torchrun: a job of its own
+    cfg_teacher_path = None if args.student_targets else (
+        teacher_path if guidance_student != teacher_path else
+        resolve_model("diffusion_models", args.cfg_teacher) if args.cfg_teacher is not None else None)
+    output = args.output or step_output_path(guidance_student, args.steps)
+    if output.exists() and not args.overwrite:
+        raise DistillUsageError(f"{output} exists; choose another --output or pass --overwrite")
+    first = guidance_student
+    if args.resume and config.method == "progressive":   # the round student closest to N already written
+        for steps, _ in config.rounds()[:-1][::-1]:
+            if step_output_path(guidance_student, steps).exists():
+                first = step_output_path(guidance_student, steps)
+                config = replace(config, start_steps=steps)
+                cfg_teacher_path = None     # only the first round, done, learns the teacher's CFG paths
+                log.info("resuming from the %d-step round student %s", steps, first)
+                break
+    positives, negative = (load_conditionings(args.conditionings) if args.conditionings is not None
+                           else _encode_prompts(args))
+    save_dtype = None if args.save_dtype == "same" else dtypes.torch_dtype(args.save_dtype)
+    metadata = {"nextdit_distilled": "guidance+steps", "teacher": guidance_student.name,
+                "step_method": config.method, "distill_mode": config.mode,
+                "step_targets": (f"CFG of {cfg_teacher_path.name}" if cfg_teacher_path is not None
+                                 else "the guidance-distilled student's own paths"),
+                "iterations": f"{config.iterations} per round", **config.own_settings().to_metadata()}
+
+    job = distributed.start(args.device)
+    try:
+        model = load_dit(first, dtype=args.dtype, device=job.device)
+        cfg_teacher = (load_dit(cfg_teacher_path, dtype=args.dtype, device=job.device)
+                       if cfg_teacher_path is not None else None)
+
+        def save_round(student, steps: int) -> None:
+            if args.save_rounds and job.is_main:
+                path = save_student(student, step_output_path(guidance_student, steps), save_dtype,
+                                    {**metadata, **replace(config.own_settings(), steps=steps).to_metadata()},
+                                    overwrite=True)
+                log.info("wrote the %d-step round student %s", steps, path)
+
+        log.info("distilling %s into a %d-step student (%s, %s mode, %d prompts, %d process(es)) at %s", first.name,
+                 args.steps, config.method, config.mode, len(positives), job.world_size, output)
+        student = step_distill(model, positives, config, progress=not args.no_progress, on_round=save_round, job=job,
+                               cfg_teacher=cfg_teacher, negative=negative if cfg_teacher is not None else None)
+        if job.is_main:
+            path = save_student(student, output, save_dtype, metadata, overwrite=args.overwrite)
+            print(f"wrote {path}: sample it with NextDiT Sampler's steps 0 (its own settings: "
+                  f"{config.own_settings().describe()})")
     finally:
         distributed.finish(job)
     return 0

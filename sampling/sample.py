@@ -19,23 +19,47 @@ synchronisation) and read once after the last step, naming the first bad step ei
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
+from ..dit.own_settings import own_settings
+from ..dit.step_cache import StepCache, step_cache as cached
 from ..text.conditioning import read_entries
 from ..vae.latent_format import FLUX
 from .guidance import GuidedVelocity
 from .inpaint import InpaintVelocity, resize_mask
 from .schedule import time_grid
-from .settings import check_settings
+from .settings import check_settings, with_own_settings
 from .solvers import denoised, get_solver
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[int, int, Tensor], None]  # (step 0-based, total steps, x0 estimate normalised)
+
+
+@dataclass
+class SamplingReport:
+    """What a run used and did, for the caller to show: the settings after steps 0 was resolved to
+    the model's own ones, and the step cache's counts (None when it was off)."""
+    steps: int = 0
+    solver: str = ""
+    shift: float = 0.0
+    cfg: float = 0.0
+    guidance: float = 0.0
+    own_settings: bool = False
+    cache: StepCache | None = None
+
+    def describe(self) -> str:
+        guidance = f", guidance {self.guidance:g}" if self.guidance > 0 else ""
+        text = f"{self.steps} {self.solver} steps, shift {self.shift:g}, cfg {self.cfg:g}{guidance}"
+        if self.own_settings:
+            text += " (the model's own settings)"
+        return text if self.cache is None else f"{text}; {self.cache.describe()}"
 
 
 class NonFiniteError(FloatingPointError):
@@ -113,18 +137,31 @@ def initial_noise(shape: tuple[int, ...], seed: int) -> Tensor:
 def sample(model, positive, negative, width: int, height: int, seed: int, steps: int, solver: str,
            shift: float, cfg: float, renorm_cfg: float, cfg_trunc: float, guidance: float = 0.0,
            batch_size: int = 1, latent: dict | None = None, denoise: float = 1.0,
-           callback: Callback | None = None) -> dict:
+           callback: Callback | None = None, step_cache: float = 0.0,
+           report: SamplingReport | None = None) -> dict:
     """Sample latents; returns LATENT ``{"samples": (B, 16, H/8, W/8)}`` float32 CPU, raw FLUX space.
 
     model: the NextDiT from ``load_dit``. positive / negative: CONDITIONING (negative unused and
     optional when cfg == 1). steps: solver steps (the official ``num_sampling_steps`` is steps + 1
-    grid points). cfg_trunc: CFG only while data-time t < cfg_trunc (≥ 1: always). guidance > 0:
-    the distilled guidance scale, only for weights with a guidance embedder. callback(step, total,
-    x0): once per step with the current clean-latent estimate (normalised space); an exception
-    raised there stops sampling.
+    grid points); 0 = the model's own settings (``settings.with_own_settings``: a few-step
+    student's recorded steps, solver, shift, cfg and guidance replace the arguments).
+    cfg_trunc: CFG only while data-time t < cfg_trunc (≥ 1: always). guidance > 0: the distilled
+    guidance scale, only for weights with a guidance embedder. callback(step, total, x0): once per
+    step with the current clean-latent estimate (normalised space); an exception raised there
+    stops sampling. step_cache > 0: skip the joint layers of evaluations whose input changed less
+    than this since the last full one (``dit/step_cache.py``). report: filled with the settings
+    used and the cache's counts.
     """
+    check_settings(steps=steps)
+    requested = steps
+    steps, solver, shift, cfg, guidance = with_own_settings(own_settings(model), steps, solver, shift, cfg,
+                                                            guidance)
     check_settings(width=width, height=height, steps=steps, shift=shift, cfg=cfg, renorm_cfg=renorm_cfg,
-                   cfg_trunc=cfg_trunc, guidance=guidance, batch_size=batch_size, denoise=denoise)
+                   cfg_trunc=cfg_trunc, guidance=guidance, batch_size=batch_size, denoise=denoise,
+                   step_cache=step_cache)
+    if report is not None:
+        report.steps, report.solver, report.shift, report.cfg, report.guidance = steps, solver, shift, cfg, guidance
+        report.own_settings = requested == 0
     solve = get_solver(solver)
     params = model.params
     if guidance > 0 and not params.guidance_embed:
@@ -164,8 +201,12 @@ def sample(model, positive, negative, width: int, height: int, seed: int, steps:
         if callback is not None:
             callback(i, steps, denoised(x_i, t_i, v_i))
 
-    with torch.no_grad():
+    with torch.no_grad(), (cached(model, step_cache) if step_cache > 0 else contextlib.nullcontext()) as cache:
         x = solve(velocity, x, times, on_step)
     watch.finish(x)
+    if cache is not None:
+        log.info("%s", cache.describe())
+        if report is not None:
+            report.cache = cache
     out = {"samples": FLUX.to_raw(x.float()).cpu()}
     return out if latent is None else {**latent, **out}    # the input's noise_mask etc. go on, as core's

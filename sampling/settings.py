@@ -29,10 +29,14 @@ def _not_negative(name: str, value) -> str | None:
     return None if value >= 0 else f"{name} must not be negative; got {value}"
 
 
+def _steps(name: str, value) -> str | None:
+    return None if value >= 0 else f"steps must be at least 1, or 0 for the model's own settings; got {value}"
+
+
 _CHECKS = {
     "width": _side,
     "height": _side,
-    "steps": _at_least_one,
+    "steps": _steps,
     "batch_size": _at_least_one,
     "shift": lambda name, value: None if value > 0 else f"shift must be positive (NewBie uses 6); got {value}",
     "cfg": _not_negative,
@@ -40,6 +44,7 @@ _CHECKS = {
     "cfg_trunc": _not_negative,
     "guidance": _not_negative,
     "denoise": lambda name, value: None if 0.0 <= value <= 1.0 else f"denoise must be in [0, 1]; got {value}",
+    "step_cache": _not_negative,
 }
 
 
@@ -62,3 +67,19 @@ def check_settings(**settings) -> None:
         problem = None if value is None else setting_problem(name, value)
         if problem:
             raise ValueError(problem)
+
+
+def with_own_settings(own, steps: int, solver: str, shift: float, cfg: float,
+                      guidance: float) -> tuple[int, str, float, float, float]:
+    """(steps, solver, shift, cfg, guidance) to sample with. steps 0 asks for the model's own
+    settings ``own`` (``dit.own_settings.OwnSettings``, what a few-step student's file records):
+    they replace steps, solver, shift and cfg, and guidance when the file fixes a scale. Any other
+    step count keeps every value as given."""
+    if steps != 0:
+        return steps, solver, shift, cfg, guidance
+    if own is None:
+        raise ValueError("steps 0 means the model's own sampling settings, which only few-step students "
+                         "(made by `python -m nextdit_nodes distill --steps N`) record; this model records "
+                         f"none: set steps (the official NewBie settings: {OFFICIAL['steps']} "
+                         f"{OFFICIAL['solver']} steps)")
+    return own.steps, own.solver, own.shift, own.cfg, guidance if own.guidance is None else own.guidance

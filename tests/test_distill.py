@@ -110,6 +110,10 @@ def test_scale_weighted_loss_counts_each_guidance_scale_alike():
     assert guided_loss(prediction, target, w, True).item() == pytest.approx(1.6)
     # Scales below 1 weigh as 1 (w = 0 would otherwise divide by zero).
     assert guided_loss(prediction, target, torch.tensor([0.0, 1.0]), True).item() == pytest.approx(2.5)
+    # Under torchrun each process holds one sample; normalised over the job's scales, the mean of
+    # the two processes' losses (what DDP's gradient average amounts to) is the whole batch's 1.6.
+    shares = [guided_loss(prediction[i:i + 1], target[i:i + 1], w[i:i + 1], True, job_w=w).item() for i in (0, 1)]
+    assert sum(shares) / 2 == pytest.approx(1.6)
 
 
 @pytest.mark.parametrize("student_trajectories", [False, True])

@@ -88,11 +88,13 @@ def test_demo_workflow_runs_on_the_untrained_embedded_files(tmp_path, monkeypatc
 
 
 def test_train_embedded_writes_every_file_in_the_real_layouts_and_resumes_stage_by_stage(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
     from nextdit_nodes.loaders import load_dit
     from nextdit_nodes.training.embedded import pipeline as embedded
 
     plan = embedded.TrainingPlan(ae_steps=2, ae_finetune_steps=1, dataset_size=32, dit_steps=2, dit_batch=8,
-                                 distill_iterations=1)
+                                 distill_iterations=1, few_step_iterations=1)
     monkeypatch.setattr(embedded, "reconstruction_adherence", lambda ae: {})  # 200 scenes: not needed here
     embedded.train_embedded(tmp_path, plan)
     assert embedded.embedded_files_present(tmp_path)
@@ -101,6 +103,10 @@ def test_train_embedded_writes_every_file_in_the_real_layouts_and_resumes_stage_
     teacher = load_dit(tmp_path / embedded.DIT_FILE, dtype="fp32")
     student = load_dit(tmp_path / embedded.STUDENT_FILE, dtype="fp32")
     assert not teacher.params.guidance_embed and student.params.guidance_embed
+    from nextdit_nodes.dit.own_settings import own_settings
+    few_step = load_dit(tmp_path / embedded.FEW_STEP_FILE, dtype="fp32")
+    assert own_settings(few_step).steps == 4 and few_step.params.guidance_embed
+    assert {t.dtype for t in load_file(tmp_path / embedded.FEW_STEP_FILE).values()} == {torch.float16}
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished stage was retrained")
@@ -108,6 +114,7 @@ def test_train_embedded_writes_every_file_in_the_real_layouts_and_resumes_stage_
     monkeypatch.setattr(embedded.ae_training, "train_autoencoder", must_not_run)
     monkeypatch.setattr(embedded, "train_dit", must_not_run)
     monkeypatch.setattr(embedded, "distill_student", must_not_run)
+    monkeypatch.setattr(embedded, "few_step_student", must_not_run)
     embedded.train_embedded(tmp_path, plan, resume=True)
 
     # Deleting one stage's file retrains exactly that stage.

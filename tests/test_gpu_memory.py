@@ -380,7 +380,7 @@ def test_loader_node_offload_option_streams_blocks_in_the_sampler_with_the_same_
     for mode in ("none", "blocks"):
         model, core_model = NextDiTLoader().load(str(path), "fp32", mode)
         assert core_model is None   # headless: no core MODEL
-        (outputs[mode],) = NextDiTSampler().sample(model, **settings)
+        (outputs[mode],) = NextDiTSampler().sample(model, **settings)["result"]
         assert offload.is_offloaded(model) == (mode == "blocks")
     assert torch.equal(outputs["blocks"]["samples"], outputs["none"]["samples"])
     with pytest.raises(ValueError, match="offload"):

@@ -37,7 +37,8 @@ def test_inputs_follow_the_design_table_and_all_have_tooltips():
     spec = NextDiTSampler.INPUT_TYPES()
     assert list(spec["required"]) == ["model", "positive", "width", "height", "batch_size", "seed", "steps",
                                       "solver", "shift", "cfg", "renorm_cfg", "cfg_trunc", "guidance"]
-    assert list(spec["optional"]) == ["negative", "latent", "denoise"]
+    # New optional inputs go last, so saved workflows' widget values still line up.
+    assert list(spec["optional"]) == ["negative", "latent", "denoise", "step_cache"]
     for name, (kind, options) in {**spec["required"], **spec["optional"]}.items():
         assert options.get("tooltip"), name
     required = spec["required"]
@@ -67,14 +68,14 @@ def test_sides_that_are_not_multiples_of_16_are_refused_before_sampling(model, w
         host.set_progress_hook(previous)
     assert not updates      # refused before the first step
     # steps and every other number are checked per input by the host's range checks
-    assert NextDiTSampler.INPUT_TYPES()["required"]["steps"][1]["min"] == 1
+    assert NextDiTSampler.INPUT_TYPES()["required"]["steps"][1]["min"] == 0   # 0: the model's own settings
 
 
 def test_node_output_equals_sample_and_reports_progress_with_previews(model):
     updates = []
     previous = host.set_progress_hook(lambda done, total, preview: updates.append((done, total, preview)))
     try:
-        (out,) = NextDiTSampler().sample(**_kwargs(model), unique_id="7")
+        (out,) = NextDiTSampler().sample(**_kwargs(model), unique_id="7")["result"]
     finally:
         host.set_progress_hook(previous)
     args = _kwargs(model)
@@ -118,7 +119,7 @@ def test_missing_negative_with_cfg_is_a_clear_error_before_the_first_step(model)
     finally:
         handle.remove()
     assert not calls
-    (out,) = NextDiTSampler().sample(**_kwargs(model, negative=None, cfg=1.0))  # cfg 1: not needed
+    (out,) = NextDiTSampler().sample(**_kwargs(model, negative=None, cfg=1.0))["result"]  # cfg 1: not needed
     assert torch.isfinite(out["samples"]).all()
 
 

@@ -245,7 +245,7 @@ def _fresh_guidance_embedder(params, device, dtype) -> dict[str, Tensor]:
 
 class _Prompts:
     """Training prompts (each a PromptBatch of size 1) and their unconditional prompts: one shared
-    negative CONDITIONING, or a list with one per positive."""
+    negative CONDITIONING, or a list with one per positive (None: no unconditional prompts)."""
 
     def __init__(self, positives: list, negative, params, device):
         def batches(conditionings, what):
@@ -257,7 +257,9 @@ class _Prompts:
         self.items = batches(positives, "prompt")
         if not self.items:
             raise ValueError("distillation needs at least one training prompt")
-        if is_conditioning(negative):
+        if negative is None:
+            self.negatives = None
+        elif is_conditioning(negative):
             self.negatives = batches([negative], "negative") * len(self.items)
         else:
             self.negatives = batches(negative, "negative")
@@ -266,17 +268,21 @@ class _Prompts:
                                  f"negative for all or one per prompt")
         self.device = device
 
-    def batch(self, indices: list[int]) -> tuple[PromptBatch, PromptBatch]:
-        """(cond, cond + uncond) packed for len(indices) samples."""
+    def batch(self, indices: list[int]) -> tuple[PromptBatch, PromptBatch | None]:
+        """(cond, cond + uncond) packed for len(indices) samples (cond + uncond None without negatives)."""
         cond = [self.items[i] for i in indices]
+        if self.negatives is None:
+            return pack(cond).to(self.device), None
         uncond = [self.negatives[i] for i in indices]
         return pack(cond).to(self.device), pack(cond + uncond).to(self.device)
 
 
-def _guided(student: Student, x, t, w, both: PromptBatch) -> Tensor:
-    """Teacher's plain CFG velocity with a per-sample scale w (B,): one packed forward of 2B."""
+@torch.no_grad()
+def guided_velocity(teacher, x, t, w, both: PromptBatch) -> Tensor:
+    """A teacher's plain CFG velocity with a per-sample scale w (B,): one packed forward of 2B.
+    teacher(x, t, feats, mask, pooled) is the teacher's forward, without guidance input."""
     b = x.shape[0]
-    v = student.teacher_velocity(torch.cat([x, x]), torch.cat([t, t]), both.feats, both.mask, both.pooled)
+    v = teacher(torch.cat([x, x]), torch.cat([t, t]), both.feats, both.mask, both.pooled)
     v_cond, v_uncond = v[:b], v[b:]
     return v_uncond + w.view(-1, 1, 1, 1) * (v_cond - v_uncond)
 
@@ -318,6 +324,7 @@ class _TrajectoryPool:
         rows = self.rows
         t = torch.tensor([g[s] for g, s in zip(self.grids[rows], self.step[rows])], dtype=torch.float32,
                          device=self.device)
+        self.job_w = self.w.clone()
         return self.x, t, self.w[rows].to(self.device), self.prompt[rows]
 
     def advance(self, velocity: Tensor) -> None:
@@ -349,22 +356,34 @@ class _LatentSource:
         x = noised(data, noise, t)
         w = c.guidance_min + (c.guidance_max - c.guidance_min) * torch.rand(b, generator=self.gen)
         prompts = torch.randint(self.n_prompts, (b,), generator=self.gen).tolist()
+        self.job_w = w
         return x[rows].to(self.device), t[rows].to(self.device), w[rows].to(self.device), prompts[rows]
 
     def advance(self, velocity: Tensor) -> None:
         pass
 
 
-def guided_loss(prediction: Tensor, target: Tensor, w: Tensor, scale_weighted: bool) -> Tensor:
+def _scale_weights(w: Tensor) -> Tensor:
+    return w.float().clamp(min=1.0).pow(-2)
+
+
+def guided_loss(prediction: Tensor, target: Tensor, w: Tensor, scale_weighted: bool,
+                job_w: Tensor | None = None) -> Tensor:
     """Mean squared error against the guided targets. The target v_u + w·(v_c − v_u) grows with
     w, so under a plain MSE the largest scales' errors dominate and the low scales (w = 1 is the
     teacher's own conditional velocity) are fitted loosely. ``scale_weighted`` divides each
-    sample's error by max(w, 1)², weights normalised to sum 1, so every scale counts alike."""
+    sample's error by max(w, 1)², weights normalised to sum 1, so every scale counts alike.
+    job_w: the scales of the whole job's batch under torchrun (this process's ``w`` among them):
+    the weights are normalised over all of them, so the gradients DistributedDataParallel averages
+    are those of the job's whole batch."""
     per_sample = (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)
     if not scale_weighted:
         return per_sample.mean()
-    weights = w.float().clamp(min=1.0).pow(-2)
-    return (per_sample * weights).sum() / weights.sum()
+    weights = _scale_weights(w)
+    if job_w is None:
+        return (per_sample * weights).sum() / weights.sum()
+    processes = len(job_w) / len(w)
+    return (per_sample * weights).sum() * processes / _scale_weights(job_w).sum().to(weights.device)
 
 
 # ---- the loop --------------------------------------------------------------------------------
@@ -407,9 +426,9 @@ def distill(teacher: nn.Module, positives: list, negative, config: DistillConfig
     for _ in bar:
         x, t, w, indices = source.states()
         cond, both = prompts.batch(indices)
-        target = _guided(student, x, t, w, both)
+        target = guided_velocity(student.teacher_velocity, x, t, w, both)
         prediction = trained(x, t, cond.feats, cond.mask, cond.pooled, w)
-        loss = guided_loss(prediction, target, w, config.scale_weighted_loss)
+        loss = guided_loss(prediction, target, w, config.scale_weighted_loss, source.job_w)
         if not torch.isfinite(loss):
             raise FloatingPointError("distillation loss became NaN/inf; lower --lr or train in fp32/bf16")
         optimizer.zero_grad(set_to_none=True)

@@ -11,10 +11,16 @@ core reads as the model output −v (docs/newbie-image.md §8).
 
 Conditioning: ``extra_conds`` reads core CONDITIONING as both the pack's ``NextDiT Text Encode``
 and core's NewBie text encoder write it (caption features, ``attention_mask``, ``pooled_output``;
-``guidance`` from core's ``FluxGuidance`` for guidance-distilled students). The caption and its
+``guidance`` from core's ``FluxGuidance`` for guidance-distilled students, else the scale a
+few-step student's file records). The caption and its
 mask travel as one ``CaptionCond``, which core may batch across prompts of different lengths:
 they are padded with masked tokens, and the Next-DiT packs the real tokens, so no compute goes
 to padding.
+
+A few-step student's recorded settings (``dit.own_settings``) become this MODEL's defaults where
+a model can set them: its shift is the model sampling's, and its guidance scale applies when the
+conditioning carries none. Steps, sampler and cfg stay the sampler node's widgets: set them to
+the recorded values, which the loader's log line names.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch
 from comfy import conds, model_base, patcher_extension, samplers, supported_models
 from comfy import model_management as mm
 
+from ...dit.own_settings import own_settings
 from ...sampling.guidance import cfg_active, combine_cfg
 from ...text.conditioning import prompt_batches
 from .patcher import patcher_class
@@ -56,6 +63,9 @@ class NextDiTCoreModel(model_base.BaseModel):
 
     def __init__(self, nextdit, device=None):
         config = supported_models.Lumina2({"image_model": "lumina2", "disable_unet_model_creation": True})
+        self.own_settings = own_settings(nextdit)
+        if self.own_settings is not None:   # a few-step student samples on the grid it was made for
+            config.sampling_settings = {**config.sampling_settings, "shift": self.own_settings.shift}
         super().__init__(config, model_base.ModelType.FLOW, device=device)
         self.diffusion_model = nextdit
 
@@ -70,6 +80,8 @@ class NextDiTCoreModel(model_base.BaseModel):
         if batch.pooled is not None:
             out["clip_text_pooled"] = conds.CONDRegular(batch.pooled)
         guidance = kwargs.get("guidance")
+        if guidance is None and self.own_settings is not None:   # FluxGuidance overrides the file's scale
+            guidance = self.own_settings.guidance
         if guidance is not None and p.guidance_embed:
             out["guidance"] = conds.CONDRegular(torch.tensor([float(guidance)]))
         return out

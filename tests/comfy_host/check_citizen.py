@@ -26,6 +26,9 @@ latents the graphs saved (core ``SaveLatent``, read back through ``/view``):
  11. the embedded guidance-distilled student through core: KSampler at cfg 1 with core's
      FluxGuidance 4 on the prompt equals NextDiT Sampler at cfg 1, guidance 4 (the guidance
      reaches the student's guidance embedder), and differs from guidance 1.
+ 12. the embedded 4-step student through core: KSampler (euler, simple, 4 steps, cfg 1) with no
+     FluxGuidance equals NextDiT Sampler at steps 0 (the file's own settings: its guidance 4
+     reaches the core MODEL as the default), and FluxGuidance 1 overrides it.
 
   python tests/comfy_host/check_citizen.py --models ~/scratch/ComfyUI/models --write-models
   SCRATCH=~/scratch ../shared/comfy-host/comfy_run.sh --port 8199 --isolated
@@ -454,6 +457,43 @@ def check_student(url: str) -> None:
     assert relative(core4, sampler) <= 1e-4 < relative(core1, sampler)
 
 
+def check_few_step(url: str) -> None:
+    prompt: dict = {
+        "student": {"class_type": "NextDiTLoader", "inputs": {
+            "dit_name": "NextDiT-embedded-shapes-distilled-4step.safetensors", "weight_dtype": "fp32"}},
+        "te": {"class_type": "NextDiTTextEncoderLoader", "inputs": {
+            "gemma_name": "embedded-shapes-gemma3.safetensors", "jina_name": "embedded-shapes-jina.safetensors",
+            "device": "cpu", "dtype": "fp32"}},
+        "pos": {"class_type": "NextDiTTextEncode", "inputs": {
+            "text_encoders": ["te", 0], "system_prompt": "none", "custom_system_prompt": "",
+            "prompt": "<character_1>\n<n>square</n>\n<appearance>blue, large</appearance>\n"
+                      "<position>middle_center</position>\n</character_1>"}},
+        "neg": {"class_type": "NextDiTTextEncode", "inputs": {
+            "text_encoders": ["te", 0], "prompt": "", "system_prompt": "none", "custom_system_prompt": ""}},
+        "empty": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "g1": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0], "guidance": 1.0}},
+    }
+    for name, positive in (("own", "pos"), ("g1", "g1")):
+        prompt[f"{name}_ks"] = {"class_type": "KSampler", "inputs": {
+            "model": ["student", 1], "seed": SEED, "steps": 4, "cfg": 1.0, "sampler_name": "euler",
+            "scheduler": "simple", "positive": [positive, 0], "negative": ["neg", 0],
+            "latent_image": ["empty", 0], "denoise": 1.0}}
+        prompt[f"{name}_save"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"{name}_ks", 0],
+                                                                        "filename_prefix": f"latents/fs_{name}"}}
+    prompt["ns"] = {"class_type": "NextDiTSampler", "inputs": {
+        "model": ["student", 0], "positive": ["pos", 0], "width": 64, "height": 64, "batch_size": 1,
+        "seed": SEED, "steps": 0, "solver": "midpoint", "shift": 3.0, "cfg": 5.0, "renorm_cfg": 0.0,
+        "cfg_trunc": 1.0, "guidance": 0.0}}    # steps 0: every other widget is replaced by the file's
+    prompt["ns_save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["ns", 0],
+                                                               "filename_prefix": "latents/fs_ns"}}
+    entry = run(url, prompt)
+    own, g1 = saved_latent(url, entry, "own_save"), saved_latent(url, entry, "g1_save")
+    sampler = saved_latent(url, entry, "ns_save")
+    print(f"12. 4-step student, KSampler euler/simple/4/cfg 1 without FluxGuidance vs NextDiT Sampler steps 0: "
+          f"relative max difference {relative(own, sampler):.2e} (FluxGuidance 1: {relative(g1, sampler):.2e})")
+    assert relative(own, sampler) <= 1e-4 < relative(g1, sampler)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8199")
@@ -468,7 +508,7 @@ def main() -> int:
     checks = {"equal": check_equalities, "patches": check_patches, "lora": lambda url: check_loras(url, args.log),
               "inpaint": check_inpainting, "files": check_file_inputs, "ranges": check_timestep_ranges,
               "sampler_inpaint": check_sampler_inpainting, "refusals": check_refusals, "numbers": check_numbers,
-              "student": check_student}
+              "student": check_student, "few_step": check_few_step}
     for name, check in checks.items():
         if args.only is None or name in args.only:
             check(args.url)

@@ -70,7 +70,7 @@ README_XML = """<character_1>
 OFFICIAL_SAMPLER = {"width": 1024, "height": 1024, "batch_size": 1, "seed": 42,
                     "control_after_generate": "fixed", "steps": 17, "solver": "midpoint",
                     "shift": 6.0, "cfg": 5.0, "renorm_cfg": 0.0, "cfg_trunc": 0.25, "guidance": 0.0,
-                    "denoise": 1.0}
+                    "denoise": 1.0, "step_cache": 0.0}
 
 
 def _loaders(dit: str, models_for_dit: bool = True) -> list[dict]:
@@ -314,9 +314,21 @@ def embedded_shapes_lora() -> dict:
     return {"nodes": nodes, "links": links}
 
 
+def embedded_shapes_few_step() -> dict:
+    """The embedded 4-step student: steps 0 samples with the settings its file records (4 Euler
+    steps, shift 6, cfg 1, guidance 4)."""
+    spec = embedded_shapes()
+    nodes = spec["nodes"]
+    nodes[0]["widgets"] = {**nodes[0]["widgets"], "dit_name": "NextDiT-embedded-shapes-distilled-4step.safetensors"}
+    nodes[5]["title"] = "NextDiT Sampler (steps 0: the student's own 4 Euler steps)"
+    nodes[5]["widgets"] = {**nodes[5]["widgets"], "steps": 0, "cfg": 1.0, "guidance": 4.0}
+    nodes[7]["widgets"] = {"filename_prefix": "NextDiT-embedded-4step"}
+    return spec
+
+
 # Their thumbnails are their real outputs, written by the headless runner (see README).
 OUTPUT_THUMBNAILS = {"Embedded shapes model", "Embedded shapes model with core KSampler",
-                     "Embedded shapes model with a LoRA"}
+                     "Embedded shapes model with a LoRA", "Embedded shapes model, 4-step student"}
 # Built only once train-embedded's weights ship in the pack (until then the demo keeps its
 # workflow in runtime/workflows/).
 EMBEDDED_SHIPPED = (Path(__file__).resolve().parents[2] / "embedded" / "diffusion_models"
@@ -325,6 +337,7 @@ EMBEDDED_SHIPPED = (Path(__file__).resolve().parents[2] / "embedded" / "diffusio
 EXAMPLES = {
     "Embedded shapes model": embedded_shapes,
     "Embedded shapes model with a LoRA": embedded_shapes_lora,
+    "Embedded shapes model, 4-step student": embedded_shapes_few_step,
     "NewBie XML text to image": text_to_image,
     "NewBie XML two characters with builder nodes": builder_two_characters,
     "NewBie guidance-distilled text to image": guidance_distilled,

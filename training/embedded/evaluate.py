@@ -12,35 +12,40 @@ import torch
 
 from ...dit.checkpoint import load_dit
 from ...lora.apply import load_lora
-from ...sampling.sample import sample
+from ...sampling.sample import SamplingReport, sample
 from ...text.conditioning import conditioning
 from ...text.loading import load_text_encoders
 from ...vae.loading import load_vae
 from .adherence import score_image, summarise
-from .pipeline import DIT_FILE, GEMMA_FILE, JINA_FILE, STUDENT_FILE, VAE_FOLDER
+from .pipeline import DIT_FILE, FEW_STEP_FILE, GEMMA_FILE, JINA_FILE, STUDENT_FILE, VAE_FOLDER
 from .shapes import Scene, held_out_scenes, render, xml_caption
 
 @dataclass(frozen=True)
 class Setting:
     name: str
-    student: bool
+    model: str                  # "teacher", "student" (guidance-distilled) or "few-step"
     cfg: float
     guidance: float
+    steps: int | None = None    # None: the evaluation's step count; 0: the model's own settings
+    step_cache: float = 0.0
 
 
 SETTINGS = (
-    Setting("teacher, CFG 1 (no guidance)", False, 1.0, 0.0),
-    Setting("teacher, CFG 4", False, 4.0, 0.0),
-    Setting("distilled student, CFG 1, guidance 4", True, 1.0, 4.0),
+    Setting("teacher, CFG 1 (no guidance)", "teacher", 1.0, 0.0),
+    Setting("teacher, CFG 4", "teacher", 4.0, 0.0),
+    Setting("distilled student, CFG 1, guidance 4", "student", 1.0, 4.0),
+    Setting("4-step student (its own settings: 4 Euler steps, guidance 4)", "few-step", 1.0, 0.0, steps=0),
 )
+# The step cache on the teacher at CFG 4: the evaluations it skips and what they cost.
+CACHE_THRESHOLDS = (0.0, 0.05, 0.1, 0.2)
 
 
 class EmbeddedModels:
     def __init__(self, models_dir: Path):
         models_dir = Path(models_dir)
         self.teacher = load_dit(models_dir / DIT_FILE, dtype="fp32")
-        student_path = models_dir / STUDENT_FILE
-        self.student = load_dit(student_path, dtype="fp32") if student_path.exists() else None
+        self.student, self.few_step = (load_dit(models_dir / name, dtype="fp32") if (models_dir / name).exists()
+                                       else None for name in (STUDENT_FILE, FEW_STEP_FILE))
         self.text = load_text_encoders(models_dir / GEMMA_FILE, models_dir / JINA_FILE)
         self.vae = load_vae(models_dir / VAE_FOLDER, dtype="fp32")
 
@@ -55,23 +60,31 @@ class EmbeddedModels:
 
 
 def generate(models: EmbeddedModels, scene_or_text, setting: Setting, seed: int, steps: int = 25,
-             solver: str = "euler") -> np.ndarray:
+             solver: str = "euler", report: SamplingReport | None = None) -> np.ndarray:
     """One 64×64 image as uint8 [H, W, 3] for an XML caption (a Scene is captioned in XML)."""
     text = xml_caption(scene_or_text) if isinstance(scene_or_text, Scene) else scene_or_text
-    model = models.student if setting.student else models.teacher
+    model = getattr(models, setting.model.replace("-", "_"))
+    steps = steps if setting.steps is None else setting.steps
     latent = sample(model, models.conditioning(text), models.conditioning(""), 64, 64, seed, steps, solver,
-                    6.0, setting.cfg, 0.0, 1.0, guidance=setting.guidance)
+                    6.0, setting.cfg, 0.0, 1.0, guidance=setting.guidance, step_cache=setting.step_cache,
+                    report=report)
     image = models.vae.decode(latent["samples"])[0]
     return (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
 def adherence(models: EmbeddedModels, setting: Setting, count: int = 200, steps: int = 25,
               seed: int = 1234, scenes: list[Scene] | None = None) -> dict[str, float]:
-    """The checker's figures on ``scenes`` (default: ``count`` of the base held-out scenes)."""
+    """The checker's figures on ``scenes`` (default: ``count`` of the base held-out scenes); with a
+    step cache also ``skipped`` (% of evaluations it skipped)."""
     scenes = held_out_scenes(count, seed) if scenes is None else scenes
-    scores = [score_image(generate(models, scene, setting, seed=i, steps=steps), scene)
-              for i, scene in enumerate(scenes)]
-    return summarise(scores)
+    reports = [SamplingReport() for _ in scenes]
+    scores = [score_image(generate(models, scene, setting, seed=i, steps=steps, report=report), scene)
+              for i, (scene, report) in enumerate(zip(scenes, reports))]
+    figures = summarise(scores)
+    if setting.step_cache > 0:
+        skipped, evaluations = (sum(getattr(r.cache, name) for r in reports) for name in ("skipped", "evaluations"))
+        figures["skipped"] = 100.0 * skipped / evaluations
+    return figures
 
 
 def cell_mask(obj, size: int = 64, factor: int = 8) -> torch.Tensor:

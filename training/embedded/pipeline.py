@@ -5,6 +5,7 @@ student, written in the layouts real NewBie files come in so inference takes the
 | --------------------------------------------------------------- | --------------------------------------- |
 | diffusion_models/NextDiT-embedded-shapes.pth                    | training checkpoint, `module.` prefixes |
 | diffusion_models/NextDiT-embedded-shapes-distilled.safetensors  | `distill` output (guidance embedder)    |
+| diffusion_models/NextDiT-embedded-shapes-distilled-4step.safetensors | `distill --steps 4` output, fp16     |
 | text_encoders/embedded-shapes-gemma3.safetensors                | ComfyUI single file + spiece_model      |
 | text_encoders/embedded-shapes-jina.safetensors                  | ComfyUI single file + spiece_model      |
 | vae/embedded-shapes-vae/                                        | diffusers AutoencoderKL folder          |
@@ -18,7 +19,7 @@ import dataclasses
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from ...text.conditioning import conditioning
 from ...text.loading import load_text_encoders
 from ...vae.latent_format import FLUX
 from ..distill import DistillConfig, distill, save_student
+from ..step_distill import StepDistillConfig, step_distill
 from . import autoencoder as ae_training
 from .adherence import score_image, summarise
 from .dit_training import EMBEDDED_PARAMS, prepare_captions, train_dit
@@ -40,6 +42,14 @@ log = logging.getLogger(__name__)
 
 DIT_FILE = "diffusion_models/NextDiT-embedded-shapes.pth"
 STUDENT_FILE = "diffusion_models/NextDiT-embedded-shapes-distilled.safetensors"
+
+
+def few_step_file(steps: int) -> str:
+    """Where the N-step student goes (the name `distill --steps N` gives it)."""
+    return f"diffusion_models/NextDiT-embedded-shapes-distilled-{steps}step.safetensors"
+
+
+FEW_STEP_FILE = few_step_file(4)   # the shipped one
 GEMMA_FILE = "text_encoders/embedded-shapes-gemma3.safetensors"
 JINA_FILE = "text_encoders/embedded-shapes-jina.safetensors"
 VAE_FOLDER = "vae/embedded-shapes-vae"
@@ -52,6 +62,8 @@ class TrainingPlan:
     dit_steps: int = 7000
     dit_batch: int = 64
     distill_iterations: int = 2000
+    few_step_iterations: int = 600
+    few_steps: int = 4               # the few-step student's N (other than 4: not shipped, for measurements)
     seed: int = 0
 
 def _bar(desc: str):
@@ -140,12 +152,13 @@ def train_embedded(out: Path, plan: TrainingPlan = TrainingPlan(), resume: bool 
     log.info("autoencoder reconstructions of held-out scenes: %s",
              reconstruction_adherence(lambda images: ae_training.reconstruct(ae, images)))
     if done(DIT_FILE, STUDENT_FILE):
+        with clock("few-step student"):
+            if not done(few_step_file(plan.few_steps)):
+                few_step_student(text_encoders, training_set(plan)[1], out, plan)
         return clock.seconds
 
     with clock("dataset"):
-        rng = random.Random(plan.seed + 2)
-        scenes = [training_scene(rng) for _ in range(plan.dataset_size)]
-        captions = [caption(scene, rng) for scene in scenes]
+        scenes, captions = training_set(plan)
         latents = encode_images(ae, scenes)
         prepared = prepare_captions(text_encoders, captions)
         empty = prepare_captions(text_encoders, [""])
@@ -165,15 +178,25 @@ def train_embedded(out: Path, plan: TrainingPlan = TrainingPlan(), resume: bool 
     with clock("distilled student"):
         if not done(STUDENT_FILE):
             distill_student(teacher, text_encoders, captions, out, plan)
+    with clock("few-step student"):
+        if not done(few_step_file(plan.few_steps)):
+            few_step_student(text_encoders, captions, out, plan)
     log.info("stage seconds: %s; total %.0f s", {k: round(v) for k, v in clock.seconds.items()},
              sum(clock.seconds.values()))
     return clock.seconds
 
+def training_set(plan: TrainingPlan) -> tuple[list, list[str]]:
+    """The training scenes and their captions (fixed by the plan's seed)."""
+    rng = random.Random(plan.seed + 2)
+    scenes = [training_scene(rng) for _ in range(plan.dataset_size)]
+    return scenes, [caption(scene, rng) for scene in scenes]
+
+
+def _conditionings(text_encoders, texts: list[str]) -> list:
+    return [conditioning(text_encoders.encode(text, text), text, text) for text in texts]
+
+
 def distill_student(teacher, text_encoders, captions, out: Path, plan: TrainingPlan) -> None:
-
-    def cond(text: str):
-        return conditioning(text_encoders.encode(text, text), text, text)
-
     count = min(len(captions), 2000)
     # LoRA rank 16, scale-weighted loss and on-policy states: the settings the README's
     # measurements favour (each against plain MSE, teacher trajectories, full fine-tuning, other
@@ -183,8 +206,44 @@ def distill_student(teacher, text_encoders, captions, out: Path, plan: TrainingP
                            scale_weighted_loss=True, student_trajectories=True)
     # Data-free states (distill's default): trajectories the student samples itself, labelled by
     # the teacher's CFG velocity, so it trains on the states it meets when sampling, drift included.
-    student = distill(teacher, [cond(c) for c in captions[:count]], cond(""), config)
+    student = distill(teacher, _conditionings(text_encoders, captions[:count]), _conditionings(text_encoders, [""])[0],
+                      config)
     save_student(student, out / STUDENT_FILE, overwrite=True)
+
+# Guidance 4. The 4-step student fits each of its steps to the teacher's CFG path over it (16 Euler
+# steps in all; "segment" from the guidance-distilled student); fewer steps halve from it in
+# progressive rounds. The README's comparison favours these settings.
+FEW_STEP_CONFIG = StepDistillConfig(steps=4, method="segment", teacher_steps=16, mode="lora", rank=16,
+                                    batch_size=32, lr=1e-3, guidance_min=4.0, guidance_max=4.0, width=64, height=64)
+
+
+def few_step_student(text_encoders, captions, out: Path, plan: TrainingPlan) -> None:
+    """The 4-step student of the guidance-distilled student, learning the teacher's CFG paths, as
+    `distill NextDiT-embedded-shapes-distilled.safetensors --steps 4 --step-method segment
+    --teacher-steps 16 --cfg-teacher NextDiT-embedded-shapes.pth` makes it; with plan.few_steps 2 or
+    1 also the progressive rounds from it (`distill ...-4step.safetensors --steps N --start-steps 4`).
+    In fp16 (the embedded folder stays small); every student is written."""
+    config = replace(FEW_STEP_CONFIG, iterations=plan.few_step_iterations, seed=plan.seed)
+    positives = _conditionings(text_encoders, captions[:2000])
+
+    def save(student, steps: int, method: str, targets: str) -> None:
+        settings = replace(config.own_settings(), steps=steps)
+        save_student(student, out / few_step_file(steps), dtype=torch.float16, overwrite=True,
+                     metadata={"nextdit_distilled": "guidance+steps", "teacher": Path(STUDENT_FILE).name,
+                               "step_method": method, "step_targets": targets, **settings.to_metadata()})
+
+    if not (out / few_step_file(4)).exists():
+        student = step_distill(load_dit(out / STUDENT_FILE, dtype="fp32"), positives, config,
+                               cfg_teacher=load_dit(out / DIT_FILE, dtype="fp32"),
+                               negative=_conditionings(text_encoders, [""])[0])
+        save(student, 4, config.method, f"CFG of {Path(DIT_FILE).name}")
+    if plan.few_steps < 4:
+        rounds = replace(config, method="progressive", steps=plan.few_steps, start_steps=4)
+        targets = f"progressive rounds from {few_step_file(4)}"
+        student = step_distill(load_dit(out / few_step_file(4), dtype="fp32"), positives, rounds,
+                               on_round=lambda s, steps: save(s, steps, "progressive", targets))
+        save(student, plan.few_steps, "progressive", targets)
+
 
 def embedded_files_present(models_dir: Path) -> bool:
     return all((Path(models_dir) / name).exists() for name in (DIT_FILE, GEMMA_FILE, JINA_FILE, VAE_FOLDER))

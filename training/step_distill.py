@@ -1,0 +1,345 @@
+"""Step distillation: a student that samples in N Euler steps what its teacher samples in many.
+
+After Meng et al., "On Distillation of Guided Diffusion Models" (CVPR 2023, arXiv 2210.03142),
+stage 2: the guidance-distilled student of stage 1 (``training/distill.py``; it gives the
+teacher's CFG velocity in one forward) is distilled to few steps. The student keeps the guidance
+embedder; it is trained at one guidance scale (recorded in its file) or over a range.
+
+Both methods here train the same thing. For a state x at data-time t_i of the student's N-step
+grid (NewBie's shifted grid, ``time_grid(N, shift)``), a teacher runs K Euler steps on the
+nested finer grid ``time_grid(N·K, shift)`` from t_i to t_{i+1}, landing at x'; the student learns
+the one velocity that lands there, v* = (x' − x) / (t_{i+1} − t_i) (mean squared error):
+
+- ``progressive`` (Meng et al. stage 2, the progressive distillation of Salimans & Ho,
+  arXiv 2202.00512): rounds with K = 2, each training a student to take in one step what its
+  teacher takes in two, halving the step count from ``start_steps`` down to N; each round's
+  teacher is the previous round's student and starts the next student;
+- ``segment``: one round with K = teacher_steps / N: each step is fitted directly to the
+  teacher's multi-step solution over that step's interval (the knowledge distillation of Luhman &
+  Luhman, arXiv 2101.02388, which maps noise onto the teacher's ODE solution in one step, applied
+  per step of an N-step grid). No error of an intermediate student is passed on, at K teacher
+  evaluations per training state.
+
+The first round's teacher is the starting model itself (its own paths, as Meng et al. publish
+it), or, given ``cfg_teacher``, the original teacher guided by CFG at each state's scale (two
+branches per evaluation): the student still starts from the guidance-distilled model, but learns
+the guided solution itself rather than stage 1's approximation of it, whose errors would
+otherwise be the best it could reach.
+
+Training states are data-free, as in ``distill.py``: a pool of trajectories on the student's
+N-step grid, one prompt, guidance scale and noise each, advanced one step per iteration. With
+``student_trajectories`` (the default) they advance with the student's own step (on-policy: it
+trains where its sampling goes, drift included); otherwise with the teacher's.
+
+Measured on the embedded model (``training/embedded/``): students of its shipped
+guidance-distilled student at guidance 4, LoRA rank 16, batch 32, learning rate 1e-3, 600
+iterations per round; ``check-embedded``'s checker on the 200 held-out prompts, each student
+sampled at its own step count, one evaluation per step. "Evaluations" counts the teacher's
+forwards per training state and round (a CFG teacher's two branches count once, as one packed
+forward of twice the batch).
+
+| student | first round's targets | teacher evaluations | colour+position / object | colour+position / image | size / object | shape / object | all right / image |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+| none: the guidance-distilled student at 4 Euler steps | | | 100.0 | 100.0 | 100.0 | 97.6 | 95.0 |
+| 4 steps, progressive 8 → 4 | its own paths | 2 | 100.0 | 100.0 | 100.0 | 97.4 | 95.0 |
+| 4 steps, segment over 32 steps | its own paths | 8 | 100.0 | 100.0 | 100.0 | 97.4 | 94.5 |
+| 4 steps, progressive 8 → 4 | the teacher's CFG | 2 | 100.0 | 100.0 | 100.0 | 97.9 | 95.5 |
+| 4 steps, progressive 8 → 4, 1500 iterations | the teacher's CFG | 2 | 100.0 | 100.0 | 100.0 | 98.1 | 96.0 |
+| 4 steps, progressive 16 → 8 → 4 | the teacher's CFG | 2 + 2 | 100.0 | 100.0 | 99.8 | 98.3 | 96.0 |
+| **4 steps, segment over 16 steps (shipped)** | the teacher's CFG | 4 | 100.0 | 100.0 | 100.0 | 98.3 | 96.5 |
+| none: the guidance-distilled student at 2 Euler steps | | | 82.9 | 70.0 | 95.2 | 91.0 | 57.5 |
+| 2 steps, progressive 8 → 4 → 2 | its own paths | 2 + 2 | 100.0 | 100.0 | 100.0 | 97.1 | 94.5 |
+| 2 steps, segment over 16 steps | its own paths | 8 | 100.0 | 100.0 | 100.0 | 96.9 | 93.5 |
+| 2 steps, progressive from the shipped 4-step student | its own paths | 2 | 100.0 | 100.0 | 100.0 | 97.1 | 94.5 |
+| none: the guidance-distilled student at 1 Euler step | | | 78.8 | 65.0 | 71.7 | 70.7 | 27.0 |
+| 1 step, progressive 8 → 4 → 2 → 1 | its own paths | 2 + 2 + 2 | 99.8 | 99.5 | 100.0 | 96.9 | 93.5 |
+| 1 step, segment over 8 steps | its own paths | 8 | 100.0 | 100.0 | 99.8 | 97.1 | 94.5 |
+| 1 step, progressive 4 → 2 → 1 from the shipped 4-step student | its own paths | 2 + 2 | 100.0 | 100.0 | 100.0 | 97.9 | 95.5 |
+| teacher at 25 Euler steps, CFG 4 (the reference; 50 evaluations an image) | | | 100.0 | 100.0 | 100.0 | 99.3 | 98.5 |
+| teacher at 16 Euler steps, CFG 4 | | | 100.0 | 100.0 | 100.0 | 99.5 | 99.0 |
+| teacher at 8 Euler steps, CFG 4 | | | 100.0 | 100.0 | 100.0 | 99.0 | 98.0 |
+
+On the student's own paths no variant got past the guidance-distilled student it started from
+(97.6 / 95.0 at 4 plain Euler steps): a student learns its teacher's solution, errors included.
+The teacher's CFG paths lifted every variant by 0.5 to 1.5 points on the two figures with room;
+fitting each step to 16 CFG steps at once did best for the cost (600 iterations: 162 s on 2 CPU
+cores). Below 4 steps, distillation is what makes the images (the plain guidance-distilled student
+falls to 57.5 and 27.0 % all right), and the methods end within a point of each other.
+
+Many processes (``torchrun``, ``training/distributed.py``) as in ``distill.py``: ``batch_size``
+is per process, every process draws the whole job's states and keeps its rows, and the trainable
+parameters are wrapped in DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..dit.model import NextDiT
+from ..dit.own_settings import OwnSettings
+from ..sampling.schedule import time_grid
+from ..text.conditioning import PromptBatch
+from .distill import Adapters, DistillConfig, Student, _Prompts, _TrajectoryPool, guided_loss, guided_velocity
+from .distributed import Distributed
+
+log = logging.getLogger(__name__)
+
+METHODS = ("progressive", "segment")
+SOLVER = "euler"   # the students take plain Euler steps: what they were trained to make
+
+
+@dataclass(frozen=True)
+class StepDistillConfig:
+    steps: int = 4                       # the student's step count N
+    method: str = "progressive"          # "progressive" or "segment"
+    start_steps: int = 16                # progressive: the starting model's step count, steps·2^k
+    teacher_steps: int = 32              # segment: the teacher's Euler steps over the whole grid, a multiple of steps
+    mode: str = "lora"                   # "lora" or "full", as in distill.py
+    rank: int = 16
+    iterations: int = 400                # per round
+    batch_size: int = 16
+    lr: float = 1e-4
+    guidance_min: float = 4.0            # guidance scales trained; equal: one fixed scale (recorded in the file)
+    guidance_max: float = 4.0
+    shift: float = 6.0
+    width: int = 1024                    # image size of the trajectories
+    height: int = 1024
+    seed: int = 0
+    checkpointing: bool = False
+    student_trajectories: bool = True    # states advance with the student's step (else the teacher's)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        if self.steps < 1 or self.iterations < 1 or self.batch_size < 1 or self.rank < 1:
+            raise ValueError("steps, iterations, batch_size and rank must be at least 1")
+        ratio = self.start_steps // self.steps
+        if self.method == "progressive" and (self.start_steps % self.steps or ratio < 2 or ratio & (ratio - 1)):
+            raise ValueError(f"progressive distillation halves the step count each round: start_steps "
+                             f"({self.start_steps}) must be steps ({self.steps}) times 2, 4, 8, ...")
+        if self.method == "segment" and (self.teacher_steps % self.steps or self.teacher_steps < 2 * self.steps):
+            raise ValueError(f"teacher_steps ({self.teacher_steps}) must be a multiple of steps ({self.steps}), "
+                             f"at least twice as many")
+        # The rest (mode, guidance range, sizes) is checked where distill.py checks it.
+        self.trajectories()
+
+    @property
+    def fixed_guidance(self) -> float | None:
+        return self.guidance_min if self.guidance_min == self.guidance_max else None
+
+    def rounds(self) -> list[tuple[int, int]]:
+        """(student steps N, teacher steps per student step K) of each round, in order."""
+        if self.method == "segment":
+            return [(self.steps, self.teacher_steps // self.steps)]
+        out, n = [], self.start_steps
+        while n > self.steps:
+            n //= 2
+            out.append((n, 2))
+        return out
+
+    def trajectories(self) -> DistillConfig:
+        """The settings the trajectory pool reads (a DistillConfig checks them)."""
+        return DistillConfig(mode=self.mode, batch_size=self.batch_size, guidance_min=self.guidance_min,
+                             guidance_max=self.guidance_max, shift=self.shift, width=self.width,
+                             height=self.height, seed=self.seed)
+
+    def own_settings(self) -> OwnSettings:
+        """What the student's file records: its steps, solver, shift and guidance scale (if fixed)."""
+        return OwnSettings(self.steps, SOLVER, self.shift, 1.0, self.fixed_guidance)
+
+
+# ---- the student ---------------------------------------------------------------------------------
+
+def _copy(model: nn.Module, clone: bool) -> NextDiT:
+    """A new NextDiT module tree on ``model``'s tensors (``clone``: on copies of them)."""
+    state = model.state_dict()
+    if clone:
+        state = {k: v.detach().clone() for k, v in state.items()}
+    with torch.device("meta"):
+        copy = NextDiT(model.params)
+    copy.load_state_dict(state, assign=True)
+    copy.compute_dtype = model.compute_dtype
+    return copy
+
+
+def make_step_student(model: nn.Module, mode: str = "lora", rank: int = 16, seed: int = 0) -> Student:
+    """The student of a guidance-distilled ``model`` (left unchanged), with ``model`` as its teacher:
+    in lora mode the base weights with the adapters off, in full mode ``model`` itself."""
+    if not model.params.guidance_embed:
+        raise ValueError("step distillation starts from a guidance-distilled student (with guidance_embedder.* "
+                         "keys); distill the teacher first (`distill` without --steps), or give --steps with "
+                         "the teacher and both stages run")
+    if any(module._forward_hooks for module in model.modules()):
+        raise ValueError("the model carries forward hooks (a LoRA applied by NextDiT LoRA Loader?); distill "
+                         "from a file with the LoRA merged in")
+    student = _copy(model, clone=mode == "full")
+    student.train()
+    if mode == "full":
+        return Student(student.requires_grad_(True), None, model.eval())
+    # lora: only the adapters train. The guidance embedder stays as stage 1 made it (shared with
+    # the teacher): training it at a fixed scale shifts every modulation at once, and on a small
+    # random model that made the error grow instead of shrink.
+    student.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Student(student, Adapters(student, rank), None)
+
+
+def _next_round(student: Student, rank: int, seed: int) -> Student:
+    """The trained student becomes the next round's teacher and starting point. lora: its adapters
+    are merged into new weight tensors (the earlier teacher's are never written) and fresh ones
+    start at zero; full: a frozen copy becomes the teacher."""
+    if student.adapters is None:
+        return Student(student.model, None, _copy(student.model, clone=True).eval().requires_grad_(False))
+    model = student.model
+    for name, adapter in student.adapters.items():
+        linear = model.get_submodule(name)
+        merged = linear.weight.detach().float() + adapter.delta_weight().detach().float()
+        linear.weight = nn.Parameter(merged.to(linear.weight.dtype), requires_grad=False)
+    student.adapters.remove()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Student(model, Adapters(model, rank), None)
+
+
+@torch.no_grad()
+def teacher_velocity(student: Student, x: Tensor, t: Tensor, cond: PromptBatch, w: Tensor) -> Tensor:
+    """The round's teacher: the student's starting point (adapters off, or the frozen copy), at scale w."""
+    if student.adapters is None:
+        return student.teacher(x, t, cond.feats, cond.mask, cond.pooled, w)
+    with student.adapters.disabled():
+        return student.model(x, t, cond.feats, cond.mask, cond.pooled, w)
+
+
+def teacher_target(velocity: Callable[[Tensor, Tensor], Tensor], x: Tensor, times: Tensor) -> Tensor:
+    """The velocity v* = (x' − x) / (t_K − t_0) of a teacher's Euler path over ``times`` (B, K+1);
+    velocity(x, t) is the teacher's."""
+    end = x
+    for k in range(times.shape[1] - 1):
+        end = end + (times[:, k + 1] - times[:, k]).view(-1, 1, 1, 1) * velocity(end, times[:, k])
+    return (end - x) / (times[:, -1] - times[:, 0]).view(-1, 1, 1, 1)
+
+
+# ---- training states -----------------------------------------------------------------------------
+
+class _GridPool(_TrajectoryPool):
+    """distill.py's trajectory pool with every trajectory on the student's own N-step grid."""
+
+    def __init__(self, config: DistillConfig, steps: int, n_prompts: int, channels: int, device, generator,
+                 job: Distributed):
+        self.grid = time_grid(steps, config.shift)
+        super().__init__(config, n_prompts, channels, device, generator, job)
+
+    def _reset(self, slot: int) -> None:
+        super()._reset(slot)
+        self.grids[slot] = self.grid
+
+    def fine_times(self, k: int) -> Tensor:
+        """(B, K+1): each state's interval [t_i, t_{i+1}] on the K-times finer nested grid."""
+        fine = time_grid(k * (len(self.grid) - 1), self.config.shift)
+        rows = [fine[i * k:(i + 1) * k + 1] for i in self.step[self.rows]]
+        return torch.tensor(rows, dtype=torch.float32, device=self.device)
+
+
+# ---- the loop ------------------------------------------------------------------------------------
+
+def trainable(student: Student) -> list[nn.Parameter]:
+    """The adapters (lora) or every weight of the student's own copy (full)."""
+    module = student.model if student.adapters is None else student.adapters
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def train_step(student: Student, trained: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, t: Tensor,
+               cond: PromptBatch, w: Tensor, target: Tensor, scale_weighted: bool,
+               job_w: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One optimizer step on one batch through ``trained`` (the student's forward, maybe wrapped in
+    DistributedDataParallel); returns (loss, the student's velocity, detached)."""
+    prediction = trained(x, t, cond.feats, cond.mask, cond.pooled, w)
+    loss = guided_loss(prediction, target, w, scale_weighted, job_w)
+    if not torch.isfinite(loss):
+        raise FloatingPointError("step distillation loss became NaN/inf; lower --lr or train in fp32/bf16")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable(student), 1.0)
+    optimizer.step()
+    return loss.detach(), prediction.detach()
+
+
+def _warmup_then_linear_decay(iterations: int) -> Callable[[int], float]:
+    warmup = max(1, iterations // 20)
+    return lambda i: min((i + 1) / warmup, max(0.0, (iterations - i) / (iterations - warmup + 1)))
+
+
+def _train_round(student: Student, prompts: _Prompts, config: StepDistillConfig, steps: int, k: int,
+                 round_seed: int, progress: bool, job: Distributed, cfg_teacher: nn.Module | None) -> None:
+    """One round: ``steps`` student steps, each matching K Euler steps of the round's teacher (the
+    student's starting point, or ``cfg_teacher`` guided by CFG at each state's scale)."""
+    device = student.model.device
+    generator = torch.Generator("cpu").manual_seed(round_seed)
+    pool = _GridPool(replace(config.trajectories(), seed=round_seed), steps, len(prompts.items),
+                     student.model.params.in_channels, device, generator, job)
+    trained = job.wrap(student.trained_module())
+    optimizer = torch.optim.AdamW(trainable(student), lr=config.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_linear_decay(config.iterations))
+    scale_weighted = config.fixed_guidance is None   # a range: every scale counts alike (distill.guided_loss)
+
+    from tqdm import tqdm  # noqa: PLC0415
+
+    teacher_steps = steps * k
+    bar = tqdm(range(config.iterations), desc=f"steps {teacher_steps}->{steps}", unit="it",
+               disable=not (progress and job.is_main))
+    for _ in bar:
+        x, t, w, indices = pool.states()
+        cond, both = prompts.batch(indices)
+        if cfg_teacher is None:
+            target = teacher_target(lambda x_, t_: teacher_velocity(student, x_, t_, cond, w), x, pool.fine_times(k))
+        else:
+            target = teacher_target(lambda x_, t_: guided_velocity(cfg_teacher, x_, t_, w, both), x,
+                                    pool.fine_times(k))
+        loss, prediction = train_step(student, trained, optimizer, x, t, cond, w, target, scale_weighted, pool.job_w)
+        schedule.step()
+        pool.advance(prediction if config.student_trajectories else target)
+        bar.set_postfix(loss=f"{float(job.mean(loss)):.4g}", refresh=False)
+
+
+def step_distill(model: nn.Module, positives: list, config: StepDistillConfig = StepDistillConfig(),
+                 progress: bool = True, on_round: Callable[[Student, int], None] | None = None,
+                 job: Distributed | None = None, cfg_teacher: nn.Module | None = None, negative=None) -> Student:
+    """Train an N-step student (N = config.steps) of a guidance-distilled ``model`` (unchanged).
+
+    positives: training prompts, each a CONDITIONING. With ``cfg_teacher`` (the teacher ``model``
+    was distilled from, no guidance embedder) and ``negative`` (its unconditional CONDITIONING), the
+    first round's targets are that teacher's CFG paths at each state's guidance scale instead of
+    ``model``'s own: the student starts from ``model`` but learns the teacher's guided solution,
+    not the guidance-distilled approximation of it. on_round(student, steps): called after each
+    round but the last (progressive), e.g. to save that round's student. Returns the Student;
+    ``distill.save_student`` writes it, with ``config.own_settings().to_metadata()``. job: this
+    process's place in a torchrun job (default: alone).
+    """
+    if (cfg_teacher is None) != (negative is None):
+        raise ValueError("CFG targets need both the teacher and its negative (unconditional) prompt")
+    if cfg_teacher is not None and cfg_teacher.params.guidance_embed:
+        raise ValueError("the CFG teacher is the model without guidance embedder that the guidance-distilled "
+                         "student was made from")
+    params = model.params
+    job = job or Distributed(0, 1, 0, model.device)
+    prompts = _Prompts(positives, negative, params, model.device)
+    student = make_step_student(model, config.mode, config.rank, config.seed)
+    rounds = config.rounds()
+    for number, (steps, k) in enumerate(rounds):
+        if number:
+            student = _next_round(student, config.rank, config.seed + number)
+        student.model.gradient_checkpointing = config.checkpointing
+        log.info("step distillation round %d of %d: %d steps from the %s's %d", number + 1, len(rounds), steps,
+                 "CFG teacher" if cfg_teacher is not None and number == 0 else "teacher", steps * k)
+        _train_round(student, prompts, config, steps, k, config.seed + 1000 * number, progress, job,
+                     cfg_teacher if number == 0 else None)
+        if on_round is not None and number < len(rounds) - 1:
+            on_round(student, steps)
+    student.model.eval()
+    return student
