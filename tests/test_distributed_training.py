@@ -35,6 +35,17 @@ def assert_same(a_path, b_path, changed_from=None, tolerance=1e-6):
         assert max((a[k] - changed_from[k]).abs().max().item() for k in changed_from if k in a) > 1e-3
 
 
+def random_conditionings(path, params):
+    """Three random prompts and a negative, as `distill --conditionings` reads them."""
+    g = torch.Generator().manual_seed(0)
+
+    def one(length):
+        return [[torch.randn(1, length, params.cap_dim, generator=g),
+                 {"pooled_output": torch.randn(1, params.clip_dim, generator=g)}]]
+
+    return save_conditionings(path, [one(5) for _ in range(3)], one(2))
+
+
 def test_train_lora_on_two_processes_equals_one_process_with_the_combined_batch(models, tmp_path):  # noqa: F811
     data = write_dataset(tmp_path / "data")
     common = ("--steps", "1", "--optimizer", "sgd", "--lr", "5", "--cache-dir", str(tmp_path / "cache"))
@@ -51,22 +62,9 @@ def test_train_lora_on_two_processes_equals_one_process_with_the_combined_batch(
     assert_same(out / "lora.safetensors", single, changed_from=zero_up)
 
 
-def test_distill_on_two_processes_equals_one_process_with_the_combined_batch(tmp_path):
-    params = tiny_params()
-    teacher = tmp_path / "teacher.safetensors"
-    write_dit_checkpoint(teacher, params, seed=2)
-    g = torch.Generator().manual_seed(0)
-    positives = [[[torch.randn(1, 5, params.cap_dim, generator=g), {"pooled_output": torch.randn(1, params.clip_dim,
-                                                                                                  generator=g)}]]
-                 for _ in range(3)]
-    negative = [[torch.randn(1, 2, params.cap_dim, generator=g), {"pooled_output": torch.randn(1, params.clip_dim,
-                                                                                                generator=g)}]]
-    conditionings = save_conditionings(tmp_path / "prompts.safetensors", positives, negative)
-    common = [str(teacher), "--conditionings", str(conditionings), "--iterations", "2", "--trajectory-steps", "2",
-              "--width", "32", "--height", "32", "--rank", "2", "--device", "cpu", "--no-progress",
-              "--optimizer", "sgd", "--lr", "0.5", "--embedder-lr", "0.5",
-              "--scale-weighted-loss"]   # weights normalised over the job's whole batch
-
+def distill_alone_and_on_two_processes(tmp_path, common: list[str]):
+    """`distill` with batch 4 in this process and with batch 2 on each of two torchrun processes;
+    the two students' paths (only the first process writes)."""
     from nextdit_nodes.runtime import distill_command as command
 
     parser = argparse.ArgumentParser()
@@ -77,37 +75,34 @@ def test_distill_on_two_processes_equals_one_process_with_the_combined_batch(tmp
     out = tmp_path / "ddp"
     torchrun("distill", *common, "--batch-size", "2", "--output", str(out / "student.safetensors"))
     assert sorted(p.name for p in out.iterdir()) == ["student.safetensors"]
+    return single, out / "student.safetensors"
+
+
+def test_distill_on_two_processes_equals_one_process_with_the_combined_batch(tmp_path):
+    params = tiny_params()
+    teacher = tmp_path / "teacher.safetensors"
+    write_dit_checkpoint(teacher, params, seed=2)
+    conditionings = random_conditionings(tmp_path / "prompts.safetensors", params)
+    common = [str(teacher), "--conditionings", str(conditionings), "--iterations", "2", "--trajectory-steps", "2",
+              "--width", "32", "--height", "32", "--rank", "2", "--device", "cpu", "--no-progress",
+              "--optimizer", "sgd", "--lr", "0.5", "--embedder-lr", "0.5",
+              "--scale-weighted-loss"]   # weights normalised over the job's whole batch
+    single, ddp = distill_alone_and_on_two_processes(tmp_path, common)
     before = {k.removeprefix("module."): v for k, v in load_file(str(teacher)).items()}
-    assert_same(out / "student.safetensors", single, changed_from=before)
+    assert_same(ddp, single, changed_from=before)
 
 
 def test_distill_steps_on_two_processes_equals_one_process_with_the_combined_batch(tmp_path):
     params = tiny_params()
     student = tmp_path / "guided.safetensors"
     write_dit_checkpoint(student, dataclasses.replace(params, guidance_embed=True), seed=2)
-    g = torch.Generator().manual_seed(0)
-    positives = [[[torch.randn(1, 5, params.cap_dim, generator=g), {"pooled_output": torch.randn(1, params.clip_dim,
-                                                                                                  generator=g)}]]
-                 for _ in range(3)]
-    negative = [[torch.randn(1, 2, params.cap_dim, generator=g), {"pooled_output": torch.randn(1, params.clip_dim,
-                                                                                                generator=g)}]]
-    conditionings = save_conditionings(tmp_path / "prompts.safetensors", positives, negative)
+    conditionings = random_conditionings(tmp_path / "prompts.safetensors", params)
     common = [str(student), "--conditionings", str(conditionings), "--steps", "2", "--start-steps", "4",
               "--step-iterations", "2", "--width", "32", "--height", "32", "--rank", "2", "--device", "cpu",
               "--no-progress", "--lr", "0.01"]
-
-    from nextdit_nodes.runtime import distill_command as command
-
-    parser = argparse.ArgumentParser()
-    command.register(parser.add_subparsers())
-    single = tmp_path / "single" / "student.safetensors"
-    args = parser.parse_args(["distill", *common, "--batch-size", "4", "--output", str(single)])
-    assert args.func(args) == 0
-    out = tmp_path / "ddp"
-    torchrun("distill", *common, "--batch-size", "2", "--output", str(out / "student.safetensors"))
-    assert sorted(p.name for p in out.iterdir()) == ["student.safetensors"]
+    single, ddp = distill_alone_and_on_two_processes(tmp_path, common)
     before = {k.removeprefix("module."): v for k, v in load_file(str(student)).items()}
     # Adam (step distillation's optimizer) divides by the gradient's magnitude, so where a gradient
     # is nearly zero the summation order of two processes moves a weight by up to the learning rate
     # (measured: 3e-5 here, against 1.5e-2 with a wrongly weighted loss; the step moves 6e-3).
-    assert_same(out / "student.safetensors", single, changed_from=before, tolerance=2e-4)
+    assert_same(ddp, single, changed_from=before, tolerance=2e-4)

@@ -16,7 +16,7 @@ from nextdit_nodes.sampling.sample import NonFiniteError, sample
 from nextdit_nodes.text.conditioning import read_entries
 from nextdit_nodes.sampling.guidance import GuidedVelocity, combine_cfg
 from nextdit_nodes.sampling.schedule import shift_time, shifted_sigma, sigma_from_time, time_grid
-from nextdit_nodes.sampling.solvers import SOLVERS, dpmpp_2m, euler, get_solver, heun, midpoint
+from nextdit_nodes.sampling.solvers import SOLVERS, dpmpp_2m, euler, get_solver, midpoint
 
 # ---- schedule ------------------------------------------------------------------------------------
 

@@ -124,7 +124,6 @@ def cfg_two_step_error(student_model, teacher, cond, negative, steps=2, samples=
     """As two_step_error, against the CFG teacher's two Euler steps: v_u + W·(v_c − v_u), each
     branch its own forward of the teacher (no guidance input)."""
     def cfg(x, t):
-        b = x.shape[0]
         v_c, v_u = (model_call(teacher, x, t, c) for c in (cond, negative))
         return v_u + W * (v_c - v_u)
 

@@ -297,10 +297,12 @@ def _train_round(student: Student, prompts: _Prompts, config: StepDistillConfig,
         x, t, w, indices = pool.states()
         cond, both = prompts.batch(indices)
         if cfg_teacher is None:
-            target = teacher_target(lambda x_, t_: teacher_velocity(student, x_, t_, cond, w), x, pool.fine_times(k))
+            def velocity(x_, t_, cond=cond, w=w):
+                return teacher_velocity(student, x_, t_, cond, w)
         else:
-            target = teacher_target(lambda x_, t_: guided_velocity(cfg_teacher, x_, t_, w, both), x,
-                                    pool.fine_times(k))
+            def velocity(x_, t_, both=both, w=w):
+                return guided_velocity(cfg_teacher, x_, t_, w, both)
+        target = teacher_target(velocity, x, pool.fine_times(k))
         loss, prediction = train_step(student, trained, optimizer, x, t, cond, w, target, scale_weighted, pool.job_w)
         schedule.step()
         pool.advance(prediction if config.student_trajectories else target)

@@ -418,21 +418,26 @@ def check_numbers(url: str) -> None:
     assert refused == total
 
 
-def check_student(url: str) -> None:
-    prompt: dict = {
-        "student": {"class_type": "NextDiTLoader", "inputs": {
-            "dit_name": "NextDiT-embedded-shapes-distilled.safetensors", "weight_dtype": "fp32"}},
+def embedded_student_graph(dit_name: str, shape: str, colour: str, cell: str) -> dict:
+    """Loader ("student": NEXTDIT_MODEL, core MODEL), the embedded text encoders, a one-object
+    prompt ("pos"), the empty negative ("neg") and a 64×64 empty latent ("empty")."""
+    return {
+        "student": {"class_type": "NextDiTLoader", "inputs": {"dit_name": dit_name, "weight_dtype": "fp32"}},
         "te": {"class_type": "NextDiTTextEncoderLoader", "inputs": {
             "gemma_name": "embedded-shapes-gemma3.safetensors", "jina_name": "embedded-shapes-jina.safetensors",
             "device": "cpu", "dtype": "fp32"}},
         "pos": {"class_type": "NextDiTTextEncode", "inputs": {
             "text_encoders": ["te", 0], "system_prompt": "none", "custom_system_prompt": "",
-            "prompt": "<character_1>\n<n>circle</n>\n<appearance>red, large</appearance>\n"
-                      "<position>top_left</position>\n</character_1>"}},
+            "prompt": f"<character_1>\n<n>{shape}</n>\n<appearance>{colour}, large</appearance>\n"
+                      f"<position>{cell}</position>\n</character_1>"}},
         "neg": {"class_type": "NextDiTTextEncode", "inputs": {
             "text_encoders": ["te", 0], "prompt": "", "system_prompt": "none", "custom_system_prompt": ""}},
         "empty": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
     }
+
+
+def check_student(url: str) -> None:
+    prompt = embedded_student_graph("NextDiT-embedded-shapes-distilled.safetensors", "circle", "red", "top_left")
     for guidance in (4.0, 1.0):
         name = f"g{guidance:g}"
         prompt[f"{name}_flux"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0],
@@ -458,21 +463,9 @@ def check_student(url: str) -> None:
 
 
 def check_few_step(url: str) -> None:
-    prompt: dict = {
-        "student": {"class_type": "NextDiTLoader", "inputs": {
-            "dit_name": "NextDiT-embedded-shapes-distilled-4step.safetensors", "weight_dtype": "fp32"}},
-        "te": {"class_type": "NextDiTTextEncoderLoader", "inputs": {
-            "gemma_name": "embedded-shapes-gemma3.safetensors", "jina_name": "embedded-shapes-jina.safetensors",
-            "device": "cpu", "dtype": "fp32"}},
-        "pos": {"class_type": "NextDiTTextEncode", "inputs": {
-            "text_encoders": ["te", 0], "system_prompt": "none", "custom_system_prompt": "",
-            "prompt": "<character_1>\n<n>square</n>\n<appearance>blue, large</appearance>\n"
-                      "<position>middle_center</position>\n</character_1>"}},
-        "neg": {"class_type": "NextDiTTextEncode", "inputs": {
-            "text_encoders": ["te", 0], "prompt": "", "system_prompt": "none", "custom_system_prompt": ""}},
-        "empty": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "g1": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0], "guidance": 1.0}},
-    }
+    prompt = embedded_student_graph("NextDiT-embedded-shapes-distilled-4step.safetensors", "square", "blue",
+                                    "middle_center")
+    prompt["g1"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0], "guidance": 1.0}}
     for name, positive in (("own", "pos"), ("g1", "g1")):
         prompt[f"{name}_ks"] = {"class_type": "KSampler", "inputs": {
             "model": ["student", 1], "seed": SEED, "steps": 4, "cfg": 1.0, "sampler_name": "euler",
