@@ -117,13 +117,19 @@ class NextDiTSampler:
 
         progress = host.Progress(total, unique_id)
         # On a GPU each preview is shown one step late, so the loop never waits for the device.
-        previews = LaggedPreviews(lambda step, image: progress.update(step + 1, ("JPEG", image, PREVIEW_SIZE)))
+        report = SamplingReport()
+
+        def show(step: int, image) -> None:
+            cache = report.cache
+            note = None if cache is None else f"cache skipped {cache.skipped}/{cache.evaluations}"
+            progress.update(step + 1, ("JPEG", image, PREVIEW_SIZE), note)
+
+        previews = LaggedPreviews(show)
 
         def on_step(step: int, total: int, x0) -> None:
             host.check_interrupt()
             previews(step, x0)
 
-        report = SamplingReport()
         out = sample(model, positive, negative, width, height, seed, steps, solver, shift, cfg, renorm_cfg,
                      cfg_trunc, guidance=guidance, batch_size=batch_size, latent=latent, denoise=denoise,
                      callback=on_step, step_cache=step_cache, report=report)

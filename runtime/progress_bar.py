@@ -24,7 +24,7 @@ class ProgressDisplay:
         self.close()
         self._label = node.title or node.class_type
 
-    def update(self, done: int, total: int, preview=None) -> None:
+    def update(self, done: int, total: int, preview=None, note: str | None = None) -> None:
         if not self.enabled:
             return
         if self._bar is None or self._bar.total != total or done < self._last:
@@ -33,6 +33,8 @@ class ProgressDisplay:
 
             self._bar = tqdm(total=total, desc=self._label, unit="step", file=sys.stderr,
                              dynamic_ncols=True, leave=True)
+        if note:
+            self._bar.set_postfix_str(note, refresh=False)
         self._bar.update(done - self._bar.n)
         self._last = done
 

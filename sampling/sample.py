@@ -202,11 +202,11 @@ def sample(model, positive, negative, width: int, height: int, seed: int, steps:
             callback(i, steps, denoised(x_i, t_i, v_i))
 
     with torch.no_grad(), (cached(model, step_cache) if step_cache > 0 else contextlib.nullcontext()) as cache:
+        if report is not None:
+            report.cache = cache   # counted while sampling (the progress line shows it)
         x = solve(velocity, x, times, on_step)
     watch.finish(x)
     if cache is not None:
         log.info("%s", cache.describe())
-        if report is not None:
-            report.cache = cache
     out = {"samples": FLUX.to_raw(x.float()).cpu()}
     return out if latent is None else {**latent, **out}    # the input's noise_mask etc. go on, as core's

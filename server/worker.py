@@ -104,7 +104,8 @@ class Worker:
         self._job.outputs[node.id] = ui
         self._send("executed", {"node": node.id, "display_node": node.id, "output": ui})
 
-    def _progress(self, done: int, total: int, preview=None) -> None:
+    def _progress(self, done: int, total: int, preview=None, note=None) -> None:
+        # ComfyUI's progress message has no text; a note reaches the editor in the node's output.
         if self._job is None:
             return
         if preview is not None:

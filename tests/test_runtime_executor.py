@@ -88,7 +88,7 @@ def test_node_failure_names_the_node(classes):
 
 def test_progress_hook_sees_every_step(classes):
     seen = []
-    previous = host.set_progress_hook(lambda done, total, preview: seen.append((done, total)))
+    previous = host.set_progress_hook(lambda done, total, preview, note: seen.append((done, total)))
     try:
         Executor(classes).run(load_workflow(ui_workflow(), classes))
     finally:

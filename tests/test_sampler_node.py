@@ -60,7 +60,7 @@ def test_sides_that_are_not_multiples_of_16_are_refused_before_sampling(model, w
     side = NextDiTSampler.INPUT_TYPES()["required"]["width"][1]
     assert (side["min"], side["step"]) == (16, 16)      # the editor rounds typed sides to 16
     updates = []
-    previous = host.set_progress_hook(lambda done, total, preview: updates.append(done))
+    previous = host.set_progress_hook(lambda done, total, preview, note: updates.append(done))
     try:
         with pytest.raises(ValueError, match=f"{bad} must be a multiple of 16"):
             NextDiTSampler().sample(**_kwargs(model, width=width, height=height))
@@ -73,7 +73,7 @@ def test_sides_that_are_not_multiples_of_16_are_refused_before_sampling(model, w
 
 def test_node_output_equals_sample_and_reports_progress_with_previews(model):
     updates = []
-    previous = host.set_progress_hook(lambda done, total, preview: updates.append((done, total, preview)))
+    previous = host.set_progress_hook(lambda done, total, preview, note: updates.append((done, total, preview)))
     try:
         (out,) = NextDiTSampler().sample(**_kwargs(model), unique_id="7")["result"]
     finally:

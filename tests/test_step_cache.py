@@ -12,6 +12,7 @@ import torch
 
 from factories import random_dit, tiny_params
 from nextdit_nodes.dit.step_cache import StepCache, step_cache
+from nextdit_nodes.nodes import host
 from nextdit_nodes.nodes.sampling import NextDiTSampler
 from nextdit_nodes.sampling.sample import SamplingReport, sample
 
@@ -132,12 +133,19 @@ def test_a_reused_evaluation_adds_the_last_residual_of_the_other_layers(model):
         assert not torch.allclose(reused, model(*inputs(x2, 0.35)), atol=1e-3)   # it was not computed
 
 
-def test_node_reports_the_skipped_evaluations_in_its_text(model):
+def test_node_reports_the_skipped_evaluations_in_its_text_and_progress_line(model):
     p = model.params
-    result = NextDiTSampler().sample(model, prompt(p, 1), 32, 32, 1, 7, 6, "euler", 6.0, 4.0, 0.0, 1.0, 0.0,
-                                     negative=prompt(p, 2), step_cache=1e9)
+    notes = []
+    previous = host.set_progress_hook(lambda done, total, preview, note: notes.append(note))
+    try:
+        result = NextDiTSampler().sample(model, prompt(p, 1), 32, 32, 1, 7, 6, "euler", 6.0, 4.0, 0.0, 1.0, 0.0,
+                                         negative=prompt(p, 2), step_cache=1e9)
+    finally:
+        host.set_progress_hook(previous)
     (text,) = result["ui"]["text"]
     assert "skipped 5 of 6 evaluations" in text
+    # Step i (from 1) has made i evaluations, all but the first skipped (on a CPU the line is live).
+    assert notes == [f"cache skipped {i - 1}/{i}" for i in range(1, 7)]
     plain = NextDiTSampler().sample(model, prompt(p, 1), 32, 32, 1, 7, 6, "euler", 6.0, 4.0, 0.0, 1.0, 0.0,
                                     negative=prompt(p, 2))
     assert "step cache" not in plain["ui"]["text"][0]

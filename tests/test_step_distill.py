@@ -208,7 +208,7 @@ def test_a_students_file_sets_the_samplers_defaults_and_the_user_can_override_th
         handle.remove()
 
     updates = []
-    previous = host.set_progress_hook(lambda done, total, preview: updates.append((done, total)))
+    previous = host.set_progress_hook(lambda done, total, preview, note: updates.append((done, total)))
     try:
         result = NextDiTSampler().sample(loaded, cond, 32, 32, 1, 0, 0, "midpoint", 6.0, 5.0, 0.0, 1.0, 0.0)
     finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-ProgressHook = Callable[[int, int, object], None]  # (done, total, preview or None)
+ProgressHook = Callable[[int, int, object, "str | None"], None]  # (done, total, preview or None, note or None)
 _progress_hook: ProgressHook | None = None
 
 
@@ -29,11 +29,12 @@ class Progress:
         except ImportError:
             pass
 
-    def update(self, done: int, preview=None) -> None:
+    def update(self, done: int, preview=None, note: str | None = None) -> None:
+        """``note``: a few words for the headless progress line (ComfyUI's bar carries no text)."""
         if self._bar is not None:
             self._bar.update_absolute(done, self.total, preview)
         elif _progress_hook is not None:
-            _progress_hook(done, self.total, preview)
+            _progress_hook(done, self.total, preview, note)
 
 
 class Interrupted(Exception):
