@@ -120,9 +120,11 @@ class NextDiTSampler:
         report = SamplingReport()
 
         def show(step: int, image) -> None:
+            # With the progress: the cache's skips so far, and at the last step the node's text
+            # (what ran, what the cache skipped), which ComfyUI shows on the node.
             cache = report.cache
             note = None if cache is None else f"cache skipped {cache.skipped}/{cache.evaluations}"
-            progress.update(step + 1, ("JPEG", image, PREVIEW_SIZE), note)
+            progress.update(step + 1, ("JPEG", image, PREVIEW_SIZE), report.describe() if step + 1 == total else note)
 
         previews = LaggedPreviews(show)
 

@@ -2,7 +2,9 @@
 
 Text frames are ``{"type": event, "data": {...}}``. Latent previews are binary frames as in
 ComfyUI's ``protocol.py`` / ``server.py`` ``send_image``: a 4-byte big-endian event type
-(1 = PREVIEW_IMAGE), a 4-byte image type (1 = JPEG), then the JPEG bytes.
+(1 = PREVIEW_IMAGE), a 4-byte image type (1 = JPEG), then the JPEG bytes. A node's progress text
+is a binary TEXT frame as ``send_progress_text`` sends it: event 3, the node id's length (4 bytes),
+the node id, then the UTF-8 text.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from aiohttp import WSMsgType, web
 
 log = logging.getLogger(__name__)
 
-PREVIEW_IMAGE, JPEG = 1, 1
+PREVIEW_IMAGE, TEXT, JPEG = 1, 3, 1
 # What this server tells the editor it supports (ComfyUI's feature flags); previews come as plain
 # PREVIEW_IMAGE frames, so no "supports_preview_metadata".
 SERVER_FEATURES = {"supports_preview_metadata": False, "max_upload_size": 0}
@@ -33,6 +35,12 @@ def preview_frame(image, max_size: int | None) -> bytes:
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="JPEG", quality=95)
     return struct.pack(">II", PREVIEW_IMAGE, JPEG) + buffer.getvalue()
+
+
+def text_frame(node_id: str, text: str) -> bytes:
+    """A node's progress text as a binary TEXT frame (the editor shows it on the node)."""
+    node = str(node_id).encode("utf-8")
+    return struct.pack(">II", TEXT, len(node)) + node + text.encode("utf-8")
 
 
 class Hub:

@@ -14,7 +14,7 @@ from ..runtime.errors import NodeExecutionError
 from ..runtime.executor import Executor
 from ..runtime.graph import GraphNode
 from .jobs import Job, JobQueue, now_ms
-from .messages import Hub, preview_frame
+from .messages import Hub, preview_frame, text_frame
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +105,12 @@ class Worker:
         self._send("executed", {"node": node.id, "display_node": node.id, "output": ui})
 
     def _progress(self, done: int, total: int, preview=None, note=None) -> None:
-        # ComfyUI's progress message has no text; a note reaches the editor in the node's output.
         if self._job is None:
             return
         if preview is not None:
             _, image, max_size = preview  # ("JPEG", PIL image, largest side)
             self.hub.send_bytes(preview_frame(image, max_size), self._job.client_id)
+        if note and self._node is not None:
+            self.hub.send_bytes(text_frame(self._node.id, note), self._job.client_id)
         self._send("progress", {"value": done, "max": total,
                                 "node": self._node.id if self._node else None})

@@ -22,6 +22,7 @@ class Progress:
 
     def __init__(self, total: int, node_id: str | None = None):
         self.total = total
+        self.node_id = node_id
         self._bar = None
         try:
             import comfy.utils  # noqa: PLC0415 - only inside ComfyUI
@@ -30,9 +31,14 @@ class Progress:
             pass
 
     def update(self, done: int, preview=None, note: str | None = None) -> None:
-        """``note``: a few words for the headless progress line (ComfyUI's bar carries no text)."""
+        """``note``: a few words shown with the progress: inside ComfyUI on the node, as core's
+        nodes show text (``PromptServer.send_progress_text``); headless in the progress line."""
         if self._bar is not None:
             self._bar.update_absolute(done, self.total, preview)
+            if note and self.node_id is not None:
+                from server import PromptServer  # noqa: PLC0415 - ComfyUI's server module
+
+                PromptServer.instance.send_progress_text(note, self.node_id)
         elif _progress_hook is not None:
             _progress_hook(done, self.total, preview, note)
 
