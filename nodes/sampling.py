@@ -116,7 +116,6 @@ class NextDiTSampler:
         use_dit_for_sampling(model, positive, negative, width, height, batch_size, used_cfg)
 
         progress = host.Progress(total, unique_id)
-        # On a GPU each preview is shown one step late, so the loop never waits for the device.
         report = SamplingReport()
 
         def show(step: int, image) -> None:
@@ -126,9 +125,10 @@ class NextDiTSampler:
             note = None if cache is None else f"cache skipped {cache.skipped}/{cache.evaluations}"
             progress.update(step + 1, ("JPEG", image, PREVIEW_SIZE), report.describe() if step + 1 == total else note)
 
+        # On a GPU each preview is shown one step late, so the loop never waits for the device.
         previews = LaggedPreviews(show)
 
-        def on_step(step: int, total: int, x0) -> None:
+        def on_step(step: int, _steps: int, x0) -> None:
             host.check_interrupt()
             previews(step, x0)
 
