@@ -25,6 +25,7 @@ gradients are averaged, and only the first process writes the file and shows pro
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -147,45 +148,71 @@ def _load_latents(path: Path):
     return FLUX.from_raw(tensors["latents"].float())
 
 
+def _check_prompt_source(args) -> None:
+    if (args.prompts is None) == (args.conditionings is None):
+        raise DistillUsageError("give exactly one of --prompts (with --gemma/--jina) or --conditionings")
+    if args.conditionings is not None and not args.conditionings.is_file():
+        raise DistillUsageError(f"conditionings file {args.conditionings} does not exist")
+
+
+def _training_prompts(args) -> tuple[list, object]:
+    """(positives, negative) CONDITIONINGs from --conditionings or encoded from --prompts."""
+    from ..text.conditioning import load_conditionings  # noqa: PLC0415
+
+    return load_conditionings(args.conditionings) if args.conditionings is not None else _encode_prompts(args)
+
+
+def _learning_rate(args) -> float:
+    return args.lr if args.lr is not None else (1e-4 if args.mode == "lora" else 1e-5)
+
+
+def _save_dtype(args):
+    return None if args.save_dtype == "same" else dtypes.torch_dtype(args.save_dtype)
+
+
 def run(args) -> int:
     """Load the teacher, get the conditionings, train, write the student; returns the exit code."""
     if getattr(args, "steps", None):   # a few-step student (training/step_distill.py)
         return _run_steps(args)
-    from ..dit.checkpoint import load_dit  # noqa: PLC0415
-    from ..text.conditioning import load_conditionings  # noqa: PLC0415
-    from ..training import distributed  # noqa: PLC0415
-    from ..training.distill import DistillConfig, default_output_path, distill, save_student  # noqa: PLC0415
+    from ..training.distill import default_output_path  # noqa: PLC0415
 
-    if (args.prompts is None) == (args.conditionings is None):
-        raise DistillUsageError("give exactly one of --prompts (with --gemma/--jina) or --conditionings")
+    _check_prompt_source(args)
+    teacher_path = resolve_model("diffusion_models", args.teacher)
+    output = args.output or default_output_path(teacher_path)
+    config = _guidance_config(args, output)
+    _distill_guidance(args, config, teacher_path, output, *_training_prompts(args))
+    return 0
+
+
+def _guidance_config(args, output: Path):
+    """The guidance stage's DistillConfig, after the checks that need no model or prompt."""
+    from ..training.distill import DistillConfig  # noqa: PLC0415
+
     if args.student_trajectories and args.latents is not None:
         raise DistillUsageError("--student-trajectories advances the data-free trajectories; with --latents the "
                                 "states are noised training latents. Drop one of the two options")
-    teacher_path = resolve_model("diffusion_models", args.teacher)
-    output = args.output or default_output_path(teacher_path)
     if output.exists() and not args.overwrite:
         raise DistillUsageError(f"{output} exists; choose another --output or pass --overwrite")
-    lr = args.lr if args.lr is not None else (1e-4 if args.mode == "lora" else 1e-5)
     try:
-        config = DistillConfig(mode=args.mode, rank=args.rank, iterations=args.iterations,
-                               batch_size=args.batch_size, lr=lr, embedder_lr=args.embedder_lr,
-                               guidance_min=args.guidance_min, guidance_max=args.guidance_max,
-                               shift=args.shift, trajectory_steps=args.trajectory_steps,
-                               width=args.width, height=args.height, seed=args.seed,
-                               checkpointing=not args.no_checkpointing,
-                               scale_weighted_loss=args.scale_weighted_loss,
-                               student_trajectories=args.student_trajectories, optimizer=args.optimizer)
+        return DistillConfig(mode=args.mode, rank=args.rank, iterations=args.iterations,
+                             batch_size=args.batch_size, lr=_learning_rate(args), embedder_lr=args.embedder_lr,
+                             guidance_min=args.guidance_min, guidance_max=args.guidance_max,
+                             shift=args.shift, trajectory_steps=args.trajectory_steps,
+                             width=args.width, height=args.height, seed=args.seed,
+                             checkpointing=not args.no_checkpointing,
+                             scale_weighted_loss=args.scale_weighted_loss,
+                             student_trajectories=args.student_trajectories, optimizer=args.optimizer)
     except ValueError as error:
         raise DistillUsageError(str(error)) from None
 
-    if args.conditionings is not None:
-        if not args.conditionings.is_file():
-            raise DistillUsageError(f"conditionings file {args.conditionings} does not exist")
-        positives, negative = load_conditionings(args.conditionings)
-    else:
-        positives, negative = _encode_prompts(args)
-    latents = _load_latents(args.latents) if args.latents is not None else None
 
+def _distill_guidance(args, config, teacher_path: Path, output: Path, positives: list, negative) -> None:
+    """Train the guidance-distilled student of the teacher at ``teacher_path`` and write it to ``output``."""
+    from ..dit.checkpoint import load_dit  # noqa: PLC0415
+    from ..training import distributed  # noqa: PLC0415
+    from ..training.distill import distill, save_student  # noqa: PLC0415
+
+    latents = _load_latents(args.latents) if args.latents is not None else None
     job = distributed.start(args.device)
     try:
         teacher = load_dit(teacher_path, dtype=args.dtype, device=job.device)
@@ -194,15 +221,14 @@ def run(args) -> int:
         student = distill(teacher, positives, negative, config, latents=latents, progress=not args.no_progress,
                           job=job)
         if job.is_main:
-            save_dtype = None if args.save_dtype == "same" else dtypes.torch_dtype(args.save_dtype)
             metadata = {"teacher": teacher_path.name, "guidance_range": f"{args.guidance_min}-{args.guidance_max}",
                         "distill_mode": args.mode, "iterations": str(args.iterations),
                         "batch": f"{args.batch_size} x {job.world_size} process(es)"}
-            path = save_student(student, output, dtype=save_dtype, metadata=metadata, overwrite=args.overwrite)
+            path = save_student(student, output, dtype=_save_dtype(args), metadata=metadata,
+                                overwrite=args.overwrite)
             print(f"wrote {path}: sample it with cfg 1 and guidance {args.guidance_min:g}-{args.guidance_max:g}")
     finally:
         distributed.finish(job)
-    return 0
 
 
 # ---- --steps: a few-step student (training/step_distill.py) ------------------------------------
@@ -215,8 +241,8 @@ def _add_step_arguments(parser) -> None:
                             "student or a teacher (its guidance-distilled student is made first)")
     steps.add_argument("--step-method", choices=("progressive", "segment"), default="progressive",
                        help="progressive: rounds halving the step count, each matching two steps of the previous "
-                            "round's student (Meng et al.); segment: each step matches the guidance-distilled "
-                            "student's own --teacher-steps solution over it (default progressive)")
+                            "round's student (Meng et al.); segment: each step matches the teacher's "
+                            "--teacher-steps solution over it (default progressive)")
     steps.add_argument("--start-steps", type=int,
                        help="progressive: the step count the guidance-distilled student starts from, N times a "
                             "power of 2 (default: the smallest such count of at least 16)")
@@ -251,13 +277,12 @@ def _is_guidance_student(path: Path) -> bool:
     return any("guidance_embedder." in key for key in open_weights(path, subfolder="transformer"))
 
 
-def _guidance_student(args, teacher_path: Path) -> Path:
-    """The guidance-distilled student to start from: TEACHER itself when it is one, else made by
-    the guidance stage (this command without --steps) or, with --resume, the one already made."""
+def _guidance_student(args, teacher_path: Path, prompts) -> Path:
+    """The guidance-distilled student made from the teacher at ``teacher_path`` by the guidance
+    stage (this command without --steps) or, with --resume, the one already made. prompts():
+    the training prompts, encoded once for both stages."""
     from ..training.distill import default_output_path  # noqa: PLC0415
 
-    if _is_guidance_student(teacher_path):
-        return teacher_path
     path = default_output_path(teacher_path)
     if path.exists() and args.resume:
         log.info("starting from the guidance-distilled student %s (--resume)", path)
@@ -265,20 +290,17 @@ def _guidance_student(args, teacher_path: Path) -> Path:
     if path.exists() and not args.overwrite:
         raise DistillUsageError(f"{path} exists: pass --resume to start the step distillation from it, or "
                                 f"--overwrite to make it again")
-    guidance_args = argparse.Namespace(**{**vars(args), "steps": 0, "output": path})
-    run(guidance_args)
+    _distill_guidance(args, _guidance_config(args, path), teacher_path, path, *prompts())
     return path
 
 
 def _run_steps(args) -> int:
     from ..dit.checkpoint import load_dit  # noqa: PLC0415
-    from ..text.conditioning import load_conditionings  # noqa: PLC0415
     from ..training import distributed  # noqa: PLC0415
     from ..training.distill import save_student  # noqa: PLC0415
     from ..training.step_distill import StepDistillConfig, step_distill  # noqa: PLC0415
 
-    if (args.prompts is None) == (args.conditionings is None):
-        raise DistillUsageError("give exactly one of --prompts (with --gemma/--jina) or --conditionings")
+    _check_prompt_source(args)
     if args.latents is not None:
         raise DistillUsageError("--latents is for the guidance stage alone; step distillation trains on its "
                                 "own trajectories. Drop --latents (or run the guidance stage first without --steps)")
@@ -291,18 +313,20 @@ def _run_steps(args) -> int:
         config = StepDistillConfig(
             steps=args.steps, method=args.step_method, start_steps=start, teacher_steps=args.teacher_steps,
             mode=args.mode, rank=args.rank, iterations=args.step_iterations, batch_size=args.batch_size,
-            lr=args.lr if args.lr is not None else (1e-4 if args.mode == "lora" else 1e-5),
-            guidance_min=guidance[0], guidance_max=guidance[1], shift=args.shift, width=args.width,
+            lr=_learning_rate(args), guidance_min=guidance[0], guidance_max=guidance[1], shift=args.shift, width=args.width,
             height=args.height, seed=args.seed, checkpointing=not args.no_checkpointing)
     except ValueError as error:
         raise DistillUsageError(str(error)) from None
     teacher_path = resolve_model("diffusion_models", args.teacher)
-    if args.cfg_teacher is not None and not _is_guidance_student(teacher_path):
+    given_student = _is_guidance_student(teacher_path)
+    if args.cfg_teacher is not None and not given_student:
         raise DistillUsageError("--cfg-teacher is for a guidance-distilled TEACHER; this TEACHER is the teacher "
                                 "itself, whose CFG paths are learnt already. Drop --cfg-teacher")
-    guidance_student = _guidance_student(args, teacher_path)   # under torchrun: a job of its own
+    prompts = functools.cache(lambda: _training_prompts(args))
+    # A teacher's guidance stage runs first (under torchrun: a job of its own).
+    guidance_student = teacher_path if given_student else _guidance_student(args, teacher_path, prompts)
     cfg_teacher_path = None if args.student_targets else (
-        teacher_path if guidance_student != teacher_path else
+        teacher_path if not given_student else
         resolve_model("diffusion_models", args.cfg_teacher) if args.cfg_teacher is not None else None)
     output = args.output or step_output_path(guidance_student, args.steps)
     if output.exists() and not args.overwrite:
@@ -316,9 +340,8 @@ def _run_steps(args) -> int:
                 cfg_teacher_path = None     # only the first round, done, learns the teacher's CFG paths
                 log.info("resuming from the %d-step round student %s", steps, first)
                 break
-    positives, negative = (load_conditionings(args.conditionings) if args.conditionings is not None
-                           else _encode_prompts(args))
-    save_dtype = None if args.save_dtype == "same" else dtypes.torch_dtype(args.save_dtype)
+    positives, negative = prompts()
+    save_dtype = _save_dtype(args)
     metadata = {"nextdit_distilled": "guidance+steps", "teacher": guidance_student.name,
                 "step_method": config.method, "distill_mode": config.mode,
                 "step_targets": (f"CFG of {cfg_teacher_path.name}" if cfg_teacher_path is not None
