@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..dit.own_settings import own_settings
+from ..dit.own_settings import OwnSettings, own_settings
 from ..dit.step_cache import StepCache, step_cache as cached
 from ..text.conditioning import read_entries
 from ..vae.latent_format import FLUX
@@ -55,8 +55,7 @@ class SamplingReport:
     cache: StepCache | None = None
 
     def describe(self) -> str:
-        guidance = f", guidance {self.guidance:g}" if self.guidance > 0 else ""
-        text = f"{self.steps} {self.solver} steps, shift {self.shift:g}, cfg {self.cfg:g}{guidance}"
+        text = OwnSettings(self.steps, self.solver, self.shift, self.cfg, self.guidance or None).describe()
         if self.own_settings:
             text += " (the model's own settings)"
         return text if self.cache is None else f"{text}; {self.cache.describe()}"

@@ -158,9 +158,12 @@ class Student:
             return self.model(x, t, feats, mask, pooled)  # guidance None: the embedder is skipped
 
     def trainable(self) -> list[nn.Parameter]:
+        """The parameters that train: the guidance embedder (where it trains) and the adapters
+        (lora), or every weight of the student's own copy (full)."""
         if self.adapters is None:
             return [p for p in self.model.parameters() if p.requires_grad]
-        return [*self.model.guidance_embedder.parameters(), *self.adapters.parameters()]
+        return [p for p in (*self.model.guidance_embedder.parameters(), *self.adapters.parameters())
+                if p.requires_grad]
 
     def param_groups(self, lr: float, embedder_lr: float) -> list[dict]:
         """The new guidance embedder learns fast from zero; the adapters / base weights gently."""
@@ -388,6 +391,29 @@ def guided_loss(prediction: Tensor, target: Tensor, w: Tensor, scale_weighted: b
 
 # ---- the loop --------------------------------------------------------------------------------
 
+def warmup_then_linear_decay(iterations: int):
+    """The learning-rate factor per iteration: a short warm-up, then linear decay to zero (the
+    targets are noisy: random states, scales, prompts)."""
+    warmup = max(1, iterations // 20)
+    return lambda i: min((i + 1) / warmup, max(0.0, (iterations - i) / (iterations - warmup + 1)))
+
+
+def train_step(student: Student, trained: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, t: Tensor,
+               cond: PromptBatch, w: Tensor, target: Tensor, scale_weighted: bool,
+               job_w: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One optimizer step on one batch through ``trained`` (the student's forward, maybe wrapped in
+    DistributedDataParallel); returns (loss, the student's velocity), detached."""
+    prediction = trained(x, t, cond.feats, cond.mask, cond.pooled, w)
+    loss = guided_loss(prediction, target, w, scale_weighted, job_w)
+    if not torch.isfinite(loss):
+        raise FloatingPointError("distillation loss became NaN/inf; lower --lr or train in fp32/bf16")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(student.trainable(), 1.0)
+    optimizer.step()
+    return loss.detach(), prediction.detach()
+
+
 def distill(teacher: nn.Module, positives: list, negative, config: DistillConfig = DistillConfig(),
             latents: Tensor | None = None, progress: bool = True, job: Distributed | None = None) -> Student:
     """Train a guidance-distilled student of ``teacher``.
@@ -414,11 +440,7 @@ def distill(teacher: nn.Module, positives: list, negative, config: DistillConfig
     groups = student.param_groups(config.lr, config.embedder_lr)
     optimizer = (torch.optim.SGD(groups, lr=config.lr) if config.optimizer == "sgd"
                  else torch.optim.AdamW(groups, weight_decay=0.0))
-    # Short warm-up, then linear decay to zero: the targets are noisy (random states, scales, prompts).
-    warmup = max(1, config.iterations // 20)
-    decay = config.iterations - warmup + 1
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: min((i + 1) / warmup, max(0.0, (config.iterations - i) / decay)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay(config.iterations))
 
     from tqdm import tqdm  # noqa: PLC0415
 
@@ -427,16 +449,10 @@ def distill(teacher: nn.Module, positives: list, negative, config: DistillConfig
         x, t, w, indices = source.states()
         cond, both = prompts.batch(indices)
         target = guided_velocity(student.teacher_velocity, x, t, w, both)
-        prediction = trained(x, t, cond.feats, cond.mask, cond.pooled, w)
-        loss = guided_loss(prediction, target, w, config.scale_weighted_loss, source.job_w)
-        if not torch.isfinite(loss):
-            raise FloatingPointError("distillation loss became NaN/inf; lower --lr or train in fp32/bf16")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.trainable(), 1.0)
-        optimizer.step()
+        loss, prediction = train_step(student, trained, optimizer, x, t, cond, w, target,
+                                      config.scale_weighted_loss, source.job_w)
         schedule.step()
-        source.advance(prediction.detach() if config.student_trajectories else target)
+        source.advance(prediction if config.student_trajectories else target)
         bar.set_postfix(loss=f"{float(job.mean(loss)):.4g}", refresh=False)
 
     student.model.eval()

@@ -84,7 +84,8 @@ from ..dit.model import NextDiT
 from ..dit.own_settings import OwnSettings
 from ..sampling.schedule import time_grid
 from ..text.conditioning import PromptBatch
-from .distill import Adapters, DistillConfig, Student, _Prompts, _TrajectoryPool, guided_loss, guided_velocity
+from .distill import (Adapters, DistillConfig, Student, _Prompts, _TrajectoryPool, guided_velocity, train_step,
+                      warmup_then_linear_decay)
 from .distributed import Distributed
 
 log = logging.getLogger(__name__)
@@ -248,33 +249,6 @@ class _GridPool(_TrajectoryPool):
 
 # ---- the loop ------------------------------------------------------------------------------------
 
-def trainable(student: Student) -> list[nn.Parameter]:
-    """The adapters (lora) or every weight of the student's own copy (full)."""
-    module = student.model if student.adapters is None else student.adapters
-    return [p for p in module.parameters() if p.requires_grad]
-
-
-def train_step(student: Student, trained: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, t: Tensor,
-               cond: PromptBatch, w: Tensor, target: Tensor, scale_weighted: bool,
-               job_w: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """One optimizer step on one batch through ``trained`` (the student's forward, maybe wrapped in
-    DistributedDataParallel); returns (loss, the student's velocity, detached)."""
-    prediction = trained(x, t, cond.feats, cond.mask, cond.pooled, w)
-    loss = guided_loss(prediction, target, w, scale_weighted, job_w)
-    if not torch.isfinite(loss):
-        raise FloatingPointError("step distillation loss became NaN/inf; lower --lr or train in fp32/bf16")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(trainable(student), 1.0)
-    optimizer.step()
-    return loss.detach(), prediction.detach()
-
-
-def _warmup_then_linear_decay(iterations: int) -> Callable[[int], float]:
-    warmup = max(1, iterations // 20)
-    return lambda i: min((i + 1) / warmup, max(0.0, (iterations - i) / (iterations - warmup + 1)))
-
-
 def _train_round(student: Student, prompts: _Prompts, config: StepDistillConfig, steps: int, k: int,
                  round_seed: int, progress: bool, job: Distributed, cfg_teacher: nn.Module | None) -> None:
     """One round: ``steps`` student steps, each matching K Euler steps of the round's teacher (the
@@ -284,8 +258,8 @@ def _train_round(student: Student, prompts: _Prompts, config: StepDistillConfig,
     pool = _GridPool(replace(config.trajectories(), seed=round_seed), steps, len(prompts.items),
                      student.model.params.in_channels, device, generator, job)
     trained = job.wrap(student.trained_module())
-    optimizer = torch.optim.AdamW(trainable(student), lr=config.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_linear_decay(config.iterations))
+    optimizer = torch.optim.AdamW(student.trainable(), lr=config.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay(config.iterations))
     scale_weighted = config.fixed_guidance is None   # a range: every scale counts alike (distill.guided_loss)
 
     from tqdm import tqdm  # noqa: PLC0415
