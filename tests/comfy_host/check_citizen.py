@@ -249,18 +249,25 @@ def check_loras(url: str, log: Path | None) -> None:
     assert relative(base_again, base) <= 1e-6
 
 
-def check_inpainting(url: str) -> None:
+def masked_source_graph(width: int, height: int, x: int, y: int) -> dict:
+    """The text nodes, the wide Next-DiT ("pack"), a latent core KSampler made from it ("source_ks",
+    saved as "source_save") and that latent with a noise mask over the given pixel rectangle ("masked")."""
     prompt: dict = {}
     text_nodes(prompt)
     prompt["pack"] = {"class_type": "NextDiTLoader", "inputs": {"dit_name": WIDE_DIT, "weight_dtype": "fp32"}}
     prompt["empty"] = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
     prompt.update(ksampler(["pack", 1], 1.0, ["empty", 0], "source"))
     prompt["mask"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}}
-    prompt["hole"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 32}}
+    prompt["hole"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": width, "height": height}}
     prompt["composite"] = {"class_type": "MaskComposite", "inputs": {
-        "destination": ["mask", 0], "source": ["hole", 0], "x": 0, "y": 0, "operation": "add"}}
+        "destination": ["mask", 0], "source": ["hole", 0], "x": x, "y": y, "operation": "add"}}
     prompt["masked"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["source_ks", 0],
                                                                          "mask": ["composite", 0]}}
+    return prompt
+
+
+def check_inpainting(url: str) -> None:
+    prompt = masked_source_graph(width=32, height=32, x=0, y=0)
     prompt.update(ksampler(["pack", 1], 1.0, ["masked", 0], "inpaint"))
     entry = run(url, prompt)
     source, inpainted = saved_latent(url, entry, "source_save"), saved_latent(url, entry, "inpaint_save")
@@ -341,17 +348,7 @@ def check_timestep_ranges(url: str) -> None:
 
 
 def check_sampler_inpainting(url: str) -> None:
-    prompt: dict = {}
-    text_nodes(prompt)
-    prompt["pack"] = {"class_type": "NextDiTLoader", "inputs": {"dit_name": WIDE_DIT, "weight_dtype": "fp32"}}
-    prompt["empty"] = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
-    prompt.update(ksampler(["pack", 1], 1.0, ["empty", 0], "source"))
-    prompt["mask"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}}
-    prompt["hole"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 24}}
-    prompt["composite"] = {"class_type": "MaskComposite", "inputs": {
-        "destination": ["mask", 0], "source": ["hole", 0], "x": 16, "y": 8, "operation": "add"}}
-    prompt["masked"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["source_ks", 0],
-                                                                         "mask": ["composite", 0]}}
+    prompt = masked_source_graph(width=32, height=24, x=16, y=8)
     prompt.update(ksampler(["pack", 1], 1.0, ["masked", 0], "core_inpaint"))
     prompt["ours"] = {"class_type": "NextDiTSampler", "inputs": {
         "model": ["pack", 0], "positive": ["pos", 0], "width": 64, "height": 64, "batch_size": 1, "seed": SEED,
