@@ -226,16 +226,25 @@ def test_damaged_settings_metadata_is_refused_naming_the_key(guided, tmp_path):
         load_dit(path)
 
 
-def test_distill_steps_from_a_teacher_writes_both_students_and_resumes(tmp_path):
+def distill_cli(tmp_path, params):
+    """The command line's parser, a tiny teacher file ``tiny.safetensors`` and a conditionings file
+    (one prompt, a negative)."""
     from nextdit_nodes.runtime import distill_command as command
 
-    params = tiny_params()
     teacher_path = tmp_path / "tiny.safetensors"
     write_dit_checkpoint(teacher_path, params, seed=2)
     conditionings = save_conditionings(tmp_path / "prompts.safetensors", [conditioning(params, 1)],
                                        conditioning(params, 2))
     parser = argparse.ArgumentParser()
     command.register(parser.add_subparsers())
+    return parser, teacher_path, conditionings
+
+
+def test_distill_steps_from_a_teacher_writes_both_students_and_resumes(tmp_path):
+    from nextdit_nodes.runtime import distill_command as command
+
+    params = tiny_params()
+    parser, teacher_path, conditionings = distill_cli(tmp_path, params)
     common = ["--conditionings", str(conditionings), "--iterations", "2", "--batch-size", "2", "--width", "32",
               "--height", "32", "--rank", "2", "--device", "cpu", "--no-progress", "--steps", "2",
               "--start-steps", "8", "--step-iterations", "2", "--step-guidance", "4", "--save-rounds"]
@@ -273,13 +282,9 @@ def test_distill_steps_cfg_teacher_options(tmp_path):
     from nextdit_nodes.runtime import distill_command as command
 
     params = tiny_params()
-    teacher_path, student_path = tmp_path / "tiny.safetensors", tmp_path / "guided.safetensors"
-    write_dit_checkpoint(teacher_path, params, seed=2)
+    parser, teacher_path, conditionings = distill_cli(tmp_path, params)
+    student_path = tmp_path / "guided.safetensors"
     write_dit_checkpoint(student_path, with_guidance(params), seed=3)
-    conditionings = save_conditionings(tmp_path / "prompts.safetensors", [conditioning(params, 1)],
-                                       conditioning(params, 2))
-    parser = argparse.ArgumentParser()
-    command.register(parser.add_subparsers())
     common = ["--conditionings", str(conditionings), "--batch-size", "2", "--width", "32", "--height", "32",
               "--rank", "2", "--device", "cpu", "--no-progress", "--steps", "2", "--start-steps", "4",
               "--step-iterations", "1", "--overwrite"]
