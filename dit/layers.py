@@ -46,14 +46,15 @@ class JointAttention(nn.Module):
         self.q_norm = RMSNorm(p.head_dim, p.norm_eps)
         self.k_norm = RMSNorm(p.head_dim, p.norm_eps)
 
-    def forward(self, x: Tensor, segments: Segments, cos: Tensor, sin: Tensor) -> Tensor:
-        """x: (T, dim); cos/sin: (T, head_dim/2) fp32. Returns (T, dim)."""
+    def forward(self, x: Tensor, segments: Segments, cos: Tensor, sin: Tensor, attend=attention) -> Tensor:
+        """x: (T, dim); cos/sin: (T, head_dim/2) fp32; attend(q, k, v, segments): the attention itself
+        (the model's seam may replace it). Returns (T, dim)."""
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         q, k, v = self.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
         q = apply_rope(self.q_norm(q.unflatten(-1, (self.n_heads, self.head_dim))), cos, sin)    # (T, H, D)
         k = apply_rope(self.k_norm(k.unflatten(-1, (self.n_kv_heads, self.head_dim))), cos, sin)  # (T, Hkv, D)
         v = v.unflatten(-1, (self.n_kv_heads, self.head_dim))
-        return self.out(attention(q, k, v, segments))
+        return self.out(attend(q, k, v, segments))
 
 
 class FeedForward(nn.Module):
@@ -86,14 +87,16 @@ class JointTransformerBlock(nn.Module):
         self.ffn_norm2 = RMSNorm(p.dim, p.norm_eps)
         self.adaLN_modulation = _modulation(p.adaln_dim, 4 * p.dim) if modulated else None
 
-    def forward(self, x: Tensor, segments: Segments, cos: Tensor, sin: Tensor, c: Tensor | None = None) -> Tensor:
-        """x: (T, dim) packed tokens; c: (B, adaln_dim) for modulated blocks, else None."""
+    def forward(self, x: Tensor, segments: Segments, cos: Tensor, sin: Tensor, c: Tensor | None = None,
+                attend=attention) -> Tensor:
+        """x: (T, dim) packed tokens; c: (B, adaln_dim) for modulated blocks, else None; attend: the
+        attention function (JointAttention)."""
         if self.adaLN_modulation is None:
             x = x + self.attention_norm2(self.attention(self.attention_norm1(x), segments, cos, sin))
             return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
         # Per-sample (B, dim) factors, broadcast over each sample's tokens by `segments.scale`.
         scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(4, dim=-1)
-        h = self.attention(segments.scale(self.attention_norm1(x), 1 + scale_msa), segments, cos, sin)
+        h = self.attention(segments.scale(self.attention_norm1(x), 1 + scale_msa), segments, cos, sin, attend)
         x = x + segments.scale(self.attention_norm2(h), torch.tanh(gate_msa))
         h = self.feed_forward(segments.scale(self.ffn_norm1(x), 1 + scale_mlp))
         return x + segments.scale(self.ffn_norm2(h), torch.tanh(gate_mlp))

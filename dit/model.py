@@ -15,50 +15,29 @@ NewBie weights called without `clip_pooled` (as the official NextDiT_CLIP.forwar
 instead feeds zeros after the projection). Guidance-distilled weights called without `guidance`
 add no guidance term.
 
-What other modules attach to a NextDiT: the only changes made from outside, each applied and
-removed by the functions named; model-level state lives in `model.attachments`.
-
-- precision (`dit.precision`: `make_fp8_linears`, `make_fp16_safe`, `apply_plan`, at load time):
-  block Linear classes (FP8Linear, Fp16Linear), parameter dtypes, `compute_dtype`;
-- block streaming (`dit.offload.offload_blocks` / `remove_offload`): pre/post forward hooks on the
-  streamed blocks, `attachments["offload"]`;
-- placement (`dit.placement.set_offload_mode`): `attachments["offload_mode"]`;
-- compile (`dit.compile.compile_blocks` / `uncompile_blocks`): block classes swapped for a
-  subclass with a compiled forward;
-- LoRA (`lora.apply.apply_lora`, which returns a structural copy: drop it to remove): forward
-  hooks and buffers on the copy's Linears;
-- training adapters (`training.distill.Adapters` / `.remove()`): forward hooks on attention and
-  MLP Linears;
-- LoRA training (`training.lora_training.attach_lora`, on a model loaded for training only): peft
-  replaces the targeted Linears by its LoRA layers in place (their weights move to
-  `<name>.base_layer.weight`; `lora_training.lora_pairs` reads the adapters out);
-- gradient checkpointing (the `gradient_checkpointing` attribute, training): blocks run under
-  `torch.utils.checkpoint`;
-- the host's memory manager (`nodes.host.memory.use_model`): `attachments["host_patcher"]`;
-- own sampling settings (`dit.own_settings.attach`, at load time from a few-step student's file
-  metadata): `attachments["own_settings"]`;
-- step cache (`dit.step_cache.apply_step_cache` / `remove_step_cache`, while sampling): a forward
-  pre-hook on the first joint layer's attention, `attachments["step_cache"]`, which the forward
-  asks to run the joint layers.
-- inside ComfyUI, its core MODEL (`nodes.host.core_model.core_model`): `attachments["core_model"]`,
-  the ModelPatcher every use of the model loads through (core LoRA patches replace parameters
-  while it is loaded, and restore them when it unloads).
-
-State-dict keys never change, except under peft's LoRA training above.
+Everything other code attaches to a NextDiT goes through its seam (``model.seam``, dit/seam.py):
+a registry that lists and removes what is attached, and named points in this forward where the
+attached entries act (after the caption refiner, around the joint layers, before and after each
+joint layer, inside each joint layer's attention, before the final layer). With nothing attached
+the forward runs exactly the plain operations. Precision and compilation swap module classes at
+load time instead (dit/precision.py, dit/compile.py). State-dict keys never change, except under
+peft's LoRA training, which replaces the targeted Linears in place (training/lora_training.py).
 """
 
 from __future__ import annotations
 
 import weakref
 from contextlib import nullcontext
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .layers import FinalLayer, JointTransformerBlock, RMSNorm, TimestepEmbedder
-from .ops import TokenLayout, pack_captions, patchify, unpatchify
+from .ops import TokenLayout, attention, pack_captions, patchify, unpatchify
 from .params import BLOCK_LISTS, NextDiTParams
+from .seam import ForwardContext, Seam
 
 
 class NextDiT(nn.Module):
@@ -69,7 +48,7 @@ class NextDiT(nn.Module):
         p = self.params = params
         self.compute_dtype = torch.float32     # activations' dtype (see dit.precision)
         self.gradient_checkpointing = False    # recompute block activations in backward (training)
-        self.attachments: dict[str, object] = {}   # state other modules attach (module docstring)
+        self.seam = Seam(self)                 # everything attached from outside (module docstring)
         self._layout_cache = None
         with torch.device(device) if device is not None else nullcontext():
             self.x_embedder = nn.Linear(p.patch_size * p.patch_size * p.in_channels, p.dim, bias=True)
@@ -91,6 +70,11 @@ class NextDiT(nn.Module):
             self.final_layer = FinalLayer(p)
 
     @property
+    def attachments(self):
+        """What is attached, name -> entry (read-only; attach and detach through ``self.seam``)."""
+        return self.seam.view()
+
+    @property
     def device(self) -> torch.device:
         return self.x_embedder.weight.device
 
@@ -107,29 +91,64 @@ class NextDiT(nn.Module):
         c = self._conditioning(t, clip_pooled, guidance)                                     # (B, A)
         cap, layout = self._packed_captions(cap_feats, cap_mask, h // p.patch_size, w // p.patch_size, x.device)
 
+        ctx = ForwardContext(layout, c, t, (h, w))
+
         cap = self.cap_embedder(cap.to(dt))                                                  # (sum Lc, dim)
         for block in self.context_refiner:
             cap = self._run(block, cap, layout.captions, *layout.rope(layout.cap_index))
+        for entry in self.seam.at("captions"):
+            cap = entry.captions(cap, ctx)
         img = self.x_embedder(patchify(x.to(dt), p.patch_size).flatten(0, 1))               # (B*N, dim)
         for block in self.noise_refiner:
             img = self._run(block, img, layout.images, *layout.rope(layout.img_index), c)
 
         joint = layout.join(cap, img)                                                        # (T, dim)
-        step_cache = self.attachments.get("step_cache")
-        if step_cache is None:
-            joint = self.run_layers(joint, layout, c)
-        else:   # may reuse the layers' last residual instead (dit/step_cache.py)
-            joint = step_cache.run_layers(self, joint, layout, c)
+        joint = self._joint_layers(joint, ctx)
 
-        out = self.final_layer(joint[layout.img_index], layout.images, c)                   # (B*N, p*p*C)
+        img = joint[layout.img_index]
+        for entry in self.seam.at("before_final"):
+            img = entry.before_final(img, ctx)
+        out = self.final_layer(img, layout.images, c)                                        # (B*N, p*p*C)
         return unpatchify(out.float().unflatten(0, (b, -1)), p.patch_size, h, w)
 
-    def run_layers(self, joint: Tensor, layout: TokenLayout, c: Tensor, start: int = 0,
-                   stop: int | None = None) -> Tensor:
-        """The joint layers ``start`` to ``stop`` (exclusive; None: the last) over the packed tokens (T, dim)."""
-        for block in self.layers[start:stop]:
-            joint = self._run(block, joint, layout.joint, *layout.rope(), c)
+    def run_layers(self, joint: Tensor, ctx: ForwardContext, start: int = 0, stop: int | None = None) -> Tensor:
+        """The joint layers ``start`` to ``stop`` (exclusive; None: the last) over the packed tokens
+        (T, dim), with the entries acting before, inside and after each layer."""
+        layout, c = ctx.layout, ctx.c
+        cos, sin = layout.rope()
+        stop = len(self.layers) if stop is None else stop
+        for index in range(start, stop):
+            for entry in self.seam.at("layer_input"):
+                joint = entry.layer_input(index, joint, ctx)
+            attend = self._attention(index, ctx)
+            if attend is None:
+                joint = self._run(self.layers[index], joint, layout.joint, cos, sin, c)
+            else:
+                joint = self._run(self.layers[index], joint, layout.joint, cos, sin, c, attend)
+            for entry in self.seam.at("layer_output"):
+                joint = entry.layer_output(index, joint, ctx)
         return joint
+
+    def _joint_layers(self, joint: Tensor, ctx: ForwardContext) -> Tensor:
+        """Every joint layer, or what the one ``joint_layers`` entry makes of them."""
+        wrappers = self.seam.at("joint_layers")
+        if not wrappers:
+            return self.run_layers(joint, ctx)
+        if len(wrappers) > 1:
+            raise RuntimeError(f"only one entry may wrap the joint layers; attached: {self.seam.describe()}")
+
+        def run(joint: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+            return self.run_layers(joint, ctx, start, stop)
+
+        return wrappers[0].joint_layers(run, joint, ctx)
+
+    def _attention(self, index: int, ctx: ForwardContext):
+        """Joint layer ``index``'s attention when entries replace it (each one's ``run`` is the one
+        attached before it, the first one's the plain attention), else None."""
+        attend = None
+        for entry in self.seam.at("attention"):
+            attend = partial(entry.attention, index, ctx=ctx, run=attend or attention)
+        return attend
 
     def _run(self, block: nn.Module, *args) -> Tensor:
         if self.gradient_checkpointing and torch.is_grad_enabled():

@@ -11,9 +11,10 @@ blocks (the one running and the next one, which is prefetched) hold device memor
 On CUDA the prefetch of block i+1 runs on a side stream while block i computes; whether it hides
 the copy depends on PCIe bandwidth against the card's speed (benchmarks/gpu.py measures it).
 
-The plan lives in ``model.attachments["offload"]`` and finds blocks by their parameters' identity:
-LoRA (``lora/apply.py``) returns structural copies that share the same Parameter objects, and the
-copied hooks work for them too (their own LoRA buffers are moved with the block, synchronously).
+The plan is the entry "offload" on the model's seam (``dit/seam.py``), whose module hooks are the
+fetch and release above; it finds blocks by their parameters' identity: LoRA (``lora/apply.py``)
+returns structural copies that share the same Parameter objects, and the copied hooks work for
+them too (their own LoRA buffers are moved with the block, synchronously).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .params import BLOCK_LISTS
 
 log = logging.getLogger(__name__)
 
-_STATE = "offload"   # key in model.attachments
+_ENTRY = "offload"   # its name on the model's seam
 
 
 def tensor_bytes(module: nn.Module) -> int:
@@ -148,10 +149,9 @@ def offload_blocks(model: nn.Module, device: torch.device | str, budget: int = 0
     resident += sum(tensor_bytes(child) for name, child in model.named_children() if name not in BLOCK_LISTS)
     state = _Offload(device, streamed, {id(next(b.parameters())): i for i, b in enumerate(streamed)},
                      torch.cuda.Stream(device) if device.type == "cuda" else None)
+    model.seam.attach(_ENTRY, state)
     for block in streamed:
-        block.register_forward_pre_hook(state.fetch)
-        block.register_forward_hook(state.release)
-    model.attachments[_STATE] = state
+        model.seam.hook(_ENTRY, block, pre=state.fetch, post=state.release)
     log.info("block offload on %s: %d of %d blocks streamed from %s memory, %.2f GB resident",
              device, len(streamed), len(blocks), "pinned CPU" if pin else "CPU", resident / 1e9)
     return resident
@@ -159,7 +159,8 @@ def offload_blocks(model: nn.Module, device: torch.device | str, budget: int = 0
 
 def offload_state(model: nn.Module) -> _Offload | None:
     """The model's streaming plan, or None when its blocks are not streamed."""
-    return getattr(model, "attachments", {}).get(_STATE)
+    seam = getattr(model, "seam", None)
+    return None if seam is None else seam.get(_ENTRY)
 
 
 def is_offloaded(model: nn.Module) -> bool:
@@ -168,25 +169,14 @@ def is_offloaded(model: nn.Module) -> bool:
 
 def remove_offload(model: nn.Module, device: torch.device | str | None = "cpu") -> None:
     """Remove the hooks; then move the whole model to ``device`` (None: leave weights where they are)."""
-    state = getattr(model, "attachments", {}).pop(_STATE, None)
-    blocks = repeated_blocks(model)
+    state = offload_state(model)
     if state is not None:
         state.prefetched.clear()
-        for block in blocks:     # a forward interrupted inside a block: its weights back home
+        for block in repeated_blocks(model):     # a forward interrupted inside a block: its weights back home
             state.release(block, (), None)
-    for block in blocks:
-        _strip_hooks(block)
+        model.seam.detach(_ENTRY)
     if device is not None:
         model.to(device)
-
-
-def _strip_hooks(block: nn.Module) -> None:
-    """Remove this module's offload hooks, also those a structural (LoRA) copy inherited from the
-    model it was copied from (handles only reach the original's hook dicts)."""
-    for hooks in (block._forward_pre_hooks, block._forward_hooks):
-        for key, hook in list(hooks.items()):
-            if isinstance(getattr(hook, "__self__", None), _Offload):
-                del hooks[key]
 
 
 def streamed_block_count(model: nn.Module) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-_ATTACHMENT = "own_settings"   # key in model.attachments (a LoRA's structural copy inherits it)
+_ENTRY = "own_settings"   # its name on the model's seam (a LoRA's structural copy inherits it)
 
 # Metadata keys (values are strings, as safetensors requires).
 STEPS, SOLVER, SHIFT, CFG, GUIDANCE = ("nextdit_steps", "nextdit_solver", "nextdit_shift", "nextdit_cfg",
@@ -73,11 +73,12 @@ def from_metadata(metadata: dict[str, str]) -> OwnSettings | None:
 def attach(model, settings: OwnSettings | None) -> None:
     """Put (or with None, clear) the settings on a loaded model."""
     if settings is None:
-        model.attachments.pop(_ATTACHMENT, None)
+        model.seam.detach(_ENTRY)
     else:
-        model.attachments[_ATTACHMENT] = settings
+        model.seam.attach(_ENTRY, settings, replace=True)
 
 
 def own_settings(model) -> OwnSettings | None:
     """The settings the model's file was made for, or None."""
-    return getattr(model, "attachments", {}).get(_ATTACHMENT)
+    seam = getattr(model, "seam", None)
+    return None if seam is None else seam.get(_ENTRY)

@@ -16,18 +16,19 @@ from . import offload
 from .model import repeated_blocks
 from .settings import OFFLOAD_MODES
 
-_MODE = "offload_mode"        # key in model.attachments (a structural LoRA copy inherits it)
+_MODE = "offload_mode"        # its name on the model's seam (a structural LoRA copy inherits it)
 _HEADROOM = 512 * 2 ** 20     # bytes left free for the allocator and small buffers (auto mode)
 
 
 def set_offload_mode(module: nn.Module, mode: str) -> None:
     if mode not in OFFLOAD_MODES:
         raise ValueError(f"offload {mode!r} is not one of {', '.join(OFFLOAD_MODES)}")
-    module.attachments[_MODE] = mode
+    module.seam.attach(_MODE, mode, replace=True)
 
 
 def offload_mode(module: nn.Module) -> str:
-    return getattr(module, "attachments", {}).get(_MODE, "auto")
+    seam = getattr(module, "seam", None)
+    return "auto" if seam is None else seam.get(_MODE, "auto")
 
 
 def dit_activation_bytes(params, batch: int, latent_hw: tuple[int, int], cap_len: int, dtype_bytes: int = 2) -> int:

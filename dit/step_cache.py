@@ -27,7 +27,7 @@ from typing import Iterator
 
 from torch import Tensor, nn
 
-_ATTACHMENT = "step_cache"   # key in model.attachments (the forward looks it up)
+_ENTRY = "step_cache"   # its name on the model's seam
 
 
 class StepCache:
@@ -41,23 +41,23 @@ class StepCache:
         self.skipped = 0
         self._modulated: Tensor | None = None         # set by the pre-hook during the first layer
         self._reference: tuple | None = None          # (layout key, m_ref, residual of the other layers)
-        self.handle = None                            # the pre-hook's handle, while attached
 
     def record(self, module: nn.Module, args: tuple) -> None:
         """Forward pre-hook on the first joint layer's attention: its input is m."""
         self._modulated = args[0]
 
-    def run_layers(self, model: nn.Module, joint: Tensor, layout, c: Tensor) -> Tensor:
-        """What the model's joint layers give for ``joint`` (T, dim): computed, or reused."""
+    def joint_layers(self, run, joint: Tensor, ctx) -> Tensor:
+        """The seam's ``joint_layers`` point: what the joint layers give for ``joint`` (T, dim),
+        computed (``run``) or reused."""
         self.evaluations += 1
         self._modulated = None
-        first = model.run_layers(joint, layout, c, stop=1)
+        first = run(joint, 0, 1)
         modulated, self._modulated = self._modulated, None
-        key = (layout.joint.lengths, tuple(joint.shape), joint.dtype)
+        key = (ctx.layout.joint.lengths, tuple(joint.shape), joint.dtype)
         if self._reusable(key, modulated):
             self.skipped += 1
             return first + self._reference[2]
-        out = model.run_layers(first, layout, c, start=1)
+        out = run(first, 1)
         if modulated is not None and self.threshold > 0:
             self._reference = (key, modulated, out - first)
         return out
@@ -77,19 +77,16 @@ class StepCache:
 
 def apply_step_cache(model: nn.Module, threshold: float) -> StepCache:
     """Attach a fresh StepCache to ``model`` (a NextDiT); undo with ``remove_step_cache``."""
-    if _ATTACHMENT in model.attachments:
+    if _ENTRY in model.seam:
         raise RuntimeError("this model already carries a step cache (another sampling run is using it)")
-    cache = StepCache(threshold)
+    cache = model.seam.attach(_ENTRY, StepCache(threshold))
     if len(model.layers):
-        cache.handle = model.layers[0].attention.register_forward_pre_hook(cache.record)
-    model.attachments[_ATTACHMENT] = cache
+        model.seam.hook(_ENTRY, model.layers[0].attention, pre=cache.record)
     return cache
 
 
 def remove_step_cache(model: nn.Module) -> None:
-    cache = model.attachments.pop(_ATTACHMENT, None)
-    if cache is not None and cache.handle is not None:
-        cache.handle.remove()
+    model.seam.detach(_ENTRY)
 
 
 @contextlib.contextmanager

@@ -2,7 +2,8 @@
 
 ``apply_lora(model, lora, strength)`` returns a new model object whose module tree is a shallow
 structural copy of ``model``: every module is a new object, but every parameter and buffer is the
-same tensor as in ``model``. On the copy, each targeted Linear gets a forward hook that adds
+same tensor as in ``model``. On the copy, the LoRA is an entry of the model's seam (``dit/seam.py``,
+named ``lora``, ``lora1``, ... in the order applied) whose module hooks, one per targeted Linear, add
 ``strength · Δ(x)`` to its output (Δ = scale·up(down(x)) for low-rank deltas, the Kronecker product
 applied without materialising it for LoKr, a dense delta where the file holds one); small non-Linear
 targets (norm-layer deltas) get a new parameter ``W + strength·ΔW`` on the copy only. So:
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..dit.seam import Seam
 from .deltas import Dense, Kron, LowRank, ParsedLora, TargetTable
 from .read import read_lora
 
@@ -97,14 +99,39 @@ def apply_lora(model: nn.Module, lora: ParsedLora, strength: float) -> nn.Module
     if strength == 0:
         return model
     patched = _structural_copy(model)
+    entry = _entry_name(patched.seam)
+    patched.seam.attach(entry, AppliedLora(lora, strength))
     shared_hooks: dict[tuple, _LoraHook] = {}
     for path, deltas in lora.deltas.items():
         module = patched.get_submodule(path)
         if isinstance(module, nn.Linear):
-            _hook_linear(module, deltas, strength, getattr(model, "compute_dtype", None), shared_hooks)
+            hook = _hook_linear(module, deltas, strength, getattr(model, "compute_dtype", None), shared_hooks)
+            patched.seam.hook(entry, module, post=hook)
         else:
             _replace_params(module, deltas, strength)
     return patched
+
+
+@dataclass(frozen=True)
+class AppliedLora:
+    """The seam entry of one applied LoRA (its module hooks do the work)."""
+
+    lora: ParsedLora
+    strength: float
+
+
+def _entry_name(seam: Seam) -> str:
+    taken = seam.names("lora")
+    return "lora" if not taken else f"lora{len(taken)}"
+
+
+def _lora_hooks(model: nn.Module) -> dict[str, list["_LoraHook"]]:
+    """module path -> the LoRA hooks on it, in the order applied."""
+    found: dict[str, list[_LoraHook]] = {}
+    for entry in model.seam.names("lora"):
+        for path, _, hook in model.seam.module_hooks(entry):
+            found.setdefault(path, []).append(hook)
+    return found
 
 
 def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
@@ -114,10 +141,8 @@ def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
     so code that reads weights instead of calling the model (saving, distilling) needs this.
     """
     merged = dict(model.state_dict())
-    for path, module in model.named_modules():
-        hooks = [h for h in module._forward_hooks.values() if isinstance(h, _LoraHook)]
-        if not hooks:
-            continue
+    for path, hooks in _lora_hooks(model).items():
+        module = model.get_submodule(path)
         weight = module.weight
         if weight.dtype not in _COMPUTE_DTYPES:
             raise ValueError(f"{path}: cannot merge a LoRA into {weight.dtype} weights; load the model "
@@ -141,14 +166,16 @@ def _structural_copy(module: nn.Module) -> nn.Module:
     """New module objects all the way down; the same parameter and buffer tensors.
 
     Every container in a module's ``__dict__`` (``_parameters``, ``_buffers``, ``_modules``, the hook
-    dicts, the non-persistent buffer set ...) is copied too, so adding a buffer or a hook to the
-    copy never reaches the original.
+    dicts, the non-persistent buffer set ...) is copied too, and so is a Next-DiT's seam, so adding
+    a buffer, a hook or a seam entry to the copy never reaches the original.
     """
     new = copy.copy(module)
     state = vars(new)
     for name, value in list(state.items()):
         if isinstance(value, (dict, set, list)):
             state[name] = copy.copy(value)
+        elif isinstance(value, Seam):
+            state[name] = value.copied_for(new)
     new._modules = {name: (None if child is None else _structural_copy(child))
                     for name, child in module._modules.items()}
     return new
@@ -260,8 +287,9 @@ def _pad_rows(matrix: Tensor, rows: tuple[int, int] | None, out_features: int) -
 
 
 def _hook_linear(linear: nn.Linear, deltas: list, strength: float, compute: torch.dtype | None,
-                 shared_hooks: dict[tuple, _LoraHook]) -> None:
-    """Register this LoRA's deltas on ``linear`` (a copy owned by the patched model).
+                 shared_hooks: dict[tuple, _LoraHook]) -> _LoraHook:
+    """Keep this LoRA's deltas on ``linear`` (a copy owned by the patched model) and return the hook
+    that applies them (the caller registers it through the seam).
 
     shared_hooks: hooks already made for this LoRA, by configuration (reused, see _LoraHook).
     """
@@ -291,7 +319,7 @@ def _hook_linear(linear: nn.Linear, deltas: list, strength: float, compute: torc
             keep(f"dense{i}_b", dense.bias.float() * (dense.scale * strength))
     hook = _LoraHook(prefix, bool(low_ranks), tuple(k.rows for k in krons),
                      tuple((d.weight is not None, d.bias is not None, d.rows) for d in denses))
-    linear.register_forward_hook(shared_hooks.setdefault(hook.config, hook))
+    return shared_hooks.setdefault(hook.config, hook)
 
 
 # ---- other targets (norm layers): new parameters on the copy --------------------------------

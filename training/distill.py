@@ -87,6 +87,15 @@ class DistillConfig:
 
 # ---- LoRA adapters on forward hooks (the module tree and its state-dict keys stay official) ----
 
+_ENTRY = "training_adapters"   # the adapters' name on the model's seam
+
+
+def carries_module_hooks(model: nn.Module) -> bool:
+    """Whether something attached to ``model`` acts through module hooks (a LoRA applied by NextDiT
+    LoRA Loader, say), whose effect is not in the weights."""
+    return any(hooks for _, _, hooks in model.seam.entries())
+
+
 class _Adapter(nn.Module):
     """ΔW·x = B(A(x)); A (rank, in) small random, B (out, rank) zero, so training starts at ΔW = 0."""
 
@@ -114,12 +123,13 @@ class Adapters(nn.Module):
     def __init__(self, model: nn.Module, rank: int):
         super().__init__()
         self.by_name = nn.ModuleDict()
-        self._handles = []
+        self._seam = model.seam
+        model.seam.attach(_ENTRY, self)
         for name, module in model.named_modules():
             if isinstance(module, nn.Linear) and name.endswith(LORA_TARGETS):
                 adapter = _Adapter(module, rank)
                 self.by_name[name.replace(".", "__")] = adapter
-                self._handles.append(module.register_forward_hook(adapter.hook))
+                model.seam.hook(_ENTRY, module, post=adapter.hook)
 
     def items(self):
         return ((key.replace("__", "."), adapter) for key, adapter in self.by_name.items())
@@ -136,9 +146,7 @@ class Adapters(nn.Module):
                 adapter.enabled = True
 
     def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._seam.detach(_ENTRY)
 
 
 # ---- the student ---------------------------------------------------------------------------
@@ -206,7 +214,7 @@ def make_student(teacher: nn.Module, mode: str = "lora", rank: int = 16, seed: i
     if params.guidance_embed:
         raise ValueError("the teacher already has a guidance embedder (it is a distilled student); "
                          "distill from the original weights")
-    if any(module._forward_hooks for module in teacher.modules()):
+    if carries_module_hooks(teacher):
         raise ValueError("the teacher carries forward hooks (a LoRA applied by NextDiT LoRA Loader?); their "
                          "effect is not in its weights, so distill from a file with the LoRA merged in")
     state = teacher.state_dict()

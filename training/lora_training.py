@@ -91,6 +91,7 @@ def attach_lora(model: nn.Module, config: LoraTrainingConfig) -> list[nn.Paramet
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         inject_adapter_in_model(peft_config, model, adapter_name=ADAPTER)
+    model.seam.attach("peft_lora", tuple(names))   # listed on the seam; peft replaced these Linears in place
     params = [p for name, p in model.named_parameters() if ".lora_" in name]
     for p in params:
         p.data = p.data.float()

@@ -84,7 +84,8 @@ from ..dit.model import NextDiT
 from ..dit.own_settings import OwnSettings
 from ..sampling.schedule import time_grid
 from ..text.conditioning import PromptBatch
-from .distill import (Adapters, DistillConfig, Student, _Prompts, _TrajectoryPool, guided_velocity, train_step,
+from .distill import (Adapters, DistillConfig, Student, _Prompts, _TrajectoryPool, carries_module_hooks,
+                      guided_velocity, train_step,
                       warmup_then_linear_decay)
 from .distributed import Distributed
 
@@ -175,7 +176,7 @@ def make_step_student(model: nn.Module, mode: str = "lora", rank: int = 16, seed
         raise ValueError("step distillation starts from a guidance-distilled student (with guidance_embedder.* "
                          "keys); distill the teacher first (`distill` without --steps), or give --steps with "
                          "the teacher and both stages run")
-    if any(module._forward_hooks for module in model.modules()):
+    if carries_module_hooks(model):
         raise ValueError("the model carries forward hooks (a LoRA applied by NextDiT LoRA Loader?); distill "
                          "from a file with the LoRA merged in")
     student = _copy(model, clone=mode == "full")

@@ -34,7 +34,7 @@ from ...sampling.guidance import cfg_active, combine_cfg
 from ...text.conditioning import prompt_batches
 from .patcher import patcher_class
 
-_CORE_MODEL = "core_model"   # key in the Next-DiT's attachments
+_CORE_MODEL = "core_model"   # its name on the Next-DiT's seam
 
 
 class CaptionCond(conds.CONDRegular):
@@ -109,13 +109,13 @@ class NextDiTCoreModel(model_base.BaseModel):
 
 def core_model(nextdit):
     """The core MODEL (a PackModelPatcher) of a Next-DiT; one per Next-DiT object, kept in its
-    attachments so every use of it goes through the same patcher."""
-    patcher = nextdit.attachments.get(_CORE_MODEL)
+    seam so every use of it goes through the same patcher."""
+    patcher = nextdit.seam.get(_CORE_MODEL)
     if patcher is None or patcher.get_model_object("diffusion_model") is not nextdit:   # not this one's
         offload_device = mm.unet_offload_device()
         patcher = patcher_class()(NextDiTCoreModel(nextdit, device=offload_device), mm.get_torch_device(),
                                   offload_device)
-        nextdit.attachments[_CORE_MODEL] = patcher
+        nextdit.seam.attach(_CORE_MODEL, patcher, replace=True)
     return patcher
 
 
@@ -124,7 +124,7 @@ def with_diffusion_model(patcher, nextdit):
     its place: core's object patch, applied when the clone loads and undone when another loads."""
     clone = patcher.clone()
     clone.add_object_patch("diffusion_model", nextdit)
-    nextdit.attachments[_CORE_MODEL] = clone
+    nextdit.seam.attach(_CORE_MODEL, clone, replace=True)
     return clone
 
 
@@ -135,7 +135,7 @@ def release_weight_patches(nextdit) -> None:
     meanwhile (NextDiT LoRA Loader) would share the patched weights and carry both LoRAs. The
     loaded clones are unloaded through the memory manager, as core does before loading a clone
     with other patches."""
-    patcher = nextdit.attachments.get(_CORE_MODEL)
+    patcher = nextdit.seam.get(_CORE_MODEL)
     if patcher is None or patcher.get_model_object("diffusion_model") is not nextdit:
         return
     carried = getattr(patcher.model, "current_weight_patches_uuid", None)

@@ -31,7 +31,7 @@ from .patcher import patcher_class
 
 log = logging.getLogger(__name__)
 
-_PATCHER = "host_patcher"   # key in the owner's attachments; the module keeps its patcher alive
+_PATCHER = "host_patcher"   # key in the owner's slot; the module keeps its patcher alive
 
 
 def _comfy():
@@ -126,11 +126,13 @@ def use_model(module, memory_required: int = 0, attachments: dict | None = None)
 
         patcher = core_model(module)
     else:
-        slot = module.attachments if attachments is None else attachments
-        patcher = slot.get(_PATCHER)
+        if attachments is None:
+            raise TypeError("use_model: a module that is not a Next-DiT needs a dict to keep its patcher in "
+                            "(attachments=)")
+        patcher = attachments.get(_PATCHER)
         if patcher is None:
             patcher = patcher_class()(_Hosted(module), device, mm.unet_offload_device())
-            slot[_PATCHER] = patcher
+            attachments[_PATCHER] = patcher
     mm.load_models_gpu([patcher], memory_required=memory_required)
 
 
