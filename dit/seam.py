@@ -39,9 +39,10 @@ Torch-free apart from the type hints: the registry is plain Python.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 POINTS = ("captions", "joint_layers", "layer_input", "attention", "layer_output", "before_final")
 
@@ -152,7 +153,7 @@ class Seam:
         for hook in self._entries[name].hooks:
             yield hook.path, hook.kind, hook.fn
 
-    def copied_for(self, model) -> "Seam":
+    def copied_for(self, model) -> Seam:
         """The registry of a structural copy of the model: the same entries and hook records
         (the copy's modules carry copies of the hook tables, so its detach finds them)."""
         new = Seam(model)

@@ -125,7 +125,7 @@ def _entry_name(seam: Seam) -> str:
     return "lora" if not taken else f"lora{len(taken)}"
 
 
-def _lora_hooks(model: nn.Module) -> dict[str, list["_LoraHook"]]:
+def _lora_hooks(model: nn.Module) -> dict[str, list[_LoraHook]]:
     """module path -> the LoRA hooks on it, in the order applied."""
     found: dict[str, list[_LoraHook]] = {}
     for entry in model.seam.names("lora"):

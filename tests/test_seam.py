@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from factories import random_dit, random_inputs, tiny_params
 from nextdit_nodes.lora.apply import apply_lora, merged_state_dict
 from nextdit_nodes.lora.read import LowRank, ParsedLora
@@ -108,7 +107,7 @@ def test_captions_and_before_final_equal_hooks(model):
 
 
 def test_attention_entries_replace_the_attention_and_nest_in_attach_order(model):
-    zero_out = lambda m, args, out: torch.zeros_like(out)   # noqa: E731
+    zero_out = lambda m, args, out: torch.zeros_like(out)
     reference = with_torch_hook(model, model.layers[0].attention.out, post=zero_out)
 
     class Silence:
