@@ -28,6 +28,7 @@ Prints medians of ``--repeats`` interleaved runs and the ratios.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import statistics
 import time
 
@@ -37,7 +38,7 @@ from nextdit_nodes.dit.model import NextDiT
 from nextdit_nodes.dit.params import NextDiTParams
 from nextdit_nodes.sampling.guidance import GuidedVelocity, combine_cfg
 from nextdit_nodes.sampling.sample import SamplingReport, sample
-from nextdit_nodes.sampling.settings import OFFICIAL
+from nextdit_nodes.sampler_settings import OFFICIAL, SamplerSettings
 from nextdit_nodes.text.conditioning import read_entries
 
 
@@ -84,8 +85,8 @@ def per_step(model: NextDiT, positive, negative, size: int, repeats: int, device
     neg = read_entries(negative, 1, params.cap_dim, params.clip_dim, "negative")
     x = torch.randn(1, 16, size // 8, size // 8, generator=torch.Generator().manual_seed(1)).to(device)
     t = 0.3
-    packed = GuidedVelocity(model, pos, neg, cfg=5.0, renorm_cfg=0.0, cfg_trunc=1.0)
-    distilled = GuidedVelocity(model, pos, None, cfg=1.0, renorm_cfg=0.0, cfg_trunc=1.0, guidance=4.0)
+    packed = GuidedVelocity(model, pos, neg, SamplerSettings(cfg=5.0, cfg_trunc=1.0))
+    distilled = GuidedVelocity(model, pos, None, SamplerSettings(cfg=1.0, cfg_trunc=1.0, guidance=4.0))
     cond, uncond = (entries[0].batch.to(device) for entries in (pos, neg))
     t_batch = torch.full((1,), t, device=device)
 
@@ -107,20 +108,17 @@ def per_step(model: NextDiT, positive, negative, size: int, repeats: int, device
 
 def per_image(model: NextDiT, positive, negative, size: int, cache: float, repeats: int,
               device: torch.device) -> None:
-    official = dict(steps=OFFICIAL["steps"], solver=OFFICIAL["solver"], cfg=OFFICIAL["cfg"], guidance=0.0)
     settings = {
-        "official": official,
-        "guidance-distilled": {**official, "cfg": 1.0, "guidance": OFFICIAL["cfg"]},
-        "few-step (4 euler)": {**official, "steps": 4, "solver": "euler", "cfg": 1.0, "guidance": OFFICIAL["cfg"]},
-        f"official + cache {cache:g}": {**official, "step_cache": cache},
+        "official": OFFICIAL,
+        "guidance-distilled": replace(OFFICIAL, cfg=1.0, guidance=OFFICIAL.cfg),
+        "few-step (4 euler)": replace(OFFICIAL, steps=4, solver="euler", cfg=1.0, guidance=OFFICIAL.cfg),
+        f"official + cache {cache:g}": replace(OFFICIAL, step_cache=cache),
     }
     reports = {name: SamplingReport() for name in settings}
 
     def image(name: str):
-        s = settings[name]
-        return lambda: sample(model, positive, negative, size, size, 0, s["steps"], s["solver"], OFFICIAL["shift"],
-                              s["cfg"], 0.0, OFFICIAL["cfg_trunc"], guidance=s["guidance"],
-                              step_cache=s.get("step_cache", 0.0), report=reports[name])
+        return lambda: sample(model, positive, negative, settings[name], width=size, height=size, seed=0,
+                              report=reports[name])
 
     median = _medians({name: image(name) for name in settings}, repeats, device, warm_up=["few-step (4 euler)"])
     params = model.params

@@ -132,11 +132,13 @@ def timed(fn, device, repeats: int) -> tuple[float, float]:
 
 
 def ours_sampler(model, pos, neg, size: int, steps: int, cfg: float, guidance: float):
+    from nextdit_nodes.sampler_settings import SamplerSettings
     from nextdit_nodes.sampling.sample import sample
 
+    settings = SamplerSettings(steps=steps, solver="euler", cfg=cfg, cfg_trunc=1.0, guidance=guidance)
+
     def run():
-        return sample(model, pos, neg if cfg != 1.0 else None, size, size, seed=0, steps=steps, solver="euler",
-                      shift=6.0, cfg=cfg, renorm_cfg=0.0, cfg_trunc=1.0, guidance=guidance)
+        return sample(model, pos, neg if cfg != 1.0 else None, settings, width=size, height=size, seed=0)
     return run
 
 
@@ -170,6 +172,7 @@ def core_model(comfy_dir: str, params, state_dict: dict, device, dtype):
 
 def core_sampler(model, params, pos, neg, size: int, steps: int, cfg: float, device, dtype):
     """Euler with CFG as core runs NewBie: two forwards per step, σ = 1 − t, output −v."""
+    from nextdit_nodes.sampler_settings import DEFAULT_SHIFT
     from nextdit_nodes.sampling.schedule import time_grid
     from nextdit_nodes.sampling.sample import initial_noise
 
@@ -179,7 +182,7 @@ def core_sampler(model, params, pos, neg, size: int, steps: int, cfg: float, dev
                     clip_text_pooled=extras["pooled_output"].to(device, dtype), transformer_options={})
 
     pos_args, neg_args = args(pos), args(neg)
-    times = time_grid(steps, 6.0)
+    times = time_grid(steps, DEFAULT_SHIFT)
 
     def run():
         x = initial_noise((1, params.in_channels, size // 8, size // 8), 0).to(device)

@@ -27,6 +27,7 @@ import torch
 from ..files import keys as key_lists
 from ..files.errors import WeightsError
 from ..files.tensors import TensorRef, open_weights, read_metadata
+from ..sampler_settings import SamplerSettings
 from . import own_settings, precision
 from .keys import official_refs
 from .model import NextDiT
@@ -77,7 +78,7 @@ def _load_dit(path: Path, dtype: str, device: torch.device, compute_device):
     plan = precision.resolve(dtype, device if compute_device is None else compute_device)
     raw = open_weights(path, subfolder="transformer")
     try:
-        settings = own_settings.from_metadata(read_metadata(path))
+        settings = SamplerSettings.from_metadata(read_metadata(path))
     except ValueError as error:
         raise WeightsError(path, str(error)) from None
     state = official_refs(path, raw)

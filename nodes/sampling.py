@@ -2,12 +2,12 @@
 
 The work is ``sampling.sample``; this node adds progress, interrupts, latent previews and a line of
 text saying which settings ran (steps 0: the model's own) and what the step cache skipped.
-Defaults are the official NewBie demo's settings (``sampling.settings.OFFICIAL``).
+Defaults are the official NewBie demo's settings (``sampler_settings.OFFICIAL``).
 """
 
 from __future__ import annotations
 
-from ..sampling.settings import MAX_SIDE, OFFICIAL, check_settings, with_own_settings
+from ..sampler_settings import MAX_SIDE, OFFICIAL, SamplerSettings, check_settings
 from ..sampling.solvers import SOLVERS
 from . import host
 from .numbers import float_input
@@ -33,7 +33,7 @@ class NextDiTSampler:
     @classmethod
     def INPUT_TYPES(cls):
         # The editor rounds a typed side to the step; a side sent by hand that is not a multiple of
-        # 16 is refused when the node runs (sampling.settings): a VALIDATE_INPUTS naming both sides
+        # 16 is refused when the node runs (sampler_settings): a VALIDATE_INPUTS naming both sides
         # would have ComfyUI pin its message on both inputs.
         side = {"default": 1024, "min": 16, "max": MAX_SIDE, "step": 16}
         return {
@@ -51,7 +51,7 @@ class NextDiTSampler:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                                  "tooltip": "Noise seed. The same seed and size give the same starting noise "
                                             "as core ComfyUI's KSampler, on any device."}),
-                "steps": ("INT", {"default": OFFICIAL["steps"], "min": 0, "max": 1000,
+                "steps": ("INT", {"default": OFFICIAL.steps, "min": 0, "max": 1000,
                                   "tooltip": "Solver steps (intervals of the time grid). The official scripts' "
                                              "num_sampling_steps counts grid points = steps + 1: their default "
                                              "18 is 17 here. midpoint and heun evaluate the model twice per step. "
@@ -59,20 +59,20 @@ class NextDiTSampler:
                                              "-m nextdit_nodes distill --steps N`) records the steps, solver, "
                                              "shift, cfg and guidance it was made for, and they replace the "
                                              "values set here."}),
-                "solver": (list(SOLVERS), {"default": OFFICIAL["solver"],
+                "solver": (list(SOLVERS), {"default": OFFICIAL.solver,
                                            "tooltip": "ODE solver. midpoint: the official default (2 evaluations "
                                                       "per step). euler and dpmpp_2m: 1 per step. heun: 2."}),
-                "shift": float_input(OFFICIAL["shift"], 0.01, 100.0, 0.1,
+                "shift": float_input(OFFICIAL.shift, 0.01, 100.0, 0.1,
                                     "Time shift s of the grid, t ← t/(t + s − s·t); NewBie uses 6. "
                                     "Larger spends more steps at high noise."),
-                "cfg": float_input(OFFICIAL["cfg"], 0.0, 30.0, 0.1,
+                "cfg": float_input(OFFICIAL.cfg, 0.0, 30.0, 0.1,
                                   "Classifier-free guidance scale; 1 = off (negative unused, half the "
                                   "cost). Official demo: 5."),
-                "renorm_cfg": float_input(OFFICIAL["renorm_cfg"], 0.0, 10.0, 0.05,
+                "renorm_cfg": float_input(OFFICIAL.renorm_cfg, 0.0, 10.0, 0.05,
                                          "0 = off. Otherwise the guided velocity is scaled down to at "
                                          "most renorm_cfg × the conditional one's norm, per image "
                                          "(official CFG renorm; 1 is the model code's default)."),
-                "cfg_trunc": float_input(OFFICIAL["cfg_trunc"], 0.0, 100.0, 0.01,
+                "cfg_trunc": float_input(OFFICIAL.cfg_trunc, 0.0, 100.0, 0.01,
                                         "CFG only while the data-time t (0 = noise, 1 = image) is below "
                                         "this, then the prompt alone. Official demo: 0.25. 1 or more = "
                                         "CFG on every step."),
@@ -109,8 +109,12 @@ class NextDiTSampler:
         from .host.memory import use_dit_for_sampling
 
         check_settings(width=width, height=height)   # before any memory is moved for them
+        settings = SamplerSettings(steps=steps, solver=solver, shift=shift, cfg=cfg, guidance=guidance,
+                                   renorm_cfg=renorm_cfg, cfg_trunc=cfg_trunc, denoise=denoise, step_cache=step_cache)
         # The settings sample() will use (steps 0: the model's own), for the memory estimate and the bar.
-        total, _, _, used_cfg, _ = with_own_settings(own_settings(model), steps, solver, shift, cfg, guidance)
+        check_settings(steps=steps)
+        used = settings.resolved(own_settings(model))
+        total, used_cfg = used.steps, used.cfg
         # Inside ComfyUI the memory manager makes room (and may stream blocks); headless a no-op
         # unless the model's offload mode asks for streaming.
         use_dit_for_sampling(model, positive, negative, width, height, batch_size, used_cfg)
@@ -132,9 +136,8 @@ class NextDiTSampler:
             host.check_interrupt()
             previews(step, x0)
 
-        out = sample(model, positive, negative, width, height, seed, steps, solver, shift, cfg, renorm_cfg,
-                     cfg_trunc, guidance=guidance, batch_size=batch_size, latent=latent, denoise=denoise,
-                     callback=on_step, step_cache=step_cache, report=report)
+        out = sample(model, positive, negative, settings, width=width, height=height, seed=seed,
+                     batch_size=batch_size, latent=latent, callback=on_step, report=report)
         previews.finish()
         return {"ui": {"text": [report.describe()]}, "result": (out,)}
 
@@ -158,10 +161,10 @@ class NextDiTOfficialCFG:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("MODEL", {"tooltip": "A Next-DiT core MODEL: NextDiT Loader's core_model output."}),
-            "cfg_trunc": float_input(OFFICIAL["cfg_trunc"], 0.0, 100.0, 0.01,
+            "cfg_trunc": float_input(OFFICIAL.cfg_trunc, 0.0, 100.0, 0.01,
                                     "CFG only while the data-time t = 1 − sigma is below this, then "
                                     "the prompt alone. Official demo: 0.25. 1 or more = every step."),
-            "renorm_cfg": float_input(OFFICIAL["renorm_cfg"], 0.0, 10.0, 0.05,
+            "renorm_cfg": float_input(OFFICIAL.renorm_cfg, 0.0, 10.0, 0.05,
                                      "0 = off. Otherwise the guided velocity is scaled down to at most "
                                      "renorm_cfg × the conditional one's norm, per image."),
         }}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from ..nodes.host import EMBEDDED_DIR
@@ -83,8 +84,8 @@ def run(args) -> int:
     from ..training.embedded.adherence import score_image, summarise
     from ..dit.checkpoint import load_dit
     from ..dit.own_settings import own_settings
-    from ..training.embedded.evaluate import (CACHE_THRESHOLDS, SETTINGS, EmbeddedModels, Setting, adherence,
-                                              inpaint_adherence)
+    from ..training.embedded.evaluate import (CACHE_THRESHOLDS, EVALUATION, SETTINGS, EmbeddedModels, Setting,
+                                              adherence, inpaint_adherence)
     from ..training.embedded.pipeline import reconstruction_adherence
     from ..training.embedded.shapes import held_out_scenes, render
 
@@ -110,7 +111,7 @@ def run(args) -> int:
     for path in args.few_step:
         models.few_step = load_dit(path, dtype="fp32")
         name = f"{path.name} (its own settings: {own_settings(models.few_step).describe()})"
-        print(_row(name, adherence(models, Setting(name, "few-step", 1.0, 0.0, steps=0), args.count)), flush=True)
+        print(_row(name, adherence(models, Setting(name, "few-step", replace(EVALUATION, steps=0)), args.count)), flush=True)
     if not args.no_cache_table:
         print(f"\nStep cache (teacher, CFG 4, {args.steps} Euler steps): share of evaluations whose joint layers "
               f"after the first were skipped")
@@ -118,7 +119,7 @@ def run(args) -> int:
               "| size / object | shape / object | all right / image |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for threshold in CACHE_THRESHOLDS:
-            scores = adherence(models, Setting("", "teacher", 4.0, 0.0, step_cache=threshold), args.count, args.steps)
+            scores = adherence(models, Setting("", "teacher", replace(EVALUATION, cfg=4.0, step_cache=threshold)), args.count, args.steps)
             label = "0 (no cache)" if threshold == 0 else f"{threshold:g}"
             print(_row(f"{label} | {scores.get('skipped', 0.0):.1f} %", scores), flush=True)
     print("\nInpainting (teacher, CFG 4): held-out scenes of two or three objects without their last "

@@ -31,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import dtypes
+from ..sampler_settings import DEFAULT_SHIFT
 from .errors import EXIT_USAGE, RunnerError
 from .model_sources import resolve_model
 
@@ -70,7 +71,8 @@ def register(subparsers) -> None:
     train.add_argument("--embedder-lr", type=float, default=1e-3, help="learning rate of the guidance embedder")
     train.add_argument("--guidance-min", type=float, default=1.0, help="smallest guidance scale trained (1)")
     train.add_argument("--guidance-max", type=float, default=8.0, help="largest guidance scale trained (8)")
-    train.add_argument("--shift", type=float, default=6.0, help="time shift of the trajectories (6)")
+    train.add_argument("--shift", type=float, default=DEFAULT_SHIFT,
+                       help=f"time shift of the trajectories ({DEFAULT_SHIFT:g})")
     train.add_argument("--trajectory-steps", type=int, default=16,
                        help="typical Euler steps K of the teacher trajectories giving the training states; each "
                             "trajectory draws K/2..2K (16)")

@@ -260,15 +260,16 @@ class _Samples:
         import numpy as np  # noqa: PLC0415
         from PIL import Image  # noqa: PLC0415
 
+        from ..sampler_settings import SamplerSettings  # noqa: PLC0415
         from ..sampling.sample import sample  # noqa: PLC0415
 
         self.folder.mkdir(parents=True, exist_ok=True)
         size = self.args.resolution
         negative = self.data.cache.conditioning(self.data.empty_key)
+        settings = SamplerSettings(steps=self.args.sample_steps, solver="euler", cfg=self.args.sample_cfg, cfg_trunc=1.0)
         for index, prompt in enumerate(self.prompts):
             positive = self.data.cache.conditioning(self.data.extra_keys[prompt])
-            latent = sample(model, positive, negative, size, size, self.args.seed + index, self.args.sample_steps,
-                            "euler", 6.0, self.args.sample_cfg, 0.0, 1.0)
+            latent = sample(model, positive, negative, settings, width=size, height=size, seed=self.args.seed + index)
             image = self.encoders.vae.decode(latent["samples"])[0]
             pixels = (image.clamp(0, 1) * 255).round().byte().numpy()
             Image.fromarray(np.ascontiguousarray(pixels)).save(self.folder / f"step{step:06d}-{index}.png")

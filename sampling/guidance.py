@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..sampler_settings import SamplerSettings
 from ..text.conditioning import PromptBatch, PromptEntry, pack
 from .schedule import percent_time
 
@@ -42,18 +43,18 @@ class GuidedVelocity:
     positive / negative: the CONDITIONING entries (PromptEntry, of the latent batch size). At each
     evaluation the entries whose time range holds t apply, averaged with their strengths as
     weights, as core ComfyUI averages entries without areas; the conditional and unconditional
-    entries that apply run as one packed forward. ``shift`` maps the entries' start/end percents
-    onto data-time as core does; ``guidance`` > 0 is fed to the guidance embedder of distilled
-    weights.
+    entries that apply run as one packed forward. The settings' ``shift`` maps the entries'
+    start/end percents onto data-time as core does; their ``guidance`` > 0 is fed to the guidance
+    embedder of distilled weights. ``start``: the data-time sampling starts at.
     """
 
     def __init__(self, model, positive: list[PromptEntry], negative: list[PromptEntry] | None,
-                 cfg: float, renorm_cfg: float, cfg_trunc: float, guidance: float = 0.0, shift: float = 6.0,
-                 start: float = 0.0):
+                 settings: SamplerSettings, start: float = 0.0):
+        cfg, cfg_trunc, guidance, shift = settings.cfg, settings.cfg_trunc, settings.guidance or 0.0, settings.shift
         if cfg != 1.0 and not negative:
             raise ValueError(f"cfg {cfg} needs a negative conditioning; connect one or set cfg to 1")
         self.model = model
-        self.cfg, self.renorm_cfg, self.cfg_trunc = float(cfg), float(renorm_cfg), float(cfg_trunc)
+        self.cfg, self.renorm_cfg, self.cfg_trunc = float(cfg), float(settings.renorm_cfg), float(cfg_trunc)
         self.batch = positive[0].batch.size
         self.positive, self.negative = positive, negative or []
         self.spans = [(percent_time(e.start_percent, shift), percent_time(e.end_percent, shift))

@@ -27,14 +27,14 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..dit.own_settings import OwnSettings, own_settings
+from ..dit.own_settings import own_settings
 from ..dit.step_cache import StepCache, step_cache as cached
+from ..sampler_settings import SamplerSettings, check_settings
 from ..text.conditioning import read_entries
 from ..vae.latent_format import FLUX
 from .guidance import GuidedVelocity
 from .inpaint import InpaintVelocity, resize_mask
 from .schedule import time_grid
-from .settings import check_settings, with_own_settings
 from .solvers import denoised, get_solver
 
 log = logging.getLogger(__name__)
@@ -46,16 +46,12 @@ Callback = Callable[[int, int, Tensor], None]  # (step 0-based, total steps, x0 
 class SamplingReport:
     """What a run used and did, for the caller to show: the settings after steps 0 was resolved to
     the model's own ones, and the step cache's counts (None when it was off)."""
-    steps: int = 0
-    solver: str = ""
-    shift: float = 0.0
-    cfg: float = 0.0
-    guidance: float = 0.0
+    settings: SamplerSettings | None = None
     own_settings: bool = False
     cache: StepCache | None = None
 
     def describe(self) -> str:
-        text = OwnSettings(self.steps, self.solver, self.shift, self.cfg, self.guidance or None).describe()
+        text = self.settings.describe()
         if self.own_settings:
             text += " (the model's own settings)"
         return text if self.cache is None else f"{text}; {self.cache.describe()}"
@@ -133,34 +129,26 @@ def initial_noise(shape: tuple[int, ...], seed: int) -> Tensor:
     return torch.randn(shape, generator=generator, dtype=torch.float32)
 
 
-def sample(model, positive, negative, width: int, height: int, seed: int, steps: int, solver: str,
-           shift: float, cfg: float, renorm_cfg: float, cfg_trunc: float, guidance: float = 0.0,
-           batch_size: int = 1, latent: dict | None = None, denoise: float = 1.0,
-           callback: Callback | None = None, step_cache: float = 0.0,
+def sample(model, positive, negative, settings: SamplerSettings, *, width: int, height: int, seed: int,
+           batch_size: int = 1, latent: dict | None = None, callback: Callback | None = None,
            report: SamplingReport | None = None) -> dict:
     """Sample latents; returns LATENT ``{"samples": (B, 16, H/8, W/8)}`` float32 CPU, raw FLUX space.
 
     model: the NextDiT from ``load_dit``. positive / negative: CONDITIONING (negative unused and
-    optional when cfg == 1). steps: solver steps (the official ``num_sampling_steps`` is steps + 1
-    grid points); 0 = the model's own settings (``settings.with_own_settings``: a few-step
-    student's recorded steps, solver, shift, cfg and guidance replace the arguments).
-    cfg_trunc: CFG only while data-time t < cfg_trunc (≥ 1: always). guidance > 0: the distilled
-    guidance scale, only for weights with a guidance embedder. callback(step, total, x0): once per
-    step with the current clean-latent estimate (normalised space); an exception raised there
-    stops sampling. step_cache > 0: skip the joint layers of evaluations whose input changed less
-    than this since the last full one (``dit/step_cache.py``). report: filled with the settings
-    used and the cache's counts.
+    optional when cfg == 1). settings: how to sample (``SamplerSettings``; steps 0 = the model's
+    own settings, which a few-step student's file records). width / height: the image size
+    (a connected ``latent``'s size wins). callback(step, total, x0): once per step with the current
+    clean-latent estimate (normalised space); an exception raised there stops sampling. report:
+    filled with the settings used and the step cache's counts.
     """
-    check_settings(steps=steps)
-    requested = steps
-    steps, solver, shift, cfg, guidance = with_own_settings(own_settings(model), steps, solver, shift, cfg,
-                                                            guidance)
-    check_settings(width=width, height=height, steps=steps, shift=shift, cfg=cfg, renorm_cfg=renorm_cfg,
-                   cfg_trunc=cfg_trunc, guidance=guidance, batch_size=batch_size, denoise=denoise,
-                   step_cache=step_cache)
+    requested = settings
+    check_settings(steps=settings.steps)
+    settings = settings.resolved(own_settings(model)).check()
+    check_settings(width=width, height=height, batch_size=batch_size)
     if report is not None:
-        report.steps, report.solver, report.shift, report.cfg, report.guidance = steps, solver, shift, cfg, guidance
-        report.own_settings = requested == 0
+        report.settings, report.own_settings = settings, requested.steps == 0
+    steps, solver, shift, cfg, guidance = settings.steps, settings.solver, settings.shift, settings.cfg, settings.guidance
+    denoise, step_cache = settings.denoise, settings.step_cache
     solve = get_solver(solver)
     params = model.params
     if guidance > 0 and not params.guidance_embed:
@@ -182,7 +170,7 @@ def sample(model, positive, negative, width: int, height: int, seed: int, steps:
     pos = read_entries(positive, batch, params.cap_dim, params.clip_dim, "positive")
     neg = (read_entries(negative, batch, params.cap_dim, params.clip_dim, "negative")
            if cfg != 1.0 else None)
-    velocity = GuidedVelocity(model, pos, neg, cfg, renorm_cfg, cfg_trunc, guidance, shift, start=t0)
+    velocity = GuidedVelocity(model, pos, neg, settings, start=t0)
 
     device = model.device
     noise = initial_noise(shape, seed)

@@ -14,6 +14,7 @@ import torch
 from factories import random_dit, tiny_params, write_dit_checkpoint
 
 from nextdit_nodes.loaders import load_dit
+from nextdit_nodes.sampler_settings import SamplerSettings
 from nextdit_nodes.sampling.sample import sample
 from nextdit_nodes.sampling.schedule import time_grid
 from nextdit_nodes.text.conditioning import load_conditionings, save_conditionings
@@ -176,7 +177,8 @@ def test_saved_student_loads_in_the_official_layout_and_samples_with_guidance(te
     with torch.no_grad():
         assert torch.allclose(loaded(*args), student.model(*args), atol=1e-5)
         assert not torch.allclose(loaded(*args), teacher(*args[:5]), atol=1e-6)  # adapters were trained
-    out = sample(loaded, positive, None, 32, 32, 0, 2, "euler", 6.0, 1.0, 0.0, 1.0, guidance=4.0)
+    out = sample(loaded, positive, None, SamplerSettings(steps=2, solver="euler", cfg=1.0, guidance=4.0, cfg_trunc=1.0),
+                 width=32, height=32, seed=0)
     assert torch.isfinite(out["samples"]).all()
 
 

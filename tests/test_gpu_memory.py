@@ -375,7 +375,7 @@ def test_loader_node_offload_option_streams_blocks_in_the_sampler_with_the_same_
     cond = [[torch.randn(1, 6, p.cap_dim, generator=gen), {"pooled_output": torch.randn(1, p.clip_dim, generator=gen)}]]
     neg = [[torch.randn(1, 2, p.cap_dim, generator=gen), {"pooled_output": torch.randn(1, p.clip_dim, generator=gen)}]]
     settings = dict(positive=cond, negative=neg, width=32, height=32, batch_size=1, seed=3, steps=2, solver="euler",
-                    shift=6.0, cfg=4.0, renorm_cfg=0.0, cfg_trunc=1.0, guidance=0.0)
+                    cfg=4.0, cfg_trunc=1.0, guidance=0.0)
     outputs = {}
     for mode in ("none", "blocks"):
         model, core_model = NextDiTLoader().load(str(path), "fp32", mode)
@@ -494,6 +494,7 @@ def test_sdpa_gets_unmasked_half_precision_heads_with_unit_stride(monkeypatch, p
 def test_sampler_steps_after_the_first_never_synchronise_with_the_host():
     import warnings
 
+    from nextdit_nodes.sampler_settings import SamplerSettings
     from nextdit_nodes.sampling.sample import sample
 
     p = tiny_params()
@@ -510,8 +511,8 @@ def test_sampler_steps_after_the_first_never_synchronise_with_the_host():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            sample(model, cond, neg, 64, 64, seed=1, steps=steps, solver="euler", shift=6.0, cfg=4.0,
-                   renorm_cfg=1.0, cfg_trunc=1.0, callback=callback)
+            sample(model, cond, neg, SamplerSettings(steps=steps, solver="euler", cfg=4.0, renorm_cfg=1.0,
+                                                     cfg_trunc=1.0), width=64, height=64, seed=1, callback=callback)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]

@@ -499,6 +499,7 @@ def test_peft_alpha_pattern_and_rslora(tmp_path, base, inputs):
 
 
 def test_sampling_with_a_lora_equals_sampling_the_merged_model(tmp_path, params, base):
+    from nextdit_nodes.sampler_settings import SamplerSettings
     from nextdit_nodes.sampling.sample import sample
 
     deltas = write_kohya(tmp_path / "k.safetensors", base, BLOCK_TARGETS + EMBEDDER_TARGETS, seed=19)
@@ -510,9 +511,10 @@ def test_sampling_with_a_lora_equals_sampling_the_merged_model(tmp_path, params,
                  {"pooled_output": torch.randn(1, params.clip_dim, generator=gen)}]]
     settings = dict(width=64, height=48, seed=7, steps=3, solver="euler", shift=3.0, cfg=4.0,
                     renorm_cfg=1.0, cfg_trunc=1.0)
-    with_lora = sample(patched, positive, negative, **settings)["samples"]
-    merged = sample(merged_model(base, deltas), positive, negative, **settings)["samples"]
-    plain = sample(base, positive, negative, **settings)["samples"]
+    settings, size = SamplerSettings.take(settings)
+    with_lora = sample(patched, positive, negative, settings, **size)["samples"]
+    merged = sample(merged_model(base, deltas), positive, negative, settings, **size)["samples"]
+    plain = sample(base, positive, negative, settings, **size)["samples"]
     assert close(with_lora, merged)
     assert (merged - plain).abs().max() > 1e-2
 

@@ -62,6 +62,7 @@ def test_comfyuis_own_range_check_refuses_non_finite_floats(node_id, name, kind)
 @pytest.mark.parametrize("setting", ["cfg", "shift", "renorm_cfg", "cfg_trunc", "guidance", "denoise"])
 def test_linked_nan_is_refused_when_the_sampler_runs(setting):
     from factories import random_dit, tiny_params
+    from nextdit_nodes.sampler_settings import SamplerSettings
     from nextdit_nodes.sampling.sample import sample
 
     model = random_dit(tiny_params(), seed=1)
@@ -71,7 +72,8 @@ def test_linked_nan_is_refused_when_the_sampler_runs(setting):
                     cfg_trunc=1.0, guidance=0.0, denoise=1.0)
     settings[setting] = float("nan")
     with pytest.raises(ValueError, match=f"{setting} must be a finite number"):
-        sample(model, positive, None, **settings)
+        values, size = SamplerSettings.take(settings)
+        sample(model, positive, None, values, **size)
 
 
 def test_a_nan_lora_strength_is_refused():

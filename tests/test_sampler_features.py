@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from factories import random_dit, tiny_params
+from nextdit_nodes.sampler_settings import SamplerSettings
 from nextdit_nodes.sampling.sample import sample
 from nextdit_nodes.vae.latent_format import FLUX
 
@@ -75,7 +76,9 @@ def reference(model, entries, steps, seed, latent=None, mask=None, shape=(1, 16,
 
 
 def run(model, positive, steps=5, seed=3, **kwargs):
-    return sample(model, positive, None, 64, 64, seed, steps, "euler", SHIFT, 1.0, 0.0, 1.0, **kwargs)
+    settings, rest = SamplerSettings.take(dict(steps=steps, solver="euler", shift=SHIFT, cfg=1.0, cfg_trunc=1.0,
+                                               **kwargs))
+    return sample(model, positive, None, settings, width=64, height=64, seed=seed, **rest)
 
 
 def test_timestep_ranges_switch_prompts_as_core_does(model):
@@ -129,8 +132,8 @@ def test_inpainting_keeps_the_unmasked_latent_and_matches_core(model, denoise):
     raw = torch.randn(1, 16, 8, 8) * 0.5
     mask = torch.zeros(1, 64, 64)
     mask[:, 16:48, 8:40] = 1.0           # pixel-space mask, as SetLatentNoiseMask stores it
-    out = sample(model, [entry(p, 4)], None, 64, 64, 5, 5, "euler", SHIFT, 1.0, 0.0, 1.0,
-                 latent={"samples": raw, "noise_mask": mask}, denoise=denoise)
+    out = sample(model, [entry(p, 4)], None, SamplerSettings(steps=5, solver="euler", shift=SHIFT, cfg=1.0, cfg_trunc=1.0, denoise=denoise),
+                 width=64, height=64, seed=5, latent={"samples": raw, "noise_mask": mask})
     latent_mask = torch.nn.functional.interpolate(mask[:, None], size=(8, 8), mode="bilinear")
     keep = (latent_mask == 0).expand(1, 16, 8, 8)
     assert torch.allclose(out["samples"][keep], raw[keep], atol=1e-5)

@@ -10,6 +10,7 @@ from PIL import Image
 from nextdit_nodes import NODE_CLASS_MAPPINGS
 from nextdit_nodes.nodes import host
 from nextdit_nodes.nodes.sampling import NextDiTSampler
+from nextdit_nodes.sampler_settings import SamplerSettings
 from nextdit_nodes.sampling.sample import sample
 from nextdit_nodes.sampling.preview import latent_to_rgb
 
@@ -80,7 +81,8 @@ def test_node_output_equals_sample_and_reports_progress_with_previews(model):
         host.set_progress_hook(previous)
     args = _kwargs(model)
     args.pop("guidance")
-    expected = sample(**args)
+    settings, rest = SamplerSettings.take(args)
+    expected = sample(settings=settings, **rest)
     assert torch.equal(out["samples"], expected["samples"])
     assert [(d, t) for d, t, _ in updates] == [(1, 3), (2, 3), (3, 3)]
     for _, _, (fmt, image, size) in updates:

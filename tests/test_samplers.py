@@ -12,6 +12,7 @@ import pytest
 import torch
 from factories import random_dit, tiny_params, with_guidance
 
+from nextdit_nodes.sampler_settings import SamplerSettings
 from nextdit_nodes.sampling.sample import NonFiniteError, sample
 from nextdit_nodes.text.conditioning import read_entries
 from nextdit_nodes.sampling.guidance import GuidedVelocity, combine_cfg
@@ -244,8 +245,8 @@ def test_sample_matches_official_midpoint_sampler_with_cfg(tiny_model, cfg, reno
     seed, steps, shift = 1234, 4, 6.0
     noise = torch.randn(2, 16, 8, 8, generator=torch.Generator("cpu").manual_seed(seed))  # KSampler's noise
     expected = _official_sampler(tiny_model, noise, [pos, pos], [neg, neg], steps, shift, cfg, renorm, trunc)
-    out = sample(tiny_model, [pos_entry], [neg_entry], width=64, height=64, seed=seed, steps=steps,
-                 solver="midpoint", shift=shift, cfg=cfg, renorm_cfg=renorm, cfg_trunc=trunc, batch_size=2)
+    out = sample(tiny_model, [pos_entry], [neg_entry], SamplerSettings(steps=steps, solver="midpoint", shift=shift, cfg=cfg, renorm_cfg=renorm, cfg_trunc=trunc),
+                 width=64, height=64, seed=seed, batch_size=2)
     assert out["samples"].shape == (2, 16, 8, 8) and out["samples"].dtype == torch.float32
     assert _max_rel(out["samples"], expected) < 1e-4
 
@@ -255,8 +256,9 @@ def test_cfg_changes_the_result_and_truncation_matters(tiny_model):
     p = tiny_model.params
     _, pos_entry = _prompt(p, 5, seed=1)
     _, neg_entry = _prompt(p, 2, seed=2)
-    run = lambda **kw: sample(tiny_model, [pos_entry], [neg_entry], 64, 64, 0, 3, "midpoint", 6.0,  # noqa: E731
-                              **{"cfg": 4.0, "renorm_cfg": 0.0, "cfg_trunc": 1.0, **kw})["samples"]
+    run = lambda **kw: sample(tiny_model, [pos_entry], [neg_entry],  # noqa: E731
+                              SamplerSettings(**{"steps": 3, "solver": "midpoint", "cfg": 4.0, "renorm_cfg": 0.0,
+                                                 "cfg_trunc": 1.0, **kw}), width=64, height=64, seed=0)["samples"]
     base = run()
     assert _max_rel(run(cfg=1.0), base) > 1e-2
     assert _max_rel(run(cfg_trunc=0.2), base) > 1e-3
@@ -276,11 +278,11 @@ def test_batch_prompts_and_guidance_match_reference(tiny_model):
     noise = torch.randn(2, 16, 8, 8, generator=torch.Generator("cpu").manual_seed(7))
     expected = _official_sampler(model, noise, [a for a, _ in prompts], [a for a, _ in negs], 3, 6.0,
                                  3.0, 0.0, 1.0, guidance=2.5)
-    out = sample(model, [entry(prompts)], [entry(negs)], 64, 64, 7, 3, "midpoint", 6.0, 3.0, 0.0, 1.0,
-                 guidance=2.5, batch_size=2)
+    out = sample(model, [entry(prompts)], [entry(negs)], SamplerSettings(steps=3, solver="midpoint", cfg=3.0, guidance=2.5, cfg_trunc=1.0),
+                 width=64, height=64, seed=7, batch_size=2)
     assert _max_rel(out["samples"], expected) < 1e-4
-    no_guidance = sample(model, [entry(prompts)], [entry(negs)], 64, 64, 7, 3, "midpoint", 6.0, 3.0, 0.0, 1.0,
-                         batch_size=2)
+    no_guidance = sample(model, [entry(prompts)], [entry(negs)], SamplerSettings(steps=3, solver="midpoint", cfg=3.0, cfg_trunc=1.0),
+                         width=64, height=64, seed=7, batch_size=2)
     assert _max_rel(no_guidance["samples"], expected) > 1e-3
 
 
@@ -291,16 +293,16 @@ def test_img2img_starts_at_one_minus_denoise_on_the_shifted_grid(tiny_model):
     noise = torch.randn(1, 16, 8, 8, generator=torch.Generator("cpu").manual_seed(5))
     expected = _official_sampler(tiny_model, noise, [pos], None, 3, 6.0, 1.0, 0.0, 1.0,
                                  start_latent=(raw - _SHIFT) * _SCALE, t_start=0.4)
-    out = sample(tiny_model, [pos_entry], None, 64, 64, 5, 3, "midpoint", 6.0, 1.0, 0.0, 1.0,
-                 latent={"samples": raw}, denoise=0.6)
+    out = sample(tiny_model, [pos_entry], None, SamplerSettings(steps=3, solver="midpoint", cfg=1.0, cfg_trunc=1.0, denoise=0.6),
+                 width=64, height=64, seed=5, latent={"samples": raw})
     assert _max_rel(out["samples"], expected) < 1e-4
 
 
 def test_denoise_zero_returns_the_input_latent(tiny_model):
     _, pos_entry = _prompt(tiny_model.params, 5, seed=1)
     raw = torch.randn(2, 16, 8, 8)
-    out = sample(tiny_model, [pos_entry], None, 64, 64, 0, 4, "euler", 6.0, 1.0, 0.0, 1.0,
-                 latent={"samples": raw}, denoise=0.0)
+    out = sample(tiny_model, [pos_entry], None, SamplerSettings(steps=4, solver="euler", cfg=1.0, cfg_trunc=1.0, denoise=0.0),
+                 width=64, height=64, seed=0, latent={"samples": raw})
     assert torch.equal(out["samples"], raw) and out["samples"] is not raw
 
 
@@ -310,7 +312,7 @@ def test_packed_cfg_equals_two_separate_forwards(tiny_model):
     (nf, npool), neg_entry = _prompt(p, 2, seed=2, pad=5)
     pos = read_entries([pos_entry], 2, p.cap_dim, p.clip_dim)
     neg = read_entries([neg_entry], 2, p.cap_dim, p.clip_dim)
-    velocity = GuidedVelocity(tiny_model, pos, neg, cfg=5.0, renorm_cfg=0.0, cfg_trunc=1.0)
+    velocity = GuidedVelocity(tiny_model, pos, neg, SamplerSettings(cfg=5.0, cfg_trunc=1.0))
     x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))
     t = torch.full((2,), 0.37)
     with torch.no_grad():
@@ -326,9 +328,9 @@ def test_core_comfy_conditioning_with_only_pooled_output_samples(tiny_model):
     core = [[feats[None].clone(), {"pooled_output": pooled[None].clone()}]]  # no mask, no extra keys
     (nf, npool), neg_ours = _prompt(p, 3, seed=2)
     neg_core = [[nf[None].clone(), {"pooled_output": npool[None].clone()}]]
-    args = (64, 64, 11, 2, "euler", 6.0, 4.0, 0.0, 1.0)
-    out_core = sample(tiny_model, core, neg_core, *args)["samples"]
-    out_ours = sample(tiny_model, [ours], [neg_ours], *args)["samples"]
+    settings, size = SamplerSettings(steps=2, solver="euler", cfg=4.0, cfg_trunc=1.0), dict(width=64, height=64, seed=11)
+    out_core = sample(tiny_model, core, neg_core, settings, **size)["samples"]
+    out_ours = sample(tiny_model, [ours], [neg_ours], settings, **size)["samples"]
     assert torch.isfinite(out_core).all()
     assert _max_rel(out_core, out_ours) < 1e-6
 
@@ -344,17 +346,18 @@ def test_callback_raising_at_step_k_stops_there_and_leaves_the_model_usable(tiny
         if step == 2:
             raise KeyboardInterrupt("user cancelled")
 
-    args = (64, 64, 3, 5, "midpoint", 6.0, 1.0, 0.0, 1.0)
+    args = (SamplerSettings(steps=5, solver="midpoint", cfg=1.0, cfg_trunc=1.0),)
+    size = dict(width=64, height=64, seed=3)
     try:
-        before = sample(tiny_model, [pos_entry], None, *args)["samples"]
+        before = sample(tiny_model, [pos_entry], None, *args, **size)["samples"]
         calls.clear()
         with pytest.raises(KeyboardInterrupt):
-            sample(tiny_model, [pos_entry], None, *args, callback=stop_at_2)
+            sample(tiny_model, [pos_entry], None, *args, **size, callback=stop_at_2)
         assert seen == [(0, 5, (1, 16, 8, 8)), (1, 5, (1, 16, 8, 8)), (2, 5, (1, 16, 8, 8))]
         assert len(calls) == 2 + 2 + 1  # steps 0 and 1 (two evaluations each), step 2's first
     finally:
         handle.remove()
-    after = sample(tiny_model, [pos_entry], None, *args)["samples"]
+    after = sample(tiny_model, [pos_entry], None, *args, **size)["samples"]
     assert torch.equal(before, after)
     assert not tiny_model.training and not any(q.requires_grad for q in tiny_model.parameters())
 
@@ -362,8 +365,8 @@ def test_callback_raising_at_step_k_stops_there_and_leaves_the_model_usable(tiny
 def test_callback_x0_estimate_is_x_plus_one_minus_t_times_v(tiny_model):
     _, pos_entry = _prompt(tiny_model.params, 4, seed=1)
     estimates = []
-    out = sample(tiny_model, [pos_entry], None, 64, 64, 3, 3, "euler", 6.0, 1.0, 0.0, 1.0,
-                 callback=lambda s, n, x0: estimates.append(x0.clone()))
+    out = sample(tiny_model, [pos_entry], None, SamplerSettings(steps=3, solver="euler", cfg=1.0, cfg_trunc=1.0),
+                 width=64, height=64, seed=3, callback=lambda s, n, x0: estimates.append(x0.clone()))
     # Euler's last step from t to 1 is x + (1 − t)·v: its x0 estimate IS the final latent.
     assert len(estimates) == 3
     assert _max_rel(out["samples"], estimates[-1] / _SCALE + _SHIFT) < 1e-6
@@ -382,7 +385,8 @@ def test_injected_nan_raises_the_documented_error_naming_the_step(tiny_model):
     handle = tiny_model.register_forward_hook(poison)
     try:
         with pytest.raises(NonFiniteError, match=r"step 4 of 6.*(fp32|bf16)"):
-            sample(tiny_model, [pos_entry], None, 64, 64, 3, 6, "euler", 6.0, 1.0, 0.0, 1.0)
+            sample(tiny_model, [pos_entry], None, SamplerSettings(steps=6, solver="euler", cfg=1.0, cfg_trunc=1.0),
+                   width=64, height=64, seed=3)
     finally:
         handle.remove()
 
@@ -390,7 +394,8 @@ def test_injected_nan_raises_the_documented_error_naming_the_step(tiny_model):
 def test_guidance_on_weights_without_embedder_is_refused(tiny_model):
     _, pos_entry = _prompt(tiny_model.params, 4, seed=1)
     with pytest.raises(ValueError, match="no guidance embedder"):
-        sample(tiny_model, [pos_entry], None, 64, 64, 0, 2, "euler", 6.0, 1.0, 0.0, 1.0, guidance=3.5)
+        sample(tiny_model, [pos_entry], None,
+               SamplerSettings(steps=2, solver="euler", cfg=1.0, guidance=3.5, cfg_trunc=1.0), width=64, height=64, seed=0)
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -401,12 +406,13 @@ def test_guidance_on_weights_without_embedder_is_refused(tiny_model):
 def test_bad_settings_fail_before_any_model_call(tiny_model, kwargs, match):
     _, pos_entry = _prompt(tiny_model.params, 4, seed=1)
     args = dict(model=tiny_model, positive=[pos_entry], negative=None, width=64, height=64, seed=0, steps=2,
-                solver="euler", shift=6.0, cfg=1.0, renorm_cfg=0.0, cfg_trunc=1.0)
+                solver="euler", cfg=1.0, cfg_trunc=1.0)
     calls = []
     handle = tiny_model.register_forward_hook(lambda *_: calls.append(1))
     try:
         with pytest.raises(ValueError, match=match):
-            sample(**{**args, **kwargs})
+            settings, rest = SamplerSettings.take({**args, **kwargs})
+            sample(settings=settings, **rest)
     finally:
         handle.remove()
     assert not calls
@@ -415,7 +421,8 @@ def test_bad_settings_fail_before_any_model_call(tiny_model, kwargs, match):
 def test_wrong_text_encoder_width_is_a_clear_error(tiny_model):
     bad = [[torch.randn(1, 5, 17), {"pooled_output": torch.randn(1, 32)}]]
     with pytest.raises(ValueError, match="caption features are 17 wide"):
-        sample(tiny_model, bad, None, 64, 64, 0, 2, "euler", 6.0, 1.0, 0.0, 1.0)
+        sample(tiny_model, bad, None, SamplerSettings(steps=2, solver="euler", cfg=1.0, cfg_trunc=1.0),
+               width=64, height=64, seed=0)
 
 
 @pytest.mark.parametrize("deferred", [False, True], ids=["cpu-immediate", "accelerator-deferred"])
@@ -449,7 +456,7 @@ def test_several_conditioning_entries_are_averaged_in_one_forward(tiny_model):
     (fn, pn), neg_entry = _prompt(p, 4, seed=3)
     pos = read_entries([entry_a, entry_b], 1, p.cap_dim, p.clip_dim)
     neg = read_entries([neg_entry], 1, p.cap_dim, p.clip_dim)
-    velocity = GuidedVelocity(tiny_model, pos, neg, cfg=3.0, renorm_cfg=0.0, cfg_trunc=1.0)
+    velocity = GuidedVelocity(tiny_model, pos, neg, SamplerSettings(cfg=3.0, cfg_trunc=1.0))
     x, t = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(4)), torch.tensor([0.5])
     calls = []
     handle = tiny_model.register_forward_hook(lambda *_: calls.append(1))
@@ -472,5 +479,7 @@ def test_lumina2_shaped_weights_ignore_the_pooled_vector():
     feats = torch.randn(1, 5, model.params.cap_dim)
     with_pooled = [[feats, {"pooled_output": torch.randn(1, 1024)}]]   # any width: unused
     without = [[feats.clone(), {}]]
-    args = (64, 64, 2, 2, "euler", 6.0, 1.0, 0.0, 1.0)
-    assert torch.equal(sample(model, with_pooled, None, *args)["samples"], sample(model, without, None, *args)["samples"])
+    args = (SamplerSettings(steps=2, solver="euler", cfg=1.0, cfg_trunc=1.0),)
+    size = dict(width=64, height=64, seed=2)
+    assert torch.equal(sample(model, with_pooled, None, *args, **size)["samples"],
+                       sample(model, without, None, *args, **size)["samples"])

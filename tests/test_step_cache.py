@@ -14,6 +14,7 @@ from factories import random_dit, tiny_params
 from nextdit_nodes.dit.step_cache import StepCache, step_cache
 from nextdit_nodes.nodes import host
 from nextdit_nodes.nodes.sampling import NextDiTSampler
+from nextdit_nodes.sampler_settings import SamplerSettings
 from nextdit_nodes.sampling.sample import SamplingReport, sample
 
 
@@ -31,8 +32,10 @@ def prompt(params, seed, length=5):
 def run(model, threshold=0.0, steps=6, solver="euler", cfg=4.0, cfg_trunc=1.0, **kwargs):
     p = model.params
     report = SamplingReport()
-    out = sample(model, prompt(p, 1), prompt(p, 2, length=3), 32, 32, 7, steps, solver, 6.0, cfg, 0.0, cfg_trunc,
-                 step_cache=threshold, report=report, **kwargs)
+    settings, rest = SamplerSettings.take(dict(steps=steps, solver=solver, cfg=cfg, cfg_trunc=cfg_trunc,
+                                               step_cache=threshold, **kwargs))
+    out = sample(model, prompt(p, 1), prompt(p, 2, length=3), settings, width=32, height=32, seed=7, report=report,
+                 **rest)
     return out["samples"], report
 
 

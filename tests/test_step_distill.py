@@ -14,11 +14,12 @@ import pytest
 import torch
 from factories import random_dit, tiny_params, with_guidance, write_dit_checkpoint
 
-from nextdit_nodes.dit.own_settings import OwnSettings, own_settings
+from nextdit_nodes.dit.own_settings import own_settings
 from nextdit_nodes.files.errors import WeightsError
 from nextdit_nodes.loaders import load_dit
 from nextdit_nodes.nodes import host
 from nextdit_nodes.nodes.sampling import NextDiTSampler
+from nextdit_nodes.sampler_settings import SamplerSettings
 from nextdit_nodes.sampling.sample import SamplingReport, sample
 from nextdit_nodes.sampling.schedule import time_grid
 from nextdit_nodes.text.conditioning import save_conditionings
@@ -77,7 +78,7 @@ def test_rounds_and_bad_configs():
         with pytest.raises(ValueError):
             StepDistillConfig(**bad)
     fixed, ranged = StepDistillConfig(guidance_min=4, guidance_max=4), StepDistillConfig(guidance_min=1, guidance_max=6)
-    assert fixed.own_settings() == OwnSettings(4, "euler", 6.0, 1.0, 4.0)
+    assert fixed.own_settings() == SamplerSettings(4, "euler", 6.0, 1.0, 4.0)
     assert ranged.own_settings().guidance is None
 
 
@@ -189,20 +190,23 @@ def test_a_students_file_sets_the_samplers_defaults_and_the_user_can_override_th
     student = step_distill(guided, [cond], config, progress=False)
     path = save_student(student, tmp_path / "s.safetensors", metadata=config.own_settings().to_metadata())
     loaded = load_dit(path)
-    assert own_settings(loaded) == OwnSettings(2, "euler", 6.0, 1.0, W)
+    assert own_settings(loaded) == SamplerSettings(2, "euler", 6.0, 1.0, W)
 
     calls = []
     handle = loaded.register_forward_hook(lambda module, args, out: calls.append(args[5][0].item()))
     try:
         report = SamplingReport()
         # steps 0: the file's 2 euler steps at cfg 1 and guidance 3, though the call asks for midpoint and cfg 5
-        own = sample(loaded, cond, None, 32, 32, 0, 0, "midpoint", 3.0, 5.0, 0.0, 1.0, report=report)
+        own = sample(loaded, cond, None, SamplerSettings(steps=0, solver="midpoint", shift=3.0, cfg=5.0, cfg_trunc=1.0),
+                     width=32, height=32, seed=0, report=report)
         assert calls == [W, W] and report.own_settings
         assert report.describe().startswith("2 euler steps, shift 6, cfg 1, guidance 3")
-        reference = sample(loaded, cond, None, 32, 32, 0, 2, "euler", 6.0, 1.0, 0.0, 1.0, guidance=W)
+        reference = sample(loaded, cond, None, SamplerSettings(steps=2, solver="euler", cfg=1.0, guidance=W, cfg_trunc=1.0),
+                           width=32, height=32, seed=0)
         assert torch.equal(own["samples"], reference["samples"])
         calls.clear()
-        sample(loaded, cond, None, 32, 32, 0, 3, "midpoint", 6.0, 1.0, 0.0, 1.0, guidance=5.0)   # overridden
+        sample(loaded, cond, None, SamplerSettings(steps=3, solver="midpoint", cfg=1.0, guidance=5.0, cfg_trunc=1.0),
+               width=32, height=32, seed=0)   # overridden
         assert calls == [5.0] * 6
     finally:
         handle.remove()
@@ -216,7 +220,8 @@ def test_a_students_file_sets_the_samplers_defaults_and_the_user_can_override_th
     assert [total for _, total in updates] == [2, 2] and "the model's own settings" in result["ui"]["text"][0]
     assert torch.equal(result["result"][0]["samples"], reference["samples"])
     with pytest.raises(ValueError, match="records none"):
-        sample(guided, cond, None, 32, 32, 0, 0, "euler", 6.0, 1.0, 0.0, 1.0, guidance=W)
+        sample(guided, cond, None, SamplerSettings(steps=0, solver="euler", cfg=1.0, guidance=W, cfg_trunc=1.0),
+               width=32, height=32, seed=0)
 
 
 def test_damaged_settings_metadata_is_refused_naming_the_key(guided, tmp_path):
@@ -254,12 +259,13 @@ def test_distill_steps_from_a_teacher_writes_both_students_and_resumes(tmp_path)
     output = tmp_path / "tiny-distilled-2step.safetensors"
     round_student = tmp_path / "tiny-distilled-4step.safetensors"
     assert load_dit(guidance_student).params.guidance_embed and own_settings(load_dit(guidance_student)) is None
-    assert own_settings(load_dit(round_student)) == OwnSettings(4, "euler", 6.0, 1.0, 4.0)
+    assert own_settings(load_dit(round_student)) == SamplerSettings(4, "euler", 6.0, 1.0, 4.0)
     student = load_dit(output)
-    assert own_settings(student) == OwnSettings(2, "euler", 6.0, 1.0, 4.0)
+    assert own_settings(student) == SamplerSettings(2, "euler", 6.0, 1.0, 4.0)
     calls = []
     student.register_forward_hook(lambda *a: calls.append(1))
-    sample(student, conditioning(params, 1), None, 32, 32, 0, 0, "midpoint", 6.0, 1.0, 0.0, 1.0)
+    sample(student, conditioning(params, 1), None, SamplerSettings(steps=0, solver="midpoint", cfg=1.0, cfg_trunc=1.0),
+           width=32, height=32, seed=0)
     assert len(calls) == 2
     from safetensors import safe_open
     with safe_open(str(output), "pt") as f:      # the teacher was given: its CFG paths were the targets

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from ..dit.layers import TimestepEmbedder
 from ..dit.model import NextDiT
+from ..sampler_settings import DEFAULT_SHIFT
 from ..sampling.schedule import shift_time, time_grid
 from ..text.conditioning import PromptBatch, is_conditioning, pack, prompt_batches
 from .distributed import Distributed
@@ -62,7 +63,7 @@ class DistillConfig:
     embedder_lr: float = 1e-3                 # the new guidance embedder
     guidance_min: float = 1.0
     guidance_max: float = 8.0
-    shift: float = 6.0                        # time grid of the trajectories / the t distribution
+    shift: float = DEFAULT_SHIFT              # time grid of the trajectories / the t distribution
     trajectory_steps: int = 16                # data-free: typical Euler steps of a teacher trajectory (K/2..2K)
     width: int = 1024                         # data-free: image size of the trajectories
     height: int = 1024

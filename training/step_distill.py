@@ -81,7 +81,7 @@ import torch
 from torch import Tensor, nn
 
 from ..dit.model import NextDiT
-from ..dit.own_settings import OwnSettings
+from ..sampler_settings import DEFAULT_SHIFT, SamplerSettings
 from ..sampling.schedule import time_grid
 from ..text.conditioning import PromptBatch
 from .distill import (Adapters, DistillConfig, Student, _Prompts, _TrajectoryPool, carries_module_hooks,
@@ -108,7 +108,7 @@ class StepDistillConfig:
     lr: float = 1e-4
     guidance_min: float = 4.0            # guidance scales trained; equal: one fixed scale (recorded in the file)
     guidance_max: float = 4.0
-    shift: float = 6.0
+    shift: float = DEFAULT_SHIFT
     width: int = 1024                    # image size of the trajectories
     height: int = 1024
     seed: int = 0
@@ -150,9 +150,9 @@ class StepDistillConfig:
                              guidance_max=self.guidance_max, shift=self.shift, width=self.width,
                              height=self.height, seed=self.seed)
 
-    def own_settings(self) -> OwnSettings:
+    def own_settings(self) -> SamplerSettings:
         """What the student's file records: its steps, solver, shift and guidance scale (if fixed)."""
-        return OwnSettings(self.steps, SOLVER, self.shift, 1.0, self.fixed_guidance)
+        return SamplerSettings(steps=self.steps, solver=SOLVER, shift=self.shift, cfg=1.0, guidance=self.fixed_guidance)
 
 
 # ---- the student ---------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ and VAE (the paths every real model takes)."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +12,7 @@ import torch
 
 from ...dit.checkpoint import load_dit
 from ...lora.apply import load_lora
+from ...sampler_settings import SamplerSettings
 from ...sampling.sample import SamplingReport, sample
 from ...text.conditioning import conditioning
 from ...text.loading import load_text_encoders
@@ -20,21 +21,26 @@ from .adherence import score_image, summarise
 from .pipeline import DIT_FILE, FEW_STEP_FILE, GEMMA_FILE, JINA_FILE, STUDENT_FILE, VAE_FOLDER
 from .shapes import Scene, held_out_scenes, render, xml_caption
 
+# The evaluation's sampler: Euler on the shifted grid, CFG on every step; the step count is the
+# evaluation's (steps None) unless a setting asks for the model's own settings (steps 0).
+EVALUATION = SamplerSettings(steps=25, solver="euler", cfg=1.0, cfg_trunc=1.0)
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
     model: str                  # "teacher", "student" (guidance-distilled) or "few-step"
-    cfg: float
-    guidance: float
-    steps: int | None = None    # None: the evaluation's step count; 0: the model's own settings
-    step_cache: float = 0.0
+    sampler: SamplerSettings    # steps None-like: replaced by the evaluation's step count unless 0
+
+    def settings(self, steps: int) -> SamplerSettings:
+        return self.sampler if self.sampler.steps == 0 else replace(self.sampler, steps=steps)
 
 
 SETTINGS = (
-    Setting("teacher, CFG 1 (no guidance)", "teacher", 1.0, 0.0),
-    Setting("teacher, CFG 4", "teacher", 4.0, 0.0),
-    Setting("distilled student, CFG 1, guidance 4", "student", 1.0, 4.0),
-    Setting("4-step student (its own settings: 4 Euler steps, guidance 4)", "few-step", 1.0, 0.0, steps=0),
+    Setting("teacher, CFG 1 (no guidance)", "teacher", EVALUATION),
+    Setting("teacher, CFG 4", "teacher", replace(EVALUATION, cfg=4.0)),
+    Setting("distilled student, CFG 1, guidance 4", "student", replace(EVALUATION, guidance=4.0)),
+    Setting("4-step student (its own settings: 4 Euler steps, guidance 4)", "few-step", replace(EVALUATION, steps=0)),
 )
 # The step cache on the teacher at CFG 4: the evaluations it skips and what they cost.
 CACHE_THRESHOLDS = (0.0, 0.05, 0.1, 0.2)
@@ -60,14 +66,12 @@ class EmbeddedModels:
 
 
 def generate(models: EmbeddedModels, scene_or_text, setting: Setting, seed: int, steps: int = 25,
-             solver: str = "euler", report: SamplingReport | None = None) -> np.ndarray:
+             report: SamplingReport | None = None) -> np.ndarray:
     """One 64×64 image as uint8 [H, W, 3] for an XML caption (a Scene is captioned in XML)."""
     text = xml_caption(scene_or_text) if isinstance(scene_or_text, Scene) else scene_or_text
     model = getattr(models, setting.model.replace("-", "_"))
-    steps = steps if setting.steps is None else setting.steps
-    latent = sample(model, models.conditioning(text), models.conditioning(""), 64, 64, seed, steps, solver,
-                    6.0, setting.cfg, 0.0, 1.0, guidance=setting.guidance, step_cache=setting.step_cache,
-                    report=report)
+    latent = sample(model, models.conditioning(text), models.conditioning(""), setting.settings(steps),
+                    width=64, height=64, seed=seed, report=report)
     image = models.vae.decode(latent["samples"])[0]
     return (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
@@ -81,7 +85,7 @@ def adherence(models: EmbeddedModels, setting: Setting, count: int = 200, steps:
     scores = [score_image(generate(models, scene, setting, seed=i, steps=steps, report=report), scene)
               for i, (scene, report) in enumerate(zip(scenes, reports))]
     figures = summarise(scores)
-    if setting.step_cache > 0:
+    if setting.sampler.step_cache > 0:
         skipped, evaluations = (sum(getattr(r.cache, name) for r in reports) for name in ("skipped", "evaluations"))
         figures["skipped"] = 100.0 * skipped / evaluations
     return figures
@@ -112,8 +116,8 @@ def inpaint_adherence(models: EmbeddedModels, count: int = 100, steps: int = 25,
         target, others = scene.objects[-1], Scene(scene.objects[:-1], scene.background)
         pixels = torch.tensor(render(others), dtype=torch.float32)[None] / 255
         latent = {"samples": models.vae.encode(pixels), "noise_mask": cell_mask(target)}
-        out = sample(models.teacher, models.conditioning(xml_caption(scene)), models.conditioning(""), 64, 64,
-                     index, steps, "euler", 6.0, cfg, 0.0, 1.0, latent=latent)
+        out = sample(models.teacher, models.conditioning(xml_caption(scene)), models.conditioning(""),
+                     replace(EVALUATION, steps=steps, cfg=cfg), width=64, height=64, seed=index, latent=latent)
         image = (models.vae.decode(out["samples"])[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         scores = score_image(image, scene)
         added.append(scores[-1:])
