@@ -137,7 +137,8 @@ class NextDiTSampler:
             previews(step, x0)
 
         out = sample(model, positive, negative, settings, width=width, height=height, seed=seed,
-                     batch_size=batch_size, latent=latent, callback=on_step, report=report)
+                     batch_size=batch_size, latent=latent, callback=on_step, cancel=host.check_interrupt,
+                     report=report)
         previews.finish()
         return {"ui": {"text": [report.describe()]}, "result": (out,)}
 

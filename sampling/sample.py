@@ -123,6 +123,29 @@ def _start_latent(latent: dict | None, batch_size: int, width: int, height: int,
     return normalised, tuple(normalised.shape)
 
 
+class _CancelCheck:
+    """A seam entry calling ``cancel`` after every joint layer."""
+
+    def __init__(self, cancel: Callable[[], None]):
+        self.cancel = cancel
+
+    def layer_output(self, index: int, joint: Tensor, ctx) -> Tensor:
+        self.cancel()
+        return joint
+
+
+@contextlib.contextmanager
+def _checking(model, cancel: Callable[[], None] | None):
+    if cancel is None:
+        yield
+        return
+    model.seam.attach("cancel_check", _CancelCheck(cancel))
+    try:
+        yield
+    finally:
+        model.seam.detach("cancel_check")
+
+
 def initial_noise(shape: tuple[int, ...], seed: int) -> Tensor:
     """ComfyUI KSampler's noise for ``seed``: float32 randn on a seeded CPU generator."""
     generator = torch.Generator("cpu").manual_seed(int(seed))
@@ -131,15 +154,16 @@ def initial_noise(shape: tuple[int, ...], seed: int) -> Tensor:
 
 def sample(model, positive, negative, settings: SamplerSettings, *, width: int, height: int, seed: int,
            batch_size: int = 1, latent: dict | None = None, callback: Callback | None = None,
-           report: SamplingReport | None = None) -> dict:
+           cancel: Callable[[], None] | None = None, report: SamplingReport | None = None) -> dict:
     """Sample latents; returns LATENT ``{"samples": (B, 16, H/8, W/8)}`` float32 CPU, raw FLUX space.
 
     model: the NextDiT from ``load_dit``. positive / negative: CONDITIONING (negative unused and
     optional when cfg == 1). settings: how to sample (``SamplerSettings``; steps 0 = the model's
     own settings, which a few-step student's file records). width / height: the image size
     (a connected ``latent``'s size wins). callback(step, total, x0): once per step with the current
-    clean-latent estimate (normalised space); an exception raised there stops sampling. report:
-    filled with the settings used and the step cache's counts.
+    clean-latent estimate (normalised space); an exception raised there stops sampling. cancel():
+    called after every joint layer, so an exception it raises (the user pressed Cancel) stops a long
+    step within one layer's time. report: filled with the settings used and the step cache's counts.
     """
     requested = settings
     check_settings(steps=settings.steps)
@@ -188,7 +212,8 @@ def sample(model, positive, negative, settings: SamplerSettings, *, width: int, 
         if callback is not None:
             callback(i, steps, denoised(x_i, t_i, v_i))
 
-    with torch.no_grad(), (cached(model, step_cache) if step_cache > 0 else contextlib.nullcontext()) as cache:
+    with (torch.no_grad(), _checking(model, cancel),
+          (cached(model, step_cache) if step_cache > 0 else contextlib.nullcontext()) as cache):
         if report is not None:
             report.cache = cache   # counted while sampling (the progress line shows it)
         x = solve(velocity, x, times, on_step)

@@ -90,26 +90,30 @@ def test_node_output_equals_sample_and_reports_progress_with_previews(model):
         assert image.size == (64 // 8, 48 // 8) and image.mode == "RGB"
 
 
-def test_interrupt_stops_at_the_next_step(model, monkeypatch):
-    class Interrupted(Exception):
-        pass
+def test_cancel_lands_within_one_joint_layer(model):
+    """Cancel pressed while joint layer 0 of the first evaluation runs: layer 1 never runs again, the
+    run stops with the host's Interrupted and the next run is unaffected."""
+    ran, pressed = [], []
 
-    checks = []
+    def press_cancel_in_layer_0(module, args, out):
+        if not pressed:
+            pressed.append(1)
+            host.request_interrupt()
+        ran.append(0)
 
-    def interrupt_on_second_check():
-        checks.append(1)
-        if len(checks) == 2:
-            raise Interrupted
-
-    calls = []
-    handle = model.register_forward_hook(lambda *_: calls.append(1))
-    monkeypatch.setattr(host, "check_interrupt", interrupt_on_second_check)
+    handles = [model.layers[0].register_forward_hook(press_cancel_in_layer_0),
+               model.layers[1].register_forward_hook(lambda *_: ran.append(1))]
     try:
-        with pytest.raises(Interrupted):
+        with pytest.raises(host.Interrupted):
             NextDiTSampler().sample(**_kwargs(model, steps=10))
+        assert ran == [0]
+        ran.clear()
+        (out,) = NextDiTSampler().sample(**_kwargs(model, steps=2))["result"]
+        assert torch.isfinite(out["samples"]).all() and ran.count(1) == ran.count(0) > 0
     finally:
-        handle.remove()
-    assert len(calls) == 3  # step 0 (2 evaluations) + step 1's first evaluation, then stopped
+        for handle in handles:
+            handle.remove()
+        host.request_interrupt(False)
 
 
 def test_missing_negative_with_cfg_is_a_clear_error_before_the_first_step(model):
