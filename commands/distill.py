@@ -31,8 +31,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import dtypes
-from .errors import EXIT_USAGE, RunnerError
-from .model_sources import resolve_model
+from ..runtime.errors import EXIT_USAGE, RunnerError
+from ..runtime.model_sources import resolve_model
 
 log = logging.getLogger(__name__)
 

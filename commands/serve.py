@@ -21,7 +21,7 @@ def _is_loopback(address: str) -> bool:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from .app import ServerConfig, serve  # noqa: PLC0415 - aiohttp only when serving
+    from ..server.app import ServerConfig, serve  # noqa: PLC0415 - aiohttp only when serving
 
     if args.models_dir:
         os.environ["NEXTDIT_MODELS_DIR"] = os.pathsep.join(str(d) for d in args.models_dir)

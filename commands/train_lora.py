@@ -23,8 +23,8 @@ import json
 import logging
 from pathlib import Path
 
-from .errors import EXIT_USAGE, RunnerError
-from .model_sources import resolve_model
+from ..runtime.errors import EXIT_USAGE, RunnerError
+from ..runtime.model_sources import resolve_model
 
 log = logging.getLogger(__name__)
 
