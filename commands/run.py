@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
+from .arguments import use_models_dirs
 from .cli import EXIT_CODES_HELP
 
 
 def _peak_memory() -> str:
     try:
-        import resource  # noqa: PLC0415 - POSIX only
+        import resource  # POSIX only
     except ImportError:  # Windows
         text = "peak RAM not measured on this platform"
     else:
@@ -28,10 +28,9 @@ def _peak_memory() -> str:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from ..runtime.run import run_workflow  # noqa: PLC0415
+    from ..runtime.run import run_workflow
 
-    if args.models_dir:
-        os.environ["NEXTDIT_MODELS_DIR"] = os.pathsep.join(str(d) for d in args.models_dir)
+    use_models_dirs(args.models_dir)
     start = time.perf_counter()
     result, images = run_workflow(args.workflow, args.output_dir, args.set, args.temp_dir,
                                   show_progress=not args.quiet)

@@ -85,7 +85,8 @@ def model_file_check(node: GraphNode, name: str, value: Any) -> bool | str:
 
 
 def _missing_message(node: GraphNode, name: str, value: str, searched: str) -> str:
-    hint = where_to_get(value) or "It is not a file the pack knows; check the name, or see the README's Model files section."
+    hint = where_to_get(value) or ("It is not a file the pack knows; check the name, or see the README's "
+                                   "Model files section.")
     return f"{node.describe()}: input {name!r}: {searched}\n{hint}"
 
 

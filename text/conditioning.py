@@ -227,7 +227,7 @@ def save_conditionings(path: str | Path, positives: list, negative) -> Path:
     """Write training prompts as one safetensors file: ``positive.{i}.cap_feats`` (L, cap_dim) with
     only real tokens, ``positive.{i}.pooled`` (clip_dim) if any; the negative the same way under
     ``negative.`` (one shared) or ``negative.{i}.`` (one per prompt)."""
-    from safetensors.torch import save_file  # noqa: PLC0415
+    from safetensors.torch import save_file
 
     tensors: dict[str, Tensor] = {}
 
@@ -252,7 +252,7 @@ def save_conditionings(path: str | Path, positives: list, negative) -> Path:
 
 def load_conditionings(path: str | Path) -> tuple[list, object]:
     """(positives, negative) as CONDITIONINGs from a file written by ``save_conditionings``."""
-    from safetensors.torch import load_file  # noqa: PLC0415
+    from safetensors.torch import load_file
 
     tensors = load_file(str(path))
 

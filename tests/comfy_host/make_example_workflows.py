@@ -348,7 +348,7 @@ EXAMPLES = {
 
 def make_thumbnail(png: Path, jpg: Path, side: int = 256) -> None:
     """A picture a workflow made, enlarged without smoothing (its pixels stay visible)."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     Image.open(png).convert("RGB").resize((side, side), Image.NEAREST).save(jpg, "JPEG", quality=92)
 
