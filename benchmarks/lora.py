@@ -107,7 +107,8 @@ def main() -> None:
     tokens = (args.size // 16) ** 2 + args.caption
     threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
     print(f"device {device}{threads}, {args.dtype}, NewBie widths, {args.layers} layers + "
-          f"{args.refiners}+{args.refiners} refiners, {tokens} tokens ({args.size}x{args.size} + {args.caption} caption)")
+          f"{args.refiners}+{args.refiners} refiners, {tokens} tokens "
+          f"({args.size}x{args.size} + {args.caption} caption)")
     print(f"LoRA rank {args.rank} on {report.n_applied} linears (qkv, out, w1, w2, w3 of every block): "
           f"{lora_bytes / 2**20:.1f} MiB kept vs base weights {base_bytes / 2**20:.0f} MiB")
     print(f"base forward   median {t_base * 1e3:8.1f} ms  ({args.repeats} runs)")
