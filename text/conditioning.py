@@ -210,11 +210,6 @@ def pack(batches: list[PromptBatch]) -> PromptBatch:
     return PromptBatch(feats, mask, pooled)
 
 
-def longest_caption(conditioning) -> int:
-    """The most caption tokens any entry of ``conditioning`` holds (0 for None or empty)."""
-    return max((int(entry[0].shape[1]) for entry in conditioning or () if hasattr(entry[0], "shape")), default=0)
-
-
 def is_conditioning(value) -> bool:
     """A CONDITIONING is a list of [tensor, dict] entries (a list of CONDITIONINGs is not)."""
     return bool(value) and isinstance(value[0], (list, tuple)) and len(value[0]) == 2 \

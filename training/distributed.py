@@ -95,10 +95,6 @@ class Distributed:
             dist.barrier()
 
 
-def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 def start(device: str = "auto") -> Distributed:
     """Join the job torchrun started (or run alone). ``device``: auto (a GPU when there is one), cpu
     or cuda. On GPUs each process takes ``cuda:LOCAL_RANK``."""
