@@ -1,8 +1,7 @@
-"""``python -m nextdit_nodes ...``: the headless command line, plus ``serve`` (the editor)."""
+"""``python -m nextdit_nodes ...``: the command line (``commands/``)."""
 
 import sys
 
-from .runtime.cli import main
-from .server import command as serve_command
+from .commands.cli import main
 
-sys.exit(main(extra_commands=(serve_command,)))
+sys.exit(main())

@@ -32,16 +32,22 @@ def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, _TORCH_NAMES[name])
 
 
-def auto_dtype(device, fp16_safe: bool) -> torch.dtype:
-    """The ``auto`` dtype on ``device`` for a component that is (or is not) fp16-safe."""
+def auto_name(device, fp16_safe: bool) -> str:
+    """The name (bf16, fp16 or fp32) that ``auto`` means on ``device`` for a component that is (or
+    is not) fp16-safe."""
     import torch
 
     device = torch.device(device)
     if device.type == "xpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
+        return "bf16"
     if device.type in ("cuda", "mps") and fp16_safe:
-        return torch.float16
-    return torch.float32
+        return "fp16"
+    return "fp32"
+
+
+def auto_dtype(device, fp16_safe: bool) -> torch.dtype:
+    """The ``auto`` dtype on ``device`` for a component that is (or is not) fp16-safe."""
+    return torch_dtype(auto_name(device, fp16_safe))
 
 
 def resolve(name: str, device, fp16_safe: bool) -> torch.dtype:

@@ -26,10 +26,10 @@ def comfyui_nodes():
     """ComfyUI's node classes with its custom nodes (the pack among them), as the server loads them."""
     sys.argv = [sys.argv[0], "--cpu"]
     sys.path.insert(0, os.getcwd())
-    import comfy.options  # noqa: PLC0415
+    import comfy.options
 
     comfy.options.enable_args_parsing()
-    import nodes  # noqa: PLC0415
+    import nodes
 
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
     return nodes.NODE_CLASS_MAPPINGS
@@ -37,7 +37,7 @@ def comfyui_nodes():
 
 def pack_module(name: str):
     """A module of the pack under the package name ComfyUI gave it (the folder's path)."""
-    import importlib  # noqa: PLC0415
+    import importlib
 
     package = next(key for key, module in sys.modules.items()
                    if Path(getattr(module, "__file__", None) or "/").resolve() == PACK / "__init__.py")
@@ -52,8 +52,8 @@ def main() -> int:
     args = parser.parse_args()
 
     classes = comfyui_nodes()
-    import comfy.sample  # noqa: PLC0415
-    import torch  # noqa: PLC0415
+    import comfy.sample
+    import torch
 
     torch.set_num_threads(2)
     adherence = pack_module("training.embedded.adherence")

@@ -156,7 +156,8 @@ def core_model(comfy_dir: str, params, state_dict: dict, device, dtype):
     third = params.head_dim // 3
     model = CoreNextDiT(patch_size=params.patch_size, in_channels=params.in_channels, dim=params.dim,
                         n_layers=params.n_layers, n_refiner_layers=params.n_refiner_layers,
-                        n_heads=params.n_heads, n_kv_heads=params.n_kv_heads, multiple_of=256 if params.ffn_dim % 256 == 0 else 1,
+                        n_heads=params.n_heads, n_kv_heads=params.n_kv_heads,
+                        multiple_of=256 if params.ffn_dim % 256 == 0 else 1,
                         ffn_dim_multiplier=params.ffn_dim / params.dim, norm_eps=params.norm_eps, qk_norm=True,
                         cap_feat_dim=params.cap_dim, axes_dims=[third] * 3, axes_lens=[300, 512, 512],
                         rope_theta=params.rope_theta, clip_text_dim=params.clip_dim, image_model="lumina2",
@@ -343,8 +344,9 @@ def main() -> None:
         for _ in range(max(args.repeats, 2)):
             ours_t.append(timed(run_cfg, device, 1)[0])
             core_t.append(timed(run_core, device, 1)[0])
-        print(f"speed-up ours/core, CFG, interleaved medians: {statistics.median(core_t) / statistics.median(ours_t):.2f}x "
-              f"(ours {statistics.median(ours_t):.3f} s, core {statistics.median(core_t):.3f} s per image)")
+        ours_s, core_s = statistics.median(ours_t), statistics.median(core_t)
+        print(f"speed-up ours/core, CFG, interleaved medians: {core_s / ours_s:.2f}x "
+              f"(ours {ours_s:.3f} s, core {core_s:.3f} s per image)")
     else:
         print("core ComfyUI: skipped (set COMFYUI_DIR to a ComfyUI checkout)")
 

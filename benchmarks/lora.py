@@ -23,9 +23,7 @@ from safetensors.torch import save_file
 
 from nextdit_nodes.lora.apply import load_lora
 from nextdit_nodes.dit.model import NextDiT
-from nextdit_nodes.dit.params import NextDiTParams
-
-TARGETS = ("attention.qkv", "attention.out", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
+from nextdit_nodes.dit.params import LORA_TARGETS, NextDiTParams
 
 
 def write_lora(model: NextDiT, rank: int, folder: Path) -> tuple[Path, float]:
@@ -35,7 +33,7 @@ def write_lora(model: NextDiT, rank: int, folder: Path) -> tuple[Path, float]:
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear):
             base_macs += module.in_features * module.out_features  # per token (blocks dominate)
-            if name.endswith(TARGETS):
+            if name.endswith(LORA_TARGETS):
                 out_f, in_f = module.out_features, module.in_features
                 tensors[f"base_model.model.{name}.lora_A.weight"] = torch.randn(rank, in_f, generator=gen) / in_f**0.5
                 tensors[f"base_model.model.{name}.lora_B.weight"] = torch.randn(out_f, rank, generator=gen) * 1e-3
@@ -108,8 +106,9 @@ def main() -> None:
 
     tokens = (args.size // 16) ** 2 + args.caption
     threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
-    print(f"device {device}{threads}, {args.dtype}, NewBie widths, {args.layers} layers + {args.refiners}+{args.refiners} "
-          f"refiners, {tokens} tokens ({args.size}x{args.size} + {args.caption} caption)")
+    print(f"device {device}{threads}, {args.dtype}, NewBie widths, {args.layers} layers + "
+          f"{args.refiners}+{args.refiners} refiners, {tokens} tokens "
+          f"({args.size}x{args.size} + {args.caption} caption)")
     print(f"LoRA rank {args.rank} on {report.n_applied} linears (qkv, out, w1, w2, w3 of every block): "
           f"{lora_bytes / 2**20:.1f} MiB kept vs base weights {base_bytes / 2**20:.0f} MiB")
     print(f"base forward   median {t_base * 1e3:8.1f} ms  ({args.repeats} runs)")

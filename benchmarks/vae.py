@@ -11,16 +11,7 @@ and go through the pack's loader and NextDiTVAE.decode like a real file. The unt
 skipped where the loader's own memory estimate is over ``--max-memory-share`` of the free memory.
 Ratios are measured side by side in one run; absolute seconds mean something only on a GPU.
 
-Measured 2026-11-24 on the shared 2-core CPU (fp32, tile 64 / overlap 16 latent px):
-
-    size   tiled  seconds  peak MiB  time ratio  mem ratio
-    1024   off      108.3      3863
-    1024   on       256.6      1105       2.37×      0.29×   (9 tiles of 64²: 2.25× the pixels)
-    2048   off    skipped                 (estimate 16.0 GiB, over half of the 21 GiB free)
-    2048   on       876.7      1136                           (25 tiles; separate run, other load)
-
-The untiled peak is 3.8 elements per pixel × 256 channels (also 3.8 at 512²), which the loader's
-KL_PEAK_FACTOR uses; a tile's peak stays about 1.1 GiB whatever the image size.
+Results: the README's Benchmarks section.
 """
 
 from __future__ import annotations

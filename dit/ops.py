@@ -186,7 +186,8 @@ class TokenLayout:
 def pack_captions(cap_feats: Tensor, cap_mask: Tensor) -> tuple[Tensor, list[int]]:
     """Drop caption padding: (B, L, C) + (B, L) mask -> (sum Lc, C) real tokens and [Lc_i].
 
-    The mask may be bool or 0/1 numbers (ComfyUI's `attention_mask`); it must mark real tokens first and padding at the end (as the text encoders emit).
+    The mask may be bool or 0/1 numbers (ComfyUI's `attention_mask`); it must mark real tokens first
+    and padding at the end (as the text encoders emit).
     """
     lengths = cap_mask.bool().sum(dim=1)
     prefix = torch.arange(cap_mask.shape[1], device=cap_mask.device)[None] < lengths[:, None]

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 # of a block starts with one of these and its index (`layers.3.attention.qkv.weight`).
 BLOCK_LISTS = ("context_refiner", "noise_refiner", "layers")
 BLOCK_KEY = rf"(?:{'|'.join(BLOCK_LISTS)})\.\d+"    # a block's key prefix, as a regex
+# The attention and feed-forward Linear layers of every block (names inside the block): the layers
+# a LoRA adapts unless told otherwise (train-lora, distill, and the official LoRA trainer).
+LORA_TARGETS = ("attention.qkv", "attention.out", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
 
 
 @dataclass(frozen=True)

@@ -297,8 +297,8 @@ def _open_pickle(path: Path) -> dict[str, TensorRef]:
     data = _safe_torch_load(path)
     state = _find_state_dict(data)
     if state is None:
-        raise WeightsError(path, f"holds no tensors by name (a {type(data).__name__}"
-                                 f"{' with keys ' + ', '.join(map(repr, list(data)[:8])) if isinstance(data, dict) else ''})")
+        keys = f" with keys {', '.join(map(repr, list(data)[:8]))}" if isinstance(data, dict) else ""
+        raise WeightsError(path, f"holds no tensors by name (a {type(data).__name__}{keys})")
     return {key: TensorRef.of(tensor, path) for key, tensor in state.items()}
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 
-from ..dit.params import BLOCK_KEY, BLOCK_LISTS
+from ..dit.params import BLOCK_KEY, BLOCK_LISTS, LORA_TARGETS
 from ..files.keys import strip_leading
 from .deltas import Rows, TargetTable
 
@@ -129,8 +129,7 @@ def strip_dotted(name: str) -> str:
 # model lacks (``lora_unet_layers_40_attention_qkv`` -> ``layers.40.attention.qkv``) in reports.
 _OFFICIAL_PATTERNS = tuple(
     [f"{blocks}.{{}}.{leaf}" for blocks in BLOCK_LISTS
-     for leaf in ("attention.qkv", "attention.out", "feed_forward.w1", "feed_forward.w2",
-                  "feed_forward.w3", "adaLN_modulation.{}", "attention_norm1", "attention_norm2",
+     for leaf in (*LORA_TARGETS, "adaLN_modulation.{}", "attention_norm1", "attention_norm2",
                   "ffn_norm1", "ffn_norm2", "attention.q_norm", "attention.k_norm")]
     + ["x_embedder", "t_embedder.mlp.{}", "cap_embedder.{}", "clip_text_pooled_proj.{}",
        "time_text_embed.{}", "guidance_embedder.mlp.{}", "final_layer.linear",

@@ -59,7 +59,7 @@ def save_lora(path: str | Path, pairs: dict[str, LowRankPair], alpha: float,
 
     The file is written under a temporary name and renamed, so a reader never sees half a file.
     """
-    from safetensors.torch import save_file  # noqa: PLC0415
+    from safetensors.torch import save_file
 
     path = Path(path)
     ranks = sorted({pair.rank for pair in pairs.values()})

@@ -1,6 +1,6 @@
-"""Headless workflow runner and command line.
+"""The headless workflow runner (the command line that drives it is ``commands/``).
 
-Scripts can run workflows without the CLI::
+Scripts run workflows with it::
 
     from nextdit_nodes.runtime import Executor, load_workflow, run_workflow, runner_classes
 

@@ -49,9 +49,9 @@ def next_save_path(prefix: str, output_dir: Path, width: int, height: int
 def save_png(image, path: Path, prompt: dict | None, extra_pnginfo: dict | None,
              compress_level: int = 4) -> None:
     """One IMAGE [H,W,3] in [0,1] to an 8-bit PNG (values truncated, as ComfyUI does)."""
-    import numpy as np  # noqa: PLC0415
-    from PIL import Image  # noqa: PLC0415
-    from PIL.PngImagePlugin import PngInfo  # noqa: PLC0415
+    import numpy as np
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
     pixels = np.clip(255.0 * image.detach().float().cpu().numpy(), 0, 255).astype(np.uint8)
     info = PngInfo()
@@ -150,7 +150,7 @@ PRIMITIVES = (
 def core_node_classes(output_dir: str | Path = "output", temp_dir: str | Path | None = None
                       ) -> dict[str, type]:
     """Core node classes with their folders bound (each call makes fresh subclasses)."""
-    import tempfile  # noqa: PLC0415
+    import tempfile
 
     temp = Path(temp_dir) if temp_dir is not None else Path(tempfile.gettempdir()) / "nextdit-nodes"
     save = type("SaveImage", (SaveImage,), {"output_dir": Path(output_dir)})

@@ -55,7 +55,7 @@ def where_to_get(name: str) -> str | None:
 def resolve_model(folder: str, name: str) -> Path:
     """A command-line model name: a file in the ``folder`` models folders or a path (MissingModelError
     naming where we looked otherwise)."""
-    from ..nodes import host  # noqa: PLC0415
+    from ..nodes import host
 
     try:
         return host.resolve_model_file(folder, name)

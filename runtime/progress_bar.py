@@ -29,7 +29,7 @@ class ProgressDisplay:
             return
         if self._bar is None or self._bar.total != total or done < self._last:
             self.close()
-            from tqdm import tqdm  # noqa: PLC0415
+            from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=self._label, unit="step", file=sys.stderr,
                              dynamic_ncols=True, leave=True)

@@ -1,12 +1,10 @@
-"""``python -m nextdit_nodes run WORKFLOW.json``: run a workflow headlessly and save its images."""
+"""Run a workflow file headlessly: the runner's nodes, ``--set`` overrides, model-file checks and the
+images it saved (what ``python -m nextdit_nodes run`` does; the command itself is ``commands/run.py``)."""
 
 from __future__ import annotations
 
-import argparse
-import os
 import re
-import sys
-import time
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -87,7 +85,8 @@ def model_file_check(node: GraphNode, name: str, value: Any) -> bool | str:
 
 
 def _missing_message(node: GraphNode, name: str, value: str, searched: str) -> str:
-    hint = where_to_get(value) or "It is not a file the pack knows; check the name, or see the README's Model files section."
+    hint = where_to_get(value) or ("It is not a file the pack knows; check the name, or see the README's "
+                                   "Model files section.")
     return f"{node.describe()}: input {name!r}: {searched}\n{hint}"
 
 
@@ -105,23 +104,7 @@ def _explain_node_failure(error: NodeExecutionError, workflow: Workflow) -> Exce
     return MissingModelError(message)
 
 
-# ---- the command -------------------------------------------------------------------------------
-
-def _peak_memory() -> str:
-    try:
-        import resource  # noqa: PLC0415 - POSIX only
-    except ImportError:  # Windows
-        text = "peak RAM not measured on this platform"
-    else:
-        rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        if sys.platform == "darwin":  # bytes there, KiB on Linux
-            rss_kib //= 1024
-        text = f"peak RAM {rss_kib / 2**20:.2f} GiB"
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        text += f", peak VRAM {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
-    return text
-
+# ---- running a workflow file -----------------------------------------------------------------
 
 def saved_images(result: RunResult, output_dir: Path, temp_dir: Path) -> list[Path]:
     """Paths of the images the output nodes reported (ComfyUI's ``ui.images`` entries)."""
@@ -137,8 +120,6 @@ def run_workflow(path: str | Path, output_dir: str | Path = "output", overrides:
                  temp_dir: str | Path | None = None, show_progress: bool = False,
                  executor: Executor | None = None) -> tuple[RunResult, list[Path]]:
     """Load, override, validate and run a workflow file; returns the result and saved images."""
-    import tempfile  # noqa: PLC0415
-
     output_dir = Path(output_dir)
     temp_dir = Path(temp_dir) if temp_dir else Path(tempfile.gettempdir()) / "nextdit-nodes"
     classes = executor.classes if executor is not None else runner_classes(output_dir, temp_dir)
@@ -151,41 +132,3 @@ def run_workflow(path: str | Path, output_dir: str | Path = "output", overrides:
         except NodeExecutionError as error:
             raise _explain_node_failure(error, workflow) from error
     return result, saved_images(result, output_dir, temp_dir)
-
-
-def _command(args: argparse.Namespace) -> int:
-    if args.models_dir:
-        os.environ["NEXTDIT_MODELS_DIR"] = os.pathsep.join(str(d) for d in args.models_dir)
-    start = time.perf_counter()
-    result, images = run_workflow(args.workflow, args.output_dir, args.set, args.temp_dir,
-                                  show_progress=not args.quiet)
-    seconds = time.perf_counter() - start
-    where = ", ".join(str(p) for p in images) if images else "no images saved"
-    print(f"{len(images)} image(s): {where} | {seconds:.1f} s | {len(result.executed)} node(s) run, "
-          f"{len(result.cached)} cached | {_peak_memory()}")
-    return 0
-
-
-def register(subparsers) -> None:
-    from .cli import EXIT_CODES_HELP  # noqa: PLC0415
-
-    parser = subparsers.add_parser(
-        "run", help="run a workflow JSON (UI or API format) and save its images",
-        description="Run a ComfyUI workflow (the UI-format .json ComfyUI saves, or an API-format "
-                    "export) with the pack's nodes and SaveImage / PreviewImage / primitives.",
-        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("workflow", type=Path,
-                        help="the workflow .json file, or a .png saved by ComfyUI / this runner")
-    parser.add_argument("--models-dir", action="append", type=Path, metavar="DIR",
-                        help="models folder laid out like ComfyUI's (diffusion_models/, "
-                             "text_encoders/, vae/, loras/); repeatable; default: "
-                             "$NEXTDIT_MODELS_DIR, else ./models")
-    parser.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
-                        help="change an input before running; NODE is the node's id or title "
-                             "(e.g. --set Sampler.seed=7 --set 5.steps=20); repeatable")
-    parser.add_argument("--output-dir", type=Path, default=Path("output"), metavar="DIR",
-                        help="where SaveImage writes (default ./output)")
-    parser.add_argument("--temp-dir", type=Path, default=None, metavar="DIR",
-                        help="where PreviewImage writes (default: the system temp folder)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_command)

@@ -42,7 +42,7 @@ def load_workflow(source: str | Path | Mapping, classes: Mapping[str, type]) -> 
 
 def _read_png(path: Path) -> str:
     """The workflow ComfyUI (or this runner) embedded in a PNG: the UI graph, else the prompt."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     try:
         with Image.open(path) as image:

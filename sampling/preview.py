@@ -46,7 +46,7 @@ def latent_to_rgb(latent: Tensor) -> Tensor:
 
 
 def _image(rgb: Tensor):
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     return Image.fromarray(rgb.numpy())
 

@@ -171,8 +171,8 @@ def sample(model, positive, negative, settings: SamplerSettings, *, width: int, 
     check_settings(width=width, height=height, batch_size=batch_size)
     if report is not None:
         report.settings, report.own_settings = settings, requested.steps == 0
-    steps, solver, shift, cfg, guidance = settings.steps, settings.solver, settings.shift, settings.cfg, settings.guidance
-    denoise, step_cache = settings.denoise, settings.step_cache
+    steps, solver, shift, cfg = settings.steps, settings.solver, settings.shift, settings.cfg
+    guidance, denoise, step_cache = settings.guidance, settings.denoise, settings.step_cache
     solve = get_solver(solver)
     params = model.params
     if guidance > 0 and not params.guidance_embed:

@@ -34,7 +34,7 @@ class ServerConfig:
 
 
 def frontend_root() -> Path:
-    import comfyui_frontend_package  # noqa: PLC0415 - a dependency; imported when serving only
+    import comfyui_frontend_package  # a dependency; imported when serving only
 
     return Path(str(resources.files(comfyui_frontend_package) / "static"))
 

@@ -32,7 +32,7 @@ def _split_annotation(filename: str, kind: str | None) -> tuple[str, str | None]
 
 def _checked_image(data: bytes) -> str | None:
     """Why ``data`` is not an image Pillow can decode (None when it is)."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     try:
         with warnings.catch_warnings():
@@ -49,7 +49,7 @@ def _checked_image(data: bytes) -> str | None:
 
 def _render(path: Path, query) -> web.Response | None:
     """The ``preview=webp;90`` / ``channel=rgb|a`` variants ComfyUI's ``/view`` offers."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     channel = query.get("channel", "rgba")
     if "preview" not in query and channel not in ("rgb", "a"):

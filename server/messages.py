@@ -28,7 +28,7 @@ SERVER_FEATURES = {"supports_preview_metadata": False, "max_upload_size": 0}
 
 def preview_frame(image, max_size: int | None) -> bytes:
     """A PIL image as a binary PREVIEW_IMAGE frame, shrunk to ``max_size`` as ComfyUI does."""
-    from PIL import Image, ImageOps  # noqa: PLC0415
+    from PIL import Image, ImageOps
 
     if max_size is not None:
         image = ImageOps.contain(image, (max_size, max_size), Image.Resampling.LANCZOS)

@@ -127,8 +127,8 @@ def ui_workflow(sampler_widgets=None, extra_nodes=(), extra_links=(), version=0.
     links = [[1, 1, 0, 3, 0, "FAKE_MODEL"], [2, 2, 0, 3, 1, "STRING"], [3, 3, 0, 4, 0, "LATENT"],
              [4, 4, 0, 5, 0, "IMAGE"], *extra_links]
     if version == 1:
-        links = [{"id": l[0], "origin_id": l[1], "origin_slot": l[2], "target_id": l[3],
-                  "target_slot": l[4], "type": l[5]} for l in links]
+        links = [{"id": link[0], "origin_id": link[1], "origin_slot": link[2], "target_id": link[3],
+                  "target_slot": link[4], "type": link[5]} for link in links]
     return {"last_node_id": 6, "last_link_id": 4, "nodes": nodes, "links": links,
             "groups": [{"title": "a group", "bounding": [0, 0, 10, 10]}], "config": {}, "extra": {},
             "version": version}

@@ -42,7 +42,7 @@ def write_tiny_models(models_dir: str | Path, distilled: bool = False) -> Path:
     write_jina(models_dir / "text_encoders" / JINA, jina_reference()[1], "comfy")
     # Four levels = 8x downsampling and 16 latent channels, as the FLUX autoencoder.
     vae = randomize(LdmAutoencoder(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1), seed=3)
-    from safetensors.torch import save_file  # noqa: PLC0415
+    from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(models_dir / "vae" / VAE))
     return models_dir

@@ -205,7 +205,7 @@ def test_conditionings_file_round_trip_drops_padding(teacher, tmp_path):
 
 
 def test_distill_command_writes_the_default_file_the_loader_reads(tmp_path):
-    from nextdit_nodes.runtime import distill_command as command
+    from nextdit_nodes.commands import distill as command
 
     params = tiny_params()
     teacher_path = tmp_path / "tiny-teacher.safetensors"

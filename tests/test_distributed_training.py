@@ -65,7 +65,7 @@ def test_train_lora_on_two_processes_equals_one_process_with_the_combined_batch(
 def distill_alone_and_on_two_processes(tmp_path, common: list[str]):
     """`distill` with batch 4 in this process and with batch 2 on each of two torchrun processes;
     the two students' paths (only the first process writes)."""
-    from nextdit_nodes.runtime import distill_command as command
+    from nextdit_nodes.commands import distill as command
 
     parser = argparse.ArgumentParser()
     command.register(parser.add_subparsers())

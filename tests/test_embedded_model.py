@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not embedded_files_present(EMBEDDED_DIR),
 
 
 def test_example_workflow_draws_held_out_prompts(tmp_path):
-    from nextdit_nodes.runtime.demo import WORKFLOW
+    from nextdit_nodes.commands.demo import WORKFLOW
     from nextdit_nodes.runtime.executor import Executor
     from nextdit_nodes.runtime.run import model_file_check, run_workflow, runner_classes
 

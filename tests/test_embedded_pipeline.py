@@ -71,7 +71,7 @@ def test_length_buckets_give_single_length_batches_covering_every_length():
 
 
 def test_demo_workflow_runs_on_the_untrained_embedded_files(tmp_path, monkeypatch):
-    from nextdit_nodes.runtime.demo import WORKFLOW
+    from nextdit_nodes.commands.demo import WORKFLOW
     from nextdit_nodes.runtime.run import run_workflow
     from nextdit_nodes.training.embedded.pipeline import embedded_files_present, write_untrained
 

@@ -58,7 +58,7 @@ def write_dataset(folder):
 
 
 def train_lora(models, data, output, *extra):
-    from nextdit_nodes.runtime import train_lora_command as command
+    from nextdit_nodes.commands import train_lora as command
 
     parser = argparse.ArgumentParser()
     command.register(parser.add_subparsers())
@@ -190,7 +190,7 @@ def test_resumed_training_ends_where_an_uninterrupted_run_ends(models, tmp_path)
     assert train_lora(models, data, part, "--steps", "3", "--resume", *common) == 0
     a, b = load_file(str(whole)), load_file(str(part))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    from nextdit_nodes.runtime.train_lora_command import TrainLoraUsageError
+    from nextdit_nodes.commands.train_lora import TrainLoraUsageError
 
     with pytest.raises(TrainLoraUsageError, match="rank"):       # another rank cannot continue this state
         train_lora(models, data, part, "--steps", "3", "--resume", *common, "--rank", "8")

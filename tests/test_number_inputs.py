@@ -87,8 +87,8 @@ def test_a_nan_lora_strength_is_refused():
 @pytest.mark.parametrize("setting", ["NextDiT Sampler.cfg=nan", "NextDiT Sampler.shift=inf",
                                      "NextDiT Sampler.steps=nan"])
 def test_headless_run_refuses_bad_numbers_with_exit_code_3(setting, tmp_path, capsys):
-    from nextdit_nodes.runtime import cli
-    from nextdit_nodes.runtime.demo import WORKFLOW
+    from nextdit_nodes.commands import cli
+    from nextdit_nodes.commands.demo import WORKFLOW
 
     code = cli.main(["run", str(WORKFLOW), "--set", setting, "--output-dir", str(tmp_path), "-q"])
     name = setting.split(".")[1].split("=")[0]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nextdit_nodes.runtime import cli
+from nextdit_nodes.commands import cli
 from nextdit_nodes.runtime.errors import WorkflowError
 from nextdit_nodes.runtime.executor import Executor
 from nextdit_nodes.runtime.graph import Link

@@ -10,7 +10,8 @@ from PIL import Image
 from runtime_fakes import CALLS, FAKE_CLASSES, ui_workflow
 
 from nextdit_nodes.nodes import host
-from nextdit_nodes.runtime import cli, run
+from nextdit_nodes.commands import cli
+from nextdit_nodes.runtime import run
 from nextdit_nodes.runtime.core_nodes import core_node_classes
 from nextdit_nodes.runtime.errors import NodeExecutionError, ValidationError
 from nextdit_nodes.runtime.executor import Executor

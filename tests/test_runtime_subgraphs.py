@@ -132,8 +132,8 @@ def _wrapped(mode: int = 0, promoted: dict | None = None, seed_linked: bool = Fa
         instance["inputs"].append({"name": "seed", "type": "INT", "widget": {"name": "seed"}, "link": 5})
         data["links"].append([5, 8, 0, 7, 2, "INT"])
     data["nodes"].append(instance)
-    data["links"] = [[l[0], 7 if l[1] == 3 else l[1], l[2], 7 if l[3] == 3 else l[3], l[4], l[5]]
-                     for l in data["links"]]
+    data["links"] = [[link[0], 7 if link[1] == 3 else link[1], link[2], 7 if link[3] == 3 else link[3], link[4],
+                      link[5]] for link in data["links"]]
     data["definitions"] = {"subgraphs": [definition]}
     return data
 

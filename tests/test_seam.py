@@ -107,7 +107,9 @@ def test_captions_and_before_final_equal_hooks(model):
 
 
 def test_attention_entries_replace_the_attention_and_nest_in_attach_order(model):
-    zero_out = lambda m, args, out: torch.zeros_like(out)
+    def zero_out(module, args, out):
+        return torch.zeros_like(out)
+
     reference = with_torch_hook(model, model.layers[0].attention.out, post=zero_out)
 
     class Silence:

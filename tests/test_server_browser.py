@@ -33,7 +33,7 @@ def _browser_or_skip() -> None:
     if not Path(CHROMIUM).exists():
         missing.append(f"{CHROMIUM} (apt-get install chromium)")
     try:
-        import playwright  # noqa: F401, PLC0415
+        import playwright  # noqa: F401
     except ImportError:
         missing.append("the playwright package (the test extra)")
     if missing:
@@ -84,7 +84,7 @@ def served(tmp_path_factory):
 
 @pytest.fixture()
 def page(served):
-    from comfy_host.frontend import editor  # noqa: PLC0415
+    from comfy_host.frontend import editor
 
     url, _, _ = served
     with editor(url) as (opened, events):
@@ -129,7 +129,7 @@ SHOWN_PIXELS = """async () => {
 
 
 def test_embedded_workflow_from_the_template_browser_runs_and_shows_the_demo_picture(served, page, tmp_path):
-    from comfy_host.frontend import click_run, fit_view, open_template  # noqa: PLC0415
+    from comfy_host.frontend import click_run, fit_view, open_template
 
     page, events = page
     _, output, demo_png = served
@@ -175,7 +175,7 @@ def test_embedded_workflow_from_the_template_browser_runs_and_shows_the_demo_pic
 
 
 def test_an_invalid_value_marks_the_node_and_shows_the_error(page):
-    from comfy_host.frontend import click_run, load_graph  # noqa: PLC0415
+    from comfy_host.frontend import click_run, load_graph
 
     page, events = page
     load_graph(page, json.loads(EMBEDDED.read_text()))
@@ -197,7 +197,7 @@ def test_an_invalid_value_marks_the_node_and_shows_the_error(page):
 
 
 def test_cancel_stops_a_long_run_and_the_next_run_succeeds(page):
-    from comfy_host.frontend import click_run, load_graph  # noqa: PLC0415
+    from comfy_host.frontend import click_run, load_graph
 
     page, events = page
     load_graph(page, json.loads(EMBEDDED.read_text()))

@@ -134,7 +134,7 @@ def test_an_image_upload_lands_in_the_input_folder_and_is_served_back(folders):
 
 def _embedded_prompt() -> dict:
     """The API prompt of the embedded workflow, as the runner (and the editor) write it."""
-    from nextdit_nodes.runtime import load_workflow, runner_classes  # noqa: PLC0415
+    from nextdit_nodes.runtime import load_workflow, runner_classes
 
     return load_workflow(EMBEDDED, runner_classes()).to_api()
 
@@ -163,7 +163,7 @@ def test_invalid_values_come_back_as_node_errors(folders):
 def test_newbie_template_prompt_is_refused_naming_the_missing_core_nodes(folders):
     """The prompt the real editor queues for the official NewBie template (subgraph flattened)."""
     prompt = json.loads((DATA / "newbie_template_prompt.json").read_text())
-    from nextdit_nodes.runtime import runner_classes  # noqa: PLC0415
+    from nextdit_nodes.runtime import runner_classes
 
     missing = {entry["class_type"] for entry in prompt.values()} - set(runner_classes())
 

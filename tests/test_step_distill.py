@@ -234,7 +234,7 @@ def test_damaged_settings_metadata_is_refused_naming_the_key(guided, tmp_path):
 def distill_cli(tmp_path, params):
     """The command line's parser, a tiny teacher file ``tiny.safetensors`` and a conditionings file
     (one prompt, a negative)."""
-    from nextdit_nodes.runtime import distill_command as command
+    from nextdit_nodes.commands import distill as command
 
     teacher_path = tmp_path / "tiny.safetensors"
     write_dit_checkpoint(teacher_path, params, seed=2)
@@ -246,7 +246,7 @@ def distill_cli(tmp_path, params):
 
 
 def test_distill_steps_from_a_teacher_writes_both_students_and_resumes(tmp_path):
-    from nextdit_nodes.runtime import distill_command as command
+    from nextdit_nodes.commands import distill as command
 
     params = tiny_params()
     parser, teacher_path, conditionings = distill_cli(tmp_path, params)
@@ -285,7 +285,7 @@ def test_distill_steps_from_a_teacher_writes_both_students_and_resumes(tmp_path)
 def test_distill_steps_cfg_teacher_options(tmp_path):
     from safetensors import safe_open
 
-    from nextdit_nodes.runtime import distill_command as command
+    from nextdit_nodes.commands import distill as command
 
     params = tiny_params()
     parser, teacher_path, conditionings = distill_cli(tmp_path, params)

@@ -210,11 +210,6 @@ def pack(batches: list[PromptBatch]) -> PromptBatch:
     return PromptBatch(feats, mask, pooled)
 
 
-def longest_caption(conditioning) -> int:
-    """The most caption tokens any entry of ``conditioning`` holds (0 for None or empty)."""
-    return max((int(entry[0].shape[1]) for entry in conditioning or () if hasattr(entry[0], "shape")), default=0)
-
-
 def is_conditioning(value) -> bool:
     """A CONDITIONING is a list of [tensor, dict] entries (a list of CONDITIONINGs is not)."""
     return bool(value) and isinstance(value[0], (list, tuple)) and len(value[0]) == 2 \
@@ -227,7 +222,7 @@ def save_conditionings(path: str | Path, positives: list, negative) -> Path:
     """Write training prompts as one safetensors file: ``positive.{i}.cap_feats`` (L, cap_dim) with
     only real tokens, ``positive.{i}.pooled`` (clip_dim) if any; the negative the same way under
     ``negative.`` (one shared) or ``negative.{i}.`` (one per prompt)."""
-    from safetensors.torch import save_file  # noqa: PLC0415
+    from safetensors.torch import save_file
 
     tensors: dict[str, Tensor] = {}
 
@@ -252,7 +247,7 @@ def save_conditionings(path: str | Path, positives: list, negative) -> Path:
 
 def load_conditionings(path: str | Path) -> tuple[list, object]:
     """(positives, negative) as CONDITIONINGs from a file written by ``save_conditionings``."""
-    from safetensors.torch import load_file  # noqa: PLC0415
+    from safetensors.torch import load_file
 
     tensors = load_file(str(path))
 

@@ -106,9 +106,6 @@ class TextEncoders:
             return 0
         return sum(p.numel() * p.element_size() for e in self._pair for p in e.model.parameters())
 
-    def clear_cache(self) -> None:
-        self._cache.clear()
-
     def _move(self, device: torch.device) -> None:
         if self._pair is None:
             return

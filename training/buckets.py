@@ -43,7 +43,7 @@ def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> t
 
 def fit(image, size: tuple[int, int]):
     """A PIL image scaled (Lanczos) to cover ``size`` = (width, height) and centre-cropped to it."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     width, height = size
     scale = max(width / image.width, height / image.height)

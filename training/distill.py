@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from ..dit.layers import TimestepEmbedder
 from ..dit.model import NextDiT
+from ..dit.params import LORA_TARGETS
 from ..sampler_settings import DEFAULT_SHIFT
 from ..sampling.schedule import shift_time, time_grid
 from ..text.conditioning import PromptBatch, is_conditioning, pack, prompt_batches
@@ -48,8 +49,6 @@ from .distributed import Distributed
 from .flow import noised
 
 log = logging.getLogger(__name__)
-
-LORA_TARGETS = ("attention.qkv", "attention.out", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
 
 
 @dataclass(frozen=True)
@@ -451,7 +450,7 @@ def distill(teacher: nn.Module, positives: list, negative, config: DistillConfig
                  else torch.optim.AdamW(groups, weight_decay=0.0))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay(config.iterations))
 
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
     bar = tqdm(range(config.iterations), desc="distill", unit="it", disable=not (progress and job.is_main))
     for _ in bar:
@@ -478,7 +477,7 @@ def default_output_path(teacher_path: str | Path) -> Path:
 def save_student(student: Student, path: str | Path, dtype: torch.dtype | None = None,
                  metadata: dict[str, str] | None = None, overwrite: bool = False) -> Path:
     """Write the merged student as one safetensors file in the official layout (+ guidance_embedder.*)."""
-    from safetensors.torch import save_file  # noqa: PLC0415
+    from safetensors.torch import save_file
 
     path = Path(path)
     if path.exists() and not overwrite:

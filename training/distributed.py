@@ -55,7 +55,7 @@ class Distributed:
         """``module`` in DistributedDataParallel over its trainable parameters (itself on one process)."""
         if not self.active:
             return module
-        from torch.nn.parallel import DistributedDataParallel  # noqa: PLC0415
+        from torch.nn.parallel import DistributedDataParallel
 
         frozen = [name for name, p in module.named_parameters() if not p.requires_grad]
         frozen += [name for name, _ in module.named_buffers()]
@@ -72,7 +72,7 @@ class Distributed:
         value = value.detach()
         if not self.active:
             return value
-        import torch.distributed as dist  # noqa: PLC0415
+        import torch.distributed as dist
 
         value = value.clone()
         dist.all_reduce(value)
@@ -82,7 +82,7 @@ class Distributed:
         """Every process's ``value`` (picklable), in rank order, on every process."""
         if not self.active:
             return [value]
-        import torch.distributed as dist  # noqa: PLC0415
+        import torch.distributed as dist
 
         values = [None] * self.world_size
         dist.all_gather_object(values, value)
@@ -90,13 +90,9 @@ class Distributed:
 
     def barrier(self) -> None:
         if self.active:
-            import torch.distributed as dist  # noqa: PLC0415
+            import torch.distributed as dist
 
             dist.barrier()
-
-
-def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def start(device: str = "auto") -> Distributed:
@@ -112,7 +108,7 @@ def start(device: str = "auto") -> Distributed:
     if use_cuda:
         torch.cuda.set_device(where)
     if world > 1:
-        import torch.distributed as dist  # noqa: PLC0415
+        import torch.distributed as dist
 
         if not dist.is_initialized():
             dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",
@@ -126,7 +122,7 @@ def start(device: str = "auto") -> Distributed:
 def finish(job: Distributed) -> None:
     """Leave the process group (after the last collective call)."""
     if job.active:
-        import torch.distributed as dist  # noqa: PLC0415
+        import torch.distributed as dist
 
         if dist.is_initialized():
             dist.barrier()

@@ -62,20 +62,20 @@ class FeatureCache:
 
     def latent(self, key: str) -> Tensor:
         """The normalised latent (C, h, w) float32, as the Next-DiT trains on it."""
-        from safetensors.torch import load_file  # noqa: PLC0415
+        from safetensors.torch import load_file
 
         return FLUX.from_raw(load_file(str(self._path("latents", key)))["latent"])
 
     def conditioning(self, key: str) -> list:
         """The cached text as a CONDITIONING of one prompt (``text/conditioning.py``)."""
-        from safetensors.torch import load_file  # noqa: PLC0415
+        from safetensors.torch import load_file
 
         tensors = load_file(str(self._path("text", key)))
         return [[tensors["cap_feats"].float()[None], {"pooled_output": tensors["pooled"].float()[None]}]]
 
     @staticmethod
     def _write(path: Path, tensors: dict[str, Tensor]) -> None:
-        from safetensors.torch import save_file  # noqa: PLC0415
+        from safetensors.torch import save_file
 
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")   # one writer per process

@@ -135,7 +135,7 @@ def _scan_caption_files(folder: Path) -> Scan:
 
 def image_size(data: bytes) -> tuple[int, int]:
     """(width, height) from the file's header; UnreadableImage if it is not an image PIL reads."""
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -147,7 +147,7 @@ def image_size(data: bytes) -> tuple[int, int]:
 def decode_rgb(data: bytes):
     """The whole image as an RGB PIL image (transparency over white, as the official ``imgproc``
     does); UnreadableImage for a truncated or corrupt file."""
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as image:

@@ -175,7 +175,7 @@ def prepare(folder: str | Path, settings: InputSettings, cache: FeatureCache, en
     scan = scan_dataset(folder)
     buckets = [] if settings.square else bucket_sizes(settings.resolution, settings.filters.min_aspect,
                                                       settings.filters.max_aspect)
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
     counts = CacheCounts()
     mine = list(range(job.rank, len(scan.items), job.world_size))

@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..dit.params import LORA_TARGETS
 from ..lora.save import LowRankPair
 from ..text.conditioning import pack, prompt_batches
 from .buckets import BatchOrder
-from .distill import LORA_TARGETS
 from .distributed import Distributed
 from .flow import OFFICIAL_TIME_SHIFT, logit_normal_times, noised, velocity_loss
 from .lora_inputs import TrainingSet
@@ -80,7 +80,7 @@ class LoraTrainingConfig:
 def attach_lora(model: nn.Module, config: LoraTrainingConfig) -> list[nn.Parameter]:
     """Add trainable LoRA adapters (fp32, down random, up zero: ΔW = 0 at the start) to ``model`` in
     place with peft, seeded by ``config.seed`` without touching the global RNG; returns them."""
-    from peft import LoraConfig, inject_adapter_in_model  # noqa: PLC0415
+    from peft import LoraConfig, inject_adapter_in_model
 
     names = [name for name, module in model.named_modules()
              if isinstance(module, nn.Linear) and name.endswith(config.targets)]
@@ -100,7 +100,7 @@ def attach_lora(model: nn.Module, config: LoraTrainingConfig) -> list[nn.Paramet
 
 
 def _lora_layers(model: nn.Module):
-    from peft.tuners.lora import LoraLayer  # noqa: PLC0415
+    from peft.tuners.lora import LoraLayer
 
     return ((name, module) for name, module in model.named_modules() if isinstance(module, LoraLayer))
 
@@ -235,7 +235,7 @@ def save_training_state(training: LoraTraining, path: str | Path) -> Path:
 def run(training: LoraTraining, progress: bool = True, every: int = 0, on_every=None) -> None:
     """Train until ``config.steps``; after every ``every`` steps (and the last) call ``on_every(step)``
     on the first process. A bar shows the loss and the images per second (all processes)."""
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
     c, job = training.config, training.job
     images_per_step = c.batch_size * c.accumulation * job.world_size

@@ -31,40 +31,7 @@ N-step grid, one prompt, guidance scale and noise each, advanced one step per it
 ``student_trajectories`` (the default) they advance with the student's own step (on-policy: it
 trains where its sampling goes, drift included); otherwise with the teacher's.
 
-Measured on the embedded model (``training/embedded/``): students of its shipped
-guidance-distilled student at guidance 4, LoRA rank 16, batch 32, learning rate 1e-3, 600
-iterations per round; ``check-embedded``'s checker on the 200 held-out prompts, each student
-sampled at its own step count, one evaluation per step. "Evaluations" counts the teacher's
-forwards per training state and round (a CFG teacher's two branches count once, as one packed
-forward of twice the batch).
-
-| student | first round's targets | teacher evaluations | colour+position / object | colour+position / image | size / object | shape / object | all right / image |
-| --- | --- | --- | --- | --- | --- | --- | --- |
-| none: the guidance-distilled student at 4 Euler steps | | | 100.0 | 100.0 | 100.0 | 97.6 | 95.0 |
-| 4 steps, progressive 8 → 4 | its own paths | 2 | 100.0 | 100.0 | 100.0 | 97.4 | 95.0 |
-| 4 steps, segment over 32 steps | its own paths | 8 | 100.0 | 100.0 | 100.0 | 97.4 | 94.5 |
-| 4 steps, progressive 8 → 4 | the teacher's CFG | 2 | 100.0 | 100.0 | 100.0 | 97.9 | 95.5 |
-| 4 steps, progressive 8 → 4, 1500 iterations | the teacher's CFG | 2 | 100.0 | 100.0 | 100.0 | 98.1 | 96.0 |
-| 4 steps, progressive 16 → 8 → 4 | the teacher's CFG | 2 + 2 | 100.0 | 100.0 | 99.8 | 98.3 | 96.0 |
-| **4 steps, segment over 16 steps (shipped)** | the teacher's CFG | 4 | 100.0 | 100.0 | 100.0 | 98.3 | 96.5 |
-| none: the guidance-distilled student at 2 Euler steps | | | 82.9 | 70.0 | 95.2 | 91.0 | 57.5 |
-| 2 steps, progressive 8 → 4 → 2 | its own paths | 2 + 2 | 100.0 | 100.0 | 100.0 | 97.1 | 94.5 |
-| 2 steps, segment over 16 steps | its own paths | 8 | 100.0 | 100.0 | 100.0 | 96.9 | 93.5 |
-| 2 steps, progressive from the shipped 4-step student | its own paths | 2 | 100.0 | 100.0 | 100.0 | 97.1 | 94.5 |
-| none: the guidance-distilled student at 1 Euler step | | | 78.8 | 65.0 | 71.7 | 70.7 | 27.0 |
-| 1 step, progressive 8 → 4 → 2 → 1 | its own paths | 2 + 2 + 2 | 99.8 | 99.5 | 100.0 | 96.9 | 93.5 |
-| 1 step, segment over 8 steps | its own paths | 8 | 100.0 | 100.0 | 99.8 | 97.1 | 94.5 |
-| 1 step, progressive 4 → 2 → 1 from the shipped 4-step student | its own paths | 2 + 2 | 100.0 | 100.0 | 100.0 | 97.9 | 95.5 |
-| teacher at 25 Euler steps, CFG 4 (the reference; 50 evaluations an image) | | | 100.0 | 100.0 | 100.0 | 99.3 | 98.5 |
-| teacher at 16 Euler steps, CFG 4 | | | 100.0 | 100.0 | 100.0 | 99.5 | 99.0 |
-| teacher at 8 Euler steps, CFG 4 | | | 100.0 | 100.0 | 100.0 | 99.0 | 98.0 |
-
-On the student's own paths no variant got past the guidance-distilled student it started from
-(97.6 / 95.0 at 4 plain Euler steps): a student learns its teacher's solution, errors included.
-The teacher's CFG paths lifted every variant by 0.5 to 1.5 points on the two figures with room;
-fitting each step to 16 CFG steps at once did best for the cost (600 iterations: 162 s on 2 CPU
-cores). Below 4 steps, distillation is what makes the images (the plain guidance-distilled student
-falls to 57.5 and 27.0 % all right), and the methods end within a point of each other.
+How the methods and targets compare on the embedded model: the README's Few-step students.
 
 Many processes (``torchrun``, ``training/distributed.py``) as in ``distill.py``: ``batch_size``
 is per process, every process draws the whole job's states and keeps its rows, and the trainable
@@ -263,7 +230,7 @@ def _train_round(student: Student, prompts: _Prompts, config: StepDistillConfig,
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay(config.iterations))
     scale_weighted = config.fixed_guidance is None   # a range: every scale counts alike (distill.guided_loss)
 
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
     teacher_steps = steps * k
     bar = tqdm(range(config.iterations), desc=f"steps {teacher_steps}->{steps}", unit="it",

@@ -37,8 +37,8 @@ _PATCHER = "host_patcher"   # key in the owner's slot; the module keeps its patc
 def _comfy():
     """(model_management, model_patcher) inside ComfyUI, else None."""
     try:
-        import comfy.model_management as mm  # noqa: PLC0415
-        import comfy.model_patcher as mp  # noqa: PLC0415
+        import comfy.model_management as mm
+        import comfy.model_patcher as mp
     except ImportError:
         return None
     return mm, mp
@@ -90,7 +90,7 @@ def core_model_of(nextdit, base=None):
     runs the copy); headless None, since nothing there takes a MODEL."""
     if _comfy() is None:
         return None
-    from .core_model import core_model, with_diffusion_model  # noqa: PLC0415 - imports ComfyUI
+    from .core_model import core_model, with_diffusion_model  # imports ComfyUI
 
     if base is None or base is nextdit:
         return core_model(nextdit)
@@ -102,7 +102,7 @@ def unpatched_base(nextdit) -> None:
     copy shares them (``core_model.release_weight_patches``); headless nothing patches them."""
     if _comfy() is None:
         return
-    from .core_model import release_weight_patches  # noqa: PLC0415 - imports ComfyUI
+    from .core_model import release_weight_patches  # imports ComfyUI
 
     release_weight_patches(nextdit)
 
@@ -122,7 +122,7 @@ def use_model(module, memory_required: int = 0, attachments: dict | None = None)
         return
     mm, _ = comfy
     if repeated_blocks(module):
-        from .core_model import core_model  # noqa: PLC0415 - imports ComfyUI
+        from .core_model import core_model  # imports ComfyUI
 
         patcher = core_model(module)
     else:

@@ -25,14 +25,14 @@ def patcher_class():
     """``PackModelPatcher``, defined on first use (it subclasses ComfyUI's ModelPatcher)."""
     global _PATCHER_CLASS
     if _PATCHER_CLASS is None:
-        from comfy.model_patcher import ModelPatcher  # noqa: PLC0415 - inside ComfyUI only
+        from comfy.model_patcher import ModelPatcher  # inside ComfyUI only
 
         _PATCHER_CLASS = _define_patcher_class(ModelPatcher)
     return _PATCHER_CLASS
 
 
 def _define_patcher_class(ModelPatcher):
-    from comfy.utils import get_attr  # noqa: PLC0415 - inside ComfyUI only
+    from comfy.utils import get_attr  # inside ComfyUI only
 
     class PackModelPatcher(ModelPatcher):
         """ComfyUI's ModelPatcher for a pack model: whole moves, or the Next-DiT's blocks streamed.

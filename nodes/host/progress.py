@@ -25,7 +25,7 @@ class Progress:
         self.node_id = node_id
         self._bar = None
         try:
-            import comfy.utils  # noqa: PLC0415 - only inside ComfyUI
+            import comfy.utils  # only inside ComfyUI
             self._bar = comfy.utils.ProgressBar(total, node_id=node_id)
         except ImportError:
             pass
@@ -36,7 +36,7 @@ class Progress:
         if self._bar is not None:
             self._bar.update_absolute(done, self.total, preview)
             if note and self.node_id is not None:
-                from server import PromptServer  # noqa: PLC0415 - ComfyUI's server module
+                from server import PromptServer  # ComfyUI's server module
 
                 PromptServer.instance.send_progress_text(note, self.node_id)
         elif _progress_hook is not None:
@@ -62,7 +62,7 @@ def check_interrupt() -> None:
     """Raise if the user cancelled: ComfyUI's interrupt exception inside ComfyUI, else
     :class:`Interrupted` once per ``request_interrupt`` (the request is used up, as in ComfyUI)."""
     try:
-        import comfy.model_management as mm  # noqa: PLC0415
+        import comfy.model_management as mm
     except ImportError:
         if _interrupt.is_set():
             _interrupt.clear()

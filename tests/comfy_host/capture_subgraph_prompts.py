@@ -44,7 +44,7 @@ _BUILD_JS = """async () => {
 
 
 def main(url: str) -> None:
-    import comfyui_workflow_templates_json as templates  # noqa: PLC0415
+    import comfyui_workflow_templates_json as templates
 
     template = resources.files(templates) / "templates" / "image_newbieimage_exp0_1-t2i.json"
     embedded = ROOT / "example_workflows" / "Embedded shapes model.json"

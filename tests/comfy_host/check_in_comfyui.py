@@ -143,9 +143,9 @@ def run_and_keep_fixture(page, events, url: str, out: Path) -> list[str]:
     image = executed[-1]["output"]["images"][0]
     query = urllib.parse.urlencode(image)
     _, _, png = get(f"{url}/api/view?{query}")
-    import io  # noqa: PLC0415
+    import io
 
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     # Keep the workflow exactly as the editor sent it with the prompt (ComfyUI put it in the PNG).
     sent = json.loads(Image.open(io.BytesIO(png)).text["workflow"])
@@ -227,9 +227,9 @@ def check_template_browser(page, out: Path) -> list[str]:
 
 def check_png_restores_graph(page, png_path: Path) -> list[str]:
     """Drop a PNG written by the headless runner on the editor: the graph must come back."""
-    import base64  # noqa: PLC0415
+    import base64
 
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     expected = json.loads(Image.open(png_path).text["workflow"])
     restored = page.evaluate("""async (b64) => {

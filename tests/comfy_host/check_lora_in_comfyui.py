@@ -35,12 +35,12 @@ PROMPT, SEED, SIZE = "a girl with long blue hair", 7, 32
 
 def prepare(work: Path) -> Path:
     """The models folder (DiT, text encoders, VAE, LoRA) and the pack's latents."""
-    import numpy as np  # noqa: PLC0415
-    import torch  # noqa: PLC0415
-    from factories import newbie_width_params, write_dit_checkpoint  # noqa: PLC0415
-    from PIL import Image  # noqa: PLC0415
-    from runtime_models import GEMMA, JINA, VAE, write_tiny_models  # noqa: PLC0415
-    from text_fixtures import GEMMA_SHAPES, JINA_SHAPES  # noqa: PLC0415
+    import numpy as np
+    import torch
+    from factories import newbie_width_params, write_dit_checkpoint
+    from PIL import Image
+    from runtime_models import GEMMA, JINA, VAE, write_tiny_models
+    from text_fixtures import GEMMA_SHAPES, JINA_SHAPES
 
     models = write_tiny_models(work / "models")
     params = newbie_width_params(n_layers=1, ffn_dim=9216, cap_dim=GEMMA_SHAPES["hidden_size"],
@@ -60,10 +60,10 @@ def prepare(work: Path) -> Path:
                     "--rank", "8", "--lr", "1e-2", "--batch-size", "2", "--save-dtype", "fp32", "--device", "cpu",
                     "--overwrite", "--no-progress"], check=True)
 
-    from nextdit_nodes.nodes.dit import NextDiTLoader  # noqa: PLC0415
-    from nextdit_nodes.nodes.lora import NextDiTLoraLoader  # noqa: PLC0415
-    from nextdit_nodes.nodes.sampling import NextDiTSampler  # noqa: PLC0415
-    from nextdit_nodes.nodes.text import NextDiTTextEncode, NextDiTTextEncoderLoader  # noqa: PLC0415
+    from nextdit_nodes.nodes.dit import NextDiTLoader
+    from nextdit_nodes.nodes.lora import NextDiTLoraLoader
+    from nextdit_nodes.nodes.sampling import NextDiTSampler
+    from nextdit_nodes.nodes.text import NextDiTTextEncode, NextDiTTextEncoderLoader
 
     (model,) = NextDiTLoader().load(str(models / "diffusion_models" / DIT), "fp32")
     patched = NextDiTLoraLoader().apply(model, str(models / "loras" / LORA), 1.0)["result"][0]
@@ -124,8 +124,8 @@ def run_core(work: Path, models: Path, port: int) -> tuple[Path, Path]:
 
 
 def compare(work: Path, output: Path, log: Path) -> list[str]:
-    import torch  # noqa: PLC0415
-    from safetensors.torch import load_file  # noqa: PLC0415
+    import torch
+    from safetensors.torch import load_file
 
     problems = []
     missing = [line for line in log.read_text(errors="replace").splitlines() if "lora key not loaded" in line]

@@ -71,7 +71,7 @@ _BUILD_JS = """async (spec) => {
 def editor(url: str, width: int = 1600, height: int = 1000):
     """A page with the ComfyUI editor loaded; yields (page, events) where events collects
     websocket messages (dicts) and request paths."""
-    from playwright.sync_api import sync_playwright  # noqa: PLC0415
+    from playwright.sync_api import sync_playwright
 
     events = {"ws": [], "requests": [], "console": []}
 
@@ -142,9 +142,9 @@ def fit_view(page) -> None:
 def screenshot_jpg(page, path: Path, size: tuple[int, int] = (960, 600)) -> None:
     """Screenshot the editor's canvas (left of it the sidebar, above it the tabs are cut off) and
     store it as a JPEG thumbnail (the template browser asks for ``<stem>.jpg``)."""
-    import io  # noqa: PLC0415
+    import io
 
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     viewport = page.viewport_size
     png = page.screenshot(clip={"x": 80, "y": 90, "width": viewport["width"] - 120,

@@ -22,7 +22,7 @@ DIT = "NewBie-Image-Exp0.1-bf16.safetensors"
 GEMMA = "gemma_3_4b_it_bf16.safetensors"
 JINA = "jina_clip_v2_bf16.safetensors"
 VAE = "ae.safetensors"
-# The file `python -m nextdit_nodes distill` writes by default (runtime/distill.py).
+# The file `python -m nextdit_nodes distill` writes by default (training/distill.py's default_output_path).
 DISTILLED = "NewBie-Image-Exp0.1-bf16-distilled.safetensors"
 
 # ComfyUI's missing-model dialog offers these downloads (the property core templates carry).
@@ -329,8 +329,8 @@ def embedded_shapes_few_step() -> dict:
 # Their thumbnails are their real outputs, written by the headless runner (see README).
 OUTPUT_THUMBNAILS = {"Embedded shapes model", "Embedded shapes model with core KSampler",
                      "Embedded shapes model with a LoRA", "Embedded shapes model, 4-step student"}
-# Built only once train-embedded's weights ship in the pack (until then the demo keeps its
-# workflow in runtime/workflows/).
+# Built only once train-embedded's weights ship in the pack (until then the demo runs its workflow
+# on random weights).
 EMBEDDED_SHIPPED = (Path(__file__).resolve().parents[2] / "embedded" / "diffusion_models"
                     / "NextDiT-embedded-shapes.pth").exists()
 
@@ -348,7 +348,7 @@ EXAMPLES = {
 
 def make_thumbnail(png: Path, jpg: Path, side: int = 256) -> None:
     """A picture a workflow made, enlarged without smoothing (its pixels stay visible)."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     Image.open(png).convert("RGB").resize((side, side), Image.NEAREST).save(jpg, "JPEG", quality=92)
 

@@ -60,11 +60,11 @@ def score(png: bytes, template: str = TEMPLATE) -> list[str]:
     """The objects the example's prompt asks for must be there (colour and cell; for the LoRA example,
     their sizes, tiny included)."""
     try:
-        import numpy as np  # noqa: PLC0415
-        from PIL import Image  # noqa: PLC0415
+        import numpy as np
+        from PIL import Image
 
-        from nextdit_nodes.training.embedded.adherence import score_image  # noqa: PLC0415
-        from nextdit_nodes.training.embedded.shapes import Scene, ShapeObject  # noqa: PLC0415
+        from nextdit_nodes.training.embedded.adherence import score_image
+        from nextdit_nodes.training.embedded.shapes import Scene, ShapeObject
     except ImportError as error:  # this browser venv need not have the pack installed
         print(f"not scored here ({error}); score comfyui_output.png with the pack's checker")
         return []

@@ -83,12 +83,6 @@ def train_autoencoder(steps: int, batch: int = 16, lr: float = 1e-3, seed: int =
     return ae.eval()
 
 @torch.no_grad()
-def latent_statistics(ae, rng: random.Random, batches: int = 8, batch: int = 32) -> tuple[float, float]:
-    """Mean and std of the encoder's latent means over training scenes (for the latent format)."""
-    latents = torch.cat([ae.encode(image_batch(rng, batch)).latent_dist.mean for _ in range(batches)])
-    return float(latents.mean()), float(latents.std())
-
-@torch.no_grad()
 def reconstruct(ae, images: np.ndarray) -> np.ndarray:
     """uint8 [B, H, W, 3] → uint8 reconstructions through the latent mean."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1

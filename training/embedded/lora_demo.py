@@ -53,7 +53,7 @@ def write_dataset(folder: str | Path, count: int, seed: int = 0, share: float = 
                   plain_share: float = 0.3) -> Path:
     """``count`` rendered training scenes as ``images/NNNNN.png`` with a ``metadata.jsonl``;
     ``plain_share`` of the captions in plain English, the rest XML (the base data's mix)."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,7 @@ def word_separation(text_encoders, size: str = CONCEPT) -> dict[str, float]:
 
 def tokens(text_encoders, word: str) -> list[str]:
     """How Gemma's tokenizer splits ``word`` inside a caption's appearance field."""
-    import sentencepiece  # noqa: PLC0415
+    import sentencepiece
 
     tokenizer = text_encoders.gemma.tokenizer
     pieces = sentencepiece.SentencePieceProcessor()

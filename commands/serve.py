@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import os
 from pathlib import Path
+
+from .arguments import use_models_dirs
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +22,9 @@ def _is_loopback(address: str) -> bool:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from .app import ServerConfig, serve  # noqa: PLC0415 - aiohttp only when serving
+    from ..server.app import ServerConfig, serve  # aiohttp only when serving
 
-    if args.models_dir:
-        os.environ["NEXTDIT_MODELS_DIR"] = os.pathsep.join(str(d) for d in args.models_dir)
+    use_models_dirs(args.models_dir)
     if not _is_loopback(args.listen):
         log.warning("listening on %s: anyone who can reach port %d can run graphs on this machine "
                     "and read the images it made; keep it on a trusted network", args.listen, args.port)

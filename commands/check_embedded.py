@@ -111,7 +111,8 @@ def run(args) -> int:
     for path in args.few_step:
         models.few_step = load_dit(path, dtype="fp32")
         name = f"{path.name} (its own settings: {own_settings(models.few_step).describe()})"
-        print(_row(name, adherence(models, Setting(name, "few-step", replace(EVALUATION, steps=0)), args.count)), flush=True)
+        own = Setting(name, "few-step", replace(EVALUATION, steps=0))
+        print(_row(name, adherence(models, own, args.count)), flush=True)
     if not args.no_cache_table:
         print(f"\nStep cache (teacher, CFG 4, {args.steps} Euler steps): share of evaluations whose joint layers "
               f"after the first were skipped")
@@ -119,7 +120,8 @@ def run(args) -> int:
               "| size / object | shape / object | all right / image |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for threshold in CACHE_THRESHOLDS:
-            scores = adherence(models, Setting("", "teacher", replace(EVALUATION, cfg=4.0, step_cache=threshold)), args.count, args.steps)
+            cached = Setting("", "teacher", replace(EVALUATION, cfg=4.0, step_cache=threshold))
+            scores = adherence(models, cached, args.count, args.steps)
             label = "0 (no cache)" if threshold == 0 else f"{threshold:g}"
             print(_row(f"{label} | {scores.get('skipped', 0.0):.1f} %", scores), flush=True)
     print("\nInpainting (teacher, CFG 4): held-out scenes of two or three objects without their last "

@@ -9,8 +9,9 @@ cfg 1 and guidance = the scale you want.
 With --steps N it makes a few-step student instead (``training/step_distill.py``): from a
 guidance-distilled student, or from a teacher after making (or with --resume reusing) its
 guidance-distilled student, which then starts the few-step student while the teacher's own CFG
-paths are its first targets (--cfg-teacher names the teacher of a given guidance-distilled student). That file records its steps, solver, shift and guidance scale, which
-NextDiT Sampler uses with steps 0. By default ``<student stem>-<N>step.safetensors``.
+paths are its first targets (--cfg-teacher names the teacher of a given guidance-distilled
+student). That file records its steps, solver, shift and guidance scale, which NextDiT Sampler
+uses with steps 0. By default ``<student stem>-<N>step.safetensors``.
 
 Training prompts, one of:
   --prompts FILE (one prompt per line; blank lines and lines starting with # skipped) with
@@ -31,17 +32,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import dtypes
+from ..runtime.model_sources import resolve_model
 from ..sampler_settings import DEFAULT_SHIFT
-from .errors import EXIT_USAGE, RunnerError
-from .model_sources import resolve_model
+from .arguments import UsageError, read_prompts
 
 log = logging.getLogger(__name__)
 
 
-class DistillUsageError(RunnerError):
+class DistillUsageError(UsageError):
     """A bad combination of distill options."""
-
-    exit_code = EXIT_USAGE
 
 
 def register(subparsers) -> None:
@@ -109,23 +108,13 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _read_prompts(path: Path) -> list[str]:
-    if not path.is_file():
-        raise DistillUsageError(f"prompts file {path} does not exist")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    prompts = [p for p in prompts if p and not p.startswith("#")]
-    if not prompts:
-        raise DistillUsageError(f"{path} holds no prompts (one per line; # starts a comment)")
-    return prompts
-
-
 def _encode_prompts(args) -> tuple[list, object]:
     """Encode with the pack's own text nodes (the same path a workflow takes), then free them."""
-    from ..nodes.text import SYSTEM_PROMPT_CHOICES, NextDiTTextEncode, NextDiTTextEncoderLoader  # noqa: PLC0415
+    from ..nodes.text import SYSTEM_PROMPT_CHOICES, NextDiTTextEncode, NextDiTTextEncoderLoader
 
     if not (args.gemma and args.jina):
         raise DistillUsageError("--prompts needs --gemma and --jina (the text encoders)")
-    prompts = _read_prompts(args.prompts)
+    prompts = read_prompts(args.prompts)
     gemma, jina = resolve_model("text_encoders", args.gemma), resolve_model("text_encoders", args.jina)
     (encoders,) = NextDiTTextEncoderLoader().load(str(gemma), str(jina))
     preset = args.system_prompt in SYSTEM_PROMPT_CHOICES and args.system_prompt != "custom"
@@ -140,9 +129,9 @@ def _encode_prompts(args) -> tuple[list, object]:
 
 
 def _load_latents(path: Path):
-    from safetensors.torch import load_file  # noqa: PLC0415
+    from safetensors.torch import load_file
 
-    from ..vae.latent_format import FLUX  # noqa: PLC0415
+    from ..vae.latent_format import FLUX
 
     tensors = load_file(str(path))
     if "latents" not in tensors or tensors["latents"].ndim != 4:
@@ -159,7 +148,7 @@ def _check_prompt_source(args) -> None:
 
 def _training_prompts(args) -> tuple[list, object]:
     """(positives, negative) CONDITIONINGs from --conditionings or encoded from --prompts."""
-    from ..text.conditioning import load_conditionings  # noqa: PLC0415
+    from ..text.conditioning import load_conditionings
 
     return load_conditionings(args.conditionings) if args.conditionings is not None else _encode_prompts(args)
 
@@ -176,7 +165,7 @@ def run(args) -> int:
     """Load the teacher, get the conditionings, train, write the student; returns the exit code."""
     if getattr(args, "steps", None):   # a few-step student (training/step_distill.py)
         return _run_steps(args)
-    from ..training.distill import default_output_path  # noqa: PLC0415
+    from ..training.distill import default_output_path
 
     _check_prompt_source(args)
     teacher_path = resolve_model("diffusion_models", args.teacher)
@@ -188,7 +177,7 @@ def run(args) -> int:
 
 def _guidance_config(args, output: Path):
     """The guidance stage's DistillConfig, after the checks that need no model or prompt."""
-    from ..training.distill import DistillConfig  # noqa: PLC0415
+    from ..training.distill import DistillConfig
 
     if args.student_trajectories and args.latents is not None:
         raise DistillUsageError("--student-trajectories advances the data-free trajectories; with --latents the "
@@ -210,9 +199,9 @@ def _guidance_config(args, output: Path):
 
 def _distill_guidance(args, config, teacher_path: Path, output: Path, positives: list, negative) -> None:
     """Train the guidance-distilled student of the teacher at ``teacher_path`` and write it to ``output``."""
-    from ..dit.checkpoint import load_dit  # noqa: PLC0415
-    from ..training import distributed  # noqa: PLC0415
-    from ..training.distill import distill, save_student  # noqa: PLC0415
+    from ..dit.checkpoint import load_dit
+    from ..training import distributed
+    from ..training.distill import distill, save_student
 
     latents = _load_latents(args.latents) if args.latents is not None else None
     job = distributed.start(args.device)
@@ -274,7 +263,7 @@ def step_output_path(student_path: Path, steps: int) -> Path:
 
 
 def _is_guidance_student(path: Path) -> bool:
-    from ..files.tensors import open_weights  # noqa: PLC0415
+    from ..files.tensors import open_weights
 
     return any("guidance_embedder." in key for key in open_weights(path, subfolder="transformer"))
 
@@ -283,7 +272,7 @@ def _guidance_student(args, teacher_path: Path, prompts) -> Path:
     """The guidance-distilled student made from the teacher at ``teacher_path`` by the guidance
     stage (this command without --steps) or, with --resume, the one already made. prompts():
     the training prompts, encoded once for both stages."""
-    from ..training.distill import default_output_path  # noqa: PLC0415
+    from ..training.distill import default_output_path
 
     path = default_output_path(teacher_path)
     if path.exists() and args.resume:
@@ -297,10 +286,10 @@ def _guidance_student(args, teacher_path: Path, prompts) -> Path:
 
 
 def _run_steps(args) -> int:
-    from ..dit.checkpoint import load_dit  # noqa: PLC0415
-    from ..training import distributed  # noqa: PLC0415
-    from ..training.distill import save_student  # noqa: PLC0415
-    from ..training.step_distill import StepDistillConfig, step_distill  # noqa: PLC0415
+    from ..dit.checkpoint import load_dit
+    from ..training import distributed
+    from ..training.distill import save_student
+    from ..training.step_distill import StepDistillConfig, step_distill
 
     _check_prompt_source(args)
     if args.latents is not None:
@@ -315,8 +304,8 @@ def _run_steps(args) -> int:
         config = StepDistillConfig(
             steps=args.steps, method=args.step_method, start_steps=start, teacher_steps=args.teacher_steps,
             mode=args.mode, rank=args.rank, iterations=args.step_iterations, batch_size=args.batch_size,
-            lr=_learning_rate(args), guidance_min=guidance[0], guidance_max=guidance[1], shift=args.shift, width=args.width,
-            height=args.height, seed=args.seed, checkpointing=not args.no_checkpointing)
+            lr=_learning_rate(args), guidance_min=guidance[0], guidance_max=guidance[1], shift=args.shift,
+            width=args.width, height=args.height, seed=args.seed, checkpointing=not args.no_checkpointing)
     except ValueError as error:
         raise DistillUsageError(str(error)) from None
     teacher_path = resolve_model("diffusion_models", args.teacher)

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..training.embedded.pipeline import embedded_files_present, write_untrained
-    from .run import run_workflow
+    from ..runtime.run import run_workflow
 
     overrides = [] if args.seed is None else [f"NextDiT Sampler.seed={args.seed}"]
     with tempfile.TemporaryDirectory() as scratch:

@@ -1,9 +1,10 @@
-"""``python -m nextdit_nodes COMMAND ...``: the headless command line.
+"""``python -m nextdit_nodes COMMAND ...``: the command line.
 
-Each subcommand is a module under ``runtime/`` with ``register(subparsers)``, which adds its parser
-and sets ``func`` (called with the parsed arguments; returns an exit code or None for 0). Rooms
-above the runner (the editor's server) hand in their own command modules (``__main__.py``), so
-the runner never imports them.
+Each subcommand is a module of this package with ``register(subparsers)``, which adds its parser
+and sets ``func`` (called with the parsed arguments; returns an exit code or None for 0). A command
+module imports nothing heavy at the top: the work it does (the runner, the editor's server,
+training) is imported inside ``func``, when the command runs, so ``--help`` stays fast and
+torch-free.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import logging
 import sys
 from importlib import import_module
 
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, RunnerError
+from ..runtime.errors import EXIT_INTERRUPTED, EXIT_USAGE, RunnerError
 
-# Subcommand modules, each with register(subparsers).
-_COMMAND_MODULES = ("run", "demo", "list_nodes", "distill_command", "train_lora_command", "train_embedded",
-                    "check_embedded", "embedded_lora_data")
+# Subcommand modules, each with register(subparsers), in the order --help lists them.
+_COMMAND_MODULES = ("run", "demo", "nodes", "distill", "train_lora", "train_embedded", "check_embedded",
+                    "embedded_lora_data", "serve")
 
 EXIT_CODES_HELP = """exit codes:
   0    success
@@ -31,7 +32,7 @@ EXIT_CODES_HELP = """exit codes:
   130  interrupted (Ctrl-C)"""
 
 
-def build_parser(extra_commands=()) -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m nextdit_nodes",
         description="Run NewBie-image / Next-DiT workflows without a browser, and the pack's tools.",
@@ -40,14 +41,12 @@ def build_parser(extra_commands=()) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         import_module(f".{name}", __package__).register(subparsers)
-    for module in extra_commands:
-        module.register(subparsers)
     return parser
 
 
-def main(argv: list[str] | None = None, extra_commands=()) -> int:
-    """Run a command; ``extra_commands``: more modules with ``register(subparsers)``."""
-    parser = build_parser(extra_commands)
+def main(argv: list[str] | None = None) -> int:
+    """Run a command (``argv``: the arguments after the program name); returns the exit code."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)

@@ -23,18 +23,17 @@ import json
 import logging
 from pathlib import Path
 
-from .errors import EXIT_USAGE, RunnerError
-from .model_sources import resolve_model
+from ..dit.params import LORA_TARGETS
+from ..runtime.model_sources import resolve_model
+from .arguments import UsageError, read_prompts
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TARGETS = "attention.qkv,attention.out,feed_forward.w1,feed_forward.w2,feed_forward.w3"
+DEFAULT_TARGETS = ",".join(LORA_TARGETS)
 
 
-class TrainLoraUsageError(RunnerError):
+class TrainLoraUsageError(UsageError):
     """A bad combination of train-lora options or an unusable dataset."""
-
-    exit_code = EXIT_USAGE
 
 
 def register(subparsers) -> None:
@@ -110,11 +109,11 @@ def register(subparsers) -> None:
 
 
 def _configs(args):
-    from ..training.buckets import bucket_sizes  # noqa: PLC0415
-    from ..training.flow import OFFICIAL_TIME_SHIFT  # noqa: PLC0415
-    from ..training.lora_data import Filters  # noqa: PLC0415
-    from ..training.lora_inputs import InputSettings  # noqa: PLC0415
-    from ..training.lora_training import LoraTrainingConfig  # noqa: PLC0415
+    from ..training.buckets import bucket_sizes
+    from ..training.flow import OFFICIAL_TIME_SHIFT
+    from ..training.lora_data import Filters
+    from ..training.lora_inputs import InputSettings
+    from ..training.lora_training import LoraTrainingConfig
 
     targets = tuple(name.strip() for name in args.targets.split(",") if name.strip())
     try:
@@ -133,25 +132,8 @@ def _configs(args):
     return settings, config
 
 
-def _read_prompts(path: Path | None) -> tuple[str, ...]:
-    if path is None:
-        return ()
-    if not path.is_file():
-        raise TrainLoraUsageError(f"sample prompts file {path} does not exist")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    return tuple(line.replace("\\n", "\n") for line in lines if line and not line.startswith("#"))
-
-
-def _dit_dtype(choice: str, device) -> str:
-    import torch  # noqa: PLC0415
-
-    if choice != "auto":
-        return choice
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-
-
 def _metadata(args, config, dit_path: Path, data, job, dit_sha256: str) -> dict[str, str]:
-    from dataclasses import asdict  # noqa: PLC0415
+    from dataclasses import asdict
 
     settings = {**asdict(config), "targets": list(config.targets), "processes": job.world_size,
                 "global_batch": config.batch_size * config.accumulation * job.world_size,
@@ -166,19 +148,19 @@ def _metadata(args, config, dit_path: Path, data, job, dit_sha256: str) -> dict[
 
 def run(args) -> int:
     """Prepare the data, train, write the LoRA; returns the exit code."""
-    import torch  # noqa: PLC0415
+    import torch
 
-    from .. import dtypes  # noqa: PLC0415
-    from ..dit.checkpoint import load_dit  # noqa: PLC0415
-    from ..files.fingerprint import fingerprint, sha256_file  # noqa: PLC0415
-    from ..lora.save import save_lora  # noqa: PLC0415
-    from ..text.loading import load_text_encoders  # noqa: PLC0415
-    from ..training import distributed  # noqa: PLC0415
-    from ..training.feature_cache import FeatureCache  # noqa: PLC0415
-    from ..training.lora_inputs import Encoders, prepare  # noqa: PLC0415
-    from ..training.lora_training import LoraTraining, save_training_state  # noqa: PLC0415
-    from ..training.lora_training import run as train  # noqa: PLC0415
-    from ..vae.loading import load_vae  # noqa: PLC0415
+    from .. import dtypes
+    from ..dit.checkpoint import load_dit
+    from ..files.fingerprint import fingerprint, sha256_file
+    from ..lora.save import save_lora
+    from ..text.loading import load_text_encoders
+    from ..training import distributed
+    from ..training.feature_cache import FeatureCache
+    from ..training.lora_inputs import Encoders, prepare
+    from ..training.lora_training import LoraTraining, save_training_state
+    from ..training.lora_training import run as train
+    from ..vae.loading import load_vae
 
     settings, config = _configs(args)
     if not args.data.is_dir():
@@ -189,7 +171,7 @@ def run(args) -> int:
         raise TrainLoraUsageError(f"{output} exists; choose another --output, pass --overwrite, or --resume")
     if args.resume and not state_path.is_file():
         raise TrainLoraUsageError(f"--resume needs {state_path} (written by --save-every)")
-    prompts = _read_prompts(args.sample_prompts)
+    prompts = tuple(read_prompts(args.sample_prompts, "sample prompts")) if args.sample_prompts else ()
     if args.sample_every and not prompts:
         raise TrainLoraUsageError("--sample-every needs --sample-prompts (a file with one prompt per line)")
     dit_path = resolve_model("diffusion_models", args.dit)
@@ -211,7 +193,9 @@ def run(args) -> int:
         if not data.items:
             raise TrainLoraUsageError(f"no usable images in {args.data} (see the skipped files above)")
 
-        model = load_dit(dit_path, dtype=_dit_dtype(args.dtype, job.device), device=job.device)
+        # auto: as for a component that is not fp16-safe (fp16 training would need loss scaling).
+        dit_dtype = dtypes.auto_name(job.device, fp16_safe=False) if args.dtype == dtypes.AUTO else args.dtype
+        model = load_dit(dit_path, dtype=dit_dtype, device=job.device)
         training = LoraTraining(model, data, config, job)
         if args.resume:
             try:
@@ -243,7 +227,7 @@ def run(args) -> int:
 
 
 def _gcd_every(args) -> int:
-    import math  # noqa: PLC0415
+    import math
 
     every = [n for n in (args.save_every, args.sample_every) if n]
     return math.gcd(*every) if every else 0
@@ -257,16 +241,17 @@ class _Samples:
         self.folder = output.with_name(f"{output.stem}-samples")
 
     def write(self, model, step: int) -> None:
-        import numpy as np  # noqa: PLC0415
-        from PIL import Image  # noqa: PLC0415
+        import numpy as np
+        from PIL import Image
 
-        from ..sampler_settings import SamplerSettings  # noqa: PLC0415
-        from ..sampling.sample import sample  # noqa: PLC0415
+        from ..sampler_settings import SamplerSettings
+        from ..sampling.sample import sample
 
         self.folder.mkdir(parents=True, exist_ok=True)
         size = self.args.resolution
         negative = self.data.cache.conditioning(self.data.empty_key)
-        settings = SamplerSettings(steps=self.args.sample_steps, solver="euler", cfg=self.args.sample_cfg, cfg_trunc=1.0)
+        settings = SamplerSettings(steps=self.args.sample_steps, solver="euler", cfg=self.args.sample_cfg,
+                                   cfg_trunc=1.0)
         for index, prompt in enumerate(self.prompts):
             positive = self.data.cache.conditioning(self.data.extra_keys[prompt])
             latent = sample(model, positive, negative, settings, width=size, height=size, seed=self.args.seed + index)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .specs import InputSpec, input_specs
+from ..runtime.specs import InputSpec, input_specs
 
 
 def _describe_input(spec: InputSpec) -> str:
@@ -40,7 +40,7 @@ def node_summary(node_id: str, cls: type) -> dict:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from .run import runner_classes  # noqa: PLC0415
+    from ..runtime.run import runner_classes
 
     classes = runner_classes()
     names = sorted(classes, key=lambda n: (not n.startswith("NextDiT"), n))
