@@ -66,7 +66,7 @@ class NextDiTVAEDecode:
 
         latent = samples["samples"]
         if latent.ndim == 4:  # inside ComfyUI: the memory manager makes room (and reloads the VAE
-            use_model(vae.model, vae.decode_peak_bytes(tuple(latent.shape[-2:])), vae.attachments)   # if evicted)
+            use_model(vae.model, vae.decode_peak_bytes(tuple(latent.shape[-2:])), vae.host_slot)   # if evicted)
         progress = None
 
         def on_step(done: int, total: int) -> None:
@@ -105,7 +105,7 @@ class NextDiTVAEEncode:
     def encode(self, vae, pixels):
         from .host.memory import use_model
 
-        use_model(vae.model, attachments=vae.attachments)   # inside ComfyUI: registered with its memory manager
+        use_model(vae.model, slot=vae.host_slot)   # inside ComfyUI: registered with its memory manager
         try:
             latent = vae.encode(pixels)
         except ValueError as error:

@@ -121,7 +121,7 @@ def main(comfy_dir: str, pack_dir: str) -> None:
 
     vae = Vae(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
     vae_attachments = {}
-    comfy_memory.use_model(vae, memory_required=10, attachments=vae_attachments)
+    comfy_memory.use_model(vae, memory_required=10, slot=vae_attachments)
     vae_patcher = vae_attachments["host_patcher"]
     assert vae_patcher.model.module is vae
     assert any(m.model is vae_patcher for m in mm.current_loaded_models)

@@ -47,7 +47,7 @@ class NextDiTVAE:
         self.model = model
         self.latent_format = latent_format
         self.info = info
-        self.attachments: dict[str, object] = {}   # state the host attaches (its memory manager)
+        self.host_slot: dict[str, object] = {}   # where the host keeps its memory manager's patcher
 
     @property
     def kind(self) -> str:

@@ -107,13 +107,13 @@ def unpatched_base(nextdit) -> None:
     release_weight_patches(nextdit)
 
 
-def use_model(module, memory_required: int = 0, attachments: dict | None = None) -> None:
+def use_model(module, memory_required: int = 0, slot: dict | None = None) -> None:
     """Make ``module`` ready to compute on the pack's device, with ``memory_required`` bytes of
     activations on top (ComfyUI: through its memory manager; headless: ``dit.placement.place``).
 
     Inside ComfyUI a Next-DiT is loaded through its core MODEL (``core_model.core_model``), so
     the manager sees one model however it is used (the pack's sampler, core's samplers, LoRA'd
-    clones); other modules (the VAE) get a patcher of their own, kept in ``attachments`` (the VAE
+    clones); other modules (the VAE) get a patcher of their own, kept in ``slot`` (the VAE
     node passes its NextDiTVAE's)."""
     comfy = _comfy()
     device = devices.torch_device()
@@ -126,13 +126,13 @@ def use_model(module, memory_required: int = 0, attachments: dict | None = None)
 
         patcher = core_model(module)
     else:
-        if attachments is None:
+        if slot is None:
             raise TypeError("use_model: a module that is not a Next-DiT needs a dict to keep its patcher in "
-                            "(attachments=)")
-        patcher = attachments.get(_PATCHER)
+                            "(slot=)")
+        patcher = slot.get(_PATCHER)
         if patcher is None:
             patcher = patcher_class()(_Hosted(module), device, mm.unet_offload_device())
-            attachments[_PATCHER] = patcher
+            slot[_PATCHER] = patcher
     mm.load_models_gpu([patcher], memory_required=memory_required)
 
 
