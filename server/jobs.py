@@ -47,11 +47,22 @@ class JobQueue:
 
     # ---- the queue ------------------------------------------------------------------------------
 
-    def put(self, job: Job) -> None:
+    def known(self, prompt_id: str) -> bool:
+        """Whether ``prompt_id`` is queued, running or in the history."""
         with self._lock:
+            return (prompt_id in self._history or any(job.prompt_id == prompt_id for job in self._pending)
+                    or (self._running is not None and self._running.prompt_id == prompt_id))
+
+    def put(self, job: Job) -> bool:
+        """Queue ``job``; False (nothing queued) when its prompt id is already known."""
+        with self._lock:
+            if (job.prompt_id in self._history or any(j.prompt_id == job.prompt_id for j in self._pending)
+                    or (self._running is not None and self._running.prompt_id == job.prompt_id)):
+                return False
             self._pending.append(job)
             self._pending.sort(key=lambda j: j.number)
             self._lock.notify()
+            return True
 
     def take(self) -> Job | None:
         """The next job (blocks); None once the queue is closed."""

@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from . import jsonio
 from .paths import inside
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,13 @@ def add_routes(routes: web.RouteTableDef, user_dir: Path) -> None:
 
     def settings() -> dict:
         try:
-            return json.loads((root / SETTINGS).read_text(encoding="utf-8"))
+            values = json.loads((root / SETTINGS).read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as error:
             log.error("the settings file %s cannot be read (%s); using defaults", root / SETTINGS, error)
             return {}
+        return values if isinstance(values, dict) else {}
 
     def save_settings(values: dict) -> None:
         _write(root / SETTINGS, json.dumps(values, indent=4).encode())
@@ -75,12 +77,22 @@ def add_routes(routes: web.RouteTableDef, user_dir: Path) -> None:
 
     @routes.post("/settings")
     async def post_settings(request):
-        save_settings({**settings(), **(await request.json())})
+        try:
+            values = await jsonio.read(request)
+        except jsonio.BadJSON as error:
+            return web.Response(status=400, text=str(error))
+        if not isinstance(values, dict):
+            return web.Response(status=400, text="the settings must be a JSON object")
+        save_settings({**settings(), **values})
         return web.Response(status=200)
 
     @routes.post("/settings/{id}")
     async def post_setting(request):
-        save_settings({**settings(), request.match_info["id"]: await request.json()})
+        try:
+            value = await jsonio.read(request)
+        except jsonio.BadJSON as error:
+            return web.Response(status=400, text=str(error))
+        save_settings({**settings(), request.match_info["id"]: value})
         return web.Response(status=200)
 
     @routes.get("/userdata")
