@@ -102,7 +102,7 @@ def add_routes(routes: web.RouteTableDef, folders: dict[str, Path], max_upload: 
         if path is None:
             return web.Response(status=400, text="the file name leaves its folder")
         if not path.is_file():
-            return web.Response(status=404)
+            return web.Response(status=404, text="no such file")
         try:
             rendered = await asyncio.get_running_loop().run_in_executor(None, _render, path, query)
         except (OSError, SyntaxError, ValueError) as error:

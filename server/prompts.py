@@ -51,14 +51,14 @@ def _error(kind: str, message: str, details: str = "", extra: dict | None = None
     return json_response(body, status=400)
 
 
-def _node_errors(problems: list[Problem], workflow) -> dict:
+def _node_errors(problems: list[Problem], class_types: dict[str, str]) -> dict:
+    """ComfyUI's ``node_errors``; ``class_types``: node id -> class type, as posted."""
     errors: dict[str, dict] = {}
     for problem in problems:
-        if problem.node_id is None or problem.node_id not in workflow.nodes:
+        if problem.node_id is None or problem.node_id not in class_types:
             continue
         entry = errors.setdefault(problem.node_id, {
-            "errors": [], "dependent_outputs": [],
-            "class_type": workflow.nodes[problem.node_id].class_type})
+            "errors": [], "dependent_outputs": [], "class_type": class_types[problem.node_id]})
         extra = {"input_name": problem.input_name} if problem.input_name else {}
         entry["errors"].append({"type": problem.kind, "message": SHORT_MESSAGES.get(problem.kind, problem.kind),
                                 "details": problem.message, "extra_info": extra})
@@ -82,7 +82,9 @@ def check_prompt(body: dict, classes) -> tuple:
                                          "node_title": title or class_type})
     except (ValidationError, MissingModelError) as error:
         problems = error.details
-        node_errors = _node_errors(problems, workflow)
+        class_types = {str(node_id): entry.get("class_type") for node_id, entry in body["prompt"].items()
+                       if isinstance(entry, dict)}
+        node_errors = _node_errors(problems, class_types)
         if not node_errors:
             kind = problems[0].kind if problems else "invalid_prompt"
             return None, _error(kind, str(error), str(error))

@@ -119,11 +119,11 @@ def add_routes(routes: web.RouteTableDef, user_dir: Path) -> None:
     async def get_userdata(request):
         path = user_path(request)
         if path is None:
-            return web.Response(status=403)
+            return web.Response(status=403, text="the path leaves the user folder")
         if not path.is_file():
             default = EMPTY_DEFAULTS.get(path.relative_to(root.resolve()).as_posix())
             if default is None:
-                return web.Response(status=404)
+                return web.Response(status=404, text="no such file")
             return web.Response(text=default[0], content_type=default[1])
         inline = path.name == "user.css" and path.parent == root.resolve()
         return web.FileResponse(path, headers={
@@ -146,7 +146,7 @@ def add_routes(routes: web.RouteTableDef, user_dir: Path) -> None:
     async def post_userdata(request):
         path = user_path(request)
         if path is None or path == root.resolve():
-            return web.Response(status=403)
+            return web.Response(status=403, text="the path leaves the user folder")
         if (refusal := refused_overwrite(request, path)) is not None:
             return refusal
         _write(path, await request.read())
@@ -156,7 +156,7 @@ def add_routes(routes: web.RouteTableDef, user_dir: Path) -> None:
     async def delete_userdata(request):
         path = user_path(request)
         if path is None or not path.is_file():
-            return web.Response(status=403 if path is None else 404)
+            return web.Response(status=403 if path is None else 404, text="no such file")
         path.unlink()
         return web.Response(status=204)
 
@@ -164,9 +164,9 @@ def add_routes(routes: web.RouteTableDef, user_dir: Path) -> None:
     async def move_userdata(request):
         source, dest = user_path(request), user_path(request, "dest")
         if source is None or dest is None:
-            return web.Response(status=403)
+            return web.Response(status=403, text="the path leaves the user folder")
         if not source.is_file():
-            return web.Response(status=404)
+            return web.Response(status=404, text="no such file")
         if (refusal := refused_overwrite(request, dest)) is not None:
             return refusal
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -10,14 +10,16 @@ import io
 import json
 import os
 import socket
+from pathlib import Path
 
 import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
-from PIL import Image
-
 from nextdit_nodes.nodes import host
 from nextdit_nodes.server.app import HUB, ServerConfig, create_app
+
+EMBEDDED = Path(__file__).resolve().parents[1] / "example_workflows" / "Embedded shapes model.json"
+from PIL import Image
 
 
 @pytest.fixture()
@@ -180,3 +182,51 @@ def test_an_upload_of_too_many_pixels_is_refused_before_decoding(folders):
     status, text = _run(folders, scenario)
     assert status == 415 and "9000x8000" in text and "megapixels" in text
     assert _tree(folders["input"]) == set()
+
+
+def _embedded_prompt() -> dict:
+    from nextdit_nodes.runtime import load_workflow, runner_classes  # noqa: PLC0415
+
+    return load_workflow(EMBEDDED, runner_classes()).to_api()
+
+
+@pytest.mark.parametrize("link", [["3"], ["3", "0"], ["999", 0], ["3", 5], [None, 0], ["3", 0, 0], ["3", 0.5], []])
+def test_malformed_links_are_refused_in_validation_like_comfyui(folders, link):
+    """ComfyUI: a list input is a link, [node_id, output_index] with the node present and the
+    index among its outputs; anything else is "bad_linked_input" on that node and input."""
+    prompt = _embedded_prompt()
+    prompt["6"]["inputs"]["model"] = link
+
+    async def scenario(client, app):
+        response = await client.post("/prompt", json={"prompt": prompt})
+        return response.status, await response.json()
+
+    status, body = _run(folders, scenario)
+    assert status == 400, body
+    (error,) = body["node_errors"]["6"]["errors"]
+    assert error["type"] in ("bad_linked_input", "return_type_mismatch") and error["extra_info"]["input_name"] == "model"
+
+
+def test_nan_never_reaches_json_and_a_duplicate_prompt_id_is_refused(folders):
+    prompt = _embedded_prompt()
+    text = json.dumps({"prompt": prompt}).replace('"cfg": 4', '"cfg": NaN')
+    prompt_id = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+
+    async def scenario(client, app):
+        nan = await client.post("/prompt", data=text, headers={"Content-Type": "application/json"})
+        first = await client.post("/prompt", json={"prompt": prompt, "prompt_id": prompt_id})
+        again = await client.post("/prompt", json={"prompt": prompt, "prompt_id": prompt_id})
+        await client.post("/interrupt")
+        return nan.status, await nan.text(), first.status, again.status, await again.json()
+
+    nan_status, nan_text, first, again, body = _run(folders, scenario)
+    assert nan_status == 400 and "NaN is not a JSON number" in nan_text
+    assert first == 200 and again == 400 and body["error"]["type"] == "duplicate_prompt_id"
+
+
+def test_json_answers_write_non_finite_numbers_as_null():
+    from nextdit_nodes.server.jsonio import dumps, loads  # noqa: PLC0415
+
+    assert json.loads(dumps({"a": [float("nan"), 1.5, {"b": float("inf")}]})) == {"a": [None, 1.5, {"b": None}]}
+    with pytest.raises(ValueError, match="nested deeper"):
+        loads("[" * 300 + "]" * 300)
