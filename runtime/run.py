@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..files.atomic import clean_leftovers
 from ..nodes import NODE_CLASS_MAPPINGS, host
 from .core_nodes import core_node_classes
 from .errors import MissingModelError, NodeExecutionError, WorkflowError
@@ -164,6 +165,7 @@ def run_workflow(path: str | Path, output_dir: str | Path = "output", overrides:
     apply_overrides(workflow, classes, list(overrides))
     for folder, option in ((output_dir, "--output-dir"), (temp_dir, "--temp-dir")):
         _check_writable(folder, option)
+        clean_leftovers(folder)  # what a killed run left half written
     executor = executor or Executor(classes, model_check=model_file_check)
     with progress_display(show_progress) as display:
         try:

@@ -24,6 +24,7 @@ import logging
 import math
 from pathlib import Path
 
+from ..files.atomic import atomic_path, clean_leftovers
 from .errors import EXIT_BAD_WORKFLOW, EXIT_USAGE, RunnerError
 from .model_sources import resolve_model
 
@@ -236,6 +237,8 @@ def run(args) -> int:
     if not args.data.is_dir():
         raise TrainLoraUsageError(f"dataset folder {args.data} does not exist")
     _check_dataset(args.data)
+    clean_leftovers(args.output.parent, recursive=False)  # what a killed run left half written
+    clean_leftovers(args.cache_dir or args.data / ".nextdit-cache")
     output = args.output if args.output.suffix == ".safetensors" else args.output.with_suffix(".safetensors")
     state_path = output.with_name(f"{output.stem}.training-state.pt")
     if output.exists() and not (args.overwrite or args.resume):
@@ -324,5 +327,6 @@ class _Samples:
                             "euler", 6.0, self.args.sample_cfg, 0.0, 1.0)
             image = self.encoders.vae.decode(latent["samples"])[0]
             pixels = (image.clamp(0, 1) * 255).round().byte().numpy()
-            Image.fromarray(np.ascontiguousarray(pixels)).save(self.folder / f"step{step:06d}-{index}.png")
+            with atomic_path(self.folder / f"step{step:06d}-{index}.png") as partial:
+                Image.fromarray(np.ascontiguousarray(pixels)).save(partial, format="PNG")
         log.info("samples of step %d in %s", step, self.folder)

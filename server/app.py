@@ -10,9 +10,11 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..files.atomic import clean_leftovers
 from ..nodes import NODE_CLASS_MAPPINGS, host
 from ..runtime.executor import Executor
 from ..runtime.run import model_file_check, runner_classes
+from ..runtime.workflow import load_workflow
 from . import empty_routes, files, prompts, templates, userdata
 from .guard import allowed_host_names, guard_middleware
 from .jobs import JobQueue
@@ -63,8 +65,11 @@ def create_app(config: ServerConfig) -> web.Application:
                "temp": Path(scratch.name) if scratch else config.temp_dir}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
+    for folder in (*folders.values(), config.user_dir):  # what a killed server left half written
+        clean_leftovers(folder)
     classes = runner_classes(folders["output"], folders["temp"])
-    queue = JobQueue()
+    queue = JobQueue(config.user_dir / "queue.sqlite3",
+                     lambda prompt, extra_data: load_workflow({"prompt": prompt, "extra_data": extra_data}, classes))
     hub = Hub(queue.queue_info, config.max_upload)
     worker = Worker(queue, Executor(classes, model_check=model_file_check), hub)
     web_root = frontend_root()
@@ -112,6 +117,7 @@ def create_app(config: ServerConfig) -> web.Application:
 
     async def stop(app: web.Application) -> None:
         worker.stop()
+        queue.close_database()
         await hub.stop(app)
         if scratch is not None:
             scratch.cleanup()

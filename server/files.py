@@ -11,13 +11,12 @@ import asyncio
 import hashlib
 import io
 import mimetypes
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 from aiohttp import web
 
+from ..files.atomic import write_bytes
 from .paths import inside
 
 # Decoded size an upload may have (8192 x 8192): the pixels, not the file size, set the memory a
@@ -140,11 +139,7 @@ def add_routes(routes: web.RouteTableDef, folders: dict[str, Path], max_upload: 
             return web.Response(status=415, text=f"not an image this server can read ({problem})")
         target = _free_name(target, data, post.get("overwrite") in ("true", "1"))
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            handle, scratch = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-            os.replace(scratch, target)
+            write_bytes(target, data)
         return web.json_response({"name": target.name, "subfolder": subfolder, "type": kind})
 
 

@@ -128,7 +128,6 @@ def _json_type(value) -> str:
 
 
 def add_routes(routes: web.RouteTableDef, queue: JobQueue, classes, hub) -> None:
-    counter = {"number": 0}
 
     @routes.get("/prompt")
     async def get_prompt(request):
@@ -155,10 +154,7 @@ def add_routes(routes: web.RouteTableDef, queue: JobQueue, classes, hub) -> None
         workflow, checked = await asyncio.get_running_loop().run_in_executor(None, check_prompt, body, classes)
         if workflow is None:
             return checked
-        number = float(body["number"]) if "number" in body else counter["number"]
-        if "number" not in body:
-            number = -number if body.get("front") else number
-            counter["number"] += 1
+        number = float(body["number"]) if body.get("number") is not None else queue.next_number(bool(body.get("front")))
         extra_data = dict(body.get("extra_data") or {}, create_time=now_ms())
         client_id = body.get("client_id")
         if client_id:

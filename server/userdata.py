@@ -8,12 +8,12 @@ import glob
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from urllib.parse import unquote
 
 from aiohttp import web
 
+from ..files.atomic import write_bytes
 from . import jsonio
 from .paths import inside
 
@@ -28,18 +28,6 @@ def _file_info(path: Path, root: Path) -> dict:
     stat = path.stat()
     return {"path": path.relative_to(root).as_posix(), "size": stat.st_size,
             "modified": int(stat.st_mtime * 1000), "created": int(stat.st_ctime * 1000)}
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, scratch = tempfile.mkstemp(dir=path.parent, prefix=".save-")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(scratch, path)
-    except BaseException:
-        Path(scratch).unlink(missing_ok=True)
-        raise
 
 
 def add_routes(routes: web.RouteTableDef, user_dir: Path) -> None:
@@ -58,7 +46,7 @@ def add_routes(routes: web.RouteTableDef, user_dir: Path) -> None:
         return values if isinstance(values, dict) else {}
 
     def save_settings(values: dict) -> None:
-        _write(root / SETTINGS, json.dumps(values, indent=4).encode())
+        write_bytes(root / SETTINGS, json.dumps(values, indent=4).encode())
 
     def user_path(request: web.Request, param: str = "file") -> Path | None:
         return inside(root, unquote(request.match_info.get(param, "")))
@@ -149,7 +137,7 @@ def add_routes(routes: web.RouteTableDef, user_dir: Path) -> None:
             return web.Response(status=403, text="the path leaves the user folder")
         if (refusal := refused_overwrite(request, path)) is not None:
             return refusal
-        _write(path, await request.read())
+        write_bytes(path, await request.read())
         return saved(request, path)
 
     @routes.delete("/userdata/{file}")

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from ..dit.layers import TimestepEmbedder
 from ..dit.model import NextDiT
+from ..files.atomic import atomic_path
 from ..sampling.schedule import shift_time, time_grid
 from ..text.conditioning import PromptBatch, is_conditioning, pack, prompt_batches
 from .distributed import Distributed
@@ -475,5 +476,6 @@ def save_student(student: Student, path: str | Path, dtype: torch.dtype | None =
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; choose another --output or pass --overwrite")
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(student.state_dict(dtype), str(path), metadata={"nextdit_distilled": "guidance", **(metadata or {})})
+    with atomic_path(path) as partial:
+        save_file(student.state_dict(dtype), str(partial), metadata={"nextdit_distilled": "guidance", **(metadata or {})})
     return path
