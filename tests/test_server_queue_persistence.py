@@ -52,7 +52,7 @@ def test_a_stored_job_that_no_longer_loads_is_recorded_as_failed(tmp_path):
 
 
 def test_history_stays_bounded_in_the_database(tmp_path, monkeypatch):
-    import nextdit_nodes.server.jobs as jobs  # noqa: PLC0415
+    from nextdit_nodes.server import jobs  # noqa: PLC0415
 
     monkeypatch.setattr(jobs, "MAX_HISTORY", 3)
     database = tmp_path / "queue.sqlite3"
