@@ -2,7 +2,7 @@
 clean answers: a 4xx with a message (server) or exit code 3 with a message (runner), never a
 500, a traceback or a dead server. Loopback only; every loop bounded.
 
-    python benchmarks/hardening_audit.py [--only server|runner] [--port 8391]
+    python benchmarks/hardening_audit.py [--only load|server|runner] [--port 8391]
 
 Prints each input that was not answered cleanly, then the totals.
 """
@@ -56,7 +56,6 @@ def huge_png(width=60000, height=60000) -> bytes:
 # ---- the server ---------------------------------------------------------------------------------
 
 def _prompt() -> dict:
-    sys.path.insert(0, str(ROOT.parent))
     from nextdit_nodes.runtime import load_workflow, runner_classes  # noqa: PLC0415
 
     return load_workflow(EMBEDDED, runner_classes()).to_api()
@@ -180,9 +179,9 @@ def run_server_audit(port: int) -> tuple[int, int, list[str]]:
             (scratch / name).mkdir()
         (scratch / "output" / "note.txt").write_text("not an image")
         (scratch / "output" / "ok.png").write_bytes(_png_bytes())
-        env = {**os.environ, "PYTHONPATH": str(ROOT.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env = dict(os.environ)
         server = subprocess.Popen(
-            [sys.executable, "-m", ROOT.name, "serve", "--port", str(port), "--output-dir", str(scratch / "output"),
+            [sys.executable, "-m", "nextdit_nodes", "serve", "--port", str(port), "--output-dir", str(scratch / "output"),
              "--input-dir", str(scratch / "input"), "--user-dir", str(scratch / "user")],
             cwd=scratch, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
@@ -228,6 +227,111 @@ def _request(port, method, path, body, headers, timeout=120) -> tuple[int, str]:
         return response.status, response.read().decode("utf-8", "replace")
     finally:
         connection.close()
+
+
+# ---- load and faults ----------------------------------------------------------------------------
+
+def _start_server(port: int, folder: Path) -> subprocess.Popen:
+    env = dict(os.environ)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "nextdit_nodes", "serve", "--port", str(port), "--output-dir", str(folder / "output"),
+         "--input-dir", str(folder / "input"), "--user-dir", str(folder / "user")],
+        cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(port)
+    return server
+
+
+def _stalled_websocket(port: int):
+    """A websocket client that completes the handshake and never reads."""
+    import base64  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /ws?clientId=stalled HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    return sock
+
+
+def _history_when(port: int, prompt_ids: set[str], seconds: float) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        history = json.loads(_request(port, "GET", "/history", None, {})[1])
+        if prompt_ids <= set(history) or time.monotonic() > deadline:
+            return history
+        time.sleep(0.5)
+
+
+def _running_id(port: int, other_than: str | None, seconds: float = 300) -> str | None:
+    """The id of the running prompt once it is not ``other_than`` (None: once one runs)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        running = json.loads(_request(port, "GET", "/queue", None, {})[1])["queue_running"]
+        current = running[0][1] if running else None
+        if (other_than is None and current is not None) or (other_than is not None and current != other_than):
+            return current
+        time.sleep(0.05)
+    return None
+
+
+def run_load_audit(port: int, prompts: int = 24, interrupts: int = 4) -> list[str]:
+    """``prompts`` small prompts posted at once from as many threads, a websocket client that
+    never reads connected throughout, ``interrupts`` Cancels while they run, then kill -9 with
+    prompts waiting and a restart. Nothing may be lost: every prompt in the history once, one
+    image per successful run, no half-written file."""
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    prompt = _prompt()
+    sampler = next(k for k, v in prompt.items() if v["class_type"] == "NextDiTSampler")
+    prompt[sampler]["inputs"].update(steps=4, width=32, height=32)
+
+    def post(seed: int) -> str:
+        body = json.loads(json.dumps({"prompt": prompt, "client_id": "audit"}))
+        body["prompt"][sampler]["inputs"]["seed"] = seed
+        status, text = _request(port, "POST", "/prompt", json.dumps(body).encode(), {"Content-Type": "application/json"})
+        return json.loads(text)["prompt_id"] if status == 200 else f"refused {status}"
+
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="nextdit-audit-") as scratch:
+        scratch = Path(scratch)
+        for name in ("output", "input", "user"):
+            (scratch / name).mkdir()
+        server = _start_server(port, scratch)
+        stalled = _stalled_websocket(port)
+        try:
+            with ThreadPoolExecutor(max_workers=prompts) as pool:
+                posted = list(pool.map(post, range(prompts)))
+            for _ in range(interrupts):  # Cancels while the queue runs, each on a running prompt
+                running = _running_id(port, None)
+                _request(port, "POST", "/interrupt", b"", {})
+                _running_id(port, running)  # until that prompt has stopped
+            refused = [p for p in posted if p.startswith("refused")]
+            queued = [post(1000 + seed) for seed in range(6)]
+            time.sleep(0.5)
+            server.kill()  # kill -9 with prompts waiting
+            server.wait(timeout=30)
+            server = _start_server(port, scratch)
+            wanted = {p for p in posted + queued if not p.startswith("refused")}
+            history = _history_when(port, wanted, 600)
+        finally:
+            stalled.close()
+            server.terminate()
+            server.wait(timeout=30)
+        done = {pid: item["status"]["status_str"] for pid, item in history.items()}
+        missing = wanted - set(done)
+        successes = sum(status == "success" for status in done.values())
+        images = [p for p in (scratch / "output").rglob("*") if p.is_file()]
+        partial = [p for p in images if p.name.endswith(".partial")]
+        lines.append(f"load: {prompts} prompts posted at once + {len(queued)} waiting at kill -9, "
+                     f"{len(refused)} refused, {len(missing)} lost, {successes} ran to the end, "
+                     f"{len(done) - successes} interrupted or failed ({interrupts} Cancels, one kill -9 "
+                     f"and a restart), {len(images) - len(partial)} images for {successes} successes, "
+                     f"{len(partial)} half-written files")
+        if refused or missing or partial:
+            lines.append("load: NOT HELD")
+    return lines
 
 
 # ---- the runner ---------------------------------------------------------------------------------
@@ -278,13 +382,13 @@ def _chain(prompt: dict, length: int) -> dict:
 
 
 def run_runner_audit() -> tuple[int, int, list[str]]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = dict(os.environ)
     with tempfile.TemporaryDirectory(prefix="nextdit-audit-") as scratch:
         scratch = Path(scratch)
         cases = runner_cases(scratch)
         bad = []
         for name, path, extra in cases:
-            done = subprocess.run([sys.executable, "-m", ROOT.name, "run", str(path), "-q",
+            done = subprocess.run([sys.executable, "-m", "nextdit_nodes", "run", str(path), "-q",
                                    "--output-dir", str(scratch / "out"), *extra],
                                   cwd=scratch, env=env, capture_output=True, text=True, timeout=300, check=False)
             if done.returncode != 3 or "Traceback" in done.stderr or "error:" not in done.stderr:
@@ -294,10 +398,14 @@ def run_runner_audit() -> tuple[int, int, list[str]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("server", "runner"))
+    parser.add_argument("--only", choices=("server", "runner", "load"))
     parser.add_argument("--port", type=int, default=8391)
     args = parser.parse_args()
     totals = []
+    if args.only in (None, "load"):
+        lines = run_load_audit(args.port + 1)
+        print("\n".join(lines))
+        totals.append(not any("NOT HELD" in line for line in lines))
     for part, audit in (("server", lambda: run_server_audit(args.port)), ("runner", run_runner_audit)):
         if args.only in (None, part):
             tried, clean, bad = audit()
