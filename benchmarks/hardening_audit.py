@@ -381,6 +381,26 @@ def _chain(prompt: dict, length: int) -> dict:
     return chained
 
 
+def train_lora_cases(folder: Path) -> list[tuple[str, list[str]]]:
+    """(name, train-lora arguments) that must stop with exit 3 before any model loads."""
+    data = folder / "data"
+    data.mkdir()
+    (data / "a.png").write_bytes(_png_bytes((64, 64)))
+    other_columns, latin1 = folder / "other-columns", folder / "latin1-csv"
+    for path, text in ((other_columns, b"path,description\na.png,a circle\n"),
+                       (latin1, "file_name,text\na.png,tr\u00e8s\n".encode("latin-1"))):
+        path.mkdir()
+        (path / "a.png").write_bytes(_png_bytes((64, 64)))
+        (path / "metadata.csv").write_bytes(text)
+    base = ["--dit", "d", "--gemma", "g", "--jina", "j", "--vae", "v", "--output", str(folder / "lora.safetensors")]
+    cases = [(f"{option} {value}", [str(data), *base, option, value]) for option, value in (
+        ("--lr", "nan"), ("--lr", "inf"), ("--lr", "-1"), ("--caption-dropout", "2"), ("--rank", "0"),
+        ("--time-shift", "nan"), ("--grad-clip", "-1"), ("--resolution", "0"))]
+    cases += [("metadata.csv with other columns", [str(other_columns), *base]),
+              ("metadata.csv not UTF-8", [str(latin1), *base])]
+    return cases
+
+
 def run_runner_audit() -> tuple[int, int, list[str]]:
     env = dict(os.environ)
     with tempfile.TemporaryDirectory(prefix="nextdit-audit-") as scratch:
@@ -393,7 +413,14 @@ def run_runner_audit() -> tuple[int, int, list[str]]:
                                   cwd=scratch, env=env, capture_output=True, text=True, timeout=300, check=False)
             if done.returncode != 3 or "Traceback" in done.stderr or "error:" not in done.stderr:
                 bad.append(f"{name}: exit {done.returncode} {done.stderr.strip()[-200:]!r}")
-        return len(cases), len(cases) - len(bad), bad
+        lora_cases = train_lora_cases(scratch)
+        for name, arguments in lora_cases:
+            done = subprocess.run([sys.executable, "-m", "nextdit_nodes", "train-lora", *arguments, "--no-progress"],
+                                  cwd=scratch, env=env, capture_output=True, text=True, timeout=300, check=False)
+            if done.returncode != 3 or "Traceback" in done.stderr or "error:" not in done.stderr:
+                bad.append(f"train-lora {name}: exit {done.returncode} {done.stderr.strip()[-200:]!r}")
+        tried = len(cases) + len(lora_cases)
+        return tried, tried - len(bad), bad
 
 
 def main() -> int:
