@@ -117,6 +117,7 @@ def server_cases() -> list[tuple[str, str, str, bytes | None, dict]]:
                         ('[id, 0, 0]', [decode, 0, 0]), ('[id, 0.5]', [decode, 0.5]), ("[]", [])]:
         post_prompt(f"link {label}", {"prompt": edited(sampler, model_input, link)})
     post_prompt("steps a string", {"prompt": edited(sampler, "steps", "many")})
+    post_prompt("number 10**400", f'{{"prompt": {json.dumps(prompt)}, "number": 1{"0" * 400}}}'.encode(), raw=True)
     post_prompt("steps 10**400", f'{{"prompt": {json.dumps(edited(sampler, "steps", 7))}}}'.replace(
         '"steps": 7', '"steps": ' + "9" * 400).encode(), raw=True)
     post_prompt("seed a list", {"prompt": edited(sampler, "seed", {"a": 1})})

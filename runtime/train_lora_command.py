@@ -121,7 +121,7 @@ class TrainLoraValueError(RunnerError):
 # before anything loads, so `--lr nan` is named at once rather than training to NaN weights.
 NUMERIC_RANGES = {
     "resolution": (16, 16384, True), "min_side": (0, 16384, True), "caption_dropout": (0.0, 1.0, True),
-    "steps": (1, 10**9, True), "rank": (1, 4096, True), "alpha": (0.0, 1e6, False), "lr": (0.0, 1.0, False),
+    "steps": (1, 10**9, True), "rank": (1, 4096, True), "alpha": (0.0, 1e6, False), "lr": (0.0, 1e3, False),
     "batch_size": (1, 4096, True), "accumulation": (1, 10**6, True), "weight_decay": (0.0, 10.0, True),
     "warmup": (0, 10**9, True), "time_shift": (0.0, 1e3, False), "grad_clip": (0.0, 1e6, True),
     "seed": (0, 2**64 - 1, True), "save_every": (0, 10**9, True), "sample_every": (0, 10**9, True),

@@ -112,8 +112,9 @@ def _wrong_field(body: dict) -> str | None:
             continue
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             return f"{name} must be {TYPE_NAMES[kinds[0]]}, not {_json_type(value)}"
-    if "number" in body and body["number"] is not None and not math.isfinite(body["number"]):
-        return "number must be a finite number"
+    if body.get("number") is not None and not (isinstance(body["number"], float) and math.isfinite(body["number"])
+                                               or isinstance(body["number"], int) and abs(body["number"]) < 2**53):
+        return "number must be a finite number (integers below 2**53)"
     targets = body.get("partial_execution_targets") or []
     if not all(isinstance(target, (str, int)) and not isinstance(target, bool) for target in targets):
         return "partial_execution_targets must be a list of node ids"

@@ -91,8 +91,8 @@ def test_an_output_folder_that_cannot_be_created_is_named_before_the_run(tmp_pat
     assert code == 3 and "--output-dir" in err and "is a file" in err and str(blocker) in err
 
 
-def test_set_refuses_a_non_finite_float(tmp_path, capsys):
+def test_a_non_finite_set_value_is_refused_naming_the_input(tmp_path, capsys):
     path = tmp_path / "workflow.json"
     path.write_text(json.dumps(_prompt()))
     code = cli.main(["run", str(path), "-q", "--set", "6.cfg=nan", "--output-dir", str(tmp_path / "o")])
-    assert code == 3 and "'nan' is not a valid FLOAT" in capsys.readouterr().err
+    assert code == 3 and "input 'cfg'" in capsys.readouterr().err

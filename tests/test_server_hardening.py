@@ -97,7 +97,7 @@ def test_websocket_keeps_delivering_after_a_list_client_id_and_beside_a_client_t
 
 @pytest.mark.parametrize("field,value", [
     ("client_id", ["a"]), ("client_id", {"a": 1}), ("prompt_id", 5), ("number", "first"),
-    ("number", float("nan")), ("front", "yes"), ("extra_data", [1]), ("partial_execution_targets", "6"),
+    ("number", float("nan")), ("number", 10**400), ("front", "yes"), ("extra_data", [1]), ("partial_execution_targets", "6"),
 ])
 def test_prompt_fields_of_the_wrong_type_are_refused_naming_the_field(folders, field, value):
     async def scenario(client, app):
