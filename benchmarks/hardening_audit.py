@@ -153,6 +153,8 @@ def server_cases() -> list[tuple[str, str, str, bytes | None, dict]]:
         "truncated": (_png_bytes()[:40], "cut.png", {}), "60000x60000 header": (huge_png(), "huge.png", {}),
         "72 megapixels": (_png_bytes((9000, 8000)), "big.png", {}), "bad type": (_png_bytes(), "x.png", {"type": "models"}),
         "dotdot name": (_png_bytes(), "../x.png", {}), "dotdot subfolder": (_png_bytes(), "x.png", {"subfolder": "../.."}),
+        "subfolder that is a file": (_png_bytes(), "x.png", {"subfolder": "taken.png"}),
+        "name of a folder": (_png_bytes(), "folder", {}), "name of a folder, overwrite": (_png_bytes(), "folder", {"overwrite": "true"}),
     }.items():
         if data is None:
             body, headers = b"--audit-boundary--\r\n", {"Content-Type": "multipart/form-data; boundary=audit-boundary"}
@@ -163,7 +165,11 @@ def server_cases() -> list[tuple[str, str, str, bytes | None, dict]]:
     for name, method, path in [("dir missing", "GET", "/userdata"), ("dir outside", "GET", "/userdata?dir=../.."),
                                ("dotdot file", "POST", "/userdata/..%2F..%2Fx.json"),
                                ("move outside", "POST", "/userdata/workflows%2Fa.json/move/..%2F..%2Fb.json"),
-                               ("delete missing", "DELETE", "/userdata/workflows%2Fnone.json")]:
+                               ("delete missing", "DELETE", "/userdata/workflows%2Fnone.json"),
+                               ("write onto a folder", "POST", "/userdata/workflows"),
+                               ("write under a file", "POST", "/userdata/comfy.settings.json%2Fx.json"),
+                               ("move onto a folder", "POST", "/userdata/comfy.settings.json/move/workflows"),
+                               ("delete a folder", "DELETE", "/userdata/workflows")]:
         cases.append((f"/userdata {name}", method, path, b"x" if method == "POST" else None, {}))
     for name, headers in [("Origin null", {"Origin": "null"}), ("cross-site", {"Sec-Fetch-Site": "cross-site"}),
                           ("other origin", {"Origin": "http://evil.example"}),
@@ -180,6 +186,10 @@ def run_server_audit(port: int) -> tuple[int, int, list[str]]:
             (scratch / name).mkdir()
         (scratch / "output" / "note.txt").write_text("not an image")
         (scratch / "output" / "ok.png").write_bytes(_png_bytes())
+        (scratch / "input" / "taken.png").write_bytes(_png_bytes())
+        (scratch / "input" / "folder").mkdir()
+        (scratch / "user" / "default").mkdir()
+        (scratch / "user" / "default" / "comfy.settings.json").write_text("{}")
         env = dict(os.environ)
         server = subprocess.Popen(
             [sys.executable, "-m", "nextdit_nodes", "serve", "--port", str(port), "--output-dir", str(scratch / "output"),

@@ -137,9 +137,12 @@ def add_routes(routes: web.RouteTableDef, folders: dict[str, Path], max_upload: 
         problem = await asyncio.get_running_loop().run_in_executor(None, _checked_image, data)
         if problem is not None:
             return web.Response(status=415, text=f"not an image this server can read ({problem})")
-        target = _free_name(target, data, post.get("overwrite") in ("true", "1"))
-        if not target.exists():
-            write_bytes(target, data)
+        try:
+            target = _free_name(target, data, post.get("overwrite") in ("true", "1"))
+            if not target.exists():
+                write_bytes(target, data)
+        except OSError as error:  # a file where the subfolder should be, a folder of that name, a full disk
+            return web.Response(status=409, text=f"the upload cannot be written there: {error.strerror or error}")
         return web.json_response({"name": target.name, "subfolder": subfolder, "type": kind})
 
 

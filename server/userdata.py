@@ -137,7 +137,12 @@ def add_routes(routes: web.RouteTableDef, user_dir: Path) -> None:
             return web.Response(status=403, text="the path leaves the user folder")
         if (refusal := refused_overwrite(request, path)) is not None:
             return refusal
-        write_bytes(path, await request.read())
+        if path.is_dir():
+            return web.Response(status=409, text="a folder has that name")
+        try:
+            write_bytes(path, await request.read())
+        except OSError as error:  # a file where a folder of the path should be, a full disk
+            return web.Response(status=409, text=f"the file cannot be written there: {error.strerror or error}")
         return saved(request, path)
 
     @routes.delete("/userdata/{file}")
@@ -157,6 +162,11 @@ def add_routes(routes: web.RouteTableDef, user_dir: Path) -> None:
             return web.Response(status=404, text="no such file")
         if (refusal := refused_overwrite(request, dest)) is not None:
             return refusal
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(source, dest)
+        if dest.is_dir():
+            return web.Response(status=409, text="a folder has that name")
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, dest)
+        except OSError as error:
+            return web.Response(status=409, text=f"the file cannot be moved there: {error.strerror or error}")
         return saved(request, dest)

@@ -230,3 +230,31 @@ def test_json_answers_write_non_finite_numbers_as_null():
     assert json.loads(dumps({"a": [float("nan"), 1.5, {"b": float("inf")}]})) == {"a": [None, 1.5, {"b": None}]}
     with pytest.raises(ValueError, match="nested deeper"):
         loads("[" * 300 + "]" * 300)
+
+
+def test_writes_that_collide_with_folders_or_files_answer_409_not_500(folders):
+    (folders["input"] / "taken.png").write_bytes(b"x")
+    (folders["input"] / "folder").mkdir()
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format="PNG")
+
+    def form(filename, **fields):
+        boundary = "b0undary"
+        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()]
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
+                     f"Content-Type: image/png\r\n\r\n".encode() + buffer.getvalue() + b"\r\n")
+        return {"data": b"".join(parts) + f"--{boundary}--\r\n".encode(),
+                "headers": {"Content-Type": f"multipart/form-data; boundary={boundary}"}}
+
+    async def scenario(client, app):
+        answers = [await client.post("/upload/image", **form("x.png", subfolder="taken.png")),
+                   await client.post("/upload/image", **form("folder", overwrite="true")),
+                   await client.post("/userdata/workflows", data=b"{}"),
+                   await client.post("/api/settings/A", json=1),
+                   await client.post("/userdata/comfy.settings.json%2Fx.json", data=b"{}"),
+                   await client.post("/userdata/comfy.settings.json/move/workflows")]
+        return [(answer.status, await answer.text()) for answer in answers]
+
+    answers = _run(folders, scenario)
+    assert [status for status, _ in answers] == [409, 409, 409, 200, 409, 409], answers
+    assert all(text for status, text in answers if status == 409)  # each says why
