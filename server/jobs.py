@@ -69,9 +69,14 @@ class JobQueue:
         self._history: dict[str, dict] = {}
         self._closed = False
         self._next_number = 0
-        self._db = None if database is None else self._open(Path(database))
-        if self._db is not None:
-            self._restore(rebuild)
+        self._db = None
+        if database is not None:
+            try:
+                self._db = self._open(Path(database))
+                self._restore(rebuild)
+            except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as error:
+                self._set_aside(Path(database), error)
+                self._db = self._open(Path(database))
 
     # ---- the database ---------------------------------------------------------------------------
 
@@ -83,6 +88,22 @@ class JobQueue:
         db.execute("PRAGMA synchronous=NORMAL")  # with WAL: survives a killed process, not power loss
         db.executescript(SCHEMA)
         return db
+
+    def _set_aside(self, path: Path, error: Exception) -> None:
+        """A database that cannot be read is renamed (kept for whoever wants to look) and a new
+        one started; the server does not refuse to start over it."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self._pending.clear()
+        self._history.clear()
+        kept = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{path}{suffix}")
+            if source.exists():
+                source.replace(Path(f"{kept}{suffix}"))
+        log.error("the queue database %s cannot be read (%s); it is kept as %s and a new one started",
+                  path, error, kept)
 
     def _write(self, *statements: tuple[str, tuple]) -> None:
         """Run ``statements`` as one transaction (the caller holds the lock)."""

@@ -51,6 +51,15 @@ def test_a_stored_job_that_no_longer_loads_is_recorded_as_failed(tmp_path):
     assert "node type X is gone" in json.dumps(reopened.history()["a"])
 
 
+def test_an_unreadable_database_is_set_aside_and_a_new_one_started(tmp_path):
+    database = tmp_path / "queue.sqlite3"
+    database.write_bytes(b"this is not a SQLite database" * 100)
+    queue = JobQueue(database)
+    assert queue.put(_job("a", 0)) and queue.snapshot()["queue_pending"][0][1] == "a"
+    (kept,) = tmp_path.glob("queue.sqlite3.unreadable-*")
+    assert kept.read_bytes().startswith(b"this is not a SQLite database")
+
+
 def test_history_stays_bounded_in_the_database(tmp_path, monkeypatch):
     from nextdit_nodes.server import jobs  # noqa: PLC0415
 
