@@ -52,12 +52,7 @@ def _through_vae(vae, scenes) -> list:
 def run_lora(args) -> int:
     from ..training.embedded.adherence import score_image, summarise
     from ..training.embedded.evaluate import SETTINGS, EmbeddedModels, adherence
-    from ..training.embedded.lora_demo import (
-        CONCEPT,
-        held_out_concept_scenes,
-        tokens,
-        word_separation,
-    )
+    from ..training.embedded.lora_demo import CONCEPT, held_out_concept_scenes, tokens, word_separation
     from ..training.embedded.shapes import held_out_scenes, render
 
     models = EmbeddedModels(args.models_dir)
@@ -85,17 +80,11 @@ def run(args) -> int:
         return run_lora(args)
     import torch
 
+    from ..training.embedded.adherence import score_image, summarise
     from ..dit.checkpoint import load_dit
     from ..dit.own_settings import own_settings
-    from ..training.embedded.adherence import score_image, summarise
-    from ..training.embedded.evaluate import (
-        CACHE_THRESHOLDS,
-        SETTINGS,
-        EmbeddedModels,
-        Setting,
-        adherence,
-        inpaint_adherence,
-    )
+    from ..training.embedded.evaluate import (CACHE_THRESHOLDS, SETTINGS, EmbeddedModels, Setting, adherence,
+                                              inpaint_adherence)
     from ..training.embedded.pipeline import reconstruction_adherence
     from ..training.embedded.shapes import held_out_scenes, render
 

@@ -119,11 +119,7 @@ def _read_prompts(path: Path) -> list[str]:
 
 def _encode_prompts(args) -> tuple[list, object]:
     """Encode with the pack's own text nodes (the same path a workflow takes), then free them."""
-    from ..nodes.text import (  # noqa: PLC0415
-        SYSTEM_PROMPT_CHOICES,
-        NextDiTTextEncode,
-        NextDiTTextEncoderLoader,
-    )
+    from ..nodes.text import SYSTEM_PROMPT_CHOICES, NextDiTTextEncode, NextDiTTextEncoderLoader  # noqa: PLC0415
 
     if not (args.gemma and args.jina):
         raise DistillUsageError("--prompts needs --gemma and --jina (the text encoders)")

@@ -15,13 +15,8 @@ import uuid
 from aiohttp import web
 
 from ..nodes import host
-from ..runtime.errors import (
-    MissingModelError,
-    Problem,
-    RunnerError,
-    UnknownNodeTypeError,
-    ValidationError,
-)
+from ..runtime.errors import (MissingModelError, Problem, RunnerError, UnknownNodeTypeError,
+                              ValidationError)
 from ..runtime.run import model_file_check
 from ..runtime.validate import needed_nodes, validate
 from ..runtime.workflow import load_workflow

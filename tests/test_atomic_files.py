@@ -10,12 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from nextdit_nodes.files.atomic import (
-    atomic_path,
-    clean_leftovers,
-    partial_name,
-    write_bytes,
-)
+from nextdit_nodes.files.atomic import atomic_path, clean_leftovers, partial_name, write_bytes
 
 KILLED_SAVE = textwrap.dedent("""
     import os, signal, sys

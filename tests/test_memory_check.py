@@ -9,11 +9,7 @@ from factories import random_dit, tiny_params
 from nextdit_nodes.dit.params import NextDiTParams
 from nextdit_nodes.nodes.host import memory
 from nextdit_nodes.nodes.sampling import NextDiTSampler
-from nextdit_nodes.sampling.memory_check import (
-    decode_problem,
-    memory_problem,
-    sampling_memory,
-)
+from nextdit_nodes.sampling.memory_check import decode_problem, memory_problem, sampling_memory
 
 NEWBIE = NextDiTParams(dim=2304, n_layers=36, n_heads=24, n_kv_heads=8, ffn_dim=9216, cap_dim=2560, clip_dim=1024)
 GIB = 2**30
