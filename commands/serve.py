@@ -30,8 +30,8 @@ def _command(args: argparse.Namespace) -> int:
                     "and read the images it made; keep it on a trusted network", args.listen, args.port)
     shown = f"[{args.listen}]" if ":" in args.listen else args.listen
     print(f"The editor is at http://{shown}:{args.port}/ (Ctrl-C stops it)", flush=True)
-    serve(ServerConfig(output_dir=args.output_dir, input_dir=args.input_dir, user_dir=args.user_dir),
-          listen=args.listen, port=args.port)
+    serve(ServerConfig(output_dir=args.output_dir, input_dir=args.input_dir, user_dir=args.user_dir,
+                       listen=args.listen, allow_hosts=tuple(args.allow_host)), port=args.port)
     return 0
 
 
@@ -45,6 +45,10 @@ def register(subparsers) -> None:
     parser.add_argument("--listen", default="127.0.0.1", metavar="ADDRESS",
                         help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 lets "
                              "anyone who reaches the port run graphs)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="a host name the browser may use to reach the server (repeatable); "
+                             "IP addresses, localhost and the --listen name are always allowed, "
+                             "other names are refused (they are how DNS-rebinding pages get in)")
     parser.add_argument("--models-dir", action="append", type=Path, metavar="DIR",
                         help="models folder laid out like ComfyUI's (diffusion_models/, "
                              "text_encoders/, vae/, loras/); repeatable; default: "

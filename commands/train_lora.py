@@ -21,9 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from pathlib import Path
 
 from ..dit.params import LORA_TARGETS
+from ..files.atomic import atomic_path, clean_leftovers
+from ..runtime.errors import EXIT_BAD_WORKFLOW, RunnerError
 from ..runtime.model_sources import resolve_model
 from .arguments import UsageError, read_prompts
 
@@ -108,6 +111,56 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+class TrainLoraValueError(RunnerError):
+    """An option value out of range or not a finite number, or a dataset that cannot be read."""
+
+    exit_code = EXIT_BAD_WORKFLOW
+
+
+# Every numeric option: (smallest, largest, whether the smallest itself is allowed). Checked
+# before anything loads, so `--lr nan` is named at once rather than training to NaN weights.
+NUMERIC_RANGES = {
+    "resolution": (16, 16384, True), "min_side": (0, 16384, True), "caption_dropout": (0.0, 1.0, True),
+    "steps": (1, 10**9, True), "rank": (1, 4096, True), "alpha": (0.0, 1e6, False), "lr": (0.0, 1e3, False),
+    "batch_size": (1, 4096, True), "accumulation": (1, 10**6, True), "weight_decay": (0.0, 10.0, True),
+    "warmup": (0, 10**9, True), "time_shift": (0.0, 1e3, False), "grad_clip": (0.0, 1e6, True),
+    "seed": (0, 2**64 - 1, True), "save_every": (0, 10**9, True), "sample_every": (0, 10**9, True),
+    "sample_steps": (1, 10**4, True), "sample_cfg": (0.0, 100.0, True),
+}
+
+
+def check_numbers(args) -> None:
+    """Refuse a numeric option that is not finite or outside its range, naming it."""
+    values = {name: getattr(args, name, None) for name in NUMERIC_RANGES}
+    for index, bound in enumerate(getattr(args, "aspect_range", ()) or ()):
+        values[f"aspect_range[{index}]"] = bound
+    for name, value in values.items():
+        if value is None:
+            continue
+        low, high, low_allowed = NUMERIC_RANGES.get(name, (0.0, 1e3, False))
+        option = "--" + name.split("[")[0].replace("_", "-")
+        if not math.isfinite(value):
+            raise TrainLoraValueError(f"{option} {value}: not a finite number")
+        if value < low or (value == low and not low_allowed) or value > high:
+            above = "at least" if low_allowed else "above"
+            raise TrainLoraValueError(f"{option} {value}: must be {above} {low} and at most {high}")
+    if values["caption_dropout"] is not None and values["caption_dropout"] >= 1:
+        raise TrainLoraValueError(f"--caption-dropout {values['caption_dropout']}: must be below 1")
+
+
+def _check_dataset(folder: Path) -> None:
+    """Read the dataset's listing before any model loads: a metadata file that cannot be used
+    stops here (exit 3); captions that are not valid XML are warned about with file and place."""
+    from ..training.lora_data import DatasetError, scan_dataset
+
+    try:
+        scan = scan_dataset(folder)
+    except DatasetError as error:
+        raise TrainLoraValueError(str(error)) from None
+    for warning in scan.warnings:
+        log.warning("%s", warning)
+
+
 def _configs(args):
     from ..training.buckets import bucket_sizes
     from ..training.flow import OFFICIAL_TIME_SHIFT
@@ -162,9 +215,13 @@ def run(args) -> int:
     from ..training.lora_training import run as train
     from ..vae.loading import load_vae
 
+    check_numbers(args)
     settings, config = _configs(args)
     if not args.data.is_dir():
         raise TrainLoraUsageError(f"dataset folder {args.data} does not exist")
+    _check_dataset(args.data)
+    clean_leftovers(args.output.parent, recursive=False)  # what a killed run left half written
+    clean_leftovers(args.cache_dir or args.data / ".nextdit-cache")
     output = args.output if args.output.suffix == ".safetensors" else args.output.with_suffix(".safetensors")
     state_path = output.with_name(f"{output.stem}.training-state.pt")
     if output.exists() and not (args.overwrite or args.resume):
@@ -257,5 +314,6 @@ class _Samples:
             latent = sample(model, positive, negative, settings, width=size, height=size, seed=self.args.seed + index)
             image = self.encoders.vae.decode(latent["samples"])[0]
             pixels = (image.clamp(0, 1) * 255).round().byte().numpy()
-            Image.fromarray(np.ascontiguousarray(pixels)).save(self.folder / f"step{step:06d}-{index}.png")
+            with atomic_path(self.folder / f"step{step:06d}-{index}.png") as partial:
+                Image.fromarray(np.ascontiguousarray(pixels)).save(partial, format="PNG")
         log.info("samples of step %d in %s", step, self.folder)

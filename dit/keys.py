@@ -35,9 +35,10 @@ V = TypeVar("V")
 UNUSED_KEYS = ("norm_final.weight",)
 # Prefixes that wrap a whole model: DDP (`module.`, possibly repeated), torch.compile
 # (`_orig_mod.`), LDM/ComfyUI checkpoints (`model.diffusion_model.`), diffusers/HF
-# (`transformer.`), and a bare `model.` wrapper. Stripped only when every key carries them.
+# (`transformer.`), a wrapper module holding the model as `inner_model` (the NewBie transformer
+# class of diffusers PR #12789), and a bare `model.` wrapper. Stripped only when every key carries them.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.diffusion_model.", "diffusion_model.",
-                    "transformer.", "model.")
+                    "transformer.", "inner_model.", "model.")
 # In an all-in-one file these hold the diffusion model; every other top-level group is another
 # component (`text_encoders.`, `vae.`, `first_stage_model.`, `cond_stage_model.`, ...) and dropped.
 DIT_CONTAINERS = ("model.diffusion_model.", "diffusion_model.")
@@ -154,6 +155,20 @@ def official_refs(path, raw: Mapping[str, TensorRef]) -> dict[str, TensorRef]:
     for key in UNUSED_KEYS:
         state.pop(key, None)
     if not any(k in state for k in ("x_embedder.weight", "cap_embedder.1.weight")):
+        prefix = _unknown_prefix(state)
+        if prefix is not None:
+            raise WeightsError(path, f"the keys look like a Next-DiT's but sit under {prefix!r}, a wrapper "
+                                     f"this loader does not know; save the model's own state_dict, or "
+                                     f"strip {prefix!r} from every key")
         what = keys.describe_contents({k: v.shape for k, v in raw.items()})
         raise WeightsError(path, f"not a Next-DiT (NewBie / Lumina-2) diffusion model: the file looks like {what}.")
     return state
+
+
+def _unknown_prefix(state: Mapping[str, V]) -> str | None:
+    """The prefix in front of the Next-DiT's own keys (``wrapper.x_embedder.weight``), if any."""
+    for key in state:
+        for own in ("x_embedder.weight", "cap_embedder.1.weight"):
+            if key.endswith("." + own):
+                return key[:-len(own)]
+    return None

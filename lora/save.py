@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..files.atomic import atomic_path
+
 PREFIX = "diffusion_model."
 
 
@@ -66,8 +68,6 @@ def save_lora(path: str | Path, pairs: dict[str, LowRankPair], alpha: float,
     info = {"lora_rank": ",".join(map(str, ranks)), "lora_alpha": f"{float(alpha):g}",
             "lora_format": "diffusion_model.<module>.lora_A/lora_B/alpha (ComfyUI and nextdit-nodes)"}
     info.update({str(k): str(v) for k, v in (metadata or {}).items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file(lora_state_dict(pairs, alpha, dtype), str(partial), metadata=info)
-    partial.replace(path)
+    with atomic_path(path) as partial:
+        save_file(lora_state_dict(pairs, alpha, dtype), str(partial), metadata=info)
     return path

@@ -65,6 +65,15 @@ class NextDiTVAEDecode:
         from .host.memory import use_model
 
         latent = samples["samples"]
+        if tiled == "off" and latent.ndim == 4:  # refused before it starts, rather than out of memory
+            from ..sampling.memory_check import decode_problem
+            from ..vae.tiled import free_memory_bytes
+
+            scale = vae.info.downscale
+            problem = decode_problem(vae.decode_peak_bytes(tuple(latent.shape[-2:])), free_memory_bytes(vae.device),
+                                     str(vae.device), latent.shape[-1] * scale, latent.shape[-2] * scale)
+            if problem is not None:
+                raise MemoryError(problem)
         if latent.ndim == 4:  # inside ComfyUI: the memory manager makes room (and reloads the VAE
             use_model(vae.model, vae.decode_peak_bytes(tuple(latent.shape[-2:])), vae.host_slot)   # if evicted)
         progress = None

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..files.atomic import atomic_path
+
 CONTROL_AFTER_GENERATE = "fixed"
 
 
@@ -59,7 +61,8 @@ def save_png(image, path: Path, prompt: dict | None, extra_pnginfo: dict | None,
         info.add_text("prompt", json.dumps(prompt))
     for key, value in (extra_pnginfo or {}).items():
         info.add_text(key, json.dumps(value))
-    Image.fromarray(pixels).save(path, pnginfo=info, compress_level=compress_level)
+    with atomic_path(path) as partial:  # never half a PNG under its final name
+        Image.fromarray(pixels).save(partial, format="PNG", pnginfo=info, compress_level=compress_level)
 
 
 class SaveImage:

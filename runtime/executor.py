@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -75,6 +76,10 @@ class Executor:
         self.model_check = model_check
         self._cache: dict[Any, _Entry] = {}
         self._instances: dict[tuple[str, str], object] = {}
+        # A cache key names its upstream nodes' keys by a number, so keys stay flat however long
+        # the chain (nested tuples thousands deep would exhaust the stack when hashed).
+        self._key_numbers: dict[Any, int] = {}
+        self._numbers = itertools.count()
 
     def run(self, workflow: Workflow, on_node: Callable[[GraphNode], None] | None = None,
             on_cached: Callable[[list[str]], None] | None = None,
@@ -118,6 +123,8 @@ class Executor:
                 if on_output is not None:
                     on_output(node, entry.ui)
         self._cache = used  # as ComfyUI's classic cache: only what the latest run used
+        if len(self._key_numbers) > 100 * max(len(used), 1000):  # a long-lived server: forget old keys
+            self._key_numbers = {key: number for key, number in self._key_numbers.items() if key in used}
         return result
 
     # ---- cache keys ----------------------------------------------------------------------------
@@ -131,10 +138,16 @@ class Executor:
         for name in sorted(node.inputs):
             value = node.inputs[name]
             if isinstance(value, Link):
-                parts.append((name, ("link", keys[value.node_id], value.slot)))
+                parts.append((name, ("link", self._key_number(keys[value.node_id]), value.slot)))
             else:
                 parts.append((name, _hashable(value)))
         return tuple(parts)
+
+    def _key_number(self, key: tuple) -> int:
+        number = self._key_numbers.get(key)
+        if number is None:
+            number = self._key_numbers[key] = next(self._numbers)
+        return number
 
     def _is_changed(self, node: GraphNode, cls: type, prompt: dict, extra_pnginfo: dict | None
                     ) -> Any:

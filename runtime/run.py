@@ -3,11 +3,13 @@ images it saved (what ``python -m nextdit_nodes run`` does; the command itself i
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..files.atomic import clean_leftovers
 from ..nodes import NODE_CLASS_MAPPINGS, host
 from .core_nodes import core_node_classes
 from .errors import MissingModelError, NodeExecutionError, WorkflowError
@@ -32,7 +34,7 @@ def _parse_value(text: str, kind: str, where: str) -> Any:
         if kind == "INT":
             return int(text)
         if kind == "FLOAT":
-            return float(text)
+            return float(text)   # a non-finite value is refused in validation, naming the input
     except ValueError:
         raise WorkflowError(f"--set {where}: {text!r} is not a valid {kind} value") from None
     if kind == "BOOLEAN":
@@ -116,6 +118,20 @@ def saved_images(result: RunResult, output_dir: Path, temp_dir: Path) -> list[Pa
     return paths
 
 
+def _check_writable(folder: Path, option: str) -> None:
+    """Report before the run a folder that cannot be created or written (it is created only when
+    something is saved there)."""
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    why = (f"{str(existing)!r} is a file, not a folder" if not existing.is_dir()
+           else f"{str(existing)!r} is not writable" if not os.access(existing, os.W_OK | os.X_OK)
+           else None)
+    if why is not None:
+        raise WorkflowError(f"{option} {str(folder)!r} cannot be created or written: {why}; "
+                            f"choose another folder")
+
+
 def run_workflow(path: str | Path, output_dir: str | Path = "output", overrides: list[str] = (),
                  temp_dir: str | Path | None = None, show_progress: bool = False,
                  executor: Executor | None = None) -> tuple[RunResult, list[Path]]:
@@ -125,6 +141,9 @@ def run_workflow(path: str | Path, output_dir: str | Path = "output", overrides:
     classes = executor.classes if executor is not None else runner_classes(output_dir, temp_dir)
     workflow = load_workflow(path, classes)
     apply_overrides(workflow, classes, list(overrides))
+    for folder, option in ((output_dir, "--output-dir"), (temp_dir, "--temp-dir")):
+        _check_writable(folder, option)
+        clean_leftovers(folder)  # what a killed run left half written
     executor = executor or Executor(classes, model_check=model_file_check)
     with progress_display(show_progress) as display:
         try:

@@ -34,25 +34,37 @@ def needed_nodes(workflow: Workflow, classes: Mapping[str, type], targets: list[
                                        "PreviewImage), so there is nothing to run", kind="prompt_no_outputs")])
     order: list[str] = []
     state: dict[str, str] = {}  # "visiting" | "done"
-
-    def visit(node_id: str, path: list[str]) -> None:
-        if state.get(node_id) == "done":
-            return
-        if state.get(node_id) == "visiting":
-            cycle = path[path.index(node_id):] + [node_id]
-            shown = " -> ".join(workflow.nodes[n].describe() for n in cycle)
-            raise ValidationError([Problem(f"dependency cycle: {shown}; remove one of these links",
-                                           node_id, "dependency_cycle")])
-        state[node_id] = "visiting"
-        for value in workflow.nodes[node_id].inputs.values():
-            if isinstance(value, Link) and value.node_id in workflow.nodes:
-                visit(value.node_id, path + [node_id])
-        state[node_id] = "done"
-        order.append(node_id)
-
-    for node_id in outputs:
-        visit(node_id, [])
+    # Depth-first with an explicit stack (a chain of thousands of nodes must not hit Python's
+    # recursion limit): each entry is a node and the iterator over its upstream nodes.
+    for output in outputs:
+        if state.get(output) == "done":
+            continue
+        state[output] = "visiting"
+        stack = [(output, _upstream(workflow, output))]
+        while stack:
+            node_id, upstream = stack[-1]
+            for parent in upstream:
+                if state.get(parent) == "done":
+                    continue
+                if state.get(parent) == "visiting":
+                    path = [entry[0] for entry in stack]
+                    cycle = path[path.index(parent):] + [parent]
+                    shown = " -> ".join(workflow.nodes[n].describe() for n in cycle)
+                    raise ValidationError([Problem(f"dependency cycle: {shown}; remove one of these links",
+                                                   parent, "dependency_cycle")])
+                state[parent] = "visiting"
+                stack.append((parent, _upstream(workflow, parent)))
+                break
+            else:
+                stack.pop()
+                state[node_id] = "done"
+                order.append(node_id)
     return order
+
+
+def _upstream(workflow: Workflow, node_id: str):
+    return iter([value.node_id for value in workflow.nodes[node_id].inputs.values()
+                 if isinstance(value, Link) and value.node_id in workflow.nodes])
 
 
 def _types_match(received: Any, expected: str) -> bool:

@@ -15,18 +15,46 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import UnknownNodeTypeError, WorkflowError
+from .errors import Problem, UnknownNodeTypeError, ValidationError, WorkflowError
 from .graph import GraphNode, Link, Workflow
 from .specs import CONTROL_VALUES, widget_specs
 from .subgraphs import flatten_subgraphs, has_subgraphs
 
 NOTE_TYPES = ("Note", "MarkdownNote")
+MAX_NESTING = 200  # a UI workflow with subgraphs nests about 10 levels; json itself fails near 1000
 MODE_MUTED, MODE_BYPASS = 2, 4
 
 
 def load_workflow(source: str | Path | Mapping, classes: Mapping[str, type]) -> Workflow:
     """Read a workflow (a .json path, a .png ComfyUI saved, or the parsed JSON) into one graph."""
-    data = _read_json(source) if not isinstance(source, Mapping) else json.loads(json.dumps(source))
+    data = _read_json(source) if not isinstance(source, Mapping) else source
+    if (depth := nesting_depth(data)) > MAX_NESTING:
+        raise WorkflowError(f"the workflow's JSON nests {depth} levels deep; a workflow needs far "
+                            f"fewer (at most {MAX_NESTING} are accepted)")
+    data = json.loads(json.dumps(data)) if isinstance(source, Mapping) else data
+    try:
+        return _load(data, classes)
+    except RecursionError:
+        raise WorkflowError("the workflow's links chain too deeply to follow") from None
+
+
+def nesting_depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (an explicit stack: no recursion limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, (list, tuple)):
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_NESTING:
+            return deepest  # enough to refuse it
+        stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def _load(data: dict, classes: Mapping[str, type]) -> Workflow:
     if isinstance(data.get("nodes"), list):
         return _from_ui(data, classes)
     if isinstance(data.get("prompt"), dict):  # a POST /prompt body
@@ -47,7 +75,9 @@ def _read_png(path: Path) -> str:
     try:
         with Image.open(path) as image:
             chunks = dict(getattr(image, "text", {}) or {})
-    except OSError as error:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        # ValueError: a text chunk that inflates beyond PIL's MAX_TEXT_CHUNK (a zlib bomb);
+        # DecompressionBombError: dimensions beyond PIL's MAX_IMAGE_PIXELS.
         raise WorkflowError(f"cannot read {str(path)!r} as a PNG: {error}") from None
     text = chunks.get("workflow") or chunks.get("prompt")
     if text is None:
@@ -73,6 +103,8 @@ def _read_json(path: str | Path) -> dict:
         raise WorkflowError(
             f"{str(path)!r} is not valid JSON (line {error.lineno}, column {error.colno}: "
             f"{error.msg}); a workflow is the .json file ComfyUI saves") from None
+    except RecursionError:
+        raise WorkflowError(f"{str(path)!r} nests its JSON too deeply to be a workflow") from None
     if not isinstance(data, dict):
         raise WorkflowError(f"{str(path)!r} holds a JSON {type(data).__name__}, not a workflow object")
     return data
@@ -102,7 +134,7 @@ def _is_link(value: Any) -> bool:
 
 
 def _from_api(prompt: dict, classes: Mapping[str, type]) -> dict[str, GraphNode]:
-    nodes, unknown = {}, []
+    nodes, unknown, bad_links = {}, [], []
     for node_id, entry in prompt.items():
         node_id = str(node_id)
         if not isinstance(entry, dict) or not isinstance(entry.get("class_type"), str):
@@ -111,10 +143,19 @@ def _from_api(prompt: dict, classes: Mapping[str, type]) -> dict[str, GraphNode]
         if entry["class_type"] not in classes:
             unknown.append((node_id, entry["class_type"], title))
             continue
+        raw_inputs = entry.get("inputs") or {}
+        if not isinstance(raw_inputs, dict):
+            raise WorkflowError(f"node {node_id}: 'inputs' must be an object mapping input names "
+                                f"to values or links, not a {type(raw_inputs).__name__}")
         inputs = {}
-        for name, value in (entry.get("inputs") or {}).items():
+        for name, value in raw_inputs.items():
             if _is_link(value):
                 inputs[name] = Link(str(value[0]), int(value[1]))
+            elif isinstance(value, list):  # in the API format every list is a link (ComfyUI's rule)
+                bad_links.append(Problem(
+                    f"node {node_id}: input {name!r} is {json.dumps(value)[:80]}, which is neither a "
+                    f"value nor a link [node_id, output_index]; wrap a list value as "
+                    f'{{"__value__": [...]}}', node_id, "bad_linked_input", name))
             elif isinstance(value, dict) and "__value__" in value:
                 inputs[name] = value["__value__"]
             else:
@@ -122,6 +163,8 @@ def _from_api(prompt: dict, classes: Mapping[str, type]) -> dict[str, GraphNode]
         nodes[node_id] = GraphNode(node_id, entry["class_type"], inputs, title)
     if unknown:
         raise _unknown_type_error(unknown, classes)
+    if bad_links:
+        raise ValidationError(bad_links)
     return nodes
 
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..sampler_settings import SamplerSettings
 from ..text.conditioning import PromptBatch, PromptEntry, pack
-from .schedule import percent_time
+from .schedule import core_step_sigma, float32, percent_sigma, percent_time
 
 
 def combine_cfg(v_cond: Tensor, v_uncond: Tensor, cfg: float, renorm_cfg: float) -> Tensor:
@@ -59,6 +59,14 @@ class GuidedVelocity:
         self.positive, self.negative = positive, negative or []
         self.spans = [(percent_time(e.start_percent, shift), percent_time(e.end_percent, shift))
                       for e in self.positive + self.negative]
+        # Which entries apply is decided as core's KSampler decides it (samplers.py
+        # get_area_and_mult): the step's sigma as core's float32 table holds it against each
+        # entry's percent_to_sigma bounds, compared in float32 (a tensor against a Python float),
+        # so a bound that falls on a grid point splits the steps as in core.
+        self.shift = float(shift)
+        self.sigma_spans = [(float32(percent_sigma(e.end_percent, shift)),
+                             float32(percent_sigma(e.start_percent, shift)))
+                            for e in self.positive + self.negative]
         self.guidance = float(guidance) if guidance > 0 else None
         self._packs: dict[tuple, tuple[PromptBatch, Tensor]] = {}
         _check_coverage(self.spans[:len(positive)], start, 1.0, "positive")
@@ -77,8 +85,11 @@ class GuidedVelocity:
         return self._packs[entries]
 
     def _active(self, t: float, first: int, count: int) -> tuple[int, ...]:
-        # An entry applies while t is inside its span, ends included (core: σ_end <= σ <= σ_start).
-        return tuple(i for i in range(first, first + count) if self.spans[i][0] <= t <= self.spans[i][1])
+        # An entry applies while σ = 1 − t is inside its range, ends included (core: an entry is
+        # skipped when σ > σ_start or σ < σ_end).
+        sigma = core_step_sigma(t, self.shift)
+        return tuple(i for i in range(first, first + count)
+                     if self.sigma_spans[i][0] <= sigma <= self.sigma_spans[i][1])
 
     def _forward(self, x: Tensor, t: float, prompts: PromptBatch) -> Tensor:
         """Model velocities for every prompt entry: (entries, B, C, h, w) from one forward."""

@@ -12,6 +12,8 @@ means solver steps (intervals).
 
 from __future__ import annotations
 
+import struct
+
 
 def shift_time(t: float, shift: float) -> float:
     """NewBie's time shift of a data-time t ∈ [0, 1]: t / (t + s − s·t). s > 1 spends more steps
@@ -39,6 +41,33 @@ def percent_time(percent: float, shift: float) -> float:
     if percent >= 1.0:
         return 1.0
     return 1.0 - shifted_sigma(1.0 - percent, shift)
+
+
+def percent_sigma(percent: float, shift: float) -> float:
+    """Core ComfyUI's sigma for a conditioning's start/end percent on flow models
+    (``ModelSamplingDiscreteFlow.percent_to_sigma``): 1 at 0 %, 0 at 100 %, time_snr_shift between."""
+    if percent <= 0.0:
+        return 1.0
+    if percent >= 1.0:
+        return 0.0
+    return shifted_sigma(1.0 - percent, shift)
+
+
+def float32(value: float) -> float:
+    """``value`` rounded to float32, the precision core compares sigmas in. (One +, −, × or ÷ of
+    float32 values done in float64 and rounded once is the float32 operation, exactly.)"""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def core_step_sigma(t: float, shift: float) -> float:
+    """The float32 sigma core's sampling holds for the grid point at data-time ``t``: its
+    ``ModelSamplingDiscreteFlow`` table computes time_snr_shift in float32 from the unshifted
+    fraction u (``(arange / 1000) * 1000 / 1000``, then ``shift·u / (1 + (shift − 1)·u)``)."""
+    sigma = 1.0 - t
+    u = float32(float32(float32(sigma / (shift - (shift - 1.0) * sigma)) * 1000.0) / 1000.0)
+    if shift == 1.0:
+        return u
+    return float32(float32(float32(shift) * u) / float32(1.0 + float32(float32(shift - 1.0) * u)))
 
 
 def time_grid(steps: int, shift: float, start: float = 0.0) -> list[float]:

@@ -7,14 +7,16 @@ import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from ..files.atomic import clean_leftovers
 from ..nodes import NODE_CLASS_MAPPINGS, host
 from ..runtime.executor import Executor
 from ..runtime.run import model_file_check, runner_classes
+from ..runtime.workflow import load_workflow
 from . import empty_routes, files, prompts, templates, userdata
+from .guard import allowed_host_names, guard_middleware
 from .jobs import JobQueue
 from .messages import Hub
 from .object_info import object_info
@@ -31,22 +33,17 @@ class ServerConfig:
     temp_dir: Path | None = None  # default: a fresh temporary folder, removed at exit
     max_upload: int = MAX_UPLOAD
     examples: Path = field(default_factory=lambda: host.PACK_DIR / "example_workflows")
+    listen: str = "127.0.0.1"  # the bound address: a name here is a Host the server answers to
+    allow_hosts: tuple[str, ...] = ()  # more names a request's Host may carry (--allow-host)
+
+
+HUB = web.AppKey("hub", Hub)
 
 
 def frontend_root() -> Path:
     import comfyui_frontend_package  # a dependency; imported when serving only
 
     return Path(str(resources.files(comfyui_frontend_package) / "static"))
-
-
-@web.middleware
-async def same_origin_only(request: web.Request, handler):
-    """A page from another site may not drive this server through the user's browser (ComfyUI's
-    ``create_origin_only_middleware``): an Origin header must name the host the request went to."""
-    origin = request.headers.get("Origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.host:
-        return web.Response(status=403, text="requests from other sites are refused")
-    return await handler(request)
 
 
 @web.middleware
@@ -68,13 +65,18 @@ def create_app(config: ServerConfig) -> web.Application:
                "temp": Path(scratch.name) if scratch else config.temp_dir}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
+    for folder in (*folders.values(), config.user_dir):  # what a killed server left half written
+        clean_leftovers(folder)
     classes = runner_classes(folders["output"], folders["temp"])
-    queue = JobQueue()
+    queue = JobQueue(config.user_dir / "queue.sqlite3",
+                     lambda prompt, extra_data: load_workflow({"prompt": prompt, "extra_data": extra_data}, classes))
     hub = Hub(queue.queue_info, config.max_upload)
     worker = Worker(queue, Executor(classes, model_check=model_file_check), hub)
     web_root = frontend_root()
 
-    app = web.Application(client_max_size=config.max_upload, middlewares=[same_origin_only, content_policy])
+    guard = guard_middleware(allowed_host_names(config.listen, config.allow_hosts))
+    app = web.Application(client_max_size=config.max_upload, middlewares=[guard, content_policy])
+    app[HUB] = hub
     routes = web.RouteTableDef()
 
     @routes.get("/ws")
@@ -115,6 +117,7 @@ def create_app(config: ServerConfig) -> web.Application:
 
     async def stop(app: web.Application) -> None:
         worker.stop()
+        queue.close_database()
         await hub.stop(app)
         if scratch is not None:
             scratch.cleanup()
@@ -124,7 +127,7 @@ def create_app(config: ServerConfig) -> web.Application:
     return app
 
 
-def serve(config: ServerConfig, listen: str = "127.0.0.1", port: int = 8188) -> None:
+def serve(config: ServerConfig, port: int = 8188) -> None:
     """Run until Ctrl-C (or SIGTERM)."""
-    web.run_app(create_app(config), host=listen, port=port, print=None, access_log=None,
+    web.run_app(create_app(config), host=config.listen, port=port, print=None, access_log=None,
                 shutdown_timeout=5)

@@ -7,18 +7,21 @@ clear 413 beyond it) and must decode as an image, otherwise nothing is written.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import mimetypes
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 from aiohttp import web
 
+from ..files.atomic import write_bytes
 from .paths import inside
 
+# Decoded size an upload may have (8192 x 8192): the pixels, not the file size, set the memory a
+# decode takes, and a small PNG can hold a huge image.
+MAX_UPLOAD_PIXELS = 8192 * 8192
 ANNOTATIONS = {" [output]": "output", " [input]": "input", " [temp]": "temp"}
 
 
@@ -31,13 +34,18 @@ def _split_annotation(filename: str, kind: str | None) -> tuple[str, str | None]
 
 
 def _checked_image(data: bytes) -> str | None:
-    """Why ``data`` is not an image Pillow can decode (None when it is)."""
+    """Why ``data`` is not an image Pillow can decode (None when it is). Runs in a worker thread:
+    decoding a large image takes seconds."""
     from PIL import Image
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > MAX_UPLOAD_PIXELS:
+                    return (f"{width}x{height} is {width * height / 1e6:.0f} megapixels; this server "
+                            f"takes up to {MAX_UPLOAD_PIXELS / 1e6:.0f}")
                 image.verify()
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
@@ -56,10 +64,12 @@ def _render(path: Path, query) -> web.Response | None:
         return None
     buffer = io.BytesIO()
     with Image.open(path) as image:
+        if image.width * image.height > MAX_UPLOAD_PIXELS:
+            return web.Response(status=413, text="the image is too large to convert; ask for it as it is")
         if "preview" in query:
             kind, *rest = query["preview"].split(";")
             kind = kind if kind in ("webp", "jpeg") and "a" not in channel else "webp"
-            quality = int(rest[-1]) if rest and rest[-1].isdigit() else 90
+            quality = min(int(rest[-1]), 100) if rest and rest[-1].isdigit() else 90
             (image.convert("RGB") if kind == "jpeg" or channel == "rgb" else image).save(
                 buffer, format=kind, quality=quality)
             content_type = f"image/{kind}"
@@ -91,8 +101,11 @@ def add_routes(routes: web.RouteTableDef, folders: dict[str, Path], max_upload: 
         if path is None:
             return web.Response(status=400, text="the file name leaves its folder")
         if not path.is_file():
-            return web.Response(status=404)
-        rendered = _render(path, query)
+            return web.Response(status=404, text="no such file")
+        try:
+            rendered = await asyncio.get_running_loop().run_in_executor(None, _render, path, query)
+        except (OSError, SyntaxError, ValueError) as error:
+            return web.Response(status=415, text=f"the file cannot be converted: {type(error).__name__}")
         if rendered is not None:
             return rendered
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -121,16 +134,15 @@ def add_routes(routes: web.RouteTableDef, folders: dict[str, Path], max_upload: 
         if target is None:
             return web.Response(status=400, text="the file name leaves the upload folder")
         data = image.file.read()
-        problem = _checked_image(data)
+        problem = await asyncio.get_running_loop().run_in_executor(None, _checked_image, data)
         if problem is not None:
             return web.Response(status=415, text=f"not an image this server can read ({problem})")
-        target = _free_name(target, data, post.get("overwrite") in ("true", "1"))
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            handle, scratch = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-            os.replace(scratch, target)
+        try:
+            target = _free_name(target, data, post.get("overwrite") in ("true", "1"))
+            if not target.exists():
+                write_bytes(target, data)
+        except OSError as error:  # a file where the subfolder should be, a folder of that name, a full disk
+            return web.Response(status=409, text=f"the upload cannot be written there: {error.strerror or error}")
         return web.json_response({"name": target.name, "subfolder": subfolder, "type": kind})
 
 

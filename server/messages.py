@@ -10,6 +10,7 @@ the node id, then the UTF-8 text.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -17,6 +18,8 @@ import struct
 import uuid
 
 from aiohttp import WSMsgType, web
+
+from .jsonio import dumps
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +46,74 @@ def text_frame(node_id: str, text: str) -> bytes:
     return struct.pack(">II", TEXT, len(node)) + node + text.encode("utf-8")
 
 
+# A client that has not taken a message within SEND_TIMEOUT seconds, or lets OUTBOX_LIMIT messages
+# pile up, is dropped: the others never wait for it. HEARTBEAT pings find connections that died
+# without closing.
+SEND_TIMEOUT = 10.0
+OUTBOX_LIMIT = 256
+HEARTBEAT = 30.0
+
+
+class Client:
+    """One connected editor: its socket and the messages waiting for it, sent by its own task."""
+
+    def __init__(self, sid: str, ws: web.WebSocketResponse, request: web.Request, send_timeout: float,
+                 on_drop):
+        self.sid = sid
+        self.on_drop = on_drop  # (client) -> None: the hub forgets it
+        self.ws = ws
+        self.request = request
+        self.send_timeout = send_timeout
+        self.outbox: asyncio.Queue = asyncio.Queue(maxsize=OUTBOX_LIMIT)
+        self.task = asyncio.create_task(self._deliver())
+
+    def offer(self, payload) -> bool:
+        """Queue ``payload``; False when this client is too far behind (then it is dropped)."""
+        try:
+            self.outbox.put_nowait(payload)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    async def _deliver(self) -> None:
+        while True:
+            payload = await self.outbox.get()
+            if self.ws.closed:
+                return
+            try:
+                send = self.ws.send_bytes if isinstance(payload, bytes) else self.ws.send_str
+                await asyncio.wait_for(send(payload), self.send_timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - a timeout or a dead socket drops this client only
+                log.info("websocket client %s dropped: %s", self.sid, type(error).__name__)
+                await self.drop()
+                return
+
+    async def drop(self) -> None:
+        self.on_drop(self)
+        if self.task is not asyncio.current_task():
+            self.task.cancel()
+        with contextlib.suppress(Exception):  # it is going away either way
+            await asyncio.wait_for(self.ws.close(), 1.0)
+        transport = self.request.transport  # a client that reads nothing never answers the close
+        if transport is not None:
+            transport.abort()
+
+
 class Hub:
     """The connected editors. ``send`` and ``send_bytes`` may be called from any thread; one task
-    delivers the messages in the order they were sent."""
+    hands each message to every addressed client's own queue, so a slow client delays nobody."""
 
-    def __init__(self, queue_info, max_upload_size: int):
+    def __init__(self, queue_info, max_upload_size: int, send_timeout: float = SEND_TIMEOUT):
         self.queue_info = queue_info  # () -> {"exec_info": {"queue_remaining": n}}
         self.features = {**SERVER_FEATURES, "max_upload_size": max_upload_size}
-        self.sockets: dict[str, web.WebSocketResponse] = {}
+        self.send_timeout = send_timeout
+        self.clients: dict[str, Client] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._outbox: asyncio.Queue | None = None
         self._pump_task: asyncio.Task | None = None
+        self._dropping: set[asyncio.Task] = set()
 
     async def start(self, app: web.Application) -> None:
         self.loop = asyncio.get_running_loop()
@@ -63,34 +123,41 @@ class Hub:
     async def stop(self, app: web.Application) -> None:
         if self._pump_task is not None:
             self._pump_task.cancel()
-        for ws in list(self.sockets.values()):
-            await ws.close()
+        for client in list(self.clients.values()):
+            await client.drop()
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
+        ws = web.WebSocketResponse(heartbeat=HEARTBEAT)
         await ws.prepare(request)
         sid = request.rel_url.query.get("clientId") or uuid.uuid4().hex
-        self.sockets[sid] = ws
+        client = Client(sid, ws, request, self.send_timeout, self._forget)
+        if (previous := self.clients.get(sid)) is not None:
+            await previous.drop()
+        self.clients[sid] = client
         try:
-            await ws.send_json({"type": "status", "data": {"status": self.queue_info(), "sid": sid}})
+            client.offer(json.dumps({"type": "status", "data": {"status": self.queue_info(), "sid": sid}}))
             first = True
             async for message in ws:
                 if message.type == WSMsgType.TEXT and first:
                     first = False
                     try:
                         data = json.loads(message.data)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         continue
                     if isinstance(data, dict) and data.get("type") == "feature_flags":
-                        await ws.send_json({"type": "feature_flags", "data": self.features})
+                        client.offer(json.dumps({"type": "feature_flags", "data": self.features}))
         finally:
-            if self.sockets.get(sid) is ws:
-                del self.sockets[sid]
+            self._forget(client)
+            client.task.cancel()
         return ws
+
+    def _forget(self, client: Client) -> None:
+        if self.clients.get(client.sid) is client:
+            del self.clients[client.sid]
 
     def send(self, event: str, data: dict, sid: str | None = None) -> None:
         """Send to the client ``sid``, or to everyone when ``sid`` is None (ComfyUI's rule)."""
-        self._post(json.dumps({"type": event, "data": data}), sid)
+        self._post(dumps({"type": event, "data": data}), sid)
 
     def send_bytes(self, payload: bytes, sid: str | None = None) -> None:
         self._post(payload, sid)
@@ -100,19 +167,20 @@ class Hub:
 
     def _post(self, payload, sid: str | None) -> None:
         if self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self._outbox.put_nowait, (payload, sid))
+            try:
+                self.loop.call_soon_threadsafe(self._outbox.put_nowait, (payload, sid))
+            except RuntimeError:  # the loop closed meanwhile: the server is stopping
+                pass
 
     async def _pump(self) -> None:
         while True:
             payload, sid = await self._outbox.get()
-            targets = list(self.sockets.values()) if sid is None else [self.sockets.get(sid)]
-            for ws in targets:
-                if ws is None or ws.closed:
-                    continue
-                try:
-                    if isinstance(payload, bytes):
-                        await ws.send_bytes(payload)
-                    else:
-                        await ws.send_str(payload)
-                except (ConnectionError, RuntimeError) as error:  # the page went away meanwhile
-                    log.debug("a websocket message was not delivered: %s", error)
+            try:
+                targets = list(self.clients.values()) if sid is None else [self.clients.get(sid)]
+                for client in targets:
+                    if client is not None and not client.offer(payload):
+                        log.info("websocket client %s dropped: %d messages behind", client.sid, OUTBOX_LIMIT)
+                        self._dropping.add(task := asyncio.create_task(client.drop()))
+                        task.add_done_callback(self._dropping.discard)
+            except Exception:  # one bad message must not silence the server
+                log.exception("a websocket message was not delivered")

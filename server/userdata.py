@@ -8,12 +8,13 @@ import glob
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from urllib.parse import unquote
 
 from aiohttp import web
 
+from ..files.atomic import write_bytes
+from . import jsonio
 from .paths import inside
 
 log = logging.getLogger(__name__)
@@ -29,18 +30,6 @@ def _file_info(path: Path, root: Path) -> dict:
             "modified": int(stat.st_mtime * 1000), "created": int(stat.st_ctime * 1000)}
 
 
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, scratch = tempfile.mkstemp(dir=path.parent, prefix=".save-")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(scratch, path)
-    except BaseException:
-        Path(scratch).unlink(missing_ok=True)
-        raise
-
-
 def add_routes(routes: web.RouteTableDef, user_dir: Path) -> None:
     root = user_dir / "default"
     for folder in ("workflows", "subgraphs"):  # so the editor's first listings are empty, not 404
@@ -48,15 +37,16 @@ def add_routes(routes: web.RouteTableDef, user_dir: Path) -> None:
 
     def settings() -> dict:
         try:
-            return json.loads((root / SETTINGS).read_text(encoding="utf-8"))
+            values = json.loads((root / SETTINGS).read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as error:
             log.error("the settings file %s cannot be read (%s); using defaults", root / SETTINGS, error)
             return {}
+        return values if isinstance(values, dict) else {}
 
     def save_settings(values: dict) -> None:
-        _write(root / SETTINGS, json.dumps(values, indent=4).encode())
+        write_bytes(root / SETTINGS, json.dumps(values, indent=4).encode())
 
     def user_path(request: web.Request, param: str = "file") -> Path | None:
         return inside(root, unquote(request.match_info.get(param, "")))
@@ -75,12 +65,22 @@ def add_routes(routes: web.RouteTableDef, user_dir: Path) -> None:
 
     @routes.post("/settings")
     async def post_settings(request):
-        save_settings({**settings(), **(await request.json())})
+        try:
+            values = await jsonio.read(request)
+        except jsonio.BadJSON as error:
+            return web.Response(status=400, text=str(error))
+        if not isinstance(values, dict):
+            return web.Response(status=400, text="the settings must be a JSON object")
+        save_settings({**settings(), **values})
         return web.Response(status=200)
 
     @routes.post("/settings/{id}")
     async def post_setting(request):
-        save_settings({**settings(), request.match_info["id"]: await request.json()})
+        try:
+            value = await jsonio.read(request)
+        except jsonio.BadJSON as error:
+            return web.Response(status=400, text=str(error))
+        save_settings({**settings(), request.match_info["id"]: value})
         return web.Response(status=200)
 
     @routes.get("/userdata")
@@ -107,11 +107,11 @@ def add_routes(routes: web.RouteTableDef, user_dir: Path) -> None:
     async def get_userdata(request):
         path = user_path(request)
         if path is None:
-            return web.Response(status=403)
+            return web.Response(status=403, text="the path leaves the user folder")
         if not path.is_file():
             default = EMPTY_DEFAULTS.get(path.relative_to(root.resolve()).as_posix())
             if default is None:
-                return web.Response(status=404)
+                return web.Response(status=404, text="no such file")
             return web.Response(text=default[0], content_type=default[1])
         inline = path.name == "user.css" and path.parent == root.resolve()
         return web.FileResponse(path, headers={
@@ -134,17 +134,22 @@ def add_routes(routes: web.RouteTableDef, user_dir: Path) -> None:
     async def post_userdata(request):
         path = user_path(request)
         if path is None or path == root.resolve():
-            return web.Response(status=403)
+            return web.Response(status=403, text="the path leaves the user folder")
         if (refusal := refused_overwrite(request, path)) is not None:
             return refusal
-        _write(path, await request.read())
+        if path.is_dir():
+            return web.Response(status=409, text="a folder has that name")
+        try:
+            write_bytes(path, await request.read())
+        except OSError as error:  # a file where a folder of the path should be, a full disk
+            return web.Response(status=409, text=f"the file cannot be written there: {error.strerror or error}")
         return saved(request, path)
 
     @routes.delete("/userdata/{file}")
     async def delete_userdata(request):
         path = user_path(request)
         if path is None or not path.is_file():
-            return web.Response(status=403 if path is None else 404)
+            return web.Response(status=403 if path is None else 404, text="no such file")
         path.unlink()
         return web.Response(status=204)
 
@@ -152,11 +157,16 @@ def add_routes(routes: web.RouteTableDef, user_dir: Path) -> None:
     async def move_userdata(request):
         source, dest = user_path(request), user_path(request, "dest")
         if source is None or dest is None:
-            return web.Response(status=403)
+            return web.Response(status=403, text="the path leaves the user folder")
         if not source.is_file():
-            return web.Response(status=404)
+            return web.Response(status=404, text="no such file")
         if (refusal := refused_overwrite(request, dest)) is not None:
             return refusal
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(source, dest)
+        if dest.is_dir():
+            return web.Response(status=409, text="a folder has that name")
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, dest)
+        except OSError as error:
+            return web.Response(status=409, text=f"the file cannot be moved there: {error.strerror or error}")
         return saved(request, dest)

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..files.atomic import atomic_path
 from .towers import TextEncoding
-
 
 # ---- building ----------------------------------------------------------------------------------
 
@@ -241,7 +241,8 @@ def save_conditionings(path: str | Path, positives: list, negative) -> Path:
     else:
         for index, conditioning in enumerate(negative):
             put(f"negative.{index}", conditioning)
-    save_file(tensors, str(path), metadata={"nextdit_conditionings": "1"})
+    with atomic_path(path) as partial:
+        save_file(tensors, str(partial), metadata={"nextdit_conditionings": "1"})
     return Path(path)
 
 

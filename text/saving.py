@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..files.atomic import atomic_path
 from . import jina_keys
 from .towers import Encoder
 
@@ -58,4 +59,5 @@ def _save(path, tensors: dict, encoder: Encoder, config: dict, dtype: torch.dtyp
                 {p.name: base64.b64encode(p.read_bytes()).decode("ascii") for p in Path(folder).iterdir()})
     else:
         raise ValueError(f"cannot store a {type(encoder.tokenizer).__name__} tokenizer")
-    save_file(tensors, str(path), metadata=metadata)
+    with atomic_path(path) as partial:
+        save_file(tensors, str(partial), metadata=metadata)

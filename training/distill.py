@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from ..dit.layers import TimestepEmbedder
 from ..dit.model import NextDiT
 from ..dit.params import LORA_TARGETS
+from ..files.atomic import atomic_path
 from ..sampler_settings import DEFAULT_SHIFT
 from ..sampling.schedule import shift_time, time_grid
 from ..text.conditioning import PromptBatch, is_conditioning, pack, prompt_batches
@@ -483,5 +484,7 @@ def save_student(student: Student, path: str | Path, dtype: torch.dtype | None =
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; choose another --output or pass --overwrite")
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(student.state_dict(dtype), str(path), metadata={"nextdit_distilled": "guidance", **(metadata or {})})
+    with atomic_path(path) as partial:
+        save_file(student.state_dict(dtype), str(partial),
+                  metadata={"nextdit_distilled": "guidance", **(metadata or {})})
     return path

@@ -17,11 +17,11 @@ file.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from torch import Tensor
 
+from ..files.atomic import atomic_path
 from ..vae.latent_format import FLUX
 
 # Bumped when the way an entry is computed changes, so old entries are not reused.
@@ -77,7 +77,5 @@ class FeatureCache:
     def _write(path: Path, tensors: dict[str, Tensor]) -> None:
         from safetensors.torch import save_file
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")   # one writer per process
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(partial))
-        partial.replace(path)
+        with atomic_path(path) as partial:   # one writer per process: the name carries its id
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(partial))

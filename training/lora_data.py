@@ -16,8 +16,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from xml.etree import ElementTree
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 CAPTION_SUFFIXES = (".xml", ".txt")   # preferred first when an image has both
@@ -27,6 +28,7 @@ CAPTION_SUFFIXES = (".xml", ".txt")   # preferred first when an image has both
 class Item:
     image: Path
     caption: str
+    caption_file: Path | None = None  # where the caption came from, when it is a file of its own
 
     @property
     def is_xml(self) -> bool:
@@ -48,6 +50,11 @@ class Scan:
     layout: str
     items: list[Item]
     skipped: list[Skipped]
+    warnings: list[str] = field(default_factory=list)  # captions that train but look wrong
+
+
+class DatasetError(ValueError):
+    """A metadata file that cannot be used at all (the message names it and says why)."""
 
 
 class UnreadableImage(ValueError):
@@ -86,13 +93,18 @@ def _entry(folder: Path, image: str | None, text, where: str, items: list, skipp
 
 def _scan_jsonl(folder: Path, metadata: Path) -> Scan:
     items, skipped = [], []
-    for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+    for number, raw in enumerate(_read_bytes(metadata).splitlines(), start=1):
+        if not raw.strip():
             continue
         where = f"{metadata.name} line {number}"
         try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            skipped.append(Skipped(metadata, f"line {number} is not UTF-8 text ({error.reason} at byte {error.start})"))
+            continue
+        try:
             record = json.loads(line)
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:
             skipped.append(Skipped(metadata, f"line {number} is not JSON ({error})"))
             continue
         if not isinstance(record, dict):
@@ -100,18 +112,64 @@ def _scan_jsonl(folder: Path, metadata: Path) -> Scan:
             continue
         _entry(folder, record.get("image", record.get("file_name")), record.get("text", record.get("caption")),
                where, items, skipped)
-    return Scan("metadata.jsonl", items, skipped)
+    return Scan("metadata.jsonl", items, skipped, _xml_warnings(items))
+
+
+# Column names a metadata.csv may use (Hugging Face ``imagefolder`` writes file_name and text).
+CSV_IMAGE_COLUMNS = ("file_name", "image")
+CSV_TEXT_COLUMNS = ("text", "caption")
 
 
 def _scan_csv(folder: Path, metadata: Path) -> Scan:
     items, skipped = [], []
-    with metadata.open(encoding="utf-8", newline="") as handle:
-        rows = csv.DictReader(handle)
-        if rows.fieldnames is None or not {"file_name", "text"} <= set(rows.fieldnames):
-            raise ValueError(f"{metadata} needs the columns file_name and text; it has {rows.fieldnames}")
+    try:
+        text = _read_bytes(metadata).decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{metadata} is not UTF-8 text ({error.reason} at byte {error.start}); "
+                           f"save it as UTF-8") from None
+    try:
+        rows = csv.DictReader(io.StringIO(text, newline=""))
+        columns = rows.fieldnames or []
+        image_column = next((name for name in CSV_IMAGE_COLUMNS if name in columns), None)
+        text_column = next((name for name in CSV_TEXT_COLUMNS if name in columns), None)
+        if image_column is None or text_column is None:
+            raise DatasetError(f"{metadata} needs a column file_name (or image) and a column text (or "
+                               f"caption); its columns are {', '.join(map(repr, columns)) or 'none'}")
         for number, row in enumerate(rows, start=2):
-            _entry(folder, row.get("file_name"), row.get("text"), f"{metadata.name} row {number}", items, skipped)
-    return Scan("metadata.csv", items, skipped)
+            if None in row:
+                skipped.append(Skipped(metadata, f"row {number} has more fields than the header"))
+                continue
+            _entry(folder, row.get(image_column), row.get(text_column), f"{metadata.name} row {number}",
+                   items, skipped)
+    except csv.Error as error:
+        raise DatasetError(f"{metadata} is not a readable CSV file: {error}") from None
+    return Scan("metadata.csv", items, skipped, _xml_warnings(items))
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise DatasetError(f"{path} cannot be read: {error.strerror or error}") from None
+
+
+def _xml_warnings(items: list[Item]) -> list[str]:
+    """A warning for every XML caption that is not well formed, with where the parser stopped:
+    it still trains (as the text it is), but the tags probably do not say what was meant."""
+    warnings = []
+    for item in items:
+        if not item.is_xml:
+            continue
+        wrapper = "<caption>"
+        try:
+            ElementTree.fromstring(f"{wrapper}{item.caption}</caption>")
+        except ElementTree.ParseError as error:
+            line, column = error.position
+            column = column - len(wrapper) if line == 1 else column
+            reason = str(error).split(":")[0]
+            warnings.append(f"{item.caption_file or item.image}: the XML caption is not well formed "
+                            f"({reason} at line {line}, column {column + 1}); it trains as written")
+    return warnings
 
 
 def _scan_caption_files(folder: Path) -> Scan:
@@ -123,12 +181,21 @@ def _scan_caption_files(folder: Path) -> Scan:
         if not captions:
             skipped.append(Skipped(image, f"no caption file ({image.stem}.txt or {image.stem}.xml)"))
             continue
-        text = captions[0].read_text(encoding="utf-8").strip()
+        try:
+            text = captions[0].read_bytes().decode("utf-8").strip()
+        except UnicodeDecodeError as error:
+            skipped.append(Skipped(image, f"caption file {captions[0].name} is not UTF-8 text "
+                                          f"({error.reason} at byte {error.start}); save it as UTF-8"))
+            continue
+        except OSError as error:
+            reason = f"caption file {captions[0].name} cannot be read ({error.strerror or error})"
+            skipped.append(Skipped(image, reason))
+            continue
         if not text:
             skipped.append(Skipped(image, f"empty caption file {captions[0].name}"))
             continue
-        items.append(Item(image, text))
-    return Scan("images with caption files", items, skipped)
+        items.append(Item(image, text, captions[0]))
+    return Scan("images with caption files", items, skipped, _xml_warnings(items))
 
 
 # ---- images ------------------------------------------------------------------------------------

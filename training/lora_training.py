@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..dit.params import LORA_TARGETS
+from ..files.atomic import atomic_path
 from ..lora.save import LowRankPair
 from ..text.conditioning import pack, prompt_batches
 from .buckets import BatchOrder
@@ -225,10 +226,8 @@ class LoraTraining:
 def save_training_state(training: LoraTraining, path: str | Path) -> Path:
     """The adapters, optimizer and schedule after ``training.step`` steps, for ``--resume``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(training.state_dict(), partial)
-    partial.replace(path)
+    with atomic_path(path) as partial:
+        torch.save(training.state_dict(), partial)
     return path
 
 

@@ -26,6 +26,8 @@ import torch
 from ...dit.model import repeated_blocks
 from ...dit.placement import dit_activation_bytes, place, set_offload_mode
 from ...dit.settings import OFFLOAD_MODES
+from ...sampling.memory_check import memory_problem, sampling_memory
+from ...vae.tiled import free_memory_bytes
 from . import devices
 from .patcher import patcher_class
 
@@ -72,17 +74,31 @@ def load_for_device(load, mode: str):
     return module
 
 
-def use_dit_for_sampling(model, positive, negative, width: int, height: int, batch_size: int, cfg: float) -> None:
-    """`use_model` for a NextDiT about to sample, with its activation memory estimated from the
-    sampling settings (both CFG branches run in one batch)."""
+def _activation_estimate(model, positive, negative, width: int, height: int, cfg: float):
+    """(CFG branches, batch -> the DiT's activation peak for a forward over that many latents)."""
     def longest(conditioning) -> int:
         return max((int(entry[0].shape[1]) for entry in conditioning or () if hasattr(entry[0], "shape")), default=0)
 
     branches = 2 if cfg != 1.0 and negative is not None else 1
     cap_len = max(longest(positive), longest(negative) if branches == 2 else 0)
     dtype_bytes = 4 if getattr(model, "compute_dtype", None) is None else model.compute_dtype.itemsize
-    use_model(model, dit_activation_bytes(model.params, batch_size * branches, (height // 8, width // 8),
-                                          cap_len, dtype_bytes))
+    return branches, lambda batch: dit_activation_bytes(model.params, batch, (height // 8, width // 8),
+                                                        cap_len, dtype_bytes)
+
+
+def use_dit_for_sampling(model, positive, negative, width: int, height: int, batch_size: int, cfg: float) -> None:
+    """`use_model` for a NextDiT about to sample, with its activation memory estimated from the
+    sampling settings (both CFG branches run in one batch); then a request that cannot fit in
+    what the device has left is refused (``sampling.memory_check``), before the first step."""
+    branches, activations = _activation_estimate(model, positive, negative, width, height, cfg)
+    use_model(model, activations(batch_size * branches))
+    need = sampling_memory(activations, batch_size, branches, (height, width))
+    device = devices.torch_device()
+    problem = memory_problem(need, width=width, height=height, batch=batch_size, device=str(device),
+                             available_device=free_memory_bytes(device),
+                             available_host=free_memory_bytes(torch.device("cpu")))
+    if problem is not None:
+        raise MemoryError(problem)
 
 
 def core_model_of(nextdit, base=None):

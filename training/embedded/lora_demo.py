@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ...files.atomic import atomic_path, write_text
 from .shapes import SIZES, Scene, ShapeObject, caption, held_out, random_scene, render, xml_caption
 
 CONCEPT = "tiny"
@@ -62,9 +63,10 @@ def write_dataset(folder: str | Path, count: int, seed: int = 0, share: float = 
     for index in range(count):
         scene = concept_scene(rng, share=share)
         name = f"images/{index:05d}.png"
-        Image.fromarray(render(scene)).save(folder / name)
+        with atomic_path(folder / name) as partial:
+            Image.fromarray(render(scene)).save(partial, format="PNG")
         lines.append(json.dumps({"image": name, "text": caption(scene, rng, plain_share)}))
-    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(folder / "metadata.jsonl", "\n".join(lines) + "\n")
     return folder
 
 

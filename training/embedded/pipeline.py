@@ -27,6 +27,7 @@ import torch
 
 from ...dit.checkpoint import load_dit
 from ...dit.model import NextDiT
+from ...files.atomic import atomic_path
 from ...text.conditioning import conditioning
 from ...text.loading import load_text_encoders
 from ...vae.latent_format import FLUX
@@ -110,7 +111,8 @@ def save_training_checkpoint(model, path: Path, plan: TrainingPlan) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {f"module.{k}": v.detach().clone() for k, v in model.state_dict().items()}
     args = argparse.Namespace(**dataclasses.asdict(plan), params=repr(model.params))
-    torch.save({"model": state, "args": args}, path)
+    with atomic_path(path) as partial:
+        torch.save({"model": state, "args": args}, partial)
 
 class _StageClock:
     """Logs each stage's wall time and keeps them for the closing summary."""
