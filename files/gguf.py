@@ -155,3 +155,18 @@ def _ref(path: Path, array, qtype: str, shape: tuple[int, ...]) -> TensorRef:
 
     packed = PackedData(qtype, lambda device=None: bytes_on(device).reshape(rows.shape), tuple(rows.shape))
     return TensorRef(path, shape, torch.float32, read_packed, packed)
+
+
+PACK_FIELD = "nextdit."   # string fields the quantize command copies from a safetensors __metadata__
+
+
+def pack_metadata(path) -> dict[str, str]:
+    """The ``nextdit.*`` string fields of a GGUF file, without the prefix."""
+    reader = _open_reader(Path(path))
+    out = {}
+    for name in reader.fields:
+        if name.startswith(PACK_FIELD):
+            value = string_field(reader, name)
+            if value is not None:
+                out[name[len(PACK_FIELD):]] = value
+    return out

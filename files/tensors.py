@@ -120,8 +120,12 @@ def read_state_dict(path, subfolder: str | None = None) -> dict[str, torch.Tenso
 
 
 def read_metadata(path) -> dict[str, str]:
-    """The ``__metadata__`` block of a safetensors file ({} for other layouts)."""
+    """The ``__metadata__`` block of a safetensors file, the pack's own string fields of a GGUF
+    file ({} for other layouts)."""
     path = Path(path)
+    if path.is_file() and path.suffix.lower() == GGUF_SUFFIX:
+        from .gguf import pack_metadata
+        return pack_metadata(path)
     if not (path.is_file() and path.suffix.lower() in SAFETENSORS_SUFFIXES):
         return {}
     header, _ = _read_safetensors_header(path)

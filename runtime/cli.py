@@ -17,7 +17,7 @@ from .errors import EXIT_INTERRUPTED, EXIT_USAGE, RunnerError
 
 # Subcommand modules, each with register(subparsers).
 _COMMAND_MODULES = ("run", "demo", "list_nodes", "distill_command", "train_lora_command", "train_embedded",
-                    "check_embedded", "embedded_lora_data")
+                    "check_embedded", "embedded_lora_data", "quantize_command")
 
 EXIT_CODES_HELP = """exit codes:
   0    success
