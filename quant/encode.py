@@ -3,11 +3,12 @@
 F32, F16, BF16 and the 32-element formats (Q8_0, Q5_0, Q5_1, Q4_0, Q4_1) are encoded by the
 ``gguf`` package (``gguf.quants.quantize``, which matches llama.cpp's reference quantisers). That
 package only decodes the K formats, so Q6_K, Q5_K and Q4_K are encoded here, in the layouts of
-``quant.blocks``, with a direct rule rather than llama.cpp's iterative search of the best scale
-per sub-block (``make_qkx2_quants`` in ggml-quants.c): each sub-block's scale (and minimum) spans
-its range, the 6- or 8-bit scales are rounded against the block's float16 super-scale, and every
-value is rounded to the nearest level of its effective scale. Any GGUF reader decodes the result;
-the error is a little larger than llama.cpp's (measured in tests/test_gguf.py).
+``quant.blocks``. Q4_K/Q5_K pick each sub-block's scale and minimum by a small search in the
+spirit of llama.cpp's ``make_qkx2_quants`` (ggml-quants.c): several candidate scales around the
+range's own, a least-squares fit for each level assignment, the smallest squared error kept (no
+importance weights); Q6_K takes the value of largest magnitude to level -32. The 6- or 8-bit
+sub-block scales are then rounded against the block's float16 super-scales and every value to
+the nearest level of its effective scale. Any GGUF reader decodes the result.
 """
 
 from __future__ import annotations
@@ -53,9 +54,7 @@ def _asymmetric(blocks: np.ndarray, levels: int) -> tuple[np.ndarray, ...]:
     """Q4_K/Q5_K: 8 sub-blocks of 32 with x ~ d*sc*q - dmin*m, q in 0..levels, sc and m 6-bit."""
     n = blocks.shape[0]
     sub = blocks.reshape(n, 8, 32)
-    low = np.minimum(sub.min(axis=2), 0.0)           # the format subtracts a non-negative minimum
-    scale = (sub.max(axis=2) - low) / levels
-    minimum = -low
+    scale, minimum = _fit_sub_blocks(sub, levels)
     d = (scale.max(axis=1) / 63).astype(np.float16).astype(np.float32)
     dmin = (minimum.max(axis=1) / 63).astype(np.float16).astype(np.float32)
     sc = np.clip(np.rint(_safe_div(scale, d[:, None])), 0, 63).astype(np.uint8)
@@ -64,6 +63,37 @@ def _asymmetric(blocks: np.ndarray, levels: int) -> tuple[np.ndarray, ...]:
     eff_m = dmin[:, None] * m.astype(np.float32)
     q = np.clip(np.rint(_safe_div(sub + eff_m[..., None], eff_d[..., None])), 0, levels).astype(np.uint8)
     return d, dmin, _pack_k_scales(sc, m), q
+
+
+def _fit_sub_blocks(sub: np.ndarray, levels: int, steps: int = 9) -> tuple[np.ndarray, np.ndarray]:
+    """Per sub-block (scale, minimum >= 0) with x ~ scale*q - minimum, q in 0..levels: of the
+    level assignments given by a few scales around the range's own (range / (levels + k/10),
+    k = -4..4), the one whose least-squares fit leaves the smallest squared error. (More
+    candidates gain little: 21 instead of 9 lower the Q4_K error on Gaussian weights from 7.1 %
+    to 7.0 % at twice the time.)"""
+    low = np.minimum(sub.min(axis=-1, keepdims=True), 0.0)   # the format subtracts a non-negative minimum
+    span = sub.max(axis=-1, keepdims=True) - low
+    best_err = np.full(sub.shape[:-1], np.inf, dtype=np.float32)
+    best_scale = (span / levels)[..., 0]
+    best_min = -low[..., 0]
+    count = sub.shape[-1]
+    sum_x = sub.sum(axis=-1)
+    for k in range(steps):
+        inverse = _safe_div(np.float32(levels + (k - steps // 2) / 10), span)
+        q = np.clip(np.rint((sub - low) * inverse), 0, levels)
+        sum_q, sum_q2, sum_xq = q.sum(-1), (q * q).sum(-1), (sub * q).sum(-1)
+        det = count * sum_q2 - sum_q * sum_q
+        scale = _safe_div(count * sum_xq - sum_q * sum_x, det)
+        offset = _safe_div(sum_q2 * sum_x - sum_q * sum_xq, det)
+        clipped = offset > 0                                   # minimum must be >= 0: refit through 0
+        scale = np.where(clipped, _safe_div(sum_xq, sum_q2), scale)
+        offset = np.where(clipped, 0.0, offset)
+        err = ((scale[..., None] * q + offset[..., None] - sub) ** 2).sum(-1)
+        better = (err < best_err) & (scale > 0)
+        best_err = np.where(better, err, best_err)
+        best_scale = np.where(better, scale, best_scale)
+        best_min = np.where(better, -offset, best_min)
+    return best_scale.astype(np.float32), best_min.astype(np.float32)
 
 
 def _pack_k_scales(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
