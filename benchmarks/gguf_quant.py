@@ -27,14 +27,13 @@ import time
 from pathlib import Path
 
 import torch
-
 from nextdit_nodes.dit.checkpoint import load_dit
 from nextdit_nodes.dit.offload import tensor_bytes
 from nextdit_nodes.dit.params import NextDiTParams
 from nextdit_nodes.runtime.quantize_command import quantize_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.factories import random_inputs, write_dit_checkpoint  # noqa: E402
+from tests.factories import random_inputs, write_dit_checkpoint
 
 TYPES = ("Q8_0", "Q5_K", "Q4_K", "Q4_0")
 

@@ -33,7 +33,7 @@ def encode(rows: np.ndarray, qtype: str) -> np.ndarray:
         return gguf.quants.quantize(rows, getattr(gguf.GGMLQuantizationType, qtype))
     if qtype not in OWN_ENCODED:
         raise ValueError(f"cannot write {qtype}; writable types: {', '.join(WRITABLE)}")
-    n_rows, cols = rows.shape
+    n_rows = rows.shape[0]
     blocks = rows.reshape(-1, QK_K)
     encoded = {"Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k}[qtype](blocks)
     assert encoded.shape[1] == FORMATS[qtype].type_size

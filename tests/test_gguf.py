@@ -3,13 +3,28 @@ city96-layout files, the quantised Linear, writing with the quantize command."""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
+import gguf
 import numpy as np
 import pytest
 import torch
-
-gguf = pytest.importorskip("gguf")
-
-from nextdit_nodes.quant.blocks import FORMATS, PACKED, dequantize  # noqa: E402
+from factories import (
+    dit_from_state_dict,
+    official_shapes,
+    random_inputs,
+    write_dit_checkpoint,
+)
+from nextdit_nodes.dit.checkpoint import load_dit
+from nextdit_nodes.dit.offload import offload_blocks, remove_offload, tensor_bytes
+from nextdit_nodes.dit.params import NextDiTParams
+from nextdit_nodes.files.errors import WeightsError
+from nextdit_nodes.quant.blocks import FORMATS, PACKED, dequantize
+from nextdit_nodes.quant.gguf_write import KEEP_PREFIXES
+from nextdit_nodes.quant.linear import QuantLinear
+from nextdit_nodes.runtime.quantize_command import quantize_file
+from safetensors.torch import save_file
 
 # Byte offsets of the float16 fields of each format (random bytes there could be inf/NaN).
 _F16_FIELDS = {"Q8_0": (0,), "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2),
@@ -57,20 +72,6 @@ def test_format_table_matches_the_gguf_package():
 
 
 # ---- files: a small Next-DiT whose matrices split into 256-element blocks ------------------------
-
-import math  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from factories import dit_from_state_dict, official_shapes, random_inputs, write_dit_checkpoint  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-
-from nextdit_nodes.dit.checkpoint import load_dit  # noqa: E402
-from nextdit_nodes.dit.offload import offload_blocks, remove_offload, tensor_bytes  # noqa: E402
-from nextdit_nodes.dit.params import NextDiTParams  # noqa: E402
-from nextdit_nodes.files.errors import WeightsError  # noqa: E402
-from nextdit_nodes.quant.gguf_write import KEEP_PREFIXES, write_gguf  # noqa: E402
-from nextdit_nodes.quant.linear import QuantLinear  # noqa: E402
-from nextdit_nodes.runtime.quantize_command import quantize_file  # noqa: E402
 
 # Every Linear input width (768 and the adaLN width min(768, 1024)) is a multiple of 256.
 PARAMS = NextDiTParams(dim=768, n_layers=1, n_heads=8, n_kv_heads=4, ffn_dim=768, cap_dim=256, clip_dim=256,
