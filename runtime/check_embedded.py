@@ -24,6 +24,9 @@ def register(subparsers) -> None:
                         help="instead: the teacher (CFG 4) with and without this LoRA, on the base held-out "
                              "prompts (old concepts) and on held-out prompts of the size it teaches (tiny)")
     parser.add_argument("--lora-strength", type=float, default=1.0)
+    parser.add_argument("--dit", type=Path, action="append", default=[], metavar="FILE",
+                        help="instead: the teacher (CFG 1 and 4) next to this file in its place, e.g. the "
+                             "teacher quantised by `quantize` (a GGUF); repeatable")
     parser.set_defaults(func=run)
 
 
@@ -75,9 +78,34 @@ def run_lora(args) -> int:
     return 0
 
 
+def run_dit(args) -> int:
+    """The embedded teacher and each --dit file in its place, at the teacher's CFG settings."""
+    import copy
+
+    from ..dit.checkpoint import load_dit
+    from ..training.embedded.evaluate import SETTINGS, EmbeddedModels, adherence
+
+    models = EmbeddedModels(args.models_dir)
+    variants = [("teacher", models)]
+    for path in args.dit:
+        replaced = copy.copy(models)
+        replaced.teacher = load_dit(path, dtype="fp32")
+        variants.append((path.name, replaced))
+    _header()
+    for setting in SETTINGS:
+        if setting.model != "teacher":
+            continue
+        for name, which in variants:
+            label = setting.name if which is models else setting.name.replace("teacher", name, 1)
+            print(_row(label, adherence(which, setting, args.count, args.steps)), flush=True)
+    return 0
+
+
 def run(args) -> int:
     if args.lora is not None:
         return run_lora(args)
+    if args.dit:
+        return run_dit(args)
     import torch
 
     from ..training.embedded.adherence import score_image, summarise
