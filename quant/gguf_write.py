@@ -20,7 +20,7 @@ Which tensors stay unquantised (``tensor_format``), following that convention:
   ``lumina2`` rule of city96's patch also keeps the refiner blocks (``context_refiner``,
   ``noise_refiner``) unquantised; ``keep_refiners=True`` does the same. By default they are
   quantised: at NewBie size they are 330 M of the 3.5 G parameters, and keeping them in BF16 costs
-  0.66 GB (Q4_K resident memory 0.35x of bf16 instead of 0.29x).
+  0.66 GB (Q4_K resident memory 0.35x of bf16 instead of 0.28x).
 One type for every quantised matrix: the ``_M``/``_S`` mixes of llama.cpp (some matrices one step
 higher) are not made.
 """

@@ -49,6 +49,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..files.errors import WeightsError
 
+    logging.getLogger("gguf").setLevel(logging.WARNING)   # its writer logs every file it writes at INFO
     source = resolve_model("diffusion_models", args.source)
     output = args.output or source.with_name(f"{source.stem}-{args.type}.gguf")
     if output.suffix.lower() != ".gguf":
@@ -60,7 +61,7 @@ def run(args) -> int:
     except WeightsError as error:
         raise QuantizeError(str(error)) from None
     size = output.stat().st_size
-    print(f"wrote {output} ({size / 1e9:.2f} GB): " + ", ".join(f"{n} {f}" for f, n in counts.items()))
+    print(f"wrote {output} ({size / 1e6:,.1f} MB): " + ", ".join(f"{n} {f}" for f, n in counts.items()))
     return 0
 
 
