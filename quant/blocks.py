@@ -74,9 +74,10 @@ def _f16(blocks: Tensor, start: int) -> Tensor:
 
 
 def _shifted(byte_columns: Tensor, shifts: tuple[int, ...]) -> Tensor:
-    """(n, k) bytes -> (n, len(shifts), k): each byte shifted right by each amount (int32)."""
-    by = torch.tensor(shifts, dtype=torch.int32, device=byte_columns.device).view(1, -1, 1)
-    return byte_columns.to(torch.int32).unsqueeze(1) >> by
+    """(n, k) bytes -> (n, len(shifts), k): each byte shifted right by each amount (uint8: the
+    bit work touches one byte per element; values become float only once, at the end)."""
+    by = torch.tensor(shifts, dtype=torch.uint8, device=byte_columns.device).view(1, -1, 1)
+    return byte_columns.unsqueeze(1) >> by
 
 
 def _nibbles(qs: Tensor) -> Tensor:
@@ -96,7 +97,7 @@ def _q8_0(b: Tensor) -> Tensor:
 
 
 def _q4_0(b: Tensor) -> Tensor:
-    return _f16(b, 0) * (_nibbles(b[:, 2:]) - 8).float()
+    return _f16(b, 0) * (_nibbles(b[:, 2:]).float() - 8)
 
 
 def _q4_1(b: Tensor) -> Tensor:
@@ -105,7 +106,7 @@ def _q4_1(b: Tensor) -> Tensor:
 
 def _q5_0(b: Tensor) -> Tensor:
     q = _nibbles(b[:, 6:]) | (_bits32(b[:, 2:6]) << 4)
-    return _f16(b, 0) * (q - 16).float()
+    return _f16(b, 0) * (q.float() - 16)
 
 
 def _q5_1(b: Tensor) -> Tensor:
@@ -119,7 +120,7 @@ def _q5_1(b: Tensor) -> Tensor:
 
 def _q2_k(b: Tensor) -> Tensor:
     n = b.shape[0]
-    scales = b[:, :16].to(torch.int32)
+    scales = b[:, :16]
     q = _shifted(b[:, 16:80].reshape(n * 2, 32), (0, 2, 4, 6)) & 3          # (2n, shift, l)
     dl = (_f16(b, 80) * (scales & 0xF).float()).view(n, 16, 1)
     ml = (_f16(b, 82) * (scales >> 4).float()).view(n, 16, 1)
@@ -133,13 +134,13 @@ def _q3_k(b: Tensor) -> Tensor:
     # bits in bytes 8-11 (two bits per shift 0, 2, 4, 6).
     low = (_shifted(packed[:, :8], (0, 4)) & 0xF).flatten(1)
     high = (_shifted(packed[:, 8:], (0, 2, 4, 6)) & 3).flatten(1)
-    scales = ((low | (high << 4)) - 32).float()
+    scales = (low | (high << 4)).float() - 32
     dl = (_f16(b, 108) * scales).view(n, 16, 1)
     q = (_shifted(qs.reshape(n * 2, 32), (0, 2, 4, 6)) & 3).reshape(n, 8, 32)       # (h*4+s, l)
     # The high bit of element (h, s, l) is bit 4h+s of hmask[l]; a clear bit subtracts 4.
     hbit = (_shifted(hmask, tuple(range(8))) & 1)                                      # (n, 8, 32)
-    q = q - ((hbit ^ 1) << 2)
-    return (dl * q.reshape(n, 16, 16).float()).reshape(n, QK_K)
+    q = q.float() - ((hbit ^ 1) << 2).float()
+    return (dl * q.reshape(n, 16, 16)).reshape(n, QK_K)
 
 
 def _k_scales(packed: Tensor) -> tuple[Tensor, Tensor]:
@@ -157,7 +158,7 @@ def _q4_k(b: Tensor) -> Tensor:
     dm = (_f16(b, 2) * mn.float()).view(n, 8, 1)
     # Element (chunk c, nibble k, l) = 64c + 32k + l sits in byte 32c + l; sub-block 2c + k.
     q = (_shifted(b[:, 16:].reshape(n * 4, 32), (0, 4)) & 0xF).reshape(n, 8, 32)
-    return (d * q.float() - dm).reshape(n, QK_K)
+    return (d * q.float()).sub_(dm).reshape(n, QK_K)
 
 
 def _q5_k(b: Tensor) -> Tensor:
@@ -167,7 +168,7 @@ def _q5_k(b: Tensor) -> Tensor:
     dm = (_f16(b, 2) * mn.float()).view(n, 8, 1)
     low = (_shifted(b[:, 48:].reshape(n * 4, 32), (0, 4)) & 0xF).reshape(n, 8, 32)
     high = _shifted(b[:, 16:48], tuple(range(8))) & 1          # bit j of qh[l] -> sub-block j
-    return (d * (low | (high << 4)).float() - dm).reshape(n, QK_K)
+    return (d * (low | (high << 4)).float()).sub_(dm).reshape(n, QK_K)
 
 
 def _q6_k(b: Tensor) -> Tensor:
@@ -178,7 +179,7 @@ def _q6_k(b: Tensor) -> Tensor:
     # high 2 bits from bits 2r, 2r+1 of qh[32h + l].
     low = (_shifted(ql.reshape(n * 2, 64), (0, 4)) & 0xF).reshape(n, 2, 4, 32)
     high = (_shifted(qh.reshape(n * 2, 32), (0, 2, 4, 6)) & 3).reshape(n, 2, 4, 32)
-    q = ((low | (high << 4)) - 32).reshape(n, 16, 16).float()
+    q = (low | (high << 4)).reshape(n, 16, 16).float() - 32
     d = (_f16(b, 208) * scales).view(n, 16, 1)
     return (d * q).reshape(n, QK_K)
 
