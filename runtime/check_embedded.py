@@ -25,7 +25,7 @@ def register(subparsers) -> None:
                              "prompts (old concepts) and on held-out prompts of the size it teaches (tiny)")
     parser.add_argument("--lora-strength", type=float, default=1.0)
     parser.add_argument("--dit", type=Path, action="append", default=[], metavar="FILE",
-                        help="instead: the teacher (CFG 1 and 4) next to this file in its place, e.g. the "
+                        help="instead: the teacher (CFG 4) next to this file in its place, e.g. the "
                              "teacher quantised by `quantize` (a GGUF); repeatable")
     parser.set_defaults(func=run)
 
@@ -79,7 +79,7 @@ def run_lora(args) -> int:
 
 
 def run_dit(args) -> int:
-    """The embedded teacher and each --dit file in its place, at the teacher's CFG settings."""
+    """The embedded teacher and each --dit file in its place, at CFG 4 (the teacher's setting)."""
     import copy
 
     from ..dit.checkpoint import load_dit
@@ -92,12 +92,10 @@ def run_dit(args) -> int:
         replaced.teacher = load_dit(path, dtype="fp32")
         variants.append((path.name, replaced))
     _header()
-    for setting in SETTINGS:
-        if setting.model != "teacher":
-            continue
-        for name, which in variants:
-            label = setting.name if which is models else setting.name.replace("teacher", name, 1)
-            print(_row(label, adherence(which, setting, args.count, args.steps)), flush=True)
+    setting = next(s for s in SETTINGS if s.model == "teacher" and s.cfg == 4.0)
+    for name, which in variants:
+        label = setting.name if which is models else setting.name.replace("teacher", name, 1)
+        print(_row(label, adherence(which, setting, args.count, args.steps)), flush=True)
     return 0
 
 

@@ -327,3 +327,15 @@ def test_loader_lists_gguf_files(files, tmp_path, monkeypatch):
     assert "x.gguf" not in list_model_files("vae")         # only the DiT and text encoder folders
     model, _ = NextDiTLoader().load("dit-Q8_0.gguf", "fp32", "none")
     assert isinstance(model.layers[0].attention.qkv, QuantLinear)
+
+
+def test_gguf_text_encoders_are_refused_with_what_to_use(tmp_path):
+    from nextdit_nodes.text.loading import load_gemma, load_jina
+
+    llama = {"token_embd.weight": np.zeros((64, 32), np.float16)}
+    path = _write(tmp_path / "gemma-3-4b-it-Q4_K_M.gguf", llama, arch="gemma3")
+    with pytest.raises(WeightsError, match=r"gemma-3-4b-it-Q4_K_M\.gguf: GGUF text encoder files .* "
+                                           r"gemma_3_4b_it_bf16\.safetensors"):
+        load_gemma(path)
+    with pytest.raises(WeightsError, match=r"jina_clip_v2_bf16\.safetensors"):
+        load_jina(path)
