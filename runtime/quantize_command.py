@@ -2,8 +2,8 @@
 
 FILE is anything NextDiT Loader reads (safetensors, sharded, a diffusers folder, a training
 checkpoint, another GGUF; prefixes and layouts cleaned to the official keys and checked against
-the model its shapes describe). The output is a ``lumina2`` GGUF in city96's ComfyUI-GGUF layout,
-so NextDiT Loader, ComfyUI-GGUF and other GGUF loaders read it. Which tensors stay unquantised
+the model its shapes describe). The output is a ``lumina2`` GGUF in city96's ComfyUI-GGUF layout:
+NextDiT Loader reads it, and so should ComfyUI-GGUF's loader, which expects that layout. Which tensors stay unquantised
 (norms, biases, embedders, the final layer: F32/F16/BF16) is described in quant/gguf_write.py;
 --keep-refiners also keeps the refiner blocks unquantised, as city96's own lumina2 files do.
 
