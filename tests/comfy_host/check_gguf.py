@@ -44,11 +44,10 @@ def gguf_name(qtype: str) -> str:
 
 def prepare(work: Path) -> Path:
     """The models folder: tiny text encoders and VAE, the Next-DiT as GGUF files."""
-    from factories import write_dit_checkpoint  # noqa: PLC0415
-    from runtime_models import write_tiny_models  # noqa: PLC0415
-    from text_fixtures import GEMMA_SHAPES, JINA_SHAPES  # noqa: PLC0415
-
-    from nextdit_nodes.dit.params import NextDiTParams  # noqa: PLC0415
+    from factories import write_dit_checkpoint
+    from nextdit_nodes.dit.params import NextDiTParams
+    from runtime_models import write_tiny_models
+    from text_fixtures import GEMMA_SHAPES, JINA_SHAPES
 
     models = write_tiny_models(work / "models")
     # dim 192, ffn 256 and the adaLN width min(192, 1024): every block matrix's rows split into 32s.
@@ -65,7 +64,7 @@ def prepare(work: Path) -> Path:
 
 
 def api_prompt(qtype: str) -> dict:
-    from check_citizen import text_nodes  # noqa: PLC0415
+    from check_citizen import text_nodes
 
     prompt: dict = {}
     text_nodes(prompt)
@@ -90,7 +89,7 @@ def api_prompt(qtype: str) -> dict:
 
 
 def check(url: str) -> list[str]:
-    from check_citizen import relative, run, saved_latent  # noqa: PLC0415
+    from check_citizen import relative, run, saved_latent
 
     problems = []
     with urllib.request.urlopen(f"{url}/object_info/{urllib.parse.quote('NextDiTLoader')}") as answer:
@@ -133,13 +132,14 @@ def main() -> int:
     started = subprocess.run(["bash", str(COMFY_HOST / "comfy_run.sh"), "--port", str(args.port), "--isolated",
                               "--comfy-dir", str(args.comfy_dir), "--log", str(log), "--wait", "600",
                               "--", "--extra-model-paths-config", str(paths)],
-                             capture_output=True, text=True, env=env)
+                             capture_output=True, text=True, env=env, check=False)
     print(started.stdout, started.stderr)
     started.check_returncode()
     try:
         problems = check(f"http://127.0.0.1:{args.port}")
     finally:
-        subprocess.run(["bash", str(COMFY_HOST / "comfy_run.sh"), "--stop", "--port", str(args.port)], env=env)
+        subprocess.run(["bash", str(COMFY_HOST / "comfy_run.sh"), "--stop", "--port", str(args.port)], env=env,
+                       check=False)
     print("OK" if not problems else "PROBLEMS:\n  " + "\n  ".join(problems))
     return 1 if problems else 0
 
