@@ -25,6 +25,9 @@ def register(subparsers) -> None:
                         help="instead: the teacher (CFG 4) with and without this LoRA, on the base held-out "
                              "prompts (old concepts) and on held-out prompts of the size it teaches (tiny)")
     parser.add_argument("--lora-strength", type=float, default=1.0)
+    parser.add_argument("--dit", type=Path, action="append", default=[], metavar="FILE",
+                        help="instead: the teacher (CFG 4) next to this file in its place, e.g. the "
+                             "teacher quantised by `quantize` (a GGUF); repeatable")
     parser.set_defaults(func=run)
 
 
@@ -76,9 +79,32 @@ def run_lora(args) -> int:
     return 0
 
 
+def run_dit(args) -> int:
+    """The embedded teacher and each --dit file in its place, at CFG 4 (the teacher's setting)."""
+    import copy
+
+    from ..dit.checkpoint import load_dit
+    from ..training.embedded.evaluate import SETTINGS, EmbeddedModels, adherence
+
+    models = EmbeddedModels(args.models_dir)
+    variants = [("teacher", models)]
+    for path in args.dit:
+        replaced = copy.copy(models)
+        replaced.teacher = load_dit(path, dtype="fp32")
+        variants.append((path.name, replaced))
+    _header()
+    setting = next(s for s in SETTINGS if s.model == "teacher" and s.cfg == 4.0)
+    for name, which in variants:
+        label = setting.name if which is models else setting.name.replace("teacher", name, 1)
+        print(_row(label, adherence(which, setting, args.count, args.steps)), flush=True)
+    return 0
+
+
 def run(args) -> int:
     if args.lora is not None:
         return run_lora(args)
+    if args.dit:
+        return run_dit(args)
     import torch
 
     from ..training.embedded.adherence import score_image, summarise

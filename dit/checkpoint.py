@@ -28,7 +28,7 @@ from ..files import keys as key_lists
 from ..files.errors import WeightsError
 from ..files.tensors import TensorRef, open_weights, read_metadata
 from ..sampler_settings import SamplerSettings
-from . import own_settings, precision
+from . import own_settings, precision, quantized
 from .keys import official_refs
 from .model import NextDiT
 from .params import BLOCK_KEY, NextDiTParams
@@ -47,7 +47,8 @@ _READ_THREADS = 2
 def load_dit(path, dtype: str = "fp32", device: torch.device | str = "cpu",
              compute_device: torch.device | str | None = None):
     """A NextDiT (eval mode, no grad) from ``path``: a .safetensors file, a sharded index, a
-    HF/diffusers folder (its ``transformer/`` sub-folder), or a .pt/.pth/.ckpt checkpoint.
+    HF/diffusers folder (its ``transformer/`` sub-folder), a .pt/.pth/.ckpt checkpoint, or a
+    GGUF file (block weights kept quantised, see dit/quantized.py).
 
     dtype: auto, bf16, fp16, fp32 or fp8_e4m3fn (see dit/precision.py). compute_device: where the
     model will run, for choosing `auto` (default ``device``; differs when the weights are kept on
@@ -76,6 +77,12 @@ def _gc_paused():
 
 def _load_dit(path: Path, dtype: str, device: torch.device, compute_device):
     plan = precision.resolve(dtype, device if compute_device is None else compute_device)
+    gguf = quantized.is_gguf(path)
+    if gguf:
+        quantized.check_architecture(path)
+        if plan.fp8:   # the file's own block formats replace fp8 storage
+            log.info("%s: a GGUF file keeps its own quantisation; weight_dtype fp8_e4m3fn computes in auto", path.name)
+            plan = precision.resolve("auto", device if compute_device is None else compute_device)
     raw = open_weights(path, subfolder="transformer")
     try:
         settings = SamplerSettings.from_metadata(read_metadata(path))
@@ -83,10 +90,12 @@ def _load_dit(path: Path, dtype: str, device: torch.device, compute_device):
         raise WeightsError(path, str(error)) from None
     state = official_refs(path, raw)
     params = infer_params(state, path)
+    packed = quantized.packed_keys(state)
+    weights = quantized.describe(state) if gguf else dtype
     with ThreadPoolExecutor(max_workers=_READ_THREADS, thread_name_prefix="nextdit-load") as pool:
         # Reading starts now and overlaps building and checking the model. Reading is read-only,
         # so a file refused by the check below has cost some I/O and nothing else.
-        pending = {key: pool.submit(_read, ref, precision.storage_dtype(plan, key), device)
+        pending = {key: pool.submit(_read, ref, precision.storage_dtype(plan, key), device, key in packed)
                    for key, ref in state.items()}
         try:
             model = NextDiT(params, device="meta")
@@ -94,6 +103,7 @@ def _load_dit(path: Path, dtype: str, device: torch.device, compute_device):
                 precision.make_fp8_linears(model)
             expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith(".weight_scale")}
             check_keys(path, expected, state, raw)
+            quantized.keep_packed(model, packed)
         except BaseException:
             for future in pending.values():
                 future.cancel()
@@ -115,13 +125,16 @@ def _load_dit(path: Path, dtype: str, device: torch.device, compute_device):
     own_settings.attach(model, settings)
     if settings is not None:
         log.info("%s was made for %s (NextDiT Sampler's steps 0 uses them)", path.name, settings.describe())
-    log.info("loaded %s: %s, weights %s (compute %s) on %s", path.name, _describe_params(params), dtype,
-             plan.compute, device)
+    log.info("loaded %s: %s, weights %s (compute %s) on %s", path.name, _describe_params(params),
+             weights, plan.compute, device)
     return model.eval().requires_grad_(False)
 
 
-def _read(ref: TensorRef, storage: torch.dtype, device: torch.device):
-    """One tensor in its storage dtype on `device`; fp8 weights as (weight, row scales)."""
+def _read(ref: TensorRef, storage: torch.dtype, device: torch.device, keep_packed: bool = False):
+    """One tensor in its storage dtype on `device`; fp8 weights as (weight, row scales); a GGUF
+    block weight kept quantised as its raw blocks."""
+    if keep_packed:
+        return ref.packed.read(device)
     if storage == precision.FP8:
         weight, scale = precision.quantize_fp8(ref.load(own=True))
         return weight.to(device), scale.to(device)

@@ -19,8 +19,9 @@ Everything other code attaches to a NextDiT goes through its seam (``model.seam`
 a registry that lists and removes what is attached, and named points in this forward where the
 attached entries act (after the caption refiner, around the joint layers, before and after each
 joint layer, inside each joint layer's attention, before the final layer). With nothing attached
-the forward runs exactly the plain operations. Precision and compilation swap module classes at
-load time instead (dit/precision.py, dit/compile.py). State-dict keys never change, except under
+the forward runs exactly the plain operations. Precision, GGUF blocks and compilation swap module
+classes at load time instead (dit/precision.py; dit/quantized.py, whose block Linears become
+quant.linear.QuantLinear holding the file's uint8 blocks; dit/compile.py). State-dict keys never change, except under
 peft's LoRA training, which replaces the targeted Linears in place (training/lora_training.py).
 """
 

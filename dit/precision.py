@@ -202,6 +202,27 @@ class Fp16FP8Linear(_Fp16Compute, FP8Linear):
         return self.dequantized_weight(torch.float16)
 
 
+class _Fp16Dequantized(_Fp16Compute):
+    """Mixin for a Linear whose weight is stored packed (`dequantized_weight(dtype)`, e.g. GGUF blocks)."""
+
+    def _fp16_weight(self) -> Tensor:
+        return self.dequantized_weight(torch.float16)
+
+
+_FP16_PACKED: dict[type, type] = {}
+
+
+def _fp16_class(cls: type) -> type:
+    """The fp16-compute variant of a block Linear class (made once for a packed-weight class)."""
+    if issubclass(cls, FP8Linear):
+        return Fp16FP8Linear
+    if not hasattr(cls, "dequantized_weight"):
+        return Fp16Linear
+    if cls not in _FP16_PACKED:
+        _FP16_PACKED[cls] = type(f"Fp16{cls.__name__}", (_Fp16Dequantized, cls), {})
+    return _FP16_PACKED[cls]
+
+
 def make_fp16_safe(model: nn.Module) -> nn.Module:
     """Switch a NextDiT to the fp16-safe path, in place; returns ``model``. Idempotent.
 
@@ -215,13 +236,13 @@ def make_fp16_safe(model: nn.Module) -> nn.Module:
                 continue
             linear = block.get_submodule(path)
             if not isinstance(linear, _Fp16Compute):
-                linear.__class__ = Fp16FP8Linear if isinstance(linear, FP8Linear) else Fp16Linear
+                linear.__class__ = _fp16_class(type(linear))
             linear.out_fp32 = out_fp32
             if linear.weight.element_size() > 1:          # fp8 stays fp8
                 linear.weight.data = linear.weight.data.to(torch.float16)
             fp16_weights.add(id(linear.weight))
     for param in model.parameters():
-        if id(param) not in fp16_weights and param.dtype != torch.float32:
+        if id(param) not in fp16_weights and param.is_floating_point() and param.dtype != torch.float32:
             param.data = param.data.float()
     model.compute_dtype = torch.float32
     return model

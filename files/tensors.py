@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+GGUF_SUFFIX = ".gguf"   # llama.cpp's format (files/gguf.py)
 # Containers training scripts nest their weights in, in order of preference. EMA weights come
 # first: they are the ones meant for inference (the official trainer saves `consolidated_ema`
 # separately for that reason), so a checkpoint holding both yields its EMA weights.
@@ -51,6 +52,17 @@ _SAFETENSORS_DTYPES = {
 
 
 @dataclass(frozen=True)
+class PackedData:
+    """A tensor stored in a ggml block format (a GGUF file): its format name (``quant.blocks``),
+    a reader of its raw bytes, ``read(device)`` -> uint8 of ``raw_shape`` (rows of blocks as the
+    file stores them)."""
+
+    qtype: str
+    read: Callable[[torch.device | None], torch.Tensor]
+    raw_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class TensorRef:
     """One tensor of a weight file, not yet read.
 
@@ -58,12 +70,16 @@ class TensorRef:
     CPU); ``own`` asks for fresh memory even where a memory map would do (for a tensor that is only
     an input to a copy, so the map's pages do not stay resident). The only transient copy a read
     makes is of this one tensor.
+
+    ``packed``: set for a block-quantised tensor of a GGUF file, whose raw blocks a loader may keep
+    as they are (``load`` dequantises; ``dtype`` is then float32).
     """
 
     file: Path
     shape: tuple[int, ...]
     dtype: torch.dtype
     reader: Callable[[torch.dtype | None, torch.device | None, bool], torch.Tensor]
+    packed: PackedData | None = None
 
     def load(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
              own: bool = False) -> torch.Tensor:
@@ -86,12 +102,15 @@ def open_weights(path, subfolder: str | None = None) -> dict[str, TensorRef]:
     if path.name.endswith(".index.json"):
         return _open_sharded(path)
     suffix = path.suffix.lower()
+    if suffix == GGUF_SUFFIX:
+        from .gguf import open_gguf
+        return open_gguf(path)
     if suffix in SAFETENSORS_SUFFIXES:
         return _open_safetensors(path)
     if suffix in PICKLE_SUFFIXES:
         return _open_pickle(path)
     raise WeightsError(path, f"unknown weight file extension {path.suffix!r}; expected one of "
-                             f"{', '.join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)} or a folder")
+                             f"{', '.join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES + (GGUF_SUFFIX,))} or a folder")
 
 
 def read_state_dict(path, subfolder: str | None = None) -> dict[str, torch.Tensor]:
@@ -101,8 +120,12 @@ def read_state_dict(path, subfolder: str | None = None) -> dict[str, torch.Tenso
 
 
 def read_metadata(path) -> dict[str, str]:
-    """The ``__metadata__`` block of a safetensors file ({} for other layouts)."""
+    """The ``__metadata__`` block of a safetensors file, the pack's own string fields of a GGUF
+    file ({} for other layouts)."""
     path = Path(path)
+    if path.is_file() and path.suffix.lower() == GGUF_SUFFIX:
+        from .gguf import pack_metadata
+        return pack_metadata(path)
     if not (path.is_file() and path.suffix.lower() in SAFETENSORS_SUFFIXES):
         return {}
     header, _ = _read_safetensors_header(path)

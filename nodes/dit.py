@@ -12,8 +12,10 @@ class NextDiTLoader:
     CATEGORY = "NextDiT/loaders"
     DESCRIPTION = (
         "Loads a NewBie-image / Lumina-2 Next-DiT diffusion model from diffusion_models: a "
-        ".safetensors file, sharded safetensors, a diffusers/HF folder or a .pt/.pth/.ckpt training "
-        "checkpoint (DDP/compile prefixes and all-in-one files handled). The configuration is read "
+        ".safetensors file, sharded safetensors, a diffusers/HF folder, a .pt/.pth/.ckpt training "
+        "checkpoint (DDP/compile prefixes and all-in-one files handled) or a GGUF file (Q8_0, Q5_K, "
+        "Q4_K, ... as ComfyUI-GGUF's converter or `quantize` write them; kept quantised in memory). "
+        "The configuration is read "
         "from the tensor shapes; a file of another model is refused with a message saying what it is."
     )
     RETURN_TYPES = ("NEXTDIT_MODEL", "MODEL")
@@ -28,13 +30,14 @@ class NextDiTLoader:
         return {"required": {
             "dit_name": (host.list_model_files("diffusion_models"), {
                 "tooltip": "Next-DiT weights in models/diffusion_models (e.g. NewBie-image-Exp0.1 "
-                           "bf16 .safetensors). Headless, a path also works."}),
+                           "bf16 .safetensors, or a .gguf). Headless, a path also works."}),
             "weight_dtype": (list(WEIGHT_DTYPES), {
                 "default": "auto",
                 "tooltip": "Precision of the weights in memory. auto: bf16 on a GPU that supports it, "
                            "fp16 on older GPUs, fp32 on the CPU. fp8_e4m3fn halves memory again (about "
                            "3.5 GB for NewBie): block weights stored in fp8, computed in bf16 on a GPU, "
-                           "at a small quality cost."}),
+                           "at a small quality cost. A GGUF file keeps its own quantisation; this "
+                           "sets the precision of its unquantised tensors and of the computation."}),
         }, "optional": {
             "offload": (list(OFFLOAD_MODES), {
                 "default": "auto",

@@ -79,9 +79,16 @@ def _load_pair(gemma_path: Path, jina_path: Path, gemma_dtype, jina_dtype):
     return load_gemma(gemma_path, gemma_dtype), load_jina(jina_path, jina_dtype)
 
 
+def _refuse_gguf(path: Path, what: str, file: str) -> None:
+    if path.suffix.lower() == ".gguf":
+        raise WeightsError(path, f"GGUF {what} files (llama.cpp's tensor names) are not read yet; only "
+                                 f"Next-DiT diffusion models are. Give the {file} file here.")
+
+
 def load_gemma(path, dtype: torch.dtype = torch.float32) -> te.Encoder:
     """Gemma 3 text model + tokenizer from any supported layout, on the CPU, eval mode."""
     path = Path(path)
+    _refuse_gguf(path, "text encoder", "gemma_3_4b_it_bf16.safetensors")
     refs = open_weights(path)
     prefix = _find_prefix(refs, GEMMA_PREFIXES, ("embed_tokens.weight",))
     if prefix is None:
@@ -104,6 +111,7 @@ def load_gemma(path, dtype: torch.dtype = torch.float32) -> te.Encoder:
 def load_jina(path, dtype: torch.dtype = torch.float32) -> te.Encoder:
     """Jina CLIP v2 text tower (``JinaEmbeddingsV3Model``, no pooler) + tokenizer, on the CPU."""
     path = Path(path)
+    _refuse_gguf(path, "text encoder", "jina_clip_v2_bf16.safetensors")
     refs = open_weights(path)
     markers = ("embeddings.word_embeddings.weight", "embeddings.word_embeddings" + jina_keys.ORIGINAL)
     prefix = _find_prefix(refs, JINA_PREFIXES, markers)

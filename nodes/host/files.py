@@ -21,6 +21,9 @@ PACK_DIR = Path(__file__).resolve().parents[2]
 # Weights that ship with the pack, laid out like ComfyUI's models folder.
 EMBEDDED_DIR = PACK_DIR / "embedded"
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pth", ".ckpt", ".bin")
+# Folders whose loaders also read GGUF files (ComfyUI lists them with its own extensions only,
+# so the pack adds them to its dropdowns).
+GGUF_FOLDERS = ("diffusion_models",)
 # Folders whose entries may also be directories (HF / diffusers layouts).
 FOLDER_LAYOUT_OK = ("diffusion_models", "text_encoders", "vae", "loras")
 
@@ -67,9 +70,9 @@ def _folder_dirs(folder: str) -> list[Path]:
     return dirs + [EMBEDDED_DIR / folder]
 
 
-def _is_model_entry(path: Path) -> bool:
+def _is_model_entry(path: Path, folder: str = "") -> bool:
     if path.is_file():
-        return path.suffix.lower() in MODEL_EXTENSIONS
+        return path.suffix.lower() in MODEL_EXTENSIONS or (folder in GGUF_FOLDERS and path.suffix.lower() == ".gguf")
     return path.is_dir() and any(
         (path / marker).exists()
         for marker in ("config.json", "model_index.json", "model.safetensors.index.json",
@@ -85,9 +88,9 @@ def list_model_files(folder: str) -> list[str]:
             continue
         for path in base.rglob("*"):
             relative = path.relative_to(base)
-            inside_model_folder = any(_is_model_entry(base / parent)
+            inside_model_folder = any(_is_model_entry(base / parent, folder)
                                       for parent in relative.parents if parent != Path("."))
-            if _is_model_entry(path) and not inside_model_folder:
+            if _is_model_entry(path, folder) and not inside_model_folder:
                 names.add(relative.as_posix())
     return sorted(names)
 

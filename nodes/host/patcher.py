@@ -81,9 +81,10 @@ def _define_patcher_class(ModelPatcher):
             for key in self.patches:
                 weight = get_attr(self.model, key)
                 if weight.element_size() == 1:
-                    raise ValueError(f"{key}: core's LoRA patches cannot change weights stored in fp8; load "
-                                     f"the Next-DiT with weight_dtype bf16/fp16/fp32, or use NextDiT LoRA "
-                                     f"Loader (which works on fp8)")
+                    stored = "fp8" if weight.is_floating_point() else "GGUF blocks"
+                    raise ValueError(f"{key}: core's LoRA patches cannot change weights stored in {stored}; "
+                                     f"load a bf16/fp16/fp32 Next-DiT file with weight_dtype bf16/fp16/fp32, "
+                                     f"or use NextDiT LoRA Loader (which works on fp8 and GGUF models)")
                 self.patch_weight_to_device(key, device_to=weight.device)
             self.model.current_weight_patches_uuid = self.patches_uuid
 
