@@ -19,23 +19,34 @@ _ATTACHMENT = "own_settings"   # key in model.attachments (a LoRA's structural c
 # Metadata keys (values are strings, as safetensors requires).
 STEPS, SOLVER, SHIFT, CFG, GUIDANCE = ("nextdit_steps", "nextdit_solver", "nextdit_shift", "nextdit_cfg",
                                        "nextdit_guidance")
+# Optional: CFG's data-time truncation the settings were measured with, and the side of the square
+# images the model was trained on (the sampler's size 0 means this side).
+CFG_TRUNC, RESOLUTION = "nextdit_cfg_trunc", "nextdit_resolution"
 
 
 @dataclass(frozen=True)
 class OwnSettings:
     """What a file says it was made for: solver steps, solver name, time shift, CFG scale (1 for
-    students: one forward per step) and the guidance scale (None: a range, the user's choice)."""
+    students: one forward per step), the guidance scale (None: a range, the user's choice), CFG's
+    truncation (None: not recorded, the sampler's value stays) and the training image side (None:
+    not recorded)."""
     steps: int
     solver: str
     shift: float
     cfg: float = 1.0
     guidance: float | None = None
+    cfg_trunc: float | None = None
+    resolution: int | None = None
 
     def to_metadata(self) -> dict[str, str]:
         out = {STEPS: str(self.steps), SOLVER: self.solver, SHIFT: repr(float(self.shift)),
                CFG: repr(float(self.cfg))}
         if self.guidance is not None:
             out[GUIDANCE] = repr(float(self.guidance))
+        if self.cfg_trunc is not None:
+            out[CFG_TRUNC] = repr(float(self.cfg_trunc))
+        if self.resolution is not None:
+            out[RESOLUTION] = str(self.resolution)
         return out
 
     def describe(self) -> str:
@@ -58,7 +69,7 @@ def from_metadata(metadata: dict[str, str]) -> OwnSettings | None:
             value = int(text) if whole else float(text)
         except ValueError:
             value = math.nan
-        lowest_ok = value >= 0 if key == CFG else value > 0     # cfg 0 is legal, the rest must be positive
+        lowest_ok = value >= 0 if key in (CFG, CFG_TRUNC) else value > 0   # 0 is legal for these two
         if not (math.isfinite(value) and lowest_ok):
             raise ValueError(f"metadata {key} = {text!r} is not a {'whole ' if whole else ''}number in range; "
                              f"the file's header is damaged or was edited by hand (remove the key, or "
@@ -66,8 +77,10 @@ def from_metadata(metadata: dict[str, str]) -> OwnSettings | None:
         return value
 
     solver = metadata.get(SOLVER, "euler")
+    resolution = number(RESOLUTION, None, whole=True)
     return OwnSettings(int(number(STEPS, None, whole=True)), solver, number(SHIFT, "6.0"), number(CFG, "1.0"),
-                       number(GUIDANCE, None))
+                       number(GUIDANCE, None), number(CFG_TRUNC, None),
+                       None if resolution is None else int(resolution))
 
 
 def attach(model, settings: OwnSettings | None) -> None:

@@ -7,7 +7,8 @@ Defaults are the official NewBie demo's settings (``sampling.settings.OFFICIAL``
 
 from __future__ import annotations
 
-from ..sampling.settings import MAX_SIDE, OFFICIAL, check_settings, with_own_settings
+from ..sampling.settings import (MAX_SIDE, OFFICIAL, check_settings, missing_negative_problem, node_defaults,
+                                 setting_problem)
 from ..sampling.solvers import SOLVERS
 from . import host
 from .numbers import float_input
@@ -35,7 +36,7 @@ class NextDiTSampler:
         # The editor rounds a typed side to the step; a side sent by hand that is not a multiple of
         # 16 is refused when the node runs (sampling.settings): a VALIDATE_INPUTS naming both sides
         # would have ComfyUI pin its message on both inputs.
-        side = {"default": 1024, "min": 16, "max": MAX_SIDE, "step": 16}
+        side = {"default": 0, "min": 0, "max": MAX_SIDE, "step": 16}
         return {
             "required": {
                 "model": ("NEXTDIT_MODEL", {"tooltip": "The Next-DiT from NextDiT Loader (or a LoRA loader)."}),
@@ -43,22 +44,27 @@ class NextDiTSampler:
                     "tooltip": "The prompt: NextDiT Text Encode's output, or core ComfyUI's NewBie "
                                "text encoder."}),
                 "width": ("INT", {**side, "tooltip": f"Image width in pixels, a multiple of 16 up to "
-                                                     f"{MAX_SIDE}. Ignored when a latent is connected."}),
+                                                     f"{MAX_SIDE}; 0 = the size the model was trained at "
+                                                     f"when its file records it (the embedded model: 64), "
+                                                     f"else 1024. Ignored when a latent is connected."}),
                 "height": ("INT", {**side, "tooltip": f"Image height in pixels, a multiple of 16 up to "
-                                                      f"{MAX_SIDE}. Ignored when a latent is connected."}),
+                                                      f"{MAX_SIDE}; 0 = the model's training size, as for "
+                                                      f"width. Ignored when a latent is connected."}),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 64,
                                        "tooltip": "Images per run (each with its own noise)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                                  "tooltip": "Noise seed. The same seed and size give the same starting noise "
                                             "as core ComfyUI's KSampler, on any device."}),
-                "steps": ("INT", {"default": OFFICIAL["steps"], "min": 0, "max": 1000,
+                "steps": ("INT", {"default": 0, "min": 0, "max": 1000,
                                   "tooltip": "Solver steps (intervals of the time grid). The official scripts' "
                                              "num_sampling_steps counts grid points = steps + 1: their default "
                                              "18 is 17 here. midpoint and heun evaluate the model twice per step. "
                                              "0 = the model's own settings: a few-step student (made by `python "
-                                             "-m nextdit_nodes distill --steps N`) records the steps, solver, "
-                                             "shift, cfg and guidance it was made for, and they replace the "
-                                             "values set here."}),
+                                             "-m nextdit_nodes distill --steps N`) and the embedded models "
+                                             "record the steps, solver, shift, cfg and guidance they were made "
+                                             "for, and they replace the values set here; a model that records "
+                                             "none gets the official settings (17 midpoint steps, shift 6, "
+                                             "cfg 5). The node's text says what ran."}),
                 "solver": (list(SOLVERS), {"default": OFFICIAL["solver"],
                                            "tooltip": "ODE solver. midpoint: the official default (2 evaluations "
                                                       "per step). euler and dpmpp_2m: 1 per step. heun: 2."}),
@@ -100,20 +106,50 @@ class NextDiTSampler:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, steps, cfg, input_types=None):
+        # Runs before any node of the graph (the text encoders included), so cfg without a negative
+        # is refused at once. input_types (the types arriving on linked inputs) says whether the
+        # negative is connected; asking for it makes the host leave the link types to this check,
+        # and naming steps and cfg leaves their ranges here too. Linked steps / cfg arrive as None
+        # and are checked when the node runs.
+        spec = {**cls.INPUT_TYPES()["required"], **cls.INPUT_TYPES()["optional"]}
+        for name, received in (input_types or {}).items():
+            expected = spec[name][0] if name in spec else None
+            if isinstance(expected, str) and received not in (expected, "*"):
+                return f"{name} expects {expected} but is linked to a {received} output"
+        for name, value in (("steps", steps), ("cfg", cfg)):
+            limits = spec[name][1]
+            problem = None if value is None else setting_problem(name, value)
+            if problem is None and value is not None and not limits["min"] <= value <= limits["max"]:
+                problem = f"{name} {value} is outside {limits['min']}..{limits['max']}"
+            if problem:
+                return problem
+        return missing_negative_problem(steps, cfg, "negative" in (input_types or {})) or True
+
     def sample(self, model, positive, width, height, batch_size, seed, steps, solver, shift, cfg,
                renorm_cfg, cfg_trunc, guidance, negative=None, latent=None, denoise=1.0, step_cache=0.0,
                unique_id=None):
+        import torch
+
         from ..dit.own_settings import own_settings
         from ..sampling.preview import LaggedPreviews
         from ..sampling.sample import SamplingReport, sample
         from .host.memory import use_dit_for_sampling
 
+        # 0s stand for the model's own values (sampling.settings.node_defaults); the note says which.
+        if latent is not None and isinstance(latent.get("samples"), torch.Tensor) and not (width and height):
+            width, height = latent["samples"].shape[3] * 8, latent["samples"].shape[2] * 8   # sampled at its size
+        values, notes = node_defaults(own_settings(model), width, height, steps, solver, shift, cfg, cfg_trunc,
+                                      guidance, negative is not None)
+        width, height, steps, solver, shift, cfg, cfg_trunc, guidance = (values[key] for key in (
+            "width", "height", "steps", "solver", "shift", "cfg", "cfg_trunc", "guidance"))
+        defaults_note = "; ".join(notes) or None
         check_settings(width=width, height=height)   # before any memory is moved for them
-        # The settings sample() will use (steps 0: the model's own), for the memory estimate and the bar.
-        total, _, _, used_cfg, _ = with_own_settings(own_settings(model), steps, solver, shift, cfg, guidance)
+        total = steps
         # Inside ComfyUI the memory manager makes room (and may stream blocks); headless a no-op
         # unless the model's offload mode asks for streaming.
-        use_dit_for_sampling(model, positive, negative, width, height, batch_size, used_cfg)
+        use_dit_for_sampling(model, positive, negative, width, height, batch_size, cfg)
 
         progress = host.Progress(total, unique_id)
         report = SamplingReport()
@@ -123,7 +159,11 @@ class NextDiTSampler:
             # (what ran, what the cache skipped), which ComfyUI shows on the node.
             cache = report.cache
             note = None if cache is None else f"cache skipped {cache.skipped}/{cache.evaluations}"
-            progress.update(step + 1, ("JPEG", image, PREVIEW_SIZE), report.describe() if step + 1 == total else note)
+            progress.update(step + 1, ("JPEG", image, PREVIEW_SIZE), text() if step + 1 == total else
+                            "; ".join(filter(None, (defaults_note, note))) or None)
+
+        def text() -> str:
+            return report.describe() if defaults_note is None else f"{report.describe()} ({defaults_note})"
 
         # On a GPU each preview is shown one step late, so the loop never waits for the device.
         previews = LaggedPreviews(show)
@@ -136,7 +176,7 @@ class NextDiTSampler:
                      cfg_trunc, guidance=guidance, batch_size=batch_size, latent=latent, denoise=denoise,
                      callback=on_step, step_cache=step_cache, report=report)
         previews.finish()
-        return {"ui": {"text": [report.describe()]}, "result": (out,)}
+        return {"ui": {"text": [text()]}, "result": (out,)}
 
 
 class NextDiTOfficialCFG:

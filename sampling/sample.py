@@ -110,6 +110,10 @@ def _start_latent(latent: dict | None, batch_size: int, width: int, height: int,
     if latent is None:
         return None, (batch_size, channels, height // 8, width // 8)
     raw = latent.get("samples") if isinstance(latent, dict) else None
+    if isinstance(raw, Tensor) and raw.ndim == 4 and raw.shape[1] != channels and not raw.any():
+        # An empty latent made for another model (core's EmptyLatentImage: 4 channels) has only its
+        # size to give; core's KSampler widens it to the model's channels the same way.
+        raw = raw.new_zeros((raw.shape[0], channels, *raw.shape[2:]))
     if not isinstance(raw, Tensor) or raw.ndim != 4 or raw.shape[1] != channels:
         raise ValueError(f"latent must be a LATENT dict with samples (B, {channels}, h, w) in the FLUX "
                          f"VAE's space; got {None if raw is None else tuple(raw.shape)}")

@@ -12,6 +12,8 @@ MAX_SIDE = 4096  # pixels per side: twice the largest official resolution (2048)
 # The official demo's settings (NewBie-image-Exp0.1 `demo.py`): midpoint solver, 18 grid points
 # (= 17 solver steps), time shift 6, CFG 5 while data-time t < 0.25, no renormalisation.
 OFFICIAL = {"solver": "midpoint", "steps": 17, "shift": 6.0, "cfg": 5.0, "cfg_trunc": 0.25, "renorm_cfg": 0.0}
+# The official NewBie resolution: the size 0 stands for when a model records no training size.
+OFFICIAL_SIDE = 1024
 
 
 def _side(name: str, value) -> str | None:
@@ -83,3 +85,44 @@ def with_own_settings(own, steps: int, solver: str, shift: float, cfg: float,
                          f"none: set steps (the official NewBie settings: {OFFICIAL['steps']} "
                          f"{OFFICIAL['solver']} steps)")
     return own.steps, own.solver, own.shift, own.cfg, guidance if own.guidance is None else own.guidance
+
+
+def node_defaults(own, width: int, height: int, steps: int, solver: str, shift: float, cfg: float,
+                  cfg_trunc: float, guidance: float, has_negative: bool) -> tuple[dict, list[str]]:
+    """What NextDiT Sampler's "model's own" values stand for, and a note per value it filled in.
+
+    ``own``: the loaded model's ``OwnSettings`` or None. A side of 0 is the model's training side
+    (``own.resolution``), else the official 1024. Steps 0 is the model's own settings (cfg_trunc
+    too when recorded); a model that records none gets the official NewBie settings. Without a
+    negative, settings that came from the model (not typed by the user) fall back to cfg 1, since
+    CFG needs one. Returns explicit values (steps never 0) for ``sample``."""
+    notes = []
+    if width == 0 or height == 0:
+        recorded = own.resolution if own is not None else None
+        side = recorded or OFFICIAL_SIDE
+        width, height = width or side, height or side
+        whose = "the model's training size" if recorded else "the official size: the model records none"
+        notes.append(f"{width}×{height} ({whose})")
+    if steps == 0:
+        if own is None:
+            steps, solver, shift, cfg = (OFFICIAL[key] for key in ("steps", "solver", "shift", "cfg"))
+            notes.append("the official NewBie settings (the model records none of its own)")
+        else:
+            steps, solver, shift, cfg, guidance = with_own_settings(own, 0, solver, shift, cfg, guidance)
+            cfg_trunc = cfg_trunc if own.cfg_trunc is None else own.cfg_trunc
+            notes.append("the model's own settings")
+        if cfg != 1.0 and not has_negative:
+            notes.append(f"cfg 1 instead of {cfg:g}: no negative is connected")
+            cfg = 1.0
+    values = dict(width=width, height=height, steps=steps, solver=solver, shift=shift, cfg=cfg,
+                  cfg_trunc=cfg_trunc, guidance=guidance)
+    return values, notes
+
+
+def missing_negative_problem(steps, cfg, negative_connected: bool) -> str | None:
+    """The refusal a sampler can give before anything runs: cfg typed ≠ 1 without a negative
+    (steps 0 decides at run time, from the model's own settings)."""
+    if negative_connected or steps in (0, None) or cfg is None or cfg == 1.0:
+        return None
+    return (f"cfg {cfg:g} needs a negative conditioning; connect one (an empty prompt is the official "
+            f"default) or set cfg to 1")

@@ -92,6 +92,20 @@ def list_model_files(folder: str) -> list[str]:
     return sorted(names)
 
 
+def file_choice(names: list[str], like: str = "", avoid: tuple[str, ...] = ()) -> dict:
+    """A loader COMBO's ``default`` option: the first name containing ``like`` and none of ``avoid``
+    (case-insensitive), else the first name containing ``like``, else the list's first. The editor
+    puts the default in a node added from the search box, so the pick must be a file that works
+    there (a Jina file for ``jina_name``, a teacher before its distilled students)."""
+    def has(name: str, word: str) -> bool:
+        return word.lower() in name.lower()
+
+    fitting = [name for name in names if has(name, like)]
+    preferred = [name for name in fitting if not any(has(name, word) for word in avoid)]
+    pick = (preferred or fitting or names or [None])[0]
+    return {} if pick is None else {"default": pick}
+
+
 def resolve_model_file(folder: str, name: str) -> Path:
     """Full path of ``name``: a listed entry of ``folder``, or (headless only) a path.
 

@@ -27,6 +27,7 @@ import torch
 
 from ...dit.checkpoint import load_dit
 from ...dit.model import NextDiT
+from ...dit.own_settings import OwnSettings
 from ...text.conditioning import conditioning
 from ...text.loading import load_text_encoders
 from ...vae.latent_format import FLUX
@@ -53,6 +54,10 @@ FEW_STEP_FILE = few_step_file(4)   # the shipped one
 GEMMA_FILE = "text_encoders/embedded-shapes-gemma3.safetensors"
 JINA_FILE = "text_encoders/embedded-shapes-jina.safetensors"
 VAE_FOLDER = "vae/embedded-shapes-vae"
+# What each Next-DiT file records for the sampler's defaults (steps 0, size 0): the settings
+# check-embedded measures it with and the 64×64 training images.
+TEACHER_SETTINGS = OwnSettings(25, "euler", 6.0, cfg=4.0, cfg_trunc=1.0, resolution=64)
+STUDENT_SETTINGS = OwnSettings(25, "euler", 6.0, cfg=1.0, guidance=4.0, resolution=64)
 
 @dataclass(frozen=True)
 class TrainingPlan:
@@ -110,7 +115,7 @@ def save_training_checkpoint(model, path: Path, plan: TrainingPlan) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {f"module.{k}": v.detach().clone() for k, v in model.state_dict().items()}
     args = argparse.Namespace(**dataclasses.asdict(plan), params=repr(model.params))
-    torch.save({"model": state, "args": args}, path)
+    torch.save({"model": state, "args": args, "metadata": TEACHER_SETTINGS.to_metadata()}, path)
 
 class _StageClock:
     """Logs each stage's wall time and keeps them for the closing summary."""
@@ -208,7 +213,7 @@ def distill_student(teacher, text_encoders, captions, out: Path, plan: TrainingP
     # the teacher's CFG velocity, so it trains on the states it meets when sampling, drift included.
     student = distill(teacher, _conditionings(text_encoders, captions[:count]), _conditionings(text_encoders, [""])[0],
                       config)
-    save_student(student, out / STUDENT_FILE, overwrite=True)
+    save_student(student, out / STUDENT_FILE, overwrite=True, metadata=STUDENT_SETTINGS.to_metadata())
 
 # Guidance 4. The 4-step student fits each of its steps to the teacher's CFG path over it (16 Euler
 # steps in all; "segment" from the guidance-distilled student); fewer steps halve from it in
@@ -227,7 +232,7 @@ def few_step_student(text_encoders, captions, out: Path, plan: TrainingPlan) -> 
     positives = _conditionings(text_encoders, captions[:2000])
 
     def save(student, steps: int, method: str, targets: str) -> None:
-        settings = replace(config.own_settings(), steps=steps)
+        settings = replace(config.own_settings(), steps=steps, resolution=TEACHER_SETTINGS.resolution)
         save_student(student, out / few_step_file(steps), dtype=torch.float16, overwrite=True,
                      metadata={"nextdit_distilled": "guidance+steps", "teacher": Path(STUDENT_FILE).name,
                                "step_method": method, "step_targets": targets, **settings.to_metadata()})
