@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..prompting.system_prompts import RECORDED_KEY
 from . import jina_keys
 from .towers import Encoder
 
