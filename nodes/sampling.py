@@ -93,9 +93,10 @@ class NextDiTSampler:
                 "latent": ("LATENT", {"tooltip": "Optional starting latent for image-to-image (e.g. from "
                                                  "NextDiT VAE Encode); its size replaces width/height."}),
                 "denoise": float_input(1.0, 0.0, 1.0, 0.01,
-                                      "With a latent: how much noise to start from (sampling starts "
-                                      "at data-time 1 − denoise). 1 = ignore the latent's content, "
-                                      "0 = return it unchanged."),
+                                      "With a latent: how much noise to start from, on core KSampler's "
+                                      "scale (the same value starts at the same noise level: with shift 6, "
+                                      "0.1 starts at noise 0.4, 0.3 at 0.72). 1 = ignore the latent's "
+                                      "content, 0 = return it unchanged."),
                 "step_cache": float_input(0.0, 0.0, 10.0, 0.01,
                                          "0 = off. Otherwise an evaluation whose first-block input changed "
                                          "less than this (relative L1) since the last full one reuses the "
@@ -138,14 +139,16 @@ class NextDiTSampler:
         from .host.memory import use_dit_for_sampling
 
         # 0s stand for the model's own values (sampling.settings.node_defaults); the note says which.
-        if latent is not None and isinstance(latent.get("samples"), torch.Tensor) and not (width and height):
-            width, height = latent["samples"].shape[3] * 8, latent["samples"].shape[2] * 8   # sampled at its size
+        size_given = latent is not None and isinstance(latent.get("samples"), torch.Tensor)
+        if size_given:   # sampled at the latent's size (any: the model pads to its patch size)
+            width, height = latent["samples"].shape[3] * 8, latent["samples"].shape[2] * 8
         values, notes = node_defaults(own_settings(model), width, height, steps, solver, shift, cfg, cfg_trunc,
                                       guidance, negative is not None)
         width, height, steps, solver, shift, cfg, cfg_trunc, guidance = (values[key] for key in (
             "width", "height", "steps", "solver", "shift", "cfg", "cfg_trunc", "guidance"))
         defaults_note = "; ".join(notes) or None
-        check_settings(width=width, height=height)   # before any memory is moved for them
+        if not size_given:
+            check_settings(width=width, height=height)   # before any memory is moved for them
         total = steps
         # Inside ComfyUI the memory manager makes room (and may stream blocks); headless a no-op
         # unless the model's offload mode asks for streaming.
