@@ -109,9 +109,10 @@ class NextDiTTextEncode:
                 "multiline": True, "default": "",
                 "tooltip": "Used when system_prompt is custom, verbatim (the official prompts end in "
                            "'<Prompt Start> ' with a space)."}),
-        }}
+        }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
-    def encode(self, text_encoders, prompt: str, system_prompt: str = AUTO, custom_system_prompt: str = ""):
+    def encode(self, text_encoders, prompt: str, system_prompt: str = AUTO, custom_system_prompt: str = "",
+               unique_id=None):
         from ..text.conditioning import conditioning
 
         if not hasattr(text_encoders, "encode"):
@@ -124,6 +125,7 @@ class NextDiTTextEncode:
         encoding = text_encoders.encode(gemma_text, jina_text)
         for warning in warnings + encoding.warnings:
             log.warning("NextDiTTextEncode: %s", warning)
+        host.show_text("\n".join(warnings + encoding.warnings), unique_id)   # on the node, in ComfyUI and serve
         return (conditioning(encoding, gemma_text, jina_text, warnings),)
 
 

@@ -40,6 +40,7 @@ class Worker:
 
     def _loop(self) -> None:
         host.set_progress_hook(self._progress)
+        host.set_text_hook(self._text)
         while (job := self.queue.take()) is not None:
             self._run(job)
 
@@ -103,6 +104,11 @@ class Worker:
     def _on_output(self, node: GraphNode, ui: dict) -> None:
         self._job.outputs[node.id] = ui
         self._send("executed", {"node": node.id, "display_node": node.id, "output": ui})
+
+    def _text(self, text: str) -> None:
+        """A node's warnings or report (host.show_text): on the running node, as its progress text."""
+        if self._job is not None and self._node is not None:
+            self.hub.send_bytes(text_frame(self._node.id, text), self._job.client_id)
 
     def _progress(self, done: int, total: int, preview=None, note=None) -> None:
         if self._job is None:

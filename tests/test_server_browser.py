@@ -179,7 +179,7 @@ def test_an_invalid_value_marks_the_node_and_shows_the_error(page):
 
     page, events = page
     load_graph(page, json.loads(EMBEDDED.read_text()))
-    page.evaluate("() => { app.graph.getNodeById(6).widgets.find(w => w.name === 'width').value = 8; }")
+    page.evaluate("() => { app.graph.getNodeById(6).widgets.find(w => w.name === 'width').value = -16; }")
     since = len(events["ws"])
     click_run(page)
     page.wait_for_function("() => app.graph.getNodeById(6).has_errors === true", timeout=30_000)
@@ -187,7 +187,7 @@ def test_an_invalid_value_marks_the_node_and_shows_the_error(page):
     assert list(errors) == ["6"]
     (error,) = errors["6"]["errors"]
     assert error["type"] == "value_smaller_than_min" and error["extra_info"]["input_name"] == "width"
-    assert "8 is smaller than the minimum 16" in error["details"]
+    assert "-16 is smaller than the minimum 0" in error["details"]
     page.get_by_text("has a value below the minimum for width").first.wait_for(timeout=10_000)  # toast
     assert not _messages(events, since, "execution_start")  # nothing ran
     # The console reports the rejection itself (the HTTP 400 and the editor's PromptExecutionError,

@@ -140,3 +140,22 @@ def test_loader_refuses_a_non_text_file(models_dir, monkeypatch, tmp_path):
     monkeypatch.setenv("NEXTDIT_MODELS_DIR", str(models_dir))
     with pytest.raises(WeightsError, match="Next-DiT"):
         NextDiTTextEncoderLoader().load(str(dit), "jina_tiny", "cpu", "auto")
+
+
+def test_warnings_go_to_the_node_through_the_hosts_text_channel(encoders):
+    # Inside ComfyUI this is PromptServer.send_progress_text (drawn on the node without any
+    # extension); headless the text hook, which `serve` turns into the same TEXT frame.
+    from nextdit_nodes.nodes import host
+    from nextdit_nodes.nodes.prompt import NextDiTXMLPrompt
+
+    shown = []
+    previous = host.set_text_hook(shown.append)
+    try:
+        NextDiTTextEncode().encode(encoders, "<character_1><n>miku</n>", "none", "", unique_id="4")
+        NextDiTXMLPrompt().assemble("<character_1><n>miku</n><hair>teal</hair></character_1>", unique_id="5")
+        NextDiTTextEncode().encode(encoders, "1girl, solo", "none", "", unique_id="6")      # nothing to say
+    finally:
+        host.set_text_hook(previous)
+    assert len(shown) == 2
+    assert "cannot be read" in shown[0] and "encoded as written" in shown[0]
+    assert "hair" in shown[1]
