@@ -122,8 +122,10 @@ class NextDiTSampler:
         for name, value in (("steps", steps), ("cfg", cfg)):
             limits = spec[name][1]
             problem = None if value is None else setting_problem(name, value)
-            if problem is None and value is not None and not limits["min"] <= value <= limits["max"]:
-                problem = f"{name} {value} is outside {limits['min']}..{limits['max']}"
+            if problem is None and value is not None and value > limits["max"]:
+                problem = f"{name}: {value} is bigger than the maximum {limits['max']}"    # core's words
+            if problem is None and value is not None and value < limits["min"]:
+                problem = f"{name}: {value} is smaller than the minimum {limits['min']}"
             if problem:
                 return problem
         return missing_negative_problem(steps, cfg, "negative" in (input_types or {})) or True
@@ -162,7 +164,8 @@ class NextDiTSampler:
             # (what ran, what the cache skipped), which ComfyUI shows on the node.
             cache = report.cache
             note = None if cache is None else f"cache skipped {cache.skipped}/{cache.evaluations}"
-            progress.update(step + 1, ("JPEG", image, PREVIEW_SIZE), text() if step + 1 == total else
+            progress.update(step + 1, None if image is None else ("JPEG", image, PREVIEW_SIZE),
+                            text() if step + 1 == total else
                             "; ".join(filter(None, (defaults_note, note))) or None)
 
         def text() -> str:
@@ -171,9 +174,14 @@ class NextDiTSampler:
         # On a GPU each preview is shown one step late, so the loop never waits for the device.
         previews = LaggedPreviews(show)
 
+        wanted = host.previews_wanted()    # ComfyUI's preview method "none": progress without pictures
+
         def on_step(step: int, _steps: int, x0) -> None:
             host.check_interrupt()
-            previews(step, x0)
+            if wanted:
+                previews(step, x0)
+            else:
+                show(step, None)
 
         out = sample(model, positive, negative, width, height, seed, steps, solver, shift, cfg, renorm_cfg,
                      cfg_trunc, guidance=guidance, batch_size=batch_size, latent=latent, denoise=denoise,

@@ -169,7 +169,7 @@ def test_validation_refuses_typed_cfg_without_a_negative_and_checks_link_types()
     assert validate(steps=None, cfg=None, input_types=linked) is True    # linked values: checked when run
     assert "expects NEXTDIT_MODEL but is linked to a MODEL" in validate(steps=10, cfg=1.0,
                                                                           input_types={**linked, "model": "MODEL"})
-    assert "outside" in validate(steps=1001, cfg=1.0, input_types=linked)
+    assert "1001 is bigger than the maximum 1000" in validate(steps=1001, cfg=1.0, input_types=linked)
     assert "finite" in validate(steps=10, cfg=float("nan"), input_types=linked)
 
 

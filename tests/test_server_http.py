@@ -153,7 +153,9 @@ def test_invalid_values_come_back_as_node_errors(folders):
     errors = body["node_errors"]
     assert set(errors) == {"1", "6"}
     (cfg,) = errors["6"]["errors"]
-    assert cfg["type"] == "value_bigger_than_max" and cfg["extra_info"] == {"input_name": "cfg"}
+    # The sampler checks cfg itself (VALIDATE_INPUTS refuses a typed cfg without a negative before
+    # anything runs, and naming cfg there hands its range check to it, as in ComfyUI).
+    assert cfg["type"] == "custom_validation_failed" and cfg["extra_info"] == {"input_name": "cfg"}
     assert "99.0 is bigger than the maximum 30.0" in cfg["details"] and errors["6"]["class_type"] == "NextDiTSampler"
     (dit,) = errors["1"]["errors"]
     assert dit["type"] == "value_not_in_list" and dit["extra_info"]["input_name"] == "dit_name"

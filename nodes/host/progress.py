@@ -19,6 +19,25 @@ def set_progress_hook(hook: ProgressHook | None) -> ProgressHook | None:
     return previous
 
 
+_previews_wanted = True
+
+
+def set_previews_wanted(wanted: bool) -> None:
+    """Headless hosts: the user's preview setting (``serve``: the editor's preview method)."""
+    global _previews_wanted
+    _previews_wanted = wanted
+
+
+def previews_wanted() -> bool:
+    """Whether samplers should make latent previews: inside ComfyUI its preview method
+    (``--preview-method`` or the editor's setting; ``none`` = no previews), headless the host's."""
+    try:
+        from comfy.cli_args import LatentPreviewMethod, args  # noqa: PLC0415
+    except ImportError:
+        return _previews_wanted
+    return args.preview_method != LatentPreviewMethod.NoPreviews
+
+
 def set_text_hook(hook: TextHook | None) -> TextHook | None:
     """Headless hosts: where a node's text goes (``serve``: on the node); returns the previous hook."""
     global _text_hook
