@@ -7,8 +7,9 @@ Defaults are the official NewBie demo's settings (``sampling.settings.OFFICIAL``
 
 from __future__ import annotations
 
-from ..sampling.settings import (MAX_SIDE, OFFICIAL, check_settings, missing_negative_problem, node_defaults,
-                                 setting_problem)
+import math
+
+from ..sampling.settings import MAX_SIDE, OFFICIAL, check_settings, missing_negative_problem, node_defaults
 from ..sampling.solvers import SOLVERS
 from . import host
 from .numbers import float_input
@@ -120,14 +121,13 @@ class NextDiTSampler:
             if isinstance(expected, str) and received not in (expected, "*"):
                 return f"{name} expects {expected} but is linked to a {received} output"
         for name, value in (("steps", steps), ("cfg", cfg)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue    # linked (None), or not a finite number: the host's type check says so, once
             limits = spec[name][1]
-            problem = None if value is None else setting_problem(name, value)
-            if problem is None and value is not None and value > limits["max"]:
-                problem = f"{name}: {value} is bigger than the maximum {limits['max']}"    # core's words
-            if problem is None and value is not None and value < limits["min"]:
-                problem = f"{name}: {value} is smaller than the minimum {limits['min']}"
-            if problem:
-                return problem
+            if value > limits["max"]:
+                return f"{name}: {value} is bigger than the maximum {limits['max']}"    # core's words
+            if value < limits["min"]:
+                return f"{name}: {value} is smaller than the minimum {limits['min']}"
         return missing_negative_problem(steps, cfg, "negative" in (input_types or {})) or True
 
     def sample(self, model, positive, width, height, batch_size, seed, steps, solver, shift, cfg,

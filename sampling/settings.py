@@ -122,7 +122,7 @@ def node_defaults(own, width: int, height: int, steps: int, solver: str, shift: 
 def missing_negative_problem(steps, cfg, negative_connected: bool) -> str | None:
     """The refusal a sampler can give before anything runs: cfg typed ≠ 1 without a negative
     (steps 0 decides at run time, from the model's own settings)."""
-    if negative_connected or steps in (0, None) or cfg is None or cfg == 1.0:
-        return None
+    if negative_connected or steps in (0, None) or cfg is None or cfg == 1.0 or setting_problem("cfg", cfg):
+        return None    # (a cfg that is no number is refused by its own check)
     return (f"cfg {cfg:g} needs a negative conditioning; connect one (an empty prompt is the official "
             f"default) or set cfg to 1")
