@@ -48,3 +48,24 @@ def test_the_readme_example_runs_as_written_and_quiet_is_quiet(tmp_path):
     (png,) = tmp_path.glob("*.png")
     prompt = json.loads(Image.open(png).text["prompt"])
     assert prompt["6"]["inputs"]["seed"] == 7
+
+
+def test_serve_refuses_a_port_in_use_naming_a_free_one_and_prints_its_folders(tmp_path, capsys):
+    import socket
+
+    from nextdit_nodes.server import command
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(command.PortInUseError, match=rf"port {port} on 127.0.0.1 is in use.*--port \d+"):
+            command._check_port("127.0.0.1", port)
+        args = command.argparse.Namespace(models_dir=[tmp_path / "models"], listen="127.0.0.1", port=port,
+                                          output_dir=tmp_path / "out", input_dir=tmp_path / "in",
+                                          user_dir=tmp_path / "user")
+        assert command._command(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: port {port}") and "Traceback" not in err
+    folders = "\n".join(command._folders(args))
+    assert str(tmp_path / "models") in folders and "loras/" in folders and str(tmp_path / "out") in folders
