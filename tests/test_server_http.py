@@ -222,6 +222,9 @@ def test_startup_routes_answer_and_settings_and_workflows_persist(folders):
     assert settings == {"Comfy.Minimap.Visible": False} and listed == ["mine.json"]
     assert escape == 403 and not (folders["user"].parent / "escape.json").exists()
     assert "Embedded shapes model" in templates["nextdit-nodes"]
+    # The examples built on core's KSampler need a full ComfyUI: not offered here.
+    assert not [name for name in templates["nextdit-nodes"] if "core KSampler" in name], templates
+    assert len(templates["nextdit-nodes"]) == len(list(EMBEDDED.parent.glob("*.json"))) - 2
     assert (folders["user"] / "default" / "workflows" / "mine.json").read_bytes() == b'{"nodes": []}'
 
 
