@@ -108,8 +108,10 @@ class NextDiTSampler:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
+    # Headless and in `serve` only: inside ComfyUI an error of a VALIDATE_INPUTS is pinned on every
+    # input it names (steps, cfg and input_types), so there the refusal stays in sample().
     @classmethod
-    def VALIDATE_INPUTS(cls, steps, cfg, input_types=None):
+    def _validate_inputs(cls, steps, cfg, input_types=None):
         # Runs before any node of the graph (the text encoders included), so cfg without a negative
         # is refused at once. input_types (the types arriving on linked inputs) says whether the
         # negative is connected; asking for it makes the host leave the link types to this check,
@@ -121,14 +123,19 @@ class NextDiTSampler:
             if isinstance(expected, str) and received not in (expected, "*"):
                 return f"{name} expects {expected} but is linked to a {received} output"
         for name, value in (("steps", steps), ("cfg", cfg)):
+            if value is None:
+                continue    # linked: checked when the node runs
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                continue    # linked (None), or not a finite number: the host's type check says so, once
+                return f"{name} must be a finite number; got {value!r}"   # ComfyUI's float() lets NaN through
             limits = spec[name][1]
             if value > limits["max"]:
                 return f"{name}: {value} is bigger than the maximum {limits['max']}"    # core's words
             if value < limits["min"]:
                 return f"{name}: {value} is smaller than the minimum {limits['min']}"
         return missing_negative_problem(steps, cfg, "negative" in (input_types or {})) or True
+
+    if not host.inside_comfyui():
+        VALIDATE_INPUTS = _validate_inputs
 
     def sample(self, model, positive, width, height, batch_size, seed, steps, solver, shift, cfg,
                renorm_cfg, cfg_trunc, guidance, negative=None, latent=None, denoise=1.0, step_cache=0.0,

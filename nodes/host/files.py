@@ -39,6 +39,11 @@ def paths_allowed() -> bool:
     return not _confined and _comfy_folder_paths() is None
 
 
+def inside_comfyui() -> bool:
+    """Whether the pack runs inside ComfyUI (not headless, not in ``serve``)."""
+    return _comfy_folder_paths() is not None
+
+
 def _comfy_folder_paths():
     try:
         import folder_paths  # ComfyUI's module; absent headless
