@@ -29,6 +29,9 @@ latents the graphs saved (core ``SaveLatent``, read back through ``/view``):
  12. the embedded 4-step student through core: KSampler (euler, simple, 4 steps, cfg 1) with no
      FluxGuidance equals NextDiT Sampler at steps 0 (the file's own settings: its guidance 4
      reaches the core MODEL as the default), and FluxGuidance 1 overrides it.
+ 14. warnings and reports reach the node as progress text (the binary TEXT event): NextDiT XML
+     Prompt's checks, NextDiT Text Encode's "cannot be read ... encoded as written" and NextDiT
+     LoRA Loader's applied-keys report, each for its own node id.
  13. image-to-image at the latent size of a 100×76 image (12×9, odd: padded to the patch size
      inside the model as core's Lumina model does): NextDiT Sampler at denoise 0.1, 0.3 and 0.6
      (cfg 1) equals core KSampler on the pack's MODEL with the same denoise.
@@ -401,6 +404,49 @@ def check_img2img(url: str) -> None:
         assert relative(ours, core) <= 1e-4
 
 
+def check_node_texts(url: str) -> None:
+    import asyncio
+    import struct
+
+    import aiohttp
+
+    client_id = uuid.uuid4().hex
+    prompt: dict = {}
+    text_nodes(prompt)
+    prompt["xml"] = {"class_type": "NextDiTXMLPrompt", "inputs": {
+        "prompt": "<character_1><n>miku</n><hair>teal</hair></character_1>", "caption": ""}}
+    prompt["bad"] = {"class_type": "NextDiTTextEncode", "inputs": {
+        "text_encoders": ["te", 0], "prompt": "<character_1><n>circle</n><apperance>red</apperance>",
+        "system_prompt": "none", "custom_system_prompt": ""}}
+    prompt["pack"] = {"class_type": "NextDiTLoader", "inputs": {"dit_name": WIDE_DIT, "weight_dtype": "fp32"}}
+    prompt["lora"] = {"class_type": "NextDiTLoraLoader", "inputs": {"model": ["pack", 0], "lora_name": LORA,
+                                                                    "strength": 1.0}}
+    for name, source in (("o1", ["xml", 0]), ("o2", ["bad", 0]), ("o3", ["lora", 0])):
+        prompt[name] = {"class_type": "PreviewAny", "inputs": {"source": source}}
+
+    async def listen() -> dict[str, str]:
+        texts: dict[str, str] = {}
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{url}/ws?clientId={client_id}") as ws:
+                body = {"prompt": prompt, "client_id": client_id}
+                async with session.post(f"{url}/prompt", json=body) as answer:
+                    assert answer.status == 200, await answer.text()
+                async for message in ws:
+                    if message.type == aiohttp.WSMsgType.BINARY and struct.unpack(">I", message.data[:4])[0] == 3:
+                        (length,) = struct.unpack(">I", message.data[4:8])
+                        texts[message.data[8:8 + length].decode()] = message.data[8 + length:].decode()
+                    elif message.type == aiohttp.WSMsgType.TEXT:
+                        data = json.loads(message.data)
+                        if data["type"] in ("execution_success", "execution_error"):
+                            assert data["type"] == "execution_success", data
+                            return texts
+        return texts
+
+    texts = asyncio.run(listen())
+    print(f"14. progress text per node: { {node: text[:60] for node, text in texts.items()} }")
+    assert "hair" in texts["xml"] and "cannot be read" in texts["bad"] and "applied" in texts["lora"], texts
+
+
 def check_refusals(url: str) -> None:
     refused = []
     for node, inputs in (("ConditioningSetArea", {"width": 64, "height": 64, "x": 0, "y": 0, "strength": 1.0}),
@@ -535,7 +581,8 @@ def main() -> int:
     checks = {"equal": check_equalities, "patches": check_patches, "lora": lambda url: check_loras(url, args.log),
               "inpaint": check_inpainting, "files": check_file_inputs, "ranges": check_timestep_ranges,
               "sampler_inpaint": check_sampler_inpainting, "refusals": check_refusals, "numbers": check_numbers,
-              "student": check_student, "few_step": check_few_step, "img2img": check_img2img}
+              "student": check_student, "few_step": check_few_step, "img2img": check_img2img,
+              "node_texts": check_node_texts}
     for name, check in checks.items():
         if args.only is None or name in args.only:
             check(args.url)
