@@ -76,8 +76,10 @@ def _gc_paused():
 def _load_dit(path: Path, dtype: str, device: torch.device, compute_device):
     plan = precision.resolve(dtype, device if compute_device is None else compute_device)
     raw = open_weights(path, subfolder="transformer")
+    metadata = read_metadata(path)
     try:
-        settings = own_settings.from_metadata(read_metadata(path))
+        settings = own_settings.from_metadata(metadata)
+        preview = own_settings.preview_from_metadata(metadata)
     except ValueError as error:
         raise WeightsError(path, str(error)) from None
     state = official_refs(path, raw)
@@ -112,6 +114,7 @@ def _load_dit(path: Path, dtype: str, device: torch.device, compute_device):
         raise RuntimeError(f"NextDiT tensors left unloaded on the meta device: {on_meta[:5]}")
     precision.apply_plan(model, plan)
     own_settings.attach(model, settings)
+    own_settings.attach_preview(model, preview)
     if settings is not None:
         log.info("%s was made for %s (NextDiT Sampler's steps 0 uses them)", path.name, settings.describe())
     log.info("loaded %s: %s, weights %s (compute %s) on %s", path.name, _describe_params(params), dtype,

@@ -11,6 +11,7 @@ Torch-free: plain strings in, a small dataclass out.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -22,6 +23,10 @@ STEPS, SOLVER, SHIFT, CFG, GUIDANCE = ("nextdit_steps", "nextdit_solver", "nextd
 # Optional: CFG's data-time truncation the settings were measured with, and the side of the square
 # images the model was trained on (the sampler's size 0 means this side).
 CFG_TRUNC, RESOLUTION = "nextdit_cfg_trunc", "nextdit_resolution"
+# Optional: JSON {"factors": 16×3, "bias": 3}, the latent → RGB projection for previews fitted on
+# the autoencoder the model was trained with (the FLUX one's factors fit no other).
+PREVIEW = "nextdit_latent_rgb"
+_PREVIEW_ATTACHMENT = "latent_rgb"
 
 
 @dataclass(frozen=True)
@@ -94,3 +99,37 @@ def attach(model, settings: OwnSettings | None) -> None:
 def own_settings(model) -> OwnSettings | None:
     """The settings the model's file was made for, or None."""
     return getattr(model, "attachments", {}).get(_ATTACHMENT)
+
+
+def preview_from_metadata(metadata: dict[str, str]) -> tuple[tuple, tuple] | None:
+    """(factors 16×3, bias 3) the file records for previews, or None; ValueError for a damaged entry."""
+    text = metadata.get(PREVIEW)
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+        factors = tuple(tuple(float(v) for v in row) for row in data["factors"])
+        bias = tuple(float(v) for v in data["bias"])
+    except (ValueError, KeyError, TypeError):
+        factors, bias = (), ()
+    if not factors or any(len(row) != 3 for row in factors) or len(bias) != 3:
+        raise ValueError(f"metadata {PREVIEW} is not {{\"factors\": C×3 numbers, \"bias\": 3 numbers}}; the "
+                         f"file's header is damaged or was edited by hand (remove the key)")
+    return factors, bias
+
+
+def preview_metadata(factors, bias) -> dict[str, str]:
+    return {PREVIEW: json.dumps({"factors": [[round(float(v), 5) for v in row] for row in factors],
+                                 "bias": [round(float(v), 5) for v in bias]})}
+
+
+def attach_preview(model, preview: tuple[tuple, tuple] | None) -> None:
+    if preview is None:
+        model.attachments.pop(_PREVIEW_ATTACHMENT, None)
+    else:
+        model.attachments[_PREVIEW_ATTACHMENT] = preview
+
+
+def preview_factors(model) -> tuple[tuple, tuple] | None:
+    """The latent → RGB projection the model's file records, or None (the FLUX one applies)."""
+    return getattr(model, "attachments", {}).get(_PREVIEW_ATTACHMENT)

@@ -142,7 +142,7 @@ class NextDiTSampler:
                unique_id=None):
         import torch
 
-        from ..dit.own_settings import own_settings
+        from ..dit.own_settings import own_settings, preview_factors
         from ..sampling.preview import LaggedPreviews
         from ..sampling.sample import SamplingReport, sample
         from .host.memory import use_dit_for_sampling
@@ -179,7 +179,9 @@ class NextDiTSampler:
             return report.describe() if defaults_note is None else f"{report.describe()} ({defaults_note})"
 
         # On a GPU each preview is shown one step late, so the loop never waits for the device.
-        previews = LaggedPreviews(show)
+        # The model's own latent → RGB projection when its file records one (the embedded model's
+        # autoencoder is not FLUX's), else FLUX's.
+        previews = LaggedPreviews(show, projection=preview_factors(model))
 
         wanted = host.previews_wanted()    # ComfyUI's preview method "none": progress without pictures
 

@@ -147,3 +147,37 @@ def test_cfg_without_a_negative_is_refused_before_any_node_runs(tmp_path, monkey
     graph["6"]["inputs"].update(steps=0)
     result, _ = run_workflow(graph, tmp_path, executor=executor)
     assert "cfg 1 instead of 4: no negative is connected" in result.ui["6"]["text"][0]
+
+
+def test_previews_of_the_embedded_model_look_like_its_pictures():
+    # The embedded files record a latent → RGB projection fitted on their autoencoder; FLUX's factors
+    # (for another autoencoder) give colours unrelated to the picture.
+    import torch
+
+    from nextdit_nodes.dit.checkpoint import load_dit
+    from nextdit_nodes.dit.own_settings import preview_factors
+    from nextdit_nodes.nodes.host import EMBEDDED_DIR
+    from nextdit_nodes.sampling.preview import latent_to_rgb
+    from nextdit_nodes.text.conditioning import conditioning
+    from nextdit_nodes.text.loading import load_text_encoders
+    from nextdit_nodes.sampling.sample import sample
+    from nextdit_nodes.vae.latent_format import FLUX
+    from nextdit_nodes.vae.loading import load_vae
+
+    model = load_dit(EMBEDDED_DIR / "diffusion_models" / "NextDiT-embedded-shapes.pth")
+    text = load_text_encoders(EMBEDDED_DIR / "text_encoders" / "embedded-shapes-gemma3.safetensors",
+                              EMBEDDED_DIR / "text_encoders" / "embedded-shapes-jina.safetensors")
+    vae = load_vae(EMBEDDED_DIR / "vae" / "embedded-shapes-vae", dtype="fp32")
+    errors = {"fitted": [], "flux": []}
+    for index, scene in enumerate(held_out_scenes(4, seed=3)):
+        caption = xml_caption(scene)
+        positive, negative = (conditioning(text.encode(t, t), t, t) for t in (caption, ""))
+        latent = sample(model, positive, negative, 64, 64, index, 25, "euler", 6.0, 4.0, 0.0, 1.0)["samples"]
+        picture = vae.decode(latent)[0].permute(2, 0, 1)[None]                   # (1, 3, 64, 64) in [0, 1]
+        small = torch.nn.functional.avg_pool2d(picture, 8)[0].permute(1, 2, 0) * 255
+        for name, projection in (("fitted", preview_factors(model)), ("flux", None)):
+            preview = latent_to_rgb(FLUX.from_raw(latent)[0], projection).float()
+            errors[name].append(float((preview - small).abs().mean()))
+    fitted, flux = (sum(values) / len(values) for values in errors.values())
+    print(f"preview error vs the picture (0-255): fitted {fitted:.1f}, FLUX factors {flux:.1f}")
+    assert fitted < 40 and fitted < flux / 2, errors
