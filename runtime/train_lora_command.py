@@ -176,7 +176,7 @@ def run(args) -> int:
     from ..training import distributed  # noqa: PLC0415
     from ..training.feature_cache import FeatureCache  # noqa: PLC0415
     from ..training.lora_inputs import Encoders, prepare  # noqa: PLC0415
-    from ..training.lora_training import LoraTraining, save_training_state  # noqa: PLC0415
+    from ..training.lora_training import LoraTraining, overfitting_warning, save_training_state  # noqa: PLC0415
     from ..training.lora_training import run as train  # noqa: PLC0415
     from ..vae.loading import load_vae  # noqa: PLC0415
 
@@ -210,6 +210,10 @@ def run(args) -> int:
             print(f"{data.layout}: {len(data.items)} images train, {len(data.skipped)} skipped; {data.counts}")
         if not data.items:
             raise TrainLoraUsageError(f"no usable images in {args.data} (see the skipped files above)")
+        warning = overfitting_warning(len(data.items), config.steps,
+                                      config.batch_size * config.accumulation * job.world_size)
+        if warning and job.is_main:
+            log.warning("%s", warning)
 
         model = load_dit(dit_path, dtype=_dit_dtype(args.dtype, job.device), device=job.device)
         training = LoraTraining(model, data, config, job)

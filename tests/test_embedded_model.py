@@ -181,3 +181,11 @@ def test_previews_of_the_embedded_model_look_like_its_pictures():
     fitted, flux = (sum(values) / len(values) for values in errors.values())
     print(f"preview error vs the picture (0-255): fitted {fitted:.1f}, FLUX factors {flux:.1f}")
     assert fitted < 40 and fitted < flux / 2, errors
+
+
+def test_check_embedded_says_what_the_lora_was_trained_for():
+    from nextdit_nodes.nodes.host import EMBEDDED_DIR
+    from nextdit_nodes.runtime.check_embedded import describe_lora
+
+    text = describe_lora(EMBEDDED_DIR / "loras" / "NextDiT-embedded-shapes-tiny.safetensors")
+    assert "base NextDiT-embedded-shapes.pth" in text and "2500 steps of 32 over 3000 images at 64 px" in text
