@@ -252,7 +252,7 @@ def run(training: LoraTraining, progress: bool = True, every: int = 0, on_every=
     bar.close()
 
 
-# Passes over the data above which a LoRA starts to copy its images: measured on the embedded model,
+# Passes over the data above which a LoRA starts to copy its images. On the embedded model
 # the README recipe's 2500 steps of 32 over 3000 images (27 passes) kept the old prompts within 2.5
 # points, while 200 steps of 32 over 30 images (213 passes) took every image's all-right from 95 to 0 %.
 MANY_EPOCHS = 100
