@@ -8,8 +8,8 @@ from .files import (EMBEDDED_DIR, PACK_DIR, confine_to_model_folders, file_choic
 from .progress import (Interrupted, Progress, check_interrupt, previews_wanted, request_interrupt, set_previews_wanted,
                        set_progress_hook, set_text_hook, show_text)
 
-__all__ = ["EMBEDDED_DIR", "PACK_DIR", "Interrupted", "Progress", "check_interrupt", "confine_to_model_folders",
-           "file_choice", "free_memory", "headless_models_dirs", "inside_comfyui", "list_model_files", "model_file_problem",
-           "paths_allowed", "previews_wanted", "set_previews_wanted",
-           "request_interrupt", "resolve_model_file", "set_progress_hook", "set_text_hook",
-           "show_text", "torch_device"]
+__all__ = ["EMBEDDED_DIR", "PACK_DIR", "Interrupted", "Progress", "check_interrupt",
+           "confine_to_model_folders", "file_choice", "free_memory", "headless_models_dirs",
+           "inside_comfyui", "list_model_files", "model_file_problem", "paths_allowed", "previews_wanted",
+           "set_previews_wanted", "request_interrupt", "resolve_model_file", "set_progress_hook",
+           "set_text_hook", "show_text", "torch_device"]

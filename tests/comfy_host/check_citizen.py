@@ -394,7 +394,8 @@ def check_img2img(url: str) -> None:
             "samples": [f"ours_{name}", 0], "filename_prefix": f"latents/ours_{name}"}}
     entry = run(url, prompt)
     core, ours = saved_latent(url, entry, "core_source_save"), saved_latent(url, entry, "source_save")
-    print(f"13. a 12x9 latent from noise, KSampler on core's own model vs on the pack's MODEL: {relative(ours, core):.2e}")
+    print(f"13. a 12x9 latent from noise, KSampler on core's own model vs on the pack's MODEL: "
+          f"{relative(ours, core):.2e}")
     assert relative(ours, core) <= 1e-4
     for name, (denoise, steps) in cases.items():
         core, ours = saved_latent(url, entry, f"core_{name}_save"), saved_latent(url, entry, f"ours_{name}_save")
