@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, replace
 
 MAX_SIDE = 4096  # pixels per side: twice the largest official resolution (2048); a safety limit
 DEFAULT_SHIFT = 6.0   # NewBie's time shift (the official demo's, and core ComfyUI's for Lumina-2)
+OFFICIAL_SIDE = 1024  # the official NewBie resolution: what a size of 0 means when a model records none
 
 
 def _side(name: str, value) -> str | None:
@@ -69,9 +70,12 @@ def check_settings(**settings) -> None:
             raise ValueError(problem)
 
 
-# Metadata keys of a few-step student's file (values are strings, as safetensors requires).
+# Metadata keys of a file that records its settings (values are strings, as safetensors requires).
+# cfg_trunc: CFG's truncation the settings were measured with; resolution: the side of the square
+# images the model was trained on (the sampler's size 0 means this side).
 _STEPS, _SOLVER, _SHIFT, _CFG, _GUIDANCE = ("nextdit_steps", "nextdit_solver", "nextdit_shift", "nextdit_cfg",
                                             "nextdit_guidance")
+_CFG_TRUNC, _RESOLUTION = "nextdit_cfg_trunc", "nextdit_resolution"
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,10 @@ class SamplerSettings:
     steps 0 asks for the model's own settings (``resolved``). cfg 1 is one forward per step
     without the negative. guidance > 0 feeds a guidance-distilled model's embedder; in a student's
     recorded settings None means the scale is the user's choice. cfg_trunc ≥ 1: CFG on every step.
-    denoise < 1 starts from an input latent. step_cache > 0 skips evaluations (``dit/step_cache.py``).
+    denoise < 1 starts from an input latent, on core KSampler's scale (``sampling.schedule.denoise_start``).
+    step_cache > 0 skips evaluations (``dit/step_cache.py``). In recorded settings cfg_trunc None
+    means not recorded (the sampler's value stays), and resolution is the side of the square
+    images the model was trained on (None: not recorded).
     """
 
     steps: int = 17
@@ -94,6 +101,7 @@ class SamplerSettings:
     cfg_trunc: float = 0.25
     denoise: float = 1.0
     step_cache: float = 0.0
+    resolution: int | None = None
 
     @classmethod
     def take(cls, values: dict) -> tuple[SamplerSettings, dict]:
@@ -104,9 +112,12 @@ class SamplerSettings:
 
     def problems(self) -> list[str]:
         values = asdict(self)
-        if values["guidance"] is None:
-            del values["guidance"]
+        for optional in ("guidance", "resolution"):
+            if values[optional] is None:
+                del values[optional]
         found = [setting_problem(name, value) for name, value in values.items()]
+        if self.cfg_trunc is None:
+            found.append("cfg_trunc must be a number; got None")
         return [problem for problem in found if problem]
 
     def check(self) -> SamplerSettings:
@@ -128,7 +139,9 @@ class SamplerSettings:
                              f"none: set steps (the official NewBie settings: {OFFICIAL.steps} "
                              f"{OFFICIAL.solver} steps)")
         guidance = self.guidance if own.guidance is None else own.guidance
-        return replace(self, steps=own.steps, solver=own.solver, shift=own.shift, cfg=own.cfg, guidance=guidance)
+        cfg_trunc = self.cfg_trunc if own.cfg_trunc is None else own.cfg_trunc
+        return replace(self, steps=own.steps, solver=own.solver, shift=own.shift, cfg=own.cfg, guidance=guidance,
+                       cfg_trunc=cfg_trunc)
 
     def describe(self) -> str:
         """One line for the node's text: steps, solver, shift, cfg and the guidance scale when set."""
@@ -143,6 +156,10 @@ class SamplerSettings:
                _CFG: repr(float(self.cfg))}
         if self.guidance is not None:
             out[_GUIDANCE] = repr(float(self.guidance))
+        if self.cfg_trunc is not None:
+            out[_CFG_TRUNC] = repr(float(self.cfg_trunc))
+        if self.resolution is not None:
+            out[_RESOLUTION] = str(self.resolution)
         return out
 
     @classmethod
@@ -161,16 +178,57 @@ class SamplerSettings:
                 value = int(text) if whole else float(text)
             except ValueError:
                 value = math.nan
-            lowest_ok = value >= 0 if key == _CFG else value > 0     # cfg 0 is legal, the rest must be positive
+            lowest_ok = value >= 0 if key in (_CFG, _CFG_TRUNC) else value > 0   # 0 is legal for these two
             if not (math.isfinite(value) and lowest_ok):
                 raise ValueError(f"metadata {key} = {text!r} is not a {'whole ' if whole else ''}number in range; "
                                  f"the file's header is damaged or was edited by hand (remove the key, or "
                                  f"distill the student again)")
             return value
 
+        resolution = number(_RESOLUTION, None, whole=True)
         return cls(steps=int(number(_STEPS, None, whole=True)), solver=metadata.get(_SOLVER, "euler"),
                    shift=number(_SHIFT, repr(DEFAULT_SHIFT)), cfg=number(_CFG, "1.0"),
-                   guidance=number(_GUIDANCE, None))
+                   guidance=number(_GUIDANCE, None), cfg_trunc=number(_CFG_TRUNC, None),
+                   resolution=None if resolution is None else int(resolution))
 
 
 OFFICIAL = SamplerSettings()
+
+
+def node_defaults(own: SamplerSettings | None, settings: SamplerSettings, width: int, height: int,
+                  has_negative: bool) -> tuple[SamplerSettings, int, int, list[str]]:
+    """What NextDiT Sampler's "model's own" values stand for, and a note per value it filled in.
+
+    ``own``: the loaded model's recorded settings or None. A side of 0 is the model's training side
+    (``own.resolution``), else the official 1024. Steps 0 is the model's own settings (cfg_trunc
+    too when recorded); a model that records none gets the official NewBie settings. Without a
+    negative, settings that came from the model (not typed by the user) fall back to cfg 1, since
+    CFG needs one. Returns explicit settings (steps never 0) and the size for ``sample``."""
+    notes = []
+    if width == 0 or height == 0:
+        recorded = own.resolution if own is not None else None
+        side = recorded or OFFICIAL_SIDE
+        width, height = width or side, height or side
+        whose = "the model's training size" if recorded else "the official size: the model records none"
+        notes.append(f"{width}×{height} ({whose})")
+    if settings.steps == 0:
+        if own is None:
+            settings = replace(settings, steps=OFFICIAL.steps, solver=OFFICIAL.solver, shift=OFFICIAL.shift,
+                               cfg=OFFICIAL.cfg)
+            notes.append("the official NewBie settings (the model records none of its own)")
+        else:
+            settings = settings.resolved(own)
+            notes.append("the model's own settings")
+        if settings.cfg != 1.0 and not has_negative:
+            notes.append(f"cfg 1 instead of {settings.cfg:g}: no negative is connected")
+            settings = replace(settings, cfg=1.0)
+    return settings, width, height, notes
+
+
+def missing_negative_problem(steps, cfg, negative_connected: bool) -> str | None:
+    """The refusal a sampler can give before anything runs: cfg typed ≠ 1 without a negative
+    (steps 0 decides at run time, from the model's own settings)."""
+    if negative_connected or steps in (0, None) or cfg is None or cfg == 1.0 or setting_problem("cfg", cfg):
+        return None    # (a cfg that is no number is refused by its own check)
+    return (f"cfg {cfg:g} needs a negative conditioning; connect one (an empty prompt is the official "
+            f"default) or set cfg to 1")

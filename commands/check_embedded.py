@@ -53,6 +53,26 @@ def _through_vae(vae, scenes) -> list:
     return list((vae.decode(vae.encode(pixels)) * 255).round().byte().numpy())
 
 
+def describe_lora(path: Path) -> str:
+    """What the LoRA's metadata says it was trained for and how (train-lora records it), so the table
+    below is read against the right concept: the table scores the embedded demo's concept."""
+    import json
+
+    from ..files.tensors import read_metadata
+
+    metadata = read_metadata(path)
+    settings = json.loads(metadata.get("training_settings") or "{}")
+    if not metadata:
+        return f"LoRA {path.name}: its file records nothing about its training"
+    parts = [f"base {metadata.get('base_model', '?')}", f"rank {metadata.get('lora_rank', '?')}"]
+    if settings:
+        parts.append(f"{settings.get('steps', '?')} steps of {settings.get('global_batch', '?')} over "
+                     f"{settings.get('images', '?')} images at {settings.get('resolution', '?')} px, "
+                     f"system prompt {settings.get('system_prompt', '?')}")
+    return (f"LoRA {path.name} (trained by {metadata.get('trainer', 'an unknown trainer')}): {', '.join(parts)}; "
+            f"the table scores the embedded demo's new concept, the size 'tiny'")
+
+
 def run_lora(args) -> int:
     from ..training.embedded.adherence import score_image, summarise
     from ..training.embedded.evaluate import SETTINGS, EmbeddedModels, adherence
@@ -60,6 +80,7 @@ def run_lora(args) -> int:
     from ..training.embedded.shapes import held_out_scenes, render
 
     models = EmbeddedModels(args.models_dir)
+    print(describe_lora(args.lora))
     print(f"Gemma pieces of '{CONCEPT}': {tokens(models.text, CONCEPT)}")
     print("cosine similarities of one-object captions differing only in the size word: "
           + ", ".join(f"{k} {v:.3f}" for k, v in word_separation(models.text).items()))

@@ -60,5 +60,6 @@ def register(subparsers) -> None:
                         help="where SaveImage writes (default ./output)")
     parser.add_argument("--temp-dir", type=Path, default=None, metavar="DIR",
                         help="where PreviewImage writes (default: the system temp folder)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no INFO lines "
+                                                                   "(warnings, errors and the summary only)")
     parser.set_defaults(func=_command)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import socket
+import sys
 from pathlib import Path
 
 from .arguments import use_models_dirs
@@ -21,6 +23,42 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
+class PortInUseError(Exception):
+    """The port is taken; the message suggests a free one."""
+
+
+def _check_port(listen: str, port: int) -> None:
+    """Refuse a port another program holds before anything starts (instead of aiohttp's traceback),
+    naming the next free one."""
+    family = socket.AF_INET6 if ":" in listen else socket.AF_INET
+
+    def free(candidate: int) -> bool:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as aiohttp binds
+            try:
+                probe.bind((listen, candidate))
+            except OSError:
+                return False
+            return True
+
+    if free(port):
+        return
+    spare = next((candidate for candidate in range(port + 1, min(port + 50, 65536)) if free(candidate)), None)
+    hint = f"; port {spare} is free: --port {spare}" if spare else "; choose another with --port"
+    raise PortInUseError(f"port {port} on {listen} is in use (another ComfyUI or `serve`?){hint}")
+
+
+def _folders(args: argparse.Namespace) -> list[str]:
+    """Where this server reads and writes, for the start-up message."""
+    from ..nodes.host import EMBEDDED_DIR, headless_models_dirs
+
+    models = ", ".join(str(d.resolve()) for d in headless_models_dirs())
+    return [f"  models: {models} (diffusion_models/, text_encoders/, vae/, loras/: a trained LoRA goes "
+            f"into loras/), and the embedded model in {EMBEDDED_DIR}",
+            f"  output: {args.output_dir.resolve()}", f"  uploads: {args.input_dir.resolve()}",
+            f"  editor settings and saved workflows: {args.user_dir.resolve()}"]
+
+
 def _command(args: argparse.Namespace) -> int:
     from ..server.app import ServerConfig, serve  # aiohttp only when serving
 
@@ -28,7 +66,13 @@ def _command(args: argparse.Namespace) -> int:
     if not _is_loopback(args.listen):
         log.warning("listening on %s: anyone who can reach port %d can run graphs on this machine "
                     "and read the images it made; keep it on a trusted network", args.listen, args.port)
+    try:
+        _check_port(args.listen, args.port)
+    except PortInUseError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     shown = f"[{args.listen}]" if ":" in args.listen else args.listen
+    print("\n".join(["Folders:", *_folders(args)]), flush=True)
     print(f"The editor is at http://{shown}:{args.port}/ (Ctrl-C stops it)", flush=True)
     serve(ServerConfig(output_dir=args.output_dir, input_dir=args.input_dir, user_dir=args.user_dir,
                        listen=args.listen, allow_hosts=tuple(args.allow_host)), port=args.port)

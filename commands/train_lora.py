@@ -211,7 +211,7 @@ def run(args) -> int:
     from ..training import distributed
     from ..training.feature_cache import FeatureCache
     from ..training.lora_inputs import Encoders, prepare
-    from ..training.lora_training import LoraTraining, save_training_state
+    from ..training.lora_training import LoraTraining, overfitting_warning, save_training_state
     from ..training.lora_training import run as train
     from ..vae.loading import load_vae
 
@@ -249,6 +249,10 @@ def run(args) -> int:
             print(f"{data.layout}: {len(data.items)} images train, {len(data.skipped)} skipped; {data.counts}")
         if not data.items:
             raise TrainLoraUsageError(f"no usable images in {args.data} (see the skipped files above)")
+        warning = overfitting_warning(len(data.items), config.steps,
+                                      config.batch_size * config.accumulation * job.world_size)
+        if warning and job.is_main:
+            log.warning("%s", warning)
 
         # auto: as for a component that is not fp16-safe (fp16 training would need loss scaling).
         dit_dtype = dtypes.auto_name(job.device, fp16_safe=False) if args.dtype == dtypes.AUTO else args.dtype

@@ -84,8 +84,10 @@ def _load_dit(path: Path, dtype: str, device: torch.device, compute_device):
             log.info("%s: a GGUF file keeps its own quantisation; weight_dtype fp8_e4m3fn computes in auto", path.name)
             plan = precision.resolve("auto", device if compute_device is None else compute_device)
     raw = open_weights(path, subfolder="transformer")
+    metadata = read_metadata(path)
     try:
-        settings = SamplerSettings.from_metadata(read_metadata(path))
+        settings = SamplerSettings.from_metadata(metadata)
+        preview = own_settings.preview_from_metadata(metadata)
     except ValueError as error:
         raise WeightsError(path, str(error)) from None
     state = official_refs(path, raw)
@@ -123,6 +125,7 @@ def _load_dit(path: Path, dtype: str, device: torch.device, compute_device):
         raise RuntimeError(f"NextDiT tensors left unloaded on the meta device: {on_meta[:5]}")
     precision.apply_plan(model, plan)
     own_settings.attach(model, settings)
+    own_settings.attach_preview(model, preview)
     if settings is not None:
         log.info("%s was made for %s (NextDiT Sampler's steps 0 uses them)", path.name, settings.describe())
     log.info("loaded %s: %s, weights %s (compute %s) on %s", path.name, _describe_params(params),

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .layers import FinalLayer, JointTransformerBlock, RMSNorm, TimestepEmbedder
-from .ops import TokenLayout, attention, pack_captions, patchify, unpatchify
+from .ops import TokenLayout, attention, pack_captions, pad_to_patches, patchify, unpatchify
 from .params import BLOCK_LISTS, NextDiTParams
 from .seam import ForwardContext, Seam
 
@@ -88,6 +88,8 @@ class NextDiT(nn.Module):
         """
         self._check_inputs(x, t, cap_feats, cap_mask)
         dt, p = self.compute_dtype, self.params
+        size = x.shape[2:]
+        x = pad_to_patches(x, p.patch_size)    # any latent size, as core's Lumina model; cropped back below
         b, _, h, w = x.shape
         c = self._conditioning(t, clip_pooled, guidance)                                     # (B, A)
         cap, layout = self._packed_captions(cap_feats, cap_mask, h // p.patch_size, w // p.patch_size, x.device)
@@ -110,7 +112,7 @@ class NextDiT(nn.Module):
         for entry in self.seam.at("before_final"):
             img = entry.before_final(img, ctx)
         out = self.final_layer(img, layout.images, c)                                        # (B*N, p*p*C)
-        return unpatchify(out.float().unflatten(0, (b, -1)), p.patch_size, h, w)
+        return unpatchify(out.float().unflatten(0, (b, -1)), p.patch_size, h, w)[:, :, :size[0], :size[1]]
 
     def run_layers(self, joint: Tensor, ctx: ForwardContext, start: int = 0, stop: int | None = None) -> Tensor:
         """The joint layers ``start`` to ``stop`` (exclusive; None: the last) over the packed tokens
@@ -197,9 +199,6 @@ class NextDiT(nn.Module):
         p = self.params
         if x.ndim != 4 or x.shape[1] != p.in_channels:
             raise ValueError(f"x must be (B, {p.in_channels}, h, w); got {tuple(x.shape)}")
-        if x.shape[2] % p.patch_size or x.shape[3] % p.patch_size:
-            raise ValueError(f"latent size {tuple(x.shape[2:])} must be a multiple of the patch size "
-                             f"{p.patch_size} (image size a multiple of {8 * p.patch_size})")
         b = x.shape[0]
         if t.shape != (b,):
             raise ValueError(f"t must be (B,) = ({b},); got {tuple(t.shape)}")

@@ -115,6 +115,14 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v)
 
 
+def pad_to_patches(x: Tensor, p: int) -> Tensor:
+    """(B, C, h, w) with h and w padded up to multiples of p, at the bottom and right, wrapping
+    around (circular), as core ComfyUI's Lumina model pads (``comfy.ldm.common_dit.pad_to_patch_size``);
+    the caller crops the output back to (h, w)."""
+    pad_h, pad_w = -x.shape[2] % p, -x.shape[3] % p
+    return x if not (pad_h or pad_w) else torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="circular")
+
+
 def patchify(x: Tensor, p: int) -> Tensor:
     """(B, C, H, W) -> (B, (H/p)(W/p), p*p*C): row-major patches, each flattened as (pH, pW, C)."""
     b, c, h, w = x.shape

@@ -120,12 +120,22 @@ def read_state_dict(path, subfolder: str | None = None) -> dict[str, torch.Tenso
 
 
 def read_metadata(path) -> dict[str, str]:
-    """The ``__metadata__`` block of a safetensors file, the pack's own string fields of a GGUF
-    file ({} for other layouts)."""
+    """The ``__metadata__`` block of a safetensors file; the pack's own string fields of a GGUF
+    file; for a zip-format PyTorch checkpoint the string entries of its top-level ``metadata``
+    dict (a training checkpoint has no header, so the pack's own checkpoints keep their records
+    there); {} for other layouts."""
     path = Path(path)
     if path.is_file() and path.suffix.lower() == GGUF_SUFFIX:
         from .gguf import pack_metadata
         return pack_metadata(path)
+    if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
+        import zipfile
+
+        if not zipfile.is_zipfile(path):
+            return {}
+        data = _safe_torch_load(path)     # memory-mapped: the tensors are not read
+        found = data.get("metadata") if isinstance(data, dict) else None
+        return {str(k): v for k, v in found.items() if isinstance(v, str)} if isinstance(found, dict) else {}
     if not (path.is_file() and path.suffix.lower() in SAFETENSORS_SUFFIXES):
         return {}
     header, _ = _read_safetensors_header(path)

@@ -4,6 +4,9 @@ from importlib import import_module
 
 # Node modules, each defining NODE_CLASSES (a list of node classes with a DISPLAY_NAME attribute).
 _NODE_MODULES = ("dit", "lora", "prompt", "text", "sampling", "vae")
+# Words a user may type in the editor's node search for this pack (the model family's names),
+# added to each node's own aliases.
+PACK_ALIASES = ("newbie", "newbie-image", "lumina", "lumina 2", "next-dit", "nextdit")
 
 
 def _collect():
@@ -16,6 +19,7 @@ def _collect():
                 raise RuntimeError(f"node id {node_id} is defined twice")
             classes[node_id] = cls
             names[node_id] = cls.DISPLAY_NAME
+            cls.SEARCH_ALIASES = [*getattr(cls, "SEARCH_ALIASES", ()), *PACK_ALIASES]
     return classes, names
 
 

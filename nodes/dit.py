@@ -27,8 +27,10 @@ class NextDiTLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
+        files = host.list_model_files("diffusion_models")
         return {"required": {
-            "dit_name": (host.list_model_files("diffusion_models"), {
+            # The teacher before its students: a student needs its own settings or a guidance scale.
+            "dit_name": (files, {**host.file_choice(files, avoid=("distill", "student", "step")),
                 "tooltip": "Next-DiT weights in models/diffusion_models (e.g. NewBie-image-Exp0.1 "
                            "bf16 .safetensors, or a .gguf). Headless, a path also works."}),
             "weight_dtype": (list(WEIGHT_DTYPES), {

@@ -33,20 +33,21 @@ class NextDiTLoraLoader:
             "strength": float_input(1.0, -10.0, 10.0, 0.01,
                                     "Multiplier of the LoRA's change: 1 as trained, 0 leaves the model as it "
                                     "is, negative values push away from what the LoRA learned."),
-        }}
+        }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     if host.paths_allowed():   # headless: replaces the dropdown check so a path works too (host/files.py)
         @classmethod
         def VALIDATE_INPUTS(cls, lora_name):
             return host.model_file_problem("loras", lora_name) or True
 
-    def apply(self, model, lora_name: str, strength: float = 1.0):
+    def apply(self, model, lora_name: str, strength: float = 1.0, unique_id=None):
         from ..lora.apply import load_lora
         from .host.memory import core_model_of, unpatched_base
 
         path = host.resolve_model_file("loras", lora_name)
         unpatched_base(model)    # the copy shares the model's weights: not while a core LoRA rests in them
         patched, report = load_lora(model, path, strength)
+        host.show_text(report.text, unique_id)     # which keys applied, on the node in ComfyUI and in serve
         return {"ui": {"text": [report.text]}, "result": (patched, core_model_of(patched, base=model))}
 
 

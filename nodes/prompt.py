@@ -12,6 +12,7 @@ import logging
 from ..prompting import PromptError, parse_prompt
 from ..prompting.builder import add_caption, add_character, add_general_tags
 from ..prompting.tags import CHARACTER_FIELDS, GENERAL_FIELDS
+from . import host
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ class NextDiTXMLPrompt:
                                "<caption>...</caption>. Empty = no caption.",
                 }),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
@@ -164,10 +166,11 @@ class NextDiTXMLPrompt:
             return str(error)
         return True
 
-    def assemble(self, prompt: str, caption: str = ""):
+    def assemble(self, prompt: str, caption: str = "", unique_id=None):
         text, warnings = _assemble(prompt, caption or "")
         for warning in warnings:
             log.warning("NextDiTXMLPrompt: %s", warning)
+        host.show_text("\n".join(warnings), unique_id)     # on the node, in ComfyUI and in serve
         return {"ui": {"text": warnings}, "result": (text,)}
 
 

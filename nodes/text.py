@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from ..dtypes import DTYPES
-from ..prompting import SYSTEM_PROMPT_CHOICES, encoder_texts, prompt_warnings, resolve_system_prompt
+from ..prompting import AUTO, SYSTEM_PROMPT_CHOICES, encoder_texts, prompt_warnings, resolve_system_prompt
 from . import host
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,10 @@ class NextDiTTextEncoderLoader:
     def INPUT_TYPES(cls):
         files = host.list_model_files("text_encoders")
         return {"required": {
-            "gemma_name": (files, {
+            "gemma_name": (files, {**host.file_choice(files, "gemma"),
                 "tooltip": "Gemma 3 4B-it: gemma_3_4b_it_bf16.safetensors or the google/gemma-3-4b-it "
                            "folder, in models/text_encoders. Headless, a path also works."}),
-            "jina_name": (files, {
+            "jina_name": (files, {**host.file_choice(files, "jina"),
                 "tooltip": "Jina CLIP v2: jina_clip_v2_bf16.safetensors or the jinaai/jina-clip-v2 "
                            "folder, in models/text_encoders. Headless, a path also works."}),
             "device": (list(DEVICES), {
@@ -99,27 +99,33 @@ class NextDiTTextEncode:
                            "to the encoders exactly as written. Empty = unconditional (negative)."}),
             "system_prompt": (list(SYSTEM_PROMPT_CHOICES), {
                 "default": SYSTEM_PROMPT_CHOICES[0],
-                "tooltip": "Text put before the prompt for Gemma only. xml (official) / plain "
-                           "(official): the training script's prompts for XML and plain captions; "
-                           "none: nothing; custom: the text below."}),
+                "tooltip": "Text put before the prompt for Gemma only. auto: what the loaded Gemma "
+                           "file records it was trained with (the embedded encoders: none); a file "
+                           "that records nothing (the official ones) gets the official prompt for the "
+                           "prompt's form (XML or plain). xml (official) / plain (official): the "
+                           "training script's prompts for XML and plain captions; none: nothing; "
+                           "custom: the text below."}),
             "custom_system_prompt": ("STRING", {
                 "multiline": True, "default": "",
                 "tooltip": "Used when system_prompt is custom, verbatim (the official prompts end in "
                            "'<Prompt Start> ' with a space)."}),
-        }}
+        }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
-    def encode(self, text_encoders, prompt: str, system_prompt: str = SYSTEM_PROMPT_CHOICES[0],
-               custom_system_prompt: str = ""):
+    def encode(self, text_encoders, prompt: str, system_prompt: str = AUTO, custom_system_prompt: str = "",
+               unique_id=None):
         from ..text.conditioning import conditioning
 
         if not hasattr(text_encoders, "encode"):
             raise TypeError("text_encoders must come from NextDiTTextEncoderLoader "
                             f"(got {type(text_encoders).__name__})")
-        gemma_text, jina_text = encoder_texts(prompt, resolve_system_prompt(system_prompt, custom_system_prompt))
+        recorded = getattr(text_encoders, "system_prompt", None)
+        gemma_text, jina_text = encoder_texts(prompt, resolve_system_prompt(system_prompt, custom_system_prompt,
+                                                                            prompt, recorded))
         warnings = prompt_warnings(prompt) if prompt else []
         encoding = text_encoders.encode(gemma_text, jina_text)
         for warning in warnings + encoding.warnings:
             log.warning("NextDiTTextEncode: %s", warning)
+        host.show_text("\n".join(warnings + encoding.warnings), unique_id)   # on the node, in ComfyUI and serve
         return (conditioning(encoding, gemma_text, jina_text, warnings),)
 
 

@@ -9,9 +9,11 @@ from .errors import PromptError
 from .parse import MAX_PROMPT_CHARS, parse_prompt, prompt_warnings
 from .parsed import ParsedPrompt
 from .system_prompts import (
+    AUTO,
     CUSTOM,
     PLAIN_OFFICIAL,
     PROMPT_START,
+    RECORDED_KEY,
     SYSTEM_PROMPT_CHOICES,
     SYSTEM_PROMPTS,
     XML_OFFICIAL,
@@ -30,9 +32,11 @@ __all__ = [
     "PromptError",
     "parse_prompt",
     "prompt_warnings",
+    "AUTO",
     "CUSTOM",
     "PLAIN_OFFICIAL",
     "PROMPT_START",
+    "RECORDED_KEY",
     "SYSTEM_PROMPTS",
     "SYSTEM_PROMPT_CHOICES",
     "XML_OFFICIAL",

@@ -24,17 +24,37 @@ SYSTEM_PROMPTS: dict[str, str] = {
     "none": "",
 }
 CUSTOM = "custom"
+# Follow what the loaded encoders record (``RECORDED_KEY`` in the Gemma file's metadata); files that
+# record nothing (the official ones) get what the official training gave each caption form.
+AUTO = "auto"
 # Choices for a node's system_prompt COMBO, default first.
-SYSTEM_PROMPT_CHOICES: tuple[str, ...] = (*SYSTEM_PROMPTS, CUSTOM)
+SYSTEM_PROMPT_CHOICES: tuple[str, ...] = (AUTO, *SYSTEM_PROMPTS, CUSTOM)
+# Metadata key of a Gemma file naming the system prompt it was trained with: a preset name of
+# SYSTEM_PROMPTS ("none" for the embedded encoders) or the literal text.
+RECORDED_KEY = "nextdit_system_prompt"
 
 # Every system prompt of the official material ends with this marker (docs/newbie-image.md §5).
 PROMPT_START = "<Prompt Start>"
 
 
-def resolve_system_prompt(choice: str, custom_text: str = "") -> str:
-    """The literal system prompt for a preset name, or ``custom_text`` for ``"custom"``."""
+def official_for(prompt: str) -> str:
+    """The official training's choice per caption: the XML prompt for XML captions, else the plain one."""
+    return XML_OFFICIAL if prompt.lstrip().startswith("<") else PLAIN_OFFICIAL
+
+
+def recorded_system_prompt(recorded: str) -> str:
+    """The literal text of what an encoder file records (a preset name or the text itself)."""
+    return SYSTEM_PROMPTS.get(recorded, recorded)
+
+
+def resolve_system_prompt(choice: str, custom_text: str = "", prompt: str = "",
+                          recorded: str | None = None) -> str:
+    """The literal system prompt for a preset name, ``custom_text`` for ``"custom"``; for ``"auto"``
+    what the encoders record (``recorded``), or with no record the official one for ``prompt``'s form."""
     if choice == CUSTOM:
         return custom_text
+    if choice == AUTO:
+        return official_for(prompt) if recorded is None else recorded_system_prompt(recorded)
     try:
         return SYSTEM_PROMPTS[choice]
     except KeyError:

@@ -60,7 +60,7 @@ class Workflow:
             return self.nodes[ref]
         matches = [node for node in self.nodes.values() if ref in (node.title, node.class_type)]
         titled = [node for node in matches if node.title == ref]
-        matches = titled or matches
+        matches = titled or matches or self._loosely_named(ref)
         if len(matches) == 1:
             return matches[0]
         if not matches:
@@ -68,6 +68,20 @@ class Workflow:
             raise WorkflowError(f"no node with id or title {ref!r}; the nodes are: {known}")
         which = ", ".join(node.describe() for node in matches)
         raise WorkflowError(f"{ref!r} names several nodes ({which}); use the node id instead")
+
+    def _loosely_named(self, ref: str) -> list[GraphNode]:
+        """Nodes whose title or type matches ``ref`` ignoring case, else those with ``ref`` as whole
+        words of it ("sampler" finds "NextDiT Sampler"), so a title typed from memory works."""
+        wanted = ref.casefold().split()
+
+        def names(node: GraphNode) -> list[str]:
+            return [name.casefold() for name in (node.title, node.class_type) if name]
+
+        exact = [node for node in self.nodes.values() if ref.casefold() in names(node)]
+        if exact or not wanted:
+            return exact
+        return [node for node in self.nodes.values()
+                if any(_has_words(name.split(), wanted) for name in names(node))]
 
     def set_input(self, node_id: str, name: str, value: Any) -> None:
         """Set a constant input, in the graph and in the UI JSON the PNGs will carry."""
@@ -88,3 +102,8 @@ class Workflow:
 def _api_constant(value: Any) -> Any:
     # A list constant would read as a link in the API format; ComfyUI wraps it the same way.
     return {"__value__": value} if isinstance(value, list) else value
+
+
+def _has_words(words: list[str], wanted: list[str]) -> bool:
+    """Whether ``wanted`` occurs in ``words`` as consecutive whole words."""
+    return any(words[i:i + len(wanted)] == wanted for i in range(len(words) - len(wanted) + 1))

@@ -190,7 +190,7 @@ def validate(workflow: Workflow, classes: Mapping[str, type], node_ids: list[str
         argspec = inspect.getfullargspec(custom) if custom is not None else None
         custom_names = set(argspec.args) if argspec else set()
         custom_all = bool(argspec and argspec.varkw)
-        missing_before = len(missing_models)
+        missing_before, problems_before = len(missing_models), len(problems)
         for spec in input_specs(cls).values():
             if spec.name not in node.inputs:
                 if spec.required:
@@ -212,7 +212,10 @@ def validate(workflow: Workflow, classes: Mapping[str, type], node_ids: list[str
                 verdict = model_check(node, spec.name, value)
                 if isinstance(verdict, str):
                     missing_models.append(Problem(verdict, node.id, "value_not_in_list", spec.name))
-        if len(missing_models) == missing_before:
+        # A value its type check refused is not handed on (one message per bad input: the class
+        # would only say again that it is no number).
+        refused = {p.input_name for p in problems[problems_before:] if p.kind == "invalid_input_type"}
+        if len(missing_models) == missing_before and not refused & custom_names:
             problems += _custom_validation(workflow, classes, node, cls)
     if problems:
         raise ValidationError(problems + missing_models)

@@ -91,6 +91,10 @@ def _read_json(path: str | Path) -> dict:
     try:
         if path.suffix.lower() == ".png":
             text = _read_png(path)
+        elif path.suffix.lower() in (".jpg", ".jpeg", ".webp", ".gif", ".bmp"):
+            raise WorkflowError(f"{str(path)!r} is a {path.suffix.lstrip('.').upper()} image, which carries no "
+                                f"workflow: give the workflow's .json, or a .png saved by ComfyUI's SaveImage "
+                                f"(or this runner), which holds its graph")
         else:
             text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -37,10 +37,12 @@ FLUX_LATENT_RGB_BIAS = (-0.0329, -0.0718, -0.0851)
 Emit = Callable[[int, object], None]   # (step 0-based, PIL image)
 
 
-def latent_to_rgb(latent: Tensor) -> Tensor:
-    """(16, h, w) normalised latent -> (h, w, 3) uint8 on the latent's device."""
-    factors = torch.tensor(FLUX_LATENT_RGB_FACTORS, dtype=torch.float32, device=latent.device)
-    bias = torch.tensor(FLUX_LATENT_RGB_BIAS, dtype=torch.float32, device=latent.device)
+def latent_to_rgb(latent: Tensor, projection: tuple | None = None) -> Tensor:
+    """(16, h, w) normalised latent -> (h, w, 3) uint8 on the latent's device. ``projection``:
+    (factors, bias) of another autoencoder (what a model file records), else FLUX's."""
+    rows, offsets = projection or (FLUX_LATENT_RGB_FACTORS, FLUX_LATENT_RGB_BIAS)
+    factors = torch.tensor(rows, dtype=torch.float32, device=latent.device)
+    bias = torch.tensor(offsets, dtype=torch.float32, device=latent.device)
     rgb = torch.einsum("chw,ck->hwk", latent.detach().float(), factors) + bias
     return ((rgb + 1.0) * 127.5).clamp(0, 255).to(torch.uint8)
 
@@ -57,13 +59,14 @@ class LaggedPreviews:
     lag: show each preview one step late; default: on CUDA only (on the CPU waiting costs nothing).
     """
 
-    def __init__(self, emit: Emit, lag: bool | None = None):
+    def __init__(self, emit: Emit, lag: bool | None = None, projection: tuple | None = None):
         self.emit = emit
         self.lag = lag
+        self.projection = projection
         self.pending = None   # (step, host uint8 image, CUDA event or None)
 
     def __call__(self, step: int, x0: Tensor) -> None:
-        rgb = latent_to_rgb(x0[0])
+        rgb = latent_to_rgb(x0[0], self.projection)
         cuda = rgb.device.type == "cuda"
         if not (cuda if self.lag is None else self.lag):
             self.emit(step, _image(rgb.cpu()))

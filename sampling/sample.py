@@ -5,12 +5,13 @@ The steps: CONDITIONING → caption tensors; initial noise exactly as ComfyUI's 
 rectified-flow grid; a fixed-grid ODE solver over the guided velocity; the result in the FLUX VAE's
 raw space.
 
-Image-to-image: ``denoise`` is the noise fraction σ the sampling starts from. The input latent
-(normalised) is mixed with the noise at data-time t₀ = 1 − denoise, x = t₀·latent + (1 − t₀)·noise
-(ComfyUI's flow noise scaling), and the ``steps`` solver steps cover [t₀, 1] on the same shifted
-curve (``schedule.time_grid``). ``denoise = 1`` is text-to-image on the input's size; ``denoise = 0``
-returns the input latent unchanged. (Core ComfyUI instead keeps the tail of a longer grid, so its
-start differs slightly from 1 − denoise.)
+Image-to-image: ``denoise`` is on core ComfyUI's KSampler scale: sampling starts where KSampler's
+does, at the unshifted noise fraction ≈ denoise, shifted (``schedule.denoise_start``: shift 6,
+denoise 0.1 starts at σ 0.4). The input latent (normalised) is mixed with the noise at that
+data-time t₀, x = t₀·latent + (1 − t₀)·noise (ComfyUI's flow noise scaling), and the ``steps``
+solver steps cover [t₀, 1] on the same shifted curve (``schedule.time_grid``), which are core's
+points wherever 1000 / int(steps / denoise) is whole. ``denoise = 1`` is text-to-image on the
+input's size; ``denoise = 0`` returns the input latent unchanged.
 
 Non-finite values: on the CPU every step checks its state and velocity and raises
 ``NonFiniteError`` at once; on an accelerator the check is queued on the device (no per-step host
@@ -34,7 +35,7 @@ from ..text.conditioning import read_entries
 from ..vae.latent_format import FLUX
 from .guidance import GuidedVelocity
 from .inpaint import InpaintVelocity, resize_mask
-from .schedule import time_grid
+from .schedule import denoise_start, time_grid
 from .solvers import denoised, get_solver
 
 log = logging.getLogger(__name__)
@@ -106,11 +107,13 @@ def _start_latent(latent: dict | None, batch_size: int, width: int, height: int,
     if latent is None:
         return None, (batch_size, channels, height // 8, width // 8)
     raw = latent.get("samples") if isinstance(latent, dict) else None
+    if isinstance(raw, Tensor) and raw.ndim == 4 and raw.shape[1] != channels and not raw.any():
+        # An empty latent made for another model (core's EmptyLatentImage: 4 channels) has only its
+        # size to give; core's KSampler widens it to the model's channels the same way.
+        raw = raw.new_zeros((raw.shape[0], channels, *raw.shape[2:]))
     if not isinstance(raw, Tensor) or raw.ndim != 4 or raw.shape[1] != channels:
         raise ValueError(f"latent must be a LATENT dict with samples (B, {channels}, h, w) in the FLUX "
                          f"VAE's space; got {None if raw is None else tuple(raw.shape)}")
-    if raw.shape[2] % 2 or raw.shape[3] % 2:
-        raise ValueError(f"latent size {tuple(raw.shape[2:])} must be even (image a multiple of 16)")
     if (raw.shape[2] * 8, raw.shape[3] * 8) != (height, width):
         log.info("sampling at the input latent's size %dx%d, not width/height %dx%d",
                  raw.shape[3] * 8, raw.shape[2] * 8, width, height)
@@ -168,7 +171,8 @@ def sample(model, positive, negative, settings: SamplerSettings, *, width: int, 
     requested = settings
     check_settings(steps=settings.steps)
     settings = settings.resolved(own_settings(model)).check()
-    check_settings(width=width, height=height, batch_size=batch_size)
+    sized = latent is None    # else the latent's size, whatever it is (the model pads to its patches)
+    check_settings(width=width if sized else None, height=height if sized else None, batch_size=batch_size)
     if report is not None:
         report.settings, report.own_settings = settings, requested.steps == 0
     steps, solver, shift, cfg = settings.steps, settings.solver, settings.shift, settings.cfg
@@ -190,7 +194,7 @@ def sample(model, positive, negative, settings: SamplerSettings, *, width: int, 
         return {**latent, "samples": latent["samples"].float().cpu().clone()}
 
     batch = shape[0]
-    t0 = 0.0 if start_latent is None else 1.0 - denoise
+    t0 = 0.0 if start_latent is None else denoise_start(denoise, steps, shift)    # core KSampler's start
     pos = read_entries(positive, batch, params.cap_dim, params.clip_dim, "positive")
     neg = (read_entries(negative, batch, params.cap_dim, params.clip_dim, "negative")
            if cfg != 1.0 else None)

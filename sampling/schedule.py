@@ -70,6 +70,18 @@ def core_step_sigma(t: float, shift: float) -> float:
     return float32(float32(float32(shift) * u) / float32(1.0 + float32(float32(shift - 1.0) * u)))
 
 
+def denoise_start(denoise: float, steps: int, shift: float) -> float:
+    """The data-time image-to-image starts at for ``denoise`` on core ComfyUI's scale.
+
+    Core's KSampler (``KSampler.set_steps``) samples the last ``steps`` intervals of a
+    ``int(steps / denoise)``-step schedule, so it starts at the unshifted noise fraction
+    u = steps / int(steps / denoise) ≈ denoise, i.e. at σ = s·u / (1 + (s − 1)·u) (shift 6:
+    denoise 0.1 starts at σ 0.4). Denoise above 0.9999 is text-to-image (t = 0), as in core."""
+    if denoise > 0.9999:
+        return 0.0
+    return 1.0 - shifted_sigma(steps / int(steps / denoise), shift)
+
+
 def time_grid(steps: int, shift: float, start: float = 0.0) -> list[float]:
     """``steps + 1`` increasing data-times from ``start`` to exactly 1.0 on the shifted grid.
 

@@ -96,7 +96,7 @@ def create_app(config: ServerConfig) -> web.Application:
     prompts.add_routes(routes, queue, classes, hub)
     files.add_routes(routes, folders, config.max_upload)
     userdata.add_routes(routes, config.user_dir)
-    templates.add_routes(routes, app, config.examples)
+    templates.add_routes(routes, app, config.examples, runnable=lambda path: _runnable(path, classes))
     empty_routes.add_routes(routes, web_root, hub.features)
     empty_routes.add_internal_routes(app)
 
@@ -125,6 +125,18 @@ def create_app(config: ServerConfig) -> web.Application:
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
     return app
+
+
+def _runnable(path: Path, classes) -> bool:
+    """An example workflow whose every node this server has (the core-KSampler ones need ComfyUI)."""
+    from ..runtime import load_workflow
+    from ..runtime.errors import WorkflowError
+
+    try:
+        load_workflow(path, classes)
+    except WorkflowError:
+        return False
+    return True
 
 
 def serve(config: ServerConfig, port: int = 8188) -> None:

@@ -2,7 +2,8 @@
 
 Text frames are ``{"type": event, "data": {...}}``. Latent previews are binary frames as in
 ComfyUI's ``protocol.py`` / ``server.py`` ``send_image``: a 4-byte big-endian event type
-(1 = PREVIEW_IMAGE), a 4-byte image type (1 = JPEG), then the JPEG bytes. A node's progress text
+(1 = PREVIEW_IMAGE), a 4-byte image type (1 = JPEG), then the JPEG bytes; or, for editors that
+support it, ``send_image_with_metadata``'s event 4 (``preview_frame_with_metadata``). A node's progress text
 is a binary TEXT frame as ``send_progress_text`` sends it: event 3, the node id's length (4 bytes),
 the node id, then the UTF-8 text.
 """
@@ -23,10 +24,11 @@ from .jsonio import dumps
 
 log = logging.getLogger(__name__)
 
-PREVIEW_IMAGE, TEXT, JPEG = 1, 3, 1
-# What this server tells the editor it supports (ComfyUI's feature flags); previews come as plain
-# PREVIEW_IMAGE frames, so no "supports_preview_metadata".
-SERVER_FEATURES = {"supports_preview_metadata": False, "max_upload_size": 0}
+PREVIEW_IMAGE, TEXT, PREVIEW_IMAGE_WITH_METADATA, JPEG = 1, 3, 4, 1
+# What this server tells the editor it supports (ComfyUI's feature flags). Frontend 1.49.6 draws a
+# preview on the node only from PREVIEW_IMAGE_WITH_METADATA frames, sent to clients that announce
+# "supports_preview_metadata" (plain PREVIEW_IMAGE frames to the others), as ComfyUI does.
+SERVER_FEATURES = {"supports_preview_metadata": True, "max_upload_size": 0}
 
 
 def preview_frame(image, max_size: int | None) -> bytes:
@@ -38,6 +40,14 @@ def preview_frame(image, max_size: int | None) -> bytes:
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="JPEG", quality=95)
     return struct.pack(">II", PREVIEW_IMAGE, JPEG) + buffer.getvalue()
+
+
+def preview_frame_with_metadata(image, max_size: int | None, metadata: dict) -> bytes:
+    """A PREVIEW_IMAGE_WITH_METADATA frame as ComfyUI's ``send_image_with_metadata``: event 4, the
+    metadata JSON's length (4 bytes), the JSON (node ids, prompt id, ``image_type``), the JPEG."""
+    jpeg = preview_frame(image, max_size)[8:]
+    meta = json.dumps({**metadata, "image_type": "image/jpeg"}).encode("utf-8")
+    return struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(meta)) + meta + jpeg
 
 
 def text_frame(node_id: str, text: str) -> bytes:
@@ -65,6 +75,7 @@ class Client:
         self.request = request
         self.send_timeout = send_timeout
         self.outbox: asyncio.Queue = asyncio.Queue(maxsize=OUTBOX_LIMIT)
+        self.features: dict = {}   # the feature flags its editor announced
         self.task = asyncio.create_task(self._deliver())
 
     def offer(self, payload) -> bool:
@@ -145,6 +156,8 @@ class Hub:
                     except (ValueError, RecursionError):
                         continue
                     if isinstance(data, dict) and data.get("type") == "feature_flags":
+                        announced = data.get("data")
+                        client.features = announced if isinstance(announced, dict) else {}
                         client.offer(json.dumps({"type": "feature_flags", "data": self.features}))
         finally:
             self._forget(client)
@@ -154,6 +167,11 @@ class Hub:
     def _forget(self, client: Client) -> None:
         if self.clients.get(client.sid) is client:
             del self.clients[client.sid]
+
+    def supports(self, sid: str | None, flag: str) -> bool:
+        """Whether the editor ``sid`` announced ``flag`` in its feature flags."""
+        client = self.clients.get(sid or "")
+        return client is not None and bool(client.features.get(flag))
 
     def send(self, event: str, data: dict, sid: str | None = None) -> None:
         """Send to the client ``sid``, or to everyone when ``sid`` is None (ComfyUI's rule)."""

@@ -6,16 +6,20 @@ its ``.jpg`` thumbnail) at ``/api/workflow_templates/<folder>/<file>``."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from aiohttp import web
 
 FOLDER = "nextdit-nodes"  # the name the template browser shows; the repository's name
 
 
-def add_routes(routes: web.RouteTableDef, app: web.Application, examples: Path) -> None:
+def add_routes(routes: web.RouteTableDef, app: web.Application, examples: Path,
+               runnable: Callable[[Path], bool] = lambda path: True) -> None:
+    """``runnable(path)``: whether this server can run the example; the others (those built on core
+    ComfyUI nodes such as KSampler, for ComfyUI itself) are left out of the list."""
     @routes.get("/workflow_templates")
     async def list_templates(request):
-        names = sorted(path.stem for path in examples.glob("*.json"))
+        names = sorted(path.stem for path in examples.glob("*.json") if runnable(path))
         return web.json_response({FOLDER: names} if names else {})
 
     # Not under /api twice: ComfyUI adds this static route once, with the prefix.

@@ -14,7 +14,7 @@ from ..runtime.errors import NodeExecutionError
 from ..runtime.executor import Executor
 from ..runtime.graph import GraphNode
 from .jobs import Job, JobQueue, now_ms
-from .messages import Hub, preview_frame, text_frame
+from .messages import Hub, preview_frame, preview_frame_with_metadata, text_frame
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class Worker:
 
     def _loop(self) -> None:
         host.set_progress_hook(self._progress)
+        host.set_text_hook(self._text)
         while (job := self.queue.take()) is not None:
             self._run(job)
 
@@ -53,7 +54,9 @@ class Worker:
         self.hub.send(event, data, self._job.client_id)
 
     def _run(self, job: Job) -> None:
-        self._job, self._node, self._executed = job, None, []
+        self._job, self._node, self._executed, self._states = job, None, [], {}
+        # The editor's preview setting (Comfy.Execution.PreviewMethod, sent as ComfyUI reads it).
+        host.set_previews_wanted(job.extra_data.get("preview_method") != "none")
         host.request_interrupt(False)  # a Cancel pressed while idle does not stop the next run
         self.hub.broadcast_status()
         self._send("execution_start", {}, record=True)
@@ -78,6 +81,7 @@ class Worker:
                 "current_inputs": {}, "current_outputs": {}}, record=True)
         else:
             status = "success"
+            self._node_state("finished")
             self._send("execution_success", {}, record=True)
         finally:
             self.queue.finish(job, status)
@@ -97,19 +101,53 @@ class Worker:
     def _on_node(self, node: GraphNode) -> None:
         if self._node is not None:
             self._executed.append(self._node.id)
+            self._node_state("finished", send=False)
         self._node = node
         self._send("executing", {"node": node.id, "display_node": node.id})
+        self._node_state("running", 0, 1)
+
+    def _node_state(self, state: str, value: float | None = None, maximum: float | None = None,
+                    send: bool = True) -> None:
+        """ComfyUI's ``progress_state`` (comfy_execution/progress.py): every node of the prompt that
+        started so far, with its state and progress; the editor draws the running node's bar from it."""
+        if self._node is None:
+            return
+        node_id = self._node.id
+        entry = self._states.setdefault(node_id, {
+            "value": 0, "max": 1, "node_id": node_id, "prompt_id": self._job.prompt_id,
+            "display_node_id": node_id, "parent_node_id": None, "real_node_id": node_id})
+        entry["state"] = state
+        if value is not None:
+            entry["value"], entry["max"] = value, maximum
+        elif state == "finished":
+            entry["value"] = entry["max"]
+        if send:
+            self._send("progress_state", {"nodes": {key: dict(item) for key, item in self._states.items()}})
 
     def _on_output(self, node: GraphNode, ui: dict) -> None:
         self._job.outputs[node.id] = ui
         self._send("executed", {"node": node.id, "display_node": node.id, "output": ui})
 
+    def _text(self, text: str) -> None:
+        """A node's warnings or report (host.show_text): on the running node, as its progress text."""
+        if self._job is not None and self._node is not None:
+            self.hub.send_bytes(text_frame(self._node.id, text), self._job.client_id)
+
     def _progress(self, done: int, total: int, preview=None, note=None) -> None:
         if self._job is None:
             return
-        if preview is not None:
+        self._node_state("running", done, total)
+        if preview is not None and host.previews_wanted():
             _, image, max_size = preview  # ("JPEG", PIL image, largest side)
-            self.hub.send_bytes(preview_frame(image, max_size), self._job.client_id)
+            client = self._job.client_id
+            if self._node is not None and self.hub.supports(client, "supports_preview_metadata"):
+                node_id = self._node.id
+                frame = preview_frame_with_metadata(image, max_size, {
+                    "node_id": node_id, "prompt_id": self._job.prompt_id, "display_node_id": node_id,
+                    "parent_node_id": None, "real_node_id": node_id})
+            else:
+                frame = preview_frame(image, max_size)
+            self.hub.send_bytes(frame, client)
         if note and self._node is not None:
             self.hub.send_bytes(text_frame(self._node.id, note), self._job.client_id)
         self._send("progress", {"value": done, "max": total,

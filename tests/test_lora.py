@@ -615,10 +615,19 @@ def test_node_lists_resolves_and_applies(tmp_path, monkeypatch, base, inputs):
     assert inputs_spec["strength"][1]["min"] == -10 and inputs_spec["strength"][1]["max"] == 10
     assert node_class.VALIDATE_INPUTS("style.safetensors") is True
     assert node_class.VALIDATE_INPUTS("missing.safetensors") is not True
-    returned = getattr(node_class(), node_class.FUNCTION)(model=base, lora_name="style.safetensors", strength=0.5)
+    from nextdit_nodes.nodes import host
+
+    shown = []
+    previous = host.set_text_hook(shown.append)     # the node's text channel (serve: on the node)
+    try:
+        returned = getattr(node_class(), node_class.FUNCTION)(model=base, lora_name="style.safetensors",
+                                                              strength=0.5, unique_id="3")
+    finally:
+        host.set_text_hook(previous)
     patched, core_model = returned["result"]
     assert core_model is None   # headless: no core MODEL
     assert "layers.0.attention.qkv: applied" in returned["ui"]["text"][0]
+    assert shown == returned["ui"]["text"]
     assert_matches_merged(patched, base, deltas, 0.5, inputs)
 
 

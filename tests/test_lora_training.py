@@ -261,3 +261,14 @@ def test_training_times_follow_the_shifted_logit_normal():
 
 def test_tiny_newbie_params_match_the_model_files(models):
     assert load_dit(models / "diffusion_models" / DIT).params == tiny_newbie_params()
+
+
+def test_a_plan_that_goes_over_a_small_dataset_too_often_is_warned_about():
+    from nextdit_nodes.training.lora_training import overfitting_warning
+
+    # The README recipe (2500 steps of 32 over 3000 images: 27 passes) is fine; the same batch for
+    # 200 steps over 30 images (213 passes) is what spoiled the old prompts.
+    assert overfitting_warning(3000, 2500, 32) is None
+    warning = overfitting_warning(30, 200, 32)
+    assert "213 times" in warning and "at most about 93" in warning
+    assert overfitting_warning(30, 200, 1) is None        # 7 passes

@@ -97,3 +97,11 @@ def test_headless_run_refuses_bad_numbers_with_exit_code_3(setting, tmp_path, ca
     said = f"input {name!r}" if "steps" not in setting else f"{name}=nan"
     assert code == 3 and err.count(said) == 1, err
     assert not list(tmp_path.iterdir())          # nothing ran, nothing written
+
+
+def test_every_node_is_found_by_the_model_familys_names():
+    # ComfyUI's /object_info sends SEARCH_ALIASES as search_aliases; the editor's search matches them.
+    from nextdit_nodes.nodes import NODE_CLASS_MAPPINGS
+
+    for cls in NODE_CLASS_MAPPINGS.values():
+        assert {"newbie", "lumina", "next-dit"} <= set(cls.SEARCH_ALIASES), cls.__name__

@@ -114,7 +114,8 @@ def test_node_declarations():
         assert cls.CATEGORY.startswith("NextDiT/") and cls.DESCRIPTION and cls.DISPLAY_NAME
         assert cls.RETURN_TYPES == ("STRING",) and hasattr(cls, cls.FUNCTION)
         spec = cls.INPUT_TYPES()
-        for section in spec.values():
+        assert spec.get("hidden", {"unique_id": "UNIQUE_ID"}) == {"unique_id": "UNIQUE_ID"}   # to show warnings
+        for section in (spec["required"], spec.get("optional", {})):
             for name, (kind, options) in section.items():
                 assert kind == "STRING" and options.get("tooltip"), (cls.__name__, name)
     character = NextDiTXMLCharacter.INPUT_TYPES()

@@ -522,9 +522,14 @@ def test_official_system_prompts_are_verbatim():
 def test_resolve_system_prompt():
     from nextdit_nodes.prompting import SYSTEM_PROMPT_CHOICES, resolve_system_prompt
 
-    assert SYSTEM_PROMPT_CHOICES == ("xml (official)", "plain (official)", "none", "custom")
+    assert SYSTEM_PROMPT_CHOICES == ("auto", "xml (official)", "plain (official)", "none", "custom")
     assert resolve_system_prompt("custom", "my own ") == "my own "
     assert resolve_system_prompt("xml (official)", "ignored") == OFFICIAL_XML
+    # auto: the encoders' record (a preset name or the text), else the official prompt for the form
+    assert resolve_system_prompt("auto", "", "<n>a</n>") == OFFICIAL_XML
+    assert resolve_system_prompt("auto", "", "  1girl") == OFFICIAL_PLAIN
+    assert resolve_system_prompt("auto", "", "<n>a</n>", recorded="none") == ""
+    assert resolve_system_prompt("auto", "", "<n>a</n>", recorded="Draw: ") == "Draw: "
     with pytest.raises(ValueError, match="allowed"):
         resolve_system_prompt("xml")
 

@@ -232,3 +232,16 @@ def test_builder_example_builds_the_typed_examples_prompt():
     parsed_built, parsed_typed = parse_prompt(built), parse_prompt(typed)
     assert len(parsed_built.characters) == 2 and parsed_built.warnings == []
     assert parsed_built == parsed_typed
+
+
+@pytest.mark.parametrize("path", ALL_EXAMPLES, ids=lambda p: p.stem)
+def test_no_node_of_an_example_covers_another(path):
+    # Each node's box as the editor draws it: its title bar (30 px) above pos, then its size.
+    nodes = json.loads(path.read_text())["nodes"]
+    boxes = {n["id"]: (n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+             for n in nodes}
+    ids = sorted(boxes)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes[a], boxes[b]
+            assert not (ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1), (path.stem, a, b)

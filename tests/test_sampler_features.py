@@ -31,8 +31,11 @@ def entry(params, seed, length=5, **extras):
     return [feats, {"pooled_output": torch.randn(1, params.clip_dim, generator=g), **extras}]
 
 
-def core_sigmas(steps: int) -> list[float]:
-    """Core's ``simple`` schedule on ModelSamplingDiscreteFlow(shift 6): 1000 table points."""
+def core_sigmas(steps: int, denoise: float = 1.0) -> list[float]:
+    """Core's ``simple`` schedule on ModelSamplingDiscreteFlow(shift 6): 1000 table points. With
+    denoise < 1, KSampler.set_steps: the last ``steps`` intervals of an int(steps/denoise)-step one."""
+    if denoise < 1.0:
+        return core_sigmas(int(steps / denoise))[-(steps + 1):]
     table = [SHIFT * (i / 1000) / (1 + (SHIFT - 1) * (i / 1000)) for i in range(1, 1001)]
     return [table[-(1 + int(x * 1000 / steps))] for x in range(steps)] + [0.0]
 
@@ -61,10 +64,11 @@ def denoised(model, x, sigma, entries):
 
 
 @torch.no_grad()
-def reference(model, entries, steps, seed, latent=None, mask=None, shape=(1, 16, 8, 8)):
-    sigmas = core_sigmas(steps)
+def reference(model, entries, steps, seed, latent=None, mask=None, shape=(1, 16, 8, 8), denoise=1.0):
+    sigmas = core_sigmas(steps, denoise)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-    x = noise
+    # Core's flow noise scaling at the first sigma (pure noise at 1).
+    x = noise if latent is None else sigmas[0] * noise + (1 - sigmas[0]) * latent
     for i in range(steps):
         s, s_next = sigmas[i], sigmas[i + 1]
         x_in = x if mask is None else x * mask + (s * noise + (1 - s) * latent) * (1 - mask)
@@ -139,6 +143,31 @@ def test_inpainting_keeps_the_unmasked_latent_and_matches_core(model, denoise):
     assert torch.allclose(out["samples"][keep], raw[keep], atol=1e-5)
     assert (out["samples"] - raw)[~keep].abs().max() > 1e-2
     assert out["noise_mask"] is mask                    # the mask goes on with the latent, as core's
-    if denoise == 1.0:   # core's own sigmas (with denoise < 1 core keeps the tail of a longer grid)
-        expected = reference(model, [entry(p, 4)], 5, 5, latent=FLUX.from_raw(raw), mask=latent_mask)
-        assert torch.allclose(FLUX.from_raw(out["samples"]), expected, atol=1e-4)
+    # Core's sigmas (with denoise < 1 the tail of a longer grid: 5 of 8 steps here).
+    expected = reference(model, [entry(p, 4)], 5, 5, latent=FLUX.from_raw(raw), mask=latent_mask, denoise=denoise)
+    assert torch.allclose(FLUX.from_raw(out["samples"]), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("denoise,steps", [(0.1, 10), (0.3, 6), (0.6, 6)])
+def test_img2img_of_a_100x76_image_starts_where_core_ksampler_starts(model, denoise, steps):
+    # NextDiT VAE Encode crops a 100×76 image to 96×72 as core's VAEEncode does: a 12×9 latent, whose
+    # odd side core's Lumina model pads (circular, to the patch size) and crops back in every call.
+    # The reference pads and crops by hand around an even-sized call; its sigmas are core
+    # KSampler's for this denoise (steps chosen so int(steps/denoise) divides 1000, as core's table).
+    p = model.params
+    raw = torch.randn(1, 16, 9, 12, generator=torch.Generator().manual_seed(2)) * 0.5
+    out = sample(model, [entry(p, 4)], None,
+                 SamplerSettings(steps=steps, solver="euler", shift=SHIFT, cfg=1.0, cfg_trunc=1.0, denoise=denoise),
+                 width=96, height=72, seed=5, latent={"samples": raw})
+    assert out["samples"].shape == (1, 16, 9, 12)
+
+    def padded_model(x, t, feats, mask, pooled):
+        wide = torch.cat([x, x[:, :, :1]], dim=2)          # one row wrapped around from the top
+        return model(wide, t, feats, mask, pooled)[:, :, :9]
+
+    expected = reference(padded_model, [entry(p, 4)], steps, 5, latent=FLUX.from_raw(raw), shape=(1, 16, 9, 12),
+                         denoise=denoise)
+    assert torch.allclose(FLUX.from_raw(out["samples"]), expected, atol=1e-4), \
+        float((FLUX.from_raw(out["samples"]) - expected).abs().max())
+    first_sigma = SHIFT * denoise / (1 + (SHIFT - 1) * denoise)       # 0.4, 0.72, 0.9
+    assert core_sigmas(steps, denoise)[0] == pytest.approx(first_sigma, abs=1e-6)

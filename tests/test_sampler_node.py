@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from factories import random_dit, tiny_params
@@ -44,9 +46,10 @@ def test_inputs_follow_the_design_table_and_all_have_tooltips():
         assert options.get("tooltip"), name
     required = spec["required"]
     assert required["solver"][0] == ["euler", "midpoint", "heun", "dpmpp_2m"]
-    # Official demo defaults: midpoint, 18 grid points = 17 steps, shift 6, cfg 5, trunc 0.25, renorm 0.
+    # Official demo defaults: midpoint, shift 6, cfg 5, trunc 0.25, renorm 0; steps 0: the model's own
+    # settings, or for a model that records none the official 18 grid points = 17 steps (node_defaults).
     assert {k: required[k][1]["default"] for k in ("solver", "steps", "shift", "cfg", "cfg_trunc", "renorm_cfg")} \
-        == {"solver": "midpoint", "steps": 17, "shift": 6.0, "cfg": 5.0, "cfg_trunc": 0.25, "renorm_cfg": 0.0}
+        == {"solver": "midpoint", "steps": 0, "shift": 6.0, "cfg": 5.0, "cfg_trunc": 0.25, "renorm_cfg": 0.0}
     assert "steps + 1" in required["steps"][1]["tooltip"]
     assert required["seed"][1]["control_after_generate"] is True
     assert NextDiTSampler.RETURN_TYPES == ("LATENT",) and NextDiTSampler.__name__.startswith("NextDiT")
@@ -56,10 +59,10 @@ def test_inputs_follow_the_design_table_and_all_have_tooltips():
 
 @pytest.mark.parametrize("width,height,bad", [(1000, 1024, "width 1000"), (1024, 8192, "height 8192")])
 def test_sides_that_are_not_multiples_of_16_are_refused_before_sampling(model, width, height, bad):
-    # No VALIDATE_INPUTS: naming both sides there would pin the message on both in ComfyUI.
-    assert not hasattr(NextDiTSampler, "VALIDATE_INPUTS")
+    # VALIDATE_INPUTS names neither side: naming both there would pin the message on both in ComfyUI.
+    assert not {"width", "height"} & set(inspect.signature(NextDiTSampler.VALIDATE_INPUTS).parameters)
     side = NextDiTSampler.INPUT_TYPES()["required"]["width"][1]
-    assert (side["min"], side["step"]) == (16, 16)      # the editor rounds typed sides to 16
+    assert (side["min"], side["step"]) == (0, 16)      # the editor rounds typed sides to 16; 0: the model's size
     updates = []
     previous = host.set_progress_hook(lambda done, total, preview, note: updates.append(done))
     try:
@@ -138,3 +141,55 @@ def test_latent_preview_projection_orientation():
     rgb = latent_to_rgb(latent)
     assert rgb.shape == (2, 3, 3) and rgb.dtype == torch.uint8
     assert rgb[1, 2].tolist() == expected
+
+
+def test_zeros_stand_for_the_models_recorded_size_and_settings():
+    from nextdit_nodes.sampler_settings import SamplerSettings, node_defaults
+
+    def defaults(own, width, height, steps, solver, shift, cfg, cfg_trunc, guidance, has_negative):
+        typed = SamplerSettings(steps=steps, solver=solver, shift=shift, cfg=cfg, cfg_trunc=cfg_trunc,
+                                guidance=guidance)
+        settings, width, height, notes = node_defaults(own, typed, width, height, has_negative)
+        return dict(width=width, height=height, steps=settings.steps, solver=settings.solver, shift=settings.shift,
+                    cfg=settings.cfg, cfg_trunc=settings.cfg_trunc, guidance=settings.guidance), notes
+
+    teacher = SamplerSettings(25, "euler", 6.0, cfg=4.0, cfg_trunc=1.0, resolution=64)
+    values, notes = defaults(teacher, 0, 0, 0, "midpoint", 3.0, 5.0, 0.25, 0.0, has_negative=True)
+    assert values == dict(width=64, height=64, steps=25, solver="euler", shift=6.0, cfg=4.0, cfg_trunc=1.0,
+                          guidance=0.0)
+    assert notes == ["64×64 (the model's training size)", "the model's own settings"]
+    # Typed values stay; a model that records nothing gets 1024² and the official 17 midpoint steps at cfg 5.
+    values, _ = defaults(teacher, 128, 96, 7, "heun", 3.0, 2.0, 0.5, 0.0, has_negative=True)
+    assert values == dict(width=128, height=96, steps=7, solver="heun", shift=3.0, cfg=2.0, cfg_trunc=0.5,
+                          guidance=0.0)
+    values, notes = defaults(None, 0, 0, 0, "euler", 3.0, 2.0, 0.5, 0.0, has_negative=True)
+    assert (values["width"], values["height"], values["steps"], values["solver"], values["shift"],
+            values["cfg"], values["cfg_trunc"]) == (1024, 1024, 17, "midpoint", 6.0, 5.0, 0.5)
+    assert "records none" in notes[1]
+    # CFG the user did not type falls back to 1 without a negative, and says so.
+    values, notes = defaults(teacher, 64, 64, 0, "euler", 6.0, 5.0, 1.0, 0.0, has_negative=False)
+    assert values["cfg"] == 1.0 and notes[-1] == "cfg 1 instead of 4: no negative is connected"
+
+
+def test_validation_refuses_typed_cfg_without_a_negative_and_checks_link_types():
+    validate = NextDiTSampler.VALIDATE_INPUTS
+    linked = {"model": "NEXTDIT_MODEL", "positive": "CONDITIONING"}
+    assert "needs a negative" in validate(steps=10, cfg=5.0, input_types=linked)
+    assert validate(steps=10, cfg=5.0, input_types={**linked, "negative": "CONDITIONING"}) is True
+    assert validate(steps=10, cfg=1.0, input_types=linked) is True
+    assert validate(steps=0, cfg=5.0, input_types=linked) is True       # decided from the model at run time
+    assert validate(steps=None, cfg=None, input_types=linked) is True    # linked values: checked when run
+    assert "expects NEXTDIT_MODEL but is linked to a MODEL" in validate(steps=10, cfg=1.0,
+                                                                          input_types={**linked, "model": "MODEL"})
+    assert "1001 is bigger than the maximum 1000" in validate(steps=1001, cfg=1.0, input_types=linked)
+    assert "finite" in validate(steps=10, cfg=float("nan"), input_types=linked)      # ComfyUI's float() accepts NaN
+
+
+def test_an_empty_latent_of_another_channel_count_is_sampled_at_its_size(model):
+    # Core's EmptyLatentImage gives 4 channels; core's KSampler widens an all-zero latent to the
+    # model's channels, so it only gives the size (here 64×48 pixels).
+    empty = {"samples": torch.zeros(1, 4, 6, 8)}
+    (out,) = NextDiTSampler().sample(**_kwargs(model, width=0, height=0, latent=empty))["result"]
+    (reference,) = NextDiTSampler().sample(**_kwargs(model))["result"]
+    assert out["samples"].shape == (1, 16, 6, 8)
+    assert torch.equal(out["samples"], reference["samples"])

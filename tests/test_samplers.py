@@ -286,14 +286,17 @@ def test_batch_prompts_and_guidance_match_reference(tiny_model):
     assert _max_rel(no_guidance["samples"], expected) > 1e-3
 
 
-def test_img2img_starts_at_one_minus_denoise_on_the_shifted_grid(tiny_model):
+def test_img2img_starts_where_core_ksampler_starts_on_the_shifted_grid(tiny_model):
     p = tiny_model.params
     pos, pos_entry = _prompt(p, 5, seed=1)
     raw = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(9))
     noise = torch.randn(1, 16, 8, 8, generator=torch.Generator("cpu").manual_seed(5))
+    # Core's KSampler at 3 steps and denoise 0.6 keeps the last 3 of 5 steps: unshifted noise 0.6,
+    # shifted 6·0.6/(1 + 5·0.6) = 0.9, so data-time 0.1.
     expected = _official_sampler(tiny_model, noise, [pos], None, 3, 6.0, 1.0, 0.0, 1.0,
-                                 start_latent=(raw - _SHIFT) * _SCALE, t_start=0.4)
-    out = sample(tiny_model, [pos_entry], None, SamplerSettings(steps=3, solver="midpoint", cfg=1.0, cfg_trunc=1.0, denoise=0.6),
+                                 start_latent=(raw - _SHIFT) * _SCALE, t_start=0.1)
+    out = sample(tiny_model, [pos_entry], None,
+                 SamplerSettings(steps=3, solver="midpoint", cfg=1.0, cfg_trunc=1.0, denoise=0.6),
                  width=64, height=64, seed=5, latent={"samples": raw})
     assert _max_rel(out["samples"], expected) < 1e-4
 

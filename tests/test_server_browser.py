@@ -151,8 +151,9 @@ def test_embedded_workflow_from_the_template_browser_runs_and_shows_the_demo_pic
     progress = [m["data"] for m in _messages(events, since, "progress") if m["data"]["node"] == "6"]
     assert [p["value"] for p in progress] == list(range(1, 26)) and progress[-1]["max"] == 25
     frames = [m["event"] for m in events["ws"][since:] if m.get("type") == "binary"]
-    # 25 PREVIEW_IMAGE frames, then the sampler's text for the node (a TEXT frame, as core sends it)
-    assert frames == [1] * 25 + [3], frames
+    # 25 PREVIEW_IMAGE_WITH_METADATA frames (the editor announces that it reads them), then the
+    # sampler's text for the node (a TEXT frame, as core sends it)
+    assert frames == [4] * 25 + [3], frames
 
     page.evaluate("() => app.canvas.setDirty(true, true)")
     page.wait_for_function("() => app.graph.nodes.find(n => n.type === 'SaveImage')?.imgs?.length > 0",
@@ -174,12 +175,51 @@ def test_embedded_workflow_from_the_template_browser_runs_and_shows_the_demo_pic
     assert _console_errors(events) == []
 
 
+WATCH_NODES = """() => {
+  window.__seen = {progress: 0, previews: 0};
+  window.__watch = setInterval(() => {
+    const sampler = app.graph.getNodeById(6);
+    window.__seen.progress = Math.max(window.__seen.progress, sampler?.progress ?? 0);
+    window.__seen.previews = Math.max(window.__seen.previews, app.nodePreviewImages?.['6']?.length ?? 0);
+  }, 10);
+}"""
+
+PROGRESS_TEXT = """(id) => (app.graph.getNodeById(id).widgets ?? [])
+    .filter(w => w.type === 'progressText').map(w => String(w.value)).join('\\n')"""
+
+
+def test_the_running_node_shows_its_preview_progress_and_warnings(page):
+    # What the editor draws, not only what was sent: the sampler's preview image and progress bar
+    # (frontend 1.49.6 takes them from previews with metadata and progress_state), and the
+    # warnings of a mistyped XML tag on the text encoder, in the progress text core's nodes use.
+    from comfy_host.frontend import click_run, load_graph
+
+    page, events = page
+    load_graph(page, json.loads(EMBEDDED.read_text()))
+    page.evaluate("""() => { app.graph.getNodeById(4).widgets.find(w => w.name === 'prompt').value =
+        '<character_1><n>circle</n><apperance>red, large</apperance>'; }""")
+    page.evaluate(WATCH_NODES)
+    since = len(events["ws"])
+    click_run(page)
+    end = _wait(page, events, since, _ended)
+    page.wait_for_timeout(300)
+    seen = page.evaluate("() => { clearInterval(window.__watch); return window.__seen; }")
+    assert end is not None and end["type"] == "execution_success", end
+    assert seen["previews"] >= 1, seen            # a preview image on the running sampler
+    assert 0 < seen["progress"] <= 1, seen        # its progress bar
+    states = _messages(events, since, "progress_state")
+    assert states and states[-1]["data"]["nodes"]["6"]["state"] == "finished"
+    warning = page.evaluate(PROGRESS_TEXT, 4)
+    assert "cannot be read" in warning and "encoded as written" in warning, warning
+    assert "apperance" in warning or "cannot be read" in warning
+
+
 def test_an_invalid_value_marks_the_node_and_shows_the_error(page):
     from comfy_host.frontend import click_run, load_graph
 
     page, events = page
     load_graph(page, json.loads(EMBEDDED.read_text()))
-    page.evaluate("() => { app.graph.getNodeById(6).widgets.find(w => w.name === 'width').value = 8; }")
+    page.evaluate("() => { app.graph.getNodeById(6).widgets.find(w => w.name === 'width').value = -16; }")
     since = len(events["ws"])
     click_run(page)
     page.wait_for_function("() => app.graph.getNodeById(6).has_errors === true", timeout=30_000)
@@ -187,7 +227,7 @@ def test_an_invalid_value_marks_the_node_and_shows_the_error(page):
     assert list(errors) == ["6"]
     (error,) = errors["6"]["errors"]
     assert error["type"] == "value_smaller_than_min" and error["extra_info"]["input_name"] == "width"
-    assert "8 is smaller than the minimum 16" in error["details"]
+    assert "-16 is smaller than the minimum 0" in error["details"]
     page.get_by_text("has a value below the minimum for width").first.wait_for(timeout=10_000)  # toast
     assert not _messages(events, since, "execution_start")  # nothing ran
     # The console reports the rejection itself (the HTTP 400 and the editor's PromptExecutionError,

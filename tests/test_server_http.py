@@ -8,8 +8,10 @@ import asyncio
 import io
 import json
 import os
+import struct
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
@@ -153,7 +155,9 @@ def test_invalid_values_come_back_as_node_errors(folders):
     errors = body["node_errors"]
     assert set(errors) == {"1", "6"}
     (cfg,) = errors["6"]["errors"]
-    assert cfg["type"] == "value_bigger_than_max" and cfg["extra_info"] == {"input_name": "cfg"}
+    # The sampler checks cfg itself (VALIDATE_INPUTS refuses a typed cfg without a negative before
+    # anything runs, and naming cfg there hands its range check to it, as in ComfyUI).
+    assert cfg["type"] == "custom_validation_failed" and cfg["extra_info"] == {"input_name": "cfg"}
     assert "99.0 is bigger than the maximum 30.0" in cfg["details"] and errors["6"]["class_type"] == "NextDiTSampler"
     (dit,) = errors["1"]["errors"]
     assert dit["type"] == "value_not_in_list" and dit["extra_info"]["input_name"] == "dit_name"
@@ -218,6 +222,9 @@ def test_startup_routes_answer_and_settings_and_workflows_persist(folders):
     assert settings == {"Comfy.Minimap.Visible": False} and listed == ["mine.json"]
     assert escape == 403 and not (folders["user"].parent / "escape.json").exists()
     assert "Embedded shapes model" in templates["nextdit-nodes"]
+    # The examples built on core's KSampler need a full ComfyUI: not offered here.
+    assert not [name for name in templates["nextdit-nodes"] if "core KSampler" in name], templates
+    assert len(templates["nextdit-nodes"]) == len(list(EMBEDDED.parent.glob("*.json"))) - 2
     assert (folders["user"] / "default" / "workflows" / "mine.json").read_bytes() == b'{"nodes": []}'
 
 
@@ -227,3 +234,50 @@ def test_requests_from_another_site_are_refused(folders):
         return foreign.status
 
     assert _run(folders, scenario) == 403
+
+
+def test_previews_with_metadata_progress_state_and_the_preview_method(folders):
+    # As ComfyUI: an editor that announces supports_preview_metadata gets event-4 frames (4-byte
+    # metadata length, the JSON, the JPEG) naming the node; progress_state lists the started nodes;
+    # the editor's preview method "none" (extra_data.preview_method) means no previews at all.
+    async def run_once(client, ws, extra: dict, seed: int):
+        prompt = _embedded_prompt()
+        prompt["6"]["inputs"]["seed"] = seed
+        response = await client.post("/api/prompt", json={"prompt": prompt, "client_id": "c1", "extra_data": extra})
+        assert response.status == 200, await response.text()
+        frames, states = [], []
+        while True:
+            message = await ws.receive(timeout=120)
+            if message.type == aiohttp.WSMsgType.BINARY:
+                frames.append(message.data)
+                continue
+            data = json.loads(message.data)
+            if data["type"] == "progress_state":
+                states.append(data["data"])
+            if data["type"] in ("execution_success", "execution_error"):
+                assert data["type"] == "execution_success", data
+                return frames, states
+
+    async def scenario(client):
+        ws = await client.ws_connect("/ws?clientId=c1")
+        await ws.send_json({"type": "feature_flags", "data": {"supports_preview_metadata": True}})
+        quiet = await run_once(client, ws, {"preview_method": "none"}, 1)
+        shown = await run_once(client, ws, {}, 2)
+        await ws.close()
+        return quiet, shown
+
+    (quiet_frames, quiet_states), (frames, states) = _run(folders, scenario)
+    kinds = [struct.unpack(">I", frame[:4])[0] for frame in quiet_frames]
+    assert 1 not in kinds and 4 not in kinds and 3 in kinds      # the sampler's text, no pictures
+    assert quiet_states[-1]["nodes"]["6"]["state"] == "finished"
+    previews = [frame for frame in frames if struct.unpack(">I", frame[:4])[0] == 4]
+    assert len(previews) == 25
+    (length,) = struct.unpack(">I", previews[0][4:8])
+    metadata = json.loads(previews[0][8:8 + length])
+    assert metadata == {"node_id": "6", "prompt_id": metadata["prompt_id"], "display_node_id": "6",
+                        "parent_node_id": None, "real_node_id": "6", "image_type": "image/jpeg"}
+    assert Image.open(io.BytesIO(previews[0][8 + length:])).format == "JPEG"
+    running = [s["nodes"]["6"] for s in states if s["nodes"].get("6", {}).get("state") == "running"]
+    assert [entry["value"] for entry in running][-1] == 25 and running[-1]["max"] == 25
+    assert set(running[-1]) == {"value", "max", "state", "node_id", "prompt_id", "display_node_id",
+                                "parent_node_id", "real_node_id"}

@@ -8,7 +8,10 @@ import torch
 import text_fixtures as tf
 from nextdit_nodes.nodes import NODE_CLASS_MAPPINGS
 from nextdit_nodes.nodes.text import SYSTEM_PROMPT_CHOICES, NextDiTTextEncode, NextDiTTextEncoderLoader
-from nextdit_nodes.prompting import PLAIN_OFFICIAL, XML_OFFICIAL
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from nextdit_nodes.prompting import PLAIN_OFFICIAL, RECORDED_KEY, XML_OFFICIAL
 from nextdit_nodes.prompting import SYSTEM_PROMPT_CHOICES as PROMPTING_CHOICES
 
 XML = "<character_1>\n<n>hatsune miku</n>\n<gender>1girl</gender>\n</character_1>"
@@ -70,9 +73,33 @@ def test_system_prompt_choices(encoders):
     texts = {choice: node.encode(encoders, "1girl, solo", choice, "Be brief. ")[0][0][1]["gemma_text"]
              for choice in SYSTEM_PROMPT_CHOICES}
     assert texts == {"xml (official)": XML_OFFICIAL + "1girl, solo", "plain (official)": PLAIN_OFFICIAL + "1girl, solo",
-                     "none": "1girl, solo", "custom": "Be brief. 1girl, solo"}
+                     "none": "1girl, solo", "custom": "Be brief. 1girl, solo",
+                     # this Gemma file records no system prompt: the official one for a plain prompt
+                     "auto": PLAIN_OFFICIAL + "1girl, solo"}
     with pytest.raises(ValueError, match="allowed"):
         node.encode(encoders, "1girl", "fancy", "")
+
+
+def test_auto_system_prompt_follows_the_gemma_files_record(models_dir, encoders, tmp_path, monkeypatch):
+    node = NextDiTTextEncode()
+    # No record (the official files): what the official training gave each caption form.
+    assert node.encode(encoders, XML, "auto", "")[0][0][1]["gemma_text"] == XML_OFFICIAL + XML
+    assert node.encode(encoders, "", "auto", "")[0][0][1]["gemma_text"] == ""     # the unconditional stays blank
+    # A file that records "none" (as the embedded encoders do) or a literal text gets exactly that.
+    for recorded, expected in (("none", XML), ("Draw: ", "Draw: " + XML)):
+        header = dict(safe_open(models_dir / "text_encoders" / "gemma_tiny.safetensors", "pt").metadata())
+        tensors = load_file(models_dir / "text_encoders" / "gemma_tiny.safetensors")
+        save_file(tensors, str(tmp_path / "gemma_rec.safetensors"), metadata={**header, RECORDED_KEY: recorded})
+        (loaded,) = NextDiTTextEncoderLoader().load(str(tmp_path / "gemma_rec.safetensors"), "jina_tiny", "cpu", "fp32")
+        assert node.encode(loaded, XML, "auto", "")[0][0][1]["gemma_text"] == expected
+        assert node.encode(loaded, XML, "xml (official)", "")[0][0][1]["gemma_text"] == XML_OFFICIAL + XML
+
+
+def test_the_embedded_gemma_file_records_no_system_prompt():
+    from nextdit_nodes.nodes.host import EMBEDDED_DIR
+    from nextdit_nodes.text.loading import recorded_system_prompt
+
+    assert recorded_system_prompt(EMBEDDED_DIR / "text_encoders" / "embedded-shapes-gemma3.safetensors") == "none"
 
 
 def test_empty_prompt_is_the_unconditional_encoding(encoders):
@@ -113,3 +140,22 @@ def test_loader_refuses_a_non_text_file(models_dir, monkeypatch, tmp_path):
     monkeypatch.setenv("NEXTDIT_MODELS_DIR", str(models_dir))
     with pytest.raises(WeightsError, match="Next-DiT"):
         NextDiTTextEncoderLoader().load(str(dit), "jina_tiny", "cpu", "auto")
+
+
+def test_warnings_go_to_the_node_through_the_hosts_text_channel(encoders):
+    # Inside ComfyUI this is PromptServer.send_progress_text (drawn on the node without any
+    # extension); headless the text hook, which `serve` turns into the same TEXT frame.
+    from nextdit_nodes.nodes import host
+    from nextdit_nodes.nodes.prompt import NextDiTXMLPrompt
+
+    shown = []
+    previous = host.set_text_hook(shown.append)
+    try:
+        NextDiTTextEncode().encode(encoders, "<character_1><n>miku</n>", "none", "", unique_id="4")
+        NextDiTXMLPrompt().assemble("<character_1><n>miku</n><hair>teal</hair></character_1>", unique_id="5")
+        NextDiTTextEncode().encode(encoders, "1girl, solo", "none", "", unique_id="6")      # nothing to say
+    finally:
+        host.set_text_hook(previous)
+    assert len(shown) == 2
+    assert "cannot be read" in shown[0] and "encoded as written" in shown[0]
+    assert "hair" in shown[1]

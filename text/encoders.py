@@ -34,8 +34,12 @@ class TextEncoders:
 
     def __init__(self, load: Loader, compute_device: torch.device | str = "cpu",
                  name: str = "", cache_size: int = CACHE_SIZE,
-                 encoders: tuple[Encoder, Encoder] | None = None, make_room: MakeRoom | None = None):
+                 encoders: tuple[Encoder, Encoder] | None = None, make_room: MakeRoom | None = None,
+                 system_prompt: str | None = None):
         self._load = load
+        # The system prompt the Gemma file records it was trained with (None: it records none);
+        # NextDiT Text Encode's ``auto`` follows it.
+        self.system_prompt = system_prompt
         self._make_room = make_room
         self.compute_device = torch.device(compute_device)
         self.storage_device = torch.device("cpu")

@@ -41,6 +41,7 @@ from .. import dtypes
 from ..files.errors import WeightsError
 from ..files.keys import describe_contents, group_keys, mismatch_lines
 from ..files.tensors import TensorRef, open_weights, read_metadata
+from ..prompting.system_prompts import RECORDED_KEY
 from . import jina_keys
 from . import towers as te
 from .encoders import TextEncoders
@@ -72,7 +73,14 @@ def load_text_encoders(gemma_path, jina_path, device: torch.device | str = "cpu"
     gemma_dtype, jina_dtype = resolve_dtypes(dtype, device)
     load = partial(_load_pair, Path(gemma_path), Path(jina_path), gemma_dtype, jina_dtype)
     return TextEncoders(load, compute_device=device, encoders=load(), make_room=make_room,
-                        name=f"{Path(gemma_path).name} + {Path(jina_path).name}")
+                        name=f"{Path(gemma_path).name} + {Path(jina_path).name}",
+                        system_prompt=recorded_system_prompt(gemma_path))
+
+
+def recorded_system_prompt(gemma_path) -> str | None:
+    """What the Gemma file's metadata says it was trained with (``prompting.RECORDED_KEY``), or None.
+    Folders (HF layouts) and the official files record nothing."""
+    return read_metadata(gemma_path).get(RECORDED_KEY)
 
 
 def _load_pair(gemma_path: Path, jina_path: Path, gemma_dtype, jina_dtype):

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..files.atomic import atomic_path
+from ..prompting.system_prompts import RECORDED_KEY
 from . import jina_keys
 from .towers import Encoder
 
@@ -27,11 +28,13 @@ JINA_SAVED_CONFIG = ("num_attention_heads", "layer_norm_eps", "hidden_act", "max
                      "pad_token_id", "bos_token_id", "eos_token_id")
 
 
-def save_gemma(path, encoder: Encoder, dtype: torch.dtype | None = None) -> None:
-    """Gemma text model + tokenizer -> one safetensors file (``model.*`` keys)."""
+def save_gemma(path, encoder: Encoder, dtype: torch.dtype | None = None, system_prompt: str | None = None) -> None:
+    """Gemma text model + tokenizer -> one safetensors file (``model.*`` keys). ``system_prompt``:
+    the one it was trained with, recorded for NextDiT Text Encode's ``auto`` (a preset name or the text)."""
     config = encoder.model.config
     values = {name: getattr(config, name) for name in GEMMA_SAVED_CONFIG}
-    _save(path, {"model." + k: v for k, v in encoder.model.state_dict().items()}, encoder, values, dtype)
+    extra = {} if system_prompt is None else {RECORDED_KEY: system_prompt}
+    _save(path, {"model." + k: v for k, v in encoder.model.state_dict().items()}, encoder, values, dtype, extra)
 
 
 def save_jina(path, encoder: Encoder, dtype: torch.dtype | None = None) -> None:
@@ -43,12 +46,13 @@ def save_jina(path, encoder: Encoder, dtype: torch.dtype | None = None) -> None:
     _save(path, {"model." + k: v for k, v in flash.items()}, encoder, values, dtype)
 
 
-def _save(path, tensors: dict, encoder: Encoder, config: dict, dtype: torch.dtype | None) -> None:
+def _save(path, tensors: dict, encoder: Encoder, config: dict, dtype: torch.dtype | None,
+          extra: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu", dtype if dtype and v.is_floating_point() else v.dtype).contiguous()
                for k, v in tensors.items()}
-    metadata = {"config": json.dumps(config)}
+    metadata = {"config": json.dumps(config), **(extra or {})}
     proto = getattr(encoder.tokenizer, "model_proto", None)
     if proto is not None:
         tensors["spiece_model"] = torch.frombuffer(bytearray(proto), dtype=torch.uint8)

@@ -3,10 +3,13 @@ pack's own runner otherwise. Only this package imports ComfyUI modules; every fu
 falls back to plain behaviour when ComfyUI is absent."""
 
 from .devices import free_memory, torch_device
-from .files import (EMBEDDED_DIR, PACK_DIR, confine_to_model_folders, headless_models_dirs, list_model_files,
-                    model_file_problem, paths_allowed, resolve_model_file)
-from .progress import Interrupted, Progress, check_interrupt, request_interrupt, set_progress_hook
+from .files import (EMBEDDED_DIR, PACK_DIR, confine_to_model_folders, file_choice, headless_models_dirs,
+                    inside_comfyui, list_model_files, model_file_problem, paths_allowed, resolve_model_file)
+from .progress import (Interrupted, Progress, check_interrupt, previews_wanted, request_interrupt, set_previews_wanted,
+                       set_progress_hook, set_text_hook, show_text)
 
-__all__ = ["EMBEDDED_DIR", "PACK_DIR", "Interrupted", "Progress", "check_interrupt", "confine_to_model_folders",
-           "free_memory", "headless_models_dirs", "list_model_files", "model_file_problem", "paths_allowed",
-           "request_interrupt", "resolve_model_file", "set_progress_hook", "torch_device"]
+__all__ = ["EMBEDDED_DIR", "PACK_DIR", "Interrupted", "Progress", "check_interrupt",
+           "confine_to_model_folders", "file_choice", "free_memory", "headless_models_dirs",
+           "inside_comfyui", "list_model_files", "model_file_problem", "paths_allowed", "previews_wanted",
+           "set_previews_wanted", "request_interrupt", "resolve_model_file", "set_progress_hook",
+           "set_text_hook", "show_text", "torch_device"]

@@ -42,6 +42,11 @@ def paths_allowed() -> bool:
     return not _confined and _comfy_folder_paths() is None
 
 
+def inside_comfyui() -> bool:
+    """Whether the pack runs inside ComfyUI (not headless, not in ``serve``)."""
+    return _comfy_folder_paths() is not None
+
+
 def _comfy_folder_paths():
     try:
         import folder_paths  # ComfyUI's module; absent headless
@@ -93,6 +98,20 @@ def list_model_files(folder: str) -> list[str]:
             if _is_model_entry(path, folder) and not inside_model_folder:
                 names.add(relative.as_posix())
     return sorted(names)
+
+
+def file_choice(names: list[str], like: str = "", avoid: tuple[str, ...] = ()) -> dict:
+    """A loader COMBO's ``default`` option: the first name containing ``like`` and none of ``avoid``
+    (case-insensitive), else the first name containing ``like``, else the list's first. The editor
+    puts the default in a node added from the search box, so the pick must be a file that works
+    there (a Jina file for ``jina_name``, a teacher before its distilled students)."""
+    def has(name: str, word: str) -> bool:
+        return word.lower() in name.lower()
+
+    fitting = [name for name in names if has(name, like)]
+    preferred = [name for name in fitting if not any(has(name, word) for word in avoid)]
+    pick = (preferred or fitting or names or [None])[0]
+    return {} if pick is None else {"default": pick}
 
 
 def resolve_model_file(folder: str, name: str) -> Path:

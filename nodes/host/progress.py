@@ -8,6 +8,8 @@ from typing import Callable
 
 ProgressHook = Callable[[int, int, object, "str | None"], None]  # (done, total, preview or None, note or None)
 _progress_hook: ProgressHook | None = None
+TextHook = Callable[[str], None]   # a text for the running node
+_text_hook: TextHook | None = None
 
 
 def set_progress_hook(hook: ProgressHook | None) -> ProgressHook | None:
@@ -15,6 +17,51 @@ def set_progress_hook(hook: ProgressHook | None) -> ProgressHook | None:
     global _progress_hook
     previous, _progress_hook = _progress_hook, hook
     return previous
+
+
+_previews_wanted = True
+
+
+def set_previews_wanted(wanted: bool) -> None:
+    """Headless hosts: the user's preview setting (``serve``: the editor's preview method)."""
+    global _previews_wanted
+    _previews_wanted = wanted
+
+
+def previews_wanted() -> bool:
+    """Whether samplers should make latent previews: inside ComfyUI its preview method
+    (``--preview-method`` or the editor's setting; ``none`` = no previews), headless the host's."""
+    try:
+        from comfy.cli_args import LatentPreviewMethod, args
+    except ImportError:
+        return _previews_wanted
+    return args.preview_method != LatentPreviewMethod.NoPreviews
+
+
+def set_text_hook(hook: TextHook | None) -> TextHook | None:
+    """Headless hosts: where a node's text goes (``serve``: on the node); returns the previous hook."""
+    global _text_hook
+    previous, _text_hook = _text_hook, hook
+    return previous
+
+
+def show_text(text: str, node_id: str | None) -> None:
+    """Show ``text`` on the node (warnings, reports): inside ComfyUI through the progress-text
+    channel core's nodes use (``PromptServer.send_progress_text``), which the frontend draws on
+    the node without any extension; headless through the text hook (``serve`` sends the same
+    frame). A node's ``ui.text`` alone reaches only the console of a pack without JavaScript."""
+    if not text:
+        return
+    try:
+        from server import PromptServer  # ComfyUI's server module
+    except ImportError:
+        PromptServer = None
+    instance = getattr(PromptServer, "instance", None)
+    if instance is not None and hasattr(instance, "send_progress_text"):
+        if node_id is not None:
+            instance.send_progress_text(text, node_id)
+    elif _text_hook is not None:
+        _text_hook(text)
 
 
 class Progress:

@@ -29,6 +29,12 @@ latents the graphs saved (core ``SaveLatent``, read back through ``/view``):
  12. the embedded 4-step student through core: KSampler (euler, simple, 4 steps, cfg 1) with no
      FluxGuidance equals NextDiT Sampler at steps 0 (the file's own settings: its guidance 4
      reaches the core MODEL as the default), and FluxGuidance 1 overrides it.
+ 14. warnings and reports reach the node as progress text (the binary TEXT event): NextDiT XML
+     Prompt's checks, NextDiT Text Encode's "cannot be read ... encoded as written" and NextDiT
+     LoRA Loader's applied-keys report, each for its own node id.
+ 13. image-to-image at the latent size of a 100×76 image (12×9, odd: padded to the patch size
+     inside the model as core's Lumina model does): NextDiT Sampler at denoise 0.1, 0.3 and 0.6
+     (cfg 1) equals core KSampler on the pack's MODEL with the same denoise.
 
   python tests/comfy_host/check_citizen.py --models ~/scratch/ComfyUI/models --write-models
   SCRATCH=~/scratch ../shared/comfy-host/comfy_run.sh --port 8199 --isolated
@@ -142,10 +148,10 @@ def text_nodes(prompt: dict) -> None:
         "text_encoders": ["te", 0], "prompt": "", "system_prompt": "xml (official)", "custom_system_prompt": ""}}
 
 
-def ksampler(model: list, cfg: float, latent: list, name: str, denoise: float = 1.0) -> dict:
+def ksampler(model: list, cfg: float, latent: list, name: str, denoise: float = 1.0, steps: int = STEPS) -> dict:
     return {
         f"{name}_ks": {"class_type": "KSampler", "inputs": {
-            "model": model, "seed": SEED, "steps": STEPS, "cfg": cfg, "sampler_name": "euler",
+            "model": model, "seed": SEED, "steps": steps, "cfg": cfg, "sampler_name": "euler",
             "scheduler": "simple", "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": latent,
             "denoise": denoise}},
         f"{name}_save": {"class_type": "SaveLatent", "inputs": {"samples": [f"{name}_ks", 0],
@@ -364,6 +370,84 @@ def check_sampler_inpainting(url: str) -> None:
     assert relative(ours, core) <= 1e-4
 
 
+def check_img2img(url: str) -> None:
+    # Steps per denoise so that int(steps / denoise) divides 1000 (core's sigma table then holds
+    # the pack's grid points exactly): 0.1 → 4 of 40, 0.3 → 6 of 20, 0.6 → 6 of 10.
+    prompt: dict = {}
+    text_nodes(prompt)
+    prompt["pack"] = {"class_type": "NextDiTLoader", "inputs": {"dit_name": WIDE_DIT, "weight_dtype": "fp32"}}
+    # The latent a 100×76 image encodes to (cropped to 96×72 as core's VAEEncode crops): 12×9, made
+    # here by KSampler itself (so the check needs no VAE), odd in height.
+    prompt["empty"] = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 96, "height": 72, "batch_size": 1}}
+    prompt.update(ksampler(["pack", 1], 1.0, ["empty", 0], "source"))
+    # The odd side through core's own model (its pad-and-crop) and through the pack's.
+    prompt["core_unet"] = {"class_type": "UNETLoader", "inputs": {"unet_name": WIDE_DIT, "weight_dtype": "default"}}
+    prompt.update(ksampler(["core_unet", 0], 1.0, ["empty", 0], "core_source"))
+    cases = {"d01": (0.1, 4), "d03": (0.3, 6), "d06": (0.6, 6)}
+    for name, (denoise, steps) in cases.items():
+        prompt.update(ksampler(["pack", 1], 1.0, ["source_ks", 0], f"core_{name}", denoise=denoise, steps=steps))
+        prompt[f"ours_{name}"] = {"class_type": "NextDiTSampler", "inputs": {
+            "model": ["pack", 0], "positive": ["pos", 0], "width": 64, "height": 64, "batch_size": 1,
+            "seed": SEED, "steps": steps, "solver": "euler", "shift": 6.0, "cfg": 1.0, "renorm_cfg": 0.0,
+            "cfg_trunc": 1.0, "guidance": 0.0, "latent": ["source_ks", 0], "denoise": denoise}}
+        prompt[f"ours_{name}_save"] = {"class_type": "SaveLatent", "inputs": {
+            "samples": [f"ours_{name}", 0], "filename_prefix": f"latents/ours_{name}"}}
+    entry = run(url, prompt)
+    core, ours = saved_latent(url, entry, "core_source_save"), saved_latent(url, entry, "source_save")
+    print(f"13. a 12x9 latent from noise, KSampler on core's own model vs on the pack's MODEL: "
+          f"{relative(ours, core):.2e}")
+    assert relative(ours, core) <= 1e-4
+    for name, (denoise, steps) in cases.items():
+        core, ours = saved_latent(url, entry, f"core_{name}_save"), saved_latent(url, entry, f"ours_{name}_save")
+        assert tuple(ours.shape[2:]) == (9, 12), ours.shape
+        print(f"13. img2img of a 100x76 image, denoise {denoise} ({steps} steps): NextDiT Sampler vs core "
+              f"KSampler on the pack's MODEL {relative(ours, core):.2e}")
+        assert relative(ours, core) <= 1e-4
+
+
+def check_node_texts(url: str) -> None:
+    import asyncio
+    import struct
+
+    import aiohttp
+
+    client_id = uuid.uuid4().hex
+    prompt: dict = {}
+    text_nodes(prompt)
+    prompt["xml"] = {"class_type": "NextDiTXMLPrompt", "inputs": {
+        "prompt": "<character_1><n>miku</n><hair>teal</hair></character_1>", "caption": ""}}
+    prompt["bad"] = {"class_type": "NextDiTTextEncode", "inputs": {
+        "text_encoders": ["te", 0], "prompt": "<character_1><n>circle</n><apperance>red</apperance>",
+        "system_prompt": "none", "custom_system_prompt": ""}}
+    prompt["pack"] = {"class_type": "NextDiTLoader", "inputs": {"dit_name": WIDE_DIT, "weight_dtype": "fp32"}}
+    prompt["lora"] = {"class_type": "NextDiTLoraLoader", "inputs": {"model": ["pack", 0], "lora_name": LORA,
+                                                                    "strength": 1.0}}
+    for name, source in (("o1", ["xml", 0]), ("o2", ["bad", 0]), ("o3", ["lora", 0])):
+        prompt[name] = {"class_type": "PreviewAny", "inputs": {"source": source}}
+
+    async def listen() -> dict[str, str]:
+        texts: dict[str, str] = {}
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{url}/ws?clientId={client_id}") as ws:
+                body = {"prompt": prompt, "client_id": client_id}
+                async with session.post(f"{url}/prompt", json=body) as answer:
+                    assert answer.status == 200, await answer.text()
+                async for message in ws:
+                    if message.type == aiohttp.WSMsgType.BINARY and struct.unpack(">I", message.data[:4])[0] == 3:
+                        (length,) = struct.unpack(">I", message.data[4:8])
+                        texts[message.data[8:8 + length].decode()] = message.data[8 + length:].decode()
+                    elif message.type == aiohttp.WSMsgType.TEXT:
+                        data = json.loads(message.data)
+                        if data["type"] in ("execution_success", "execution_error"):
+                            assert data["type"] == "execution_success", data
+                            return texts
+        return texts
+
+    texts = asyncio.run(listen())
+    print(f"14. progress text per node: { {node: text[:60] for node, text in texts.items()} }")
+    assert "hair" in texts["xml"] and "cannot be read" in texts["bad"] and "applied" in texts["lora"], texts
+
+
 def check_refusals(url: str) -> None:
     refused = []
     for node, inputs in (("ConditioningSetArea", {"width": 64, "height": 64, "x": 0, "y": 0, "strength": 1.0}),
@@ -498,7 +582,8 @@ def main() -> int:
     checks = {"equal": check_equalities, "patches": check_patches, "lora": lambda url: check_loras(url, args.log),
               "inpaint": check_inpainting, "files": check_file_inputs, "ranges": check_timestep_ranges,
               "sampler_inpaint": check_sampler_inpainting, "refusals": check_refusals, "numbers": check_numbers,
-              "student": check_student, "few_step": check_few_step}
+              "student": check_student, "few_step": check_few_step, "img2img": check_img2img,
+              "node_texts": check_node_texts}
     for name, check in checks.items():
         if args.only is None or name in args.only:
             check(args.url)

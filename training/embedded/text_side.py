@@ -84,5 +84,6 @@ def save_text_encoders(gemma: te.Encoder, jina: te.Encoder, gemma_path, jina_pat
 
 
 def save_gemma_encoder(model: torch.nn.Module, tokenizer, path) -> None:
-    """Gemma (random, or trained with the Next-DiT) as a ComfyUI-layout fp16 single file."""
-    save_gemma(path, te.Encoder(model, tokenizer), dtype=torch.float16)
+    """Gemma (random, or trained with the Next-DiT) as a ComfyUI-layout fp16 single file, recording
+    that the Next-DiT trained on it without a system prompt (NextDiT Text Encode's ``auto`` reads it)."""
+    save_gemma(path, te.Encoder(model, tokenizer), dtype=torch.float16, system_prompt="none")
