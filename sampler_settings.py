@@ -154,7 +154,7 @@ class SamplerSettings:
     def to_metadata(self) -> dict[str, str]:
         out = {_STEPS: str(self.steps), _SOLVER: self.solver, _SHIFT: repr(float(self.shift)),
                _CFG: repr(float(self.cfg))}
-        if self.guidance is not None:
+        if self.guidance:   # 0 / None: no fixed guidance scale to record
             out[_GUIDANCE] = repr(float(self.guidance))
         if self.cfg_trunc is not None:
             out[_CFG_TRUNC] = repr(float(self.cfg_trunc))
