@@ -177,3 +177,18 @@ def test_truncated_and_incomplete_files_are_refused(tmp_path):
     save_file(state, str(partial))
     with pytest.raises(WeightsError, match="control_projections.1: missing|control_projections.1.weight: missing"):
         load_controlnet(partial)
+
+
+def test_loader_node_returns_a_handle_core_apply_accepts(tmp_path, monkeypatch):
+    from nextdit_nodes.nodes import NODE_CLASS_MAPPINGS
+
+    folder = tmp_path / "controlnet"
+    save_controlnet(folder / "mine.safetensors", random_controlnet(2))
+    monkeypatch.setenv("NEXTDIT_MODELS_DIR", str(tmp_path))
+    node = NODE_CLASS_MAPPINGS["NextDiTControlNetLoader"]
+    assert "mine.safetensors" in node.INPUT_TYPES()["required"]["control_net_name"][0]
+    (handle,) = node().load("mine.safetensors")
+    copy = handle.copy().set_cond_hint(torch.zeros(1, 3, 16, 16), 0.5, (0.1, 0.9), vae=None, extra_concat=[])
+    assert copy is not handle and copy.net is handle.net
+    assert (copy.strength, copy.timestep_percent_range) == (0.5, (0.1, 0.9))
+    assert copy.set_previous_controlnet(handle) is copy and copy.chain() == [handle, copy]
