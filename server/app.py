@@ -68,7 +68,7 @@ def create_app(config: ServerConfig) -> web.Application:
                "temp": Path(scratch.name) if scratch else config.temp_dir}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
-    classes = runner_classes(folders["output"], folders["temp"])
+    classes = runner_classes(folders["output"], folders["temp"], folders["input"])
     queue = JobQueue()
     hub = Hub(queue.queue_info, config.max_upload)
     worker = Worker(queue, Executor(classes, model_check=model_file_check), hub)
