@@ -24,9 +24,10 @@ from .apply import ActiveControl
 class ControlNetHandle:
     """One ControlNet with what an apply node set on it (core's ControlBase fields, same names)."""
 
-    def __init__(self, net, name: str = "ControlNet"):
+    def __init__(self, net, name: str = "ControlNet", vae=None):
         self.net = net
         self.name = name
+        self.default_vae = vae      # the loader's VAE, used when the apply node gives none
         self.cond_hint_original: Tensor | None = None   # IMAGE as (B, C, H, W), as core's apply node gives it
         self.strength = 1.0
         self.timestep_percent_range = (0.0, 1.0)
@@ -42,7 +43,7 @@ class ControlNetHandle:
     # ---- what core's apply node calls ------------------------------------------------------
 
     def copy(self) -> ControlNetHandle:
-        other = ControlNetHandle(self.net, self.name)
+        other = ControlNetHandle(self.net, self.name, self.default_vae)
         other.cond_hint_original, other.strength = self.cond_hint_original, self.strength
         other.timestep_percent_range, other.vae = self.timestep_percent_range, self.vae
         other.extra_args = dict(self.extra_args)
@@ -53,7 +54,7 @@ class ControlNetHandle:
         self.cond_hint_original = cond_hint
         self.strength = float(strength)
         self.timestep_percent_range = (float(timestep_percent_range[0]), float(timestep_percent_range[1]))
-        self.vae = vae
+        self.vae = vae if vae is not None else self.default_vae
         self.extra_concat_orig = list(extra_concat or [])
         self._latents = {}
         return self
@@ -144,8 +145,9 @@ def encode_hint(vae, image: Tensor | None, latent_hw: tuple[int, int]) -> Tensor
     if image is None:
         raise ValueError("the ControlNet has no control image: connect one to the apply node's image input")
     if vae is None:
-        raise ValueError("this ControlNet reads the VAE-encoded control image: connect a VAE (NextDiT VAE "
-                         "Loader or core's Load VAE) to the apply node's vae input")
+        raise ValueError("this ControlNet reads the VAE-encoded control image: connect a VAE to the apply "
+                         "node's vae input (core's Load VAE) or NextDiT VAE Loader to NextDiT ControlNet "
+                         "Loader's vae input")
     factor = _factor(vae)
     height, width = latent_hw[0] * factor, latent_hw[1] * factor
     pixels = resize_cover(image.float()[:, :3], height, width)

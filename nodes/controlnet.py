@@ -16,8 +16,9 @@ class NextDiTControlNetLoader:
     DESCRIPTION = (
         "Loads a ControlNet made for NewBie-image / Lumina-2 Next-DiT models (trained with `python -m "
         "nextdit_nodes train-controlnet`, or by anyone on the same key layout) from models/controlnet. "
-        "Apply it with core's Apply ControlNet node (connect a VAE there: the control image is "
-        "VAE-encoded); NextDiT Sampler and KSampler on core_model both run it. ControlNets of other "
+        "Apply it with core's Apply ControlNet node; the control image is VAE-encoded, with the VAE "
+        "connected here (NextDiT VAE Loader) or at the apply node (core's Load VAE). NextDiT Sampler and "
+        "KSampler on core_model both run it. ControlNets of other "
         "model families (SD, SDXL, FLUX, Z-Image) are refused, naming what they are."
     )
     RETURN_TYPES = ("CONTROL_NET",)
@@ -30,6 +31,10 @@ class NextDiTControlNetLoader:
         return {"required": {
             "control_net_name": (host.list_model_files("controlnet"), {
                 "tooltip": "A Next-DiT ControlNet .safetensors in models/controlnet. Headless, a path also works."}),
+        }, "optional": {
+            "vae": ("NEXTDIT_VAE", {
+                "tooltip": "The VAE that encodes the control image (the model's own VAE), used when Apply "
+                           "ControlNet has no VAE connected."}),
         }}
 
     if host.paths_allowed():   # headless: replaces the dropdown check so a path works too (host/files.py)
@@ -37,12 +42,12 @@ class NextDiTControlNetLoader:
         def VALIDATE_INPUTS(cls, control_net_name):
             return host.model_file_problem("controlnet", control_net_name) or True
 
-    def load(self, control_net_name: str):
+    def load(self, control_net_name: str, vae=None):
         from ..controlnet.files import load_controlnet
         from ..controlnet.handle import ControlNetHandle
 
         path = host.resolve_model_file("controlnet", control_net_name)
-        return (ControlNetHandle(load_controlnet(path), path.name),)
+        return (ControlNetHandle(load_controlnet(path), path.name, vae),)
 
 
 NODE_CLASSES = [NextDiTControlNetLoader]

@@ -155,3 +155,13 @@ def test_handle_answers_core_samplers_like_controlbase():
     assert second.get_models() == [] and second.get_extra_hooks() == []
     second.cleanup()
     assert second.timestep_range is None and first.timestep_range is None
+
+
+def test_the_loaders_vae_encodes_when_the_apply_node_has_none(model):
+    net = random_controlnet(2, seed=37)
+    base = entry(P, 7)
+    loaded = ControlNetHandle(net, "cn", FakeVAE())
+    no_vae = loaded.copy().set_cond_hint(control_image().movedim(-1, 1), 0.8, (0.0, 1.0), vae=None)
+    ours = FLUX.from_raw(run(model, [[base[0], {**base[1], "control": no_vae}]])["samples"])
+    expected = core_reference(model, base[0], base[1]["pooled_output"], [(net, hint(), 0.8, 0.0, 1.0)])
+    assert torch.allclose(ours, expected, atol=1e-4)
