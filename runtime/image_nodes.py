@@ -3,8 +3,9 @@
 
 Same ids, input names, widget order and outputs as ComfyUI's (``nodes.py`` and
 ``comfy_extras/nodes_canny.py``), so a workflow runs the same here and inside ComfyUI, where
-core's own nodes run. Images are read from the input folder only, as uploads are stored: a name
-that leaves it (absolute, ``..``, a symlink out) is refused.
+core's own nodes run. Images are read from the input folder only, as uploads are stored (and,
+after it, the pack's own ``embedded/input``, which holds the example workflows' images): a name
+that leaves them (absolute, ``..``, a symlink out) is refused.
 """
 
 from __future__ import annotations
@@ -12,30 +13,38 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from ..nodes.host import EMBEDDED_DIR
 from ..server.paths import inside
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MAX_RESOLUTION = 16384
 
 
+def _roots(folder: Path) -> list[Path]:
+    return [folder, EMBEDDED_DIR / "input"]
+
+
 def _input_files(folder: Path) -> list[str]:
-    if not folder.is_dir():
-        return []
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    names = set()
+    for root in _roots(folder):
+        if root.is_dir():
+            names.update(p.relative_to(root).as_posix() for p in root.rglob("*")
+                         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(names)
 
 
 def _input_path(folder: Path, name) -> Path:
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"an image name from the input folder is needed; got {name!r}")
     name = name.removesuffix(" [input]")
-    path = inside(folder, name)
-    if path is None:
+    paths = [inside(root, name) for root in _roots(folder)]
+    if paths[0] is None:
         raise ValueError(f"image {name!r} is not inside the input folder; upload it or put it into {folder.name}/")
-    if not path.is_file():
-        raise FileNotFoundError(f"image {name!r} is not in the input folder; upload it (or copy it into "
-                                f"{folder.name}/) and pick it from the list")
-    return path
+    for path in paths:
+        if path is not None and path.is_file():
+            return path
+    raise FileNotFoundError(f"image {name!r} is not in the input folder; upload it (or copy it into "
+                            f"{folder.name}/) and pick it from the list")
 
 
 def load_image_file(path: Path):

@@ -375,7 +375,7 @@ def test_loader_node_offload_option_streams_blocks_in_the_sampler_with_the_same_
     cond = [[torch.randn(1, 6, p.cap_dim, generator=gen), {"pooled_output": torch.randn(1, p.clip_dim, generator=gen)}]]
     neg = [[torch.randn(1, 2, p.cap_dim, generator=gen), {"pooled_output": torch.randn(1, p.clip_dim, generator=gen)}]]
     settings = dict(positive=cond, negative=neg, width=32, height=32, batch_size=1, seed=3, steps=2, solver="euler",
-                    cfg=4.0, cfg_trunc=1.0, guidance=0.0)
+                    shift=6.0, cfg=4.0, renorm_cfg=0.0, cfg_trunc=1.0, guidance=0.0)
     outputs = {}
     for mode in ("none", "blocks"):
         model, core_model = NextDiTLoader().load(str(path), "fp32", mode)
