@@ -99,3 +99,15 @@ def test_serve_offers_them_as_core_nodes(tmp_path):
     assert info["LoadImage"]["input"]["required"]["image"][1] == {"image_upload": True}
     assert info["NextDiTControlNetLoader"]["output"] == ["CONTROL_NET"]
     assert info["ControlNetApplyAdvanced"]["input"]["optional"]["vae"] == ("VAE",)
+
+
+def test_a_saved_load_image_with_its_upload_button_value_loads(nodes, tmp_path):
+    import json
+
+    from nextdit_nodes.runtime.workflow import load_workflow
+
+    ui = {"nodes": [{"id": 1, "type": "LoadImage", "widgets_values": ["red.png", "image"], "inputs": [],
+                     "outputs": []}], "links": [], "version": 0.4}
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps(ui))
+    assert load_workflow(path, nodes).nodes["1"].inputs["image"] == "red.png"
