@@ -28,6 +28,11 @@ def register(subparsers) -> None:
     parser.add_argument("--dit", type=Path, action="append", default=[], metavar="FILE",
                         help="instead: the teacher (CFG 4) next to this file in its place, e.g. the "
                              "teacher quantised by `quantize` (a GGUF); repeatable")
+    parser.add_argument("--controlnet", type=Path, default=None,
+                        help="instead: the teacher (CFG 4) with this outline ControlNet on held-out scenes drawn "
+                             "as outlines, with the full caption, positions withheld and positions contradicting "
+                             "the drawing; and without it / at strength 0")
+    parser.add_argument("--controlnet-strength", type=float, default=1.0)
     parser.set_defaults(func=run)
 
 
@@ -114,10 +119,44 @@ def run_dit(args) -> int:
         replaced.teacher = load_dit(path, dtype="fp32")
         variants.append((path.name, replaced))
     _header()
-    setting = next(s for s in SETTINGS if s.model == "teacher" and s.cfg == 4.0)
+    setting = next(s for s in SETTINGS if s.model == "teacher" and s.sampler.cfg == 4.0)
     for name, which in variants:
         label = setting.name if which is models else setting.name.replace("teacher", name, 1)
         print(_row(label, adherence(which, setting, args.count, args.steps)), flush=True)
+    return 0
+
+
+def run_controlnet(args) -> int:
+    import numpy as np
+
+    from ..controlnet.files import load_controlnet
+    from ..training.embedded.adherence import score_image, summarise
+    from ..training.embedded.controlnet_demo import controlled_adherence, evaluation_cases, render_outline
+    from ..training.embedded.evaluate import EmbeddedModels
+    from ..training.embedded.shapes import held_out_scenes, render
+
+    models = EmbeddedModels(args.models_dir)
+    net = load_controlnet(args.controlnet)
+    scenes = held_out_scenes(args.count)
+    cases = evaluation_cases(scenes)
+    print("Geometry (the drawn shape in the drawn cell) is the shape / object column; colour is "
+          "colour+position / object (the caption's colour in the drawn cell).")
+    _header()
+    print(_row("rendered from the captions (checker check)", summarise([score_image(render(s), s) for s in scenes])))
+    print(_row("the outline drawings themselves (no colour: checker finds no object colour)",
+               summarise([score_image(render_outline(s), s) for s in scenes])))
+    plain, plain_images = controlled_adherence(models, net, scenes, cases["full caption"], None, args.steps)
+    print(_row("full caption, no ControlNet", plain), flush=True)
+    zero, zero_images = controlled_adherence(models, net, scenes, cases["full caption"], 0.0, args.steps)
+    same = all(np.array_equal(a, b) for a, b in zip(plain_images, zero_images))
+    print(_row(f"full caption, ControlNet strength 0 (images identical to no ControlNet: {same})", zero), flush=True)
+    for name, captions in cases.items():
+        if name != "full caption":
+            print(_row(f"{name}, no ControlNet", controlled_adherence(models, net, scenes, captions, None,
+                                                                     args.steps)[0]), flush=True)
+        print(_row(f"{name}, ControlNet strength {args.controlnet_strength:g}",
+                   controlled_adherence(models, net, scenes, captions, args.controlnet_strength, args.steps)[0]),
+              flush=True)
     return 0
 
 
@@ -126,6 +165,8 @@ def run(args) -> int:
         return run_lora(args)
     if args.dit:
         return run_dit(args)
+    if args.controlnet is not None:
+        return run_controlnet(args)
     import torch
 
     from ..training.embedded.adherence import score_image, summarise

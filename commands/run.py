@@ -33,7 +33,7 @@ def _command(args: argparse.Namespace) -> int:
     use_models_dirs(args.models_dir)
     start = time.perf_counter()
     result, images = run_workflow(args.workflow, args.output_dir, args.set, args.temp_dir,
-                                  show_progress=not args.quiet)
+                                  show_progress=not args.quiet, input_dir=args.input_dir)
     seconds = time.perf_counter() - start
     where = ", ".join(str(p) for p in images) if images else "no images saved"
     print(f"{len(images)} image(s): {where} | {seconds:.1f} s | {len(result.executed)} node(s) run, "
@@ -60,6 +60,8 @@ def register(subparsers) -> None:
                         help="where SaveImage writes (default ./output)")
     parser.add_argument("--temp-dir", type=Path, default=None, metavar="DIR",
                         help="where PreviewImage writes (default: the system temp folder)")
+    parser.add_argument("--input-dir", type=Path, default=Path("input"), metavar="DIR",
+                        help="where LoadImage reads images (default ./input); names may not leave it")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no INFO lines "
                                                                    "(warnings, errors and the summary only)")
     parser.set_defaults(func=_command)

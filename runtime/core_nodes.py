@@ -150,14 +150,17 @@ PRIMITIVES = (
 )
 
 
-def core_node_classes(output_dir: str | Path = "output", temp_dir: str | Path | None = None
-                      ) -> dict[str, type]:
+def core_node_classes(output_dir: str | Path = "output", temp_dir: str | Path | None = None,
+                      input_dir: str | Path = "input") -> dict[str, type]:
     """Core node classes with their folders bound (each call makes fresh subclasses)."""
     import tempfile
+
+    from .image_nodes import image_node_classes
 
     temp = Path(temp_dir) if temp_dir is not None else Path(tempfile.gettempdir()) / "nextdit-nodes"
     save = type("SaveImage", (SaveImage,), {"output_dir": Path(output_dir)})
     preview = type("PreviewImage", (PreviewImage,), {"output_dir": temp})
     classes = {"SaveImage": save, "PreviewImage": preview}
     classes.update({cls.__name__: cls for cls in PRIMITIVES})
+    classes.update(image_node_classes(input_dir))
     return classes

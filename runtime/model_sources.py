@@ -38,6 +38,7 @@ MODEL_INPUT_FOLDERS = {
     "gemma_name": "text_encoders",
     "jina_name": "text_encoders",
     "vae_name": "vae",
+    "control_net_name": "controlnet",
 }
 
 

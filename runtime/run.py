@@ -21,10 +21,11 @@ from .specs import input_specs
 from .workflow import load_workflow
 
 
-def runner_classes(output_dir: str | Path = "output", temp_dir: str | Path | None = None
-                   ) -> dict[str, type]:
-    """Every node the runner knows: the pack's nodes plus the core nodes it implements."""
-    return {**core_node_classes(output_dir, temp_dir), **NODE_CLASS_MAPPINGS}
+def runner_classes(output_dir: str | Path = "output", temp_dir: str | Path | None = None,
+                   input_dir: str | Path = "input") -> dict[str, type]:
+    """Every node the runner knows: the pack's nodes plus the core nodes it implements (LoadImage
+    reads from ``input_dir``)."""
+    return {**core_node_classes(output_dir, temp_dir, input_dir), **NODE_CLASS_MAPPINGS}
 
 
 # ---- --set NODE.INPUT=VALUE --------------------------------------------------------------------
@@ -134,11 +135,11 @@ def _check_writable(folder: Path, option: str) -> None:
 
 def run_workflow(path: str | Path, output_dir: str | Path = "output", overrides: list[str] = (),
                  temp_dir: str | Path | None = None, show_progress: bool = False,
-                 executor: Executor | None = None) -> tuple[RunResult, list[Path]]:
+                 executor: Executor | None = None, input_dir: str | Path = "input") -> tuple[RunResult, list[Path]]:
     """Load, override, validate and run a workflow file; returns the result and saved images."""
     output_dir = Path(output_dir)
     temp_dir = Path(temp_dir) if temp_dir else Path(tempfile.gettempdir()) / "nextdit-nodes"
-    classes = executor.classes if executor is not None else runner_classes(output_dir, temp_dir)
+    classes = executor.classes if executor is not None else runner_classes(output_dir, temp_dir, input_dir)
     workflow = load_workflow(path, classes)
     apply_overrides(workflow, classes, list(overrides))
     for folder, option in ((output_dir, "--output-dir"), (temp_dir, "--temp-dir")):

@@ -8,6 +8,8 @@ from typing import Any
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 # Values the frontend stores after a widget with control_after_generate (its "control" widget).
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
+# The value the frontend stores for the upload button it adds after an ``image_upload`` widget.
+UPLOAD_VALUES = ("image",)
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,12 @@ class InputSpec:
         """The frontend adds a "control after generate" value right after this widget's value."""
         return self.is_widget and self.type in ("INT", "COMBO") and bool(
             self.options.get("control_after_generate"))
+
+
+    @property
+    def has_upload_widget(self) -> bool:
+        """The frontend adds an upload button (stored as "image") after this widget's value (LoadImage)."""
+        return self.is_widget and bool(self.options.get("image_upload"))
 
 
 def _spec(name: str, entry: Any, required: bool) -> InputSpec:

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from .errors import Problem, UnknownNodeTypeError, ValidationError, WorkflowError
 from .graph import GraphNode, Link, Workflow
-from .specs import CONTROL_VALUES, widget_specs
+from .specs import CONTROL_VALUES, UPLOAD_VALUES, widget_specs
 from .subgraphs import flatten_subgraphs, has_subgraphs
 
 NOTE_TYPES = ("Note", "MarkdownNote")
@@ -300,6 +300,8 @@ def _map_widgets(node: GraphNode, raw: dict, cls: type) -> None:
         node.widget_sources[spec.name] = (node.id, position)
         position += 1
         if spec.has_control_widget and position < len(values) and values[position] in CONTROL_VALUES:
+            position += 1
+        if spec.has_upload_widget and position < len(values) and values[position] in UPLOAD_VALUES:
             position += 1
     if position != len(values):
         raise _widget_count_error(node, specs, values)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..controlnet.apply import controls_attached, packed_controls, prepare
 from ..sampler_settings import SamplerSettings
 from ..text.conditioning import PromptBatch, PromptEntry, pack
 from .schedule import core_step_sigma, float32, percent_sigma, percent_time
@@ -68,6 +69,12 @@ class GuidedVelocity:
                              float32(percent_sigma(e.start_percent, shift)))
                             for e in self.positive + self.negative]
         self.guidance = float(guidance) if guidance > 0 else None
+        self.shift = float(shift)
+        self.chains = [list(e.controls) for e in self.positive + self.negative]
+        if any(self.chains):
+            for chain in self.chains:
+                for handle in chain:
+                    prepare(handle.net, model)
         self._packs: dict[tuple, tuple[PromptBatch, Tensor]] = {}
         _check_coverage(self.spans[:len(positive)], start, 1.0, "positive")
         if cfg != 1.0:
@@ -91,15 +98,28 @@ class GuidedVelocity:
         return tuple(i for i in range(first, first + count)
                      if self.sigma_spans[i][0] <= sigma <= self.sigma_spans[i][1])
 
-    def _forward(self, x: Tensor, t: float, prompts: PromptBatch) -> Tensor:
+    def _controls(self, t: float, entries: tuple[int, ...], latent_hw: tuple[int, int]) -> list:
+        """The ControlNets the packed entries carry that apply at data-time t (their start/end
+        percent mapped like the entries' own ranges)."""
+        def is_active(handle) -> bool:
+            start, end = handle.timestep_percent_range
+            return percent_time(start, self.shift) <= t <= percent_time(end, self.shift)
+
+        return packed_controls([self.chains[i] for i in entries], self.batch, latent_hw, is_active)
+
+    def _forward(self, x: Tensor, t: float, prompts: PromptBatch, entries: tuple[int, ...] = ()) -> Tensor:
         """Model velocities for every prompt entry: (entries, B, C, h, w) from one forward."""
-        entries = prompts.size // self.batch
+        chosen, entries = entries, prompts.size // self.batch
         x_all = x.repeat(entries, 1, 1, 1) if entries > 1 else x
         n = x_all.shape[0]
         t_all = torch.full((n,), t, device=x.device, dtype=torch.float32)
         g_all = None if self.guidance is None else torch.full((n,), self.guidance, device=x.device,
                                                               dtype=torch.float32)
-        v = self.model(x_all, t_all, prompts.feats, prompts.mask, prompts.pooled, g_all)
+        if any(self.chains[i] for i in chosen):
+            with controls_attached(self.model, self._controls(t, chosen, tuple(x.shape[2:]))):
+                v = self.model(x_all, t_all, prompts.feats, prompts.mask, prompts.pooled, g_all)
+        else:
+            v = self.model(x_all, t_all, prompts.feats, prompts.mask, prompts.pooled, g_all)
         return v.unflatten(0, (entries, self.batch))
 
     def __call__(self, x: Tensor, t: float) -> Tensor:
@@ -107,7 +127,7 @@ class GuidedVelocity:
         negative = self._active(t, len(self.positive), len(self.negative)) if cfg_active(
             t, self.cfg, self.cfg_trunc) else ()
         prompts, weights = self._packed(positive + negative)
-        v = self._forward(x, t, prompts)
+        v = self._forward(x, t, prompts, positive + negative)
         v_cond = _weighted_mean(v[:len(positive)], weights[:len(positive)])
         if not negative:
             return v_cond

@@ -67,7 +67,7 @@ def create_app(config: ServerConfig) -> web.Application:
         folder.mkdir(parents=True, exist_ok=True)
     for folder in (*folders.values(), config.user_dir):  # what a killed server left half written
         clean_leftovers(folder)
-    classes = runner_classes(folders["output"], folders["temp"])
+    classes = runner_classes(folders["output"], folders["temp"], folders["input"])
     queue = JobQueue(config.user_dir / "queue.sqlite3",
                      lambda prompt, extra_data: load_workflow({"prompt": prompt, "extra_data": extra_data}, classes))
     hub = Hub(queue.queue_info, config.max_upload)

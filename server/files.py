@@ -17,7 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..files.atomic import write_bytes
-from .paths import inside
+from ..files.paths import inside
 
 # Decoded size an upload may have (8192 x 8192): the pixels, not the file size, set the memory a
 # decode takes, and a small PNG can hold a huge image.

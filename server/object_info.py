@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 from typing import Mapping
 
+from ..runtime.image_nodes import IMAGE_NODE_MODULES
+
 log = logging.getLogger(__name__)
 
 # Where the editor says a node comes from (its node-library badge): the pack as a custom node
 # folder, the core nodes as in ComfyUI.
 PACK_MODULE = "custom_nodes.nextdit-nodes"
-CORE_MODULES = {"SaveImage": "nodes", "PreviewImage": "nodes"}
+CORE_MODULES = {"SaveImage": "nodes", "PreviewImage": "nodes", **IMAGE_NODE_MODULES}
 PRIMITIVES_MODULE = "comfy_extras.nodes_primitive"
 
 

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from ..files.atomic import write_bytes
 from . import jsonio
-from .paths import inside
+from ..files.paths import inside
 
 log = logging.getLogger(__name__)
 SETTINGS = "comfy.settings.json"

@@ -102,7 +102,7 @@ def test_progress_hook_sees_every_step(classes):
 @pytest.fixture()
 def fake_cli(monkeypatch, tmp_path):
     CALLS.clear()
-    monkeypatch.setattr(run, "runner_classes", lambda output_dir="output", temp_dir=None: {
+    monkeypatch.setattr(run, "runner_classes", lambda output_dir="output", temp_dir=None, input_dir="input": {
         **core_node_classes(output_dir, temp_dir), **FAKE_CLASSES})
     path = tmp_path / "wf.json"
     path.write_text(json.dumps(ui_workflow()))

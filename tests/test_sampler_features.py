@@ -118,7 +118,6 @@ def test_a_step_without_any_prompt_is_refused_before_the_model_runs(model):
 @pytest.mark.parametrize("key,value,node", [
     ("area", (4, 4, 0, 0), "ConditioningSetArea"),
     ("mask", torch.ones(1, 8, 8), "ConditioningSetMask"),
-    ("control", object(), "Apply ControlNet"),
     ("gligen", ("position", None, []), "GLIGENTextBoxApply"),
     ("guidance", 3.5, "FluxGuidance"),
     ("reference_latents", [torch.zeros(1, 16, 8, 8)], "'reference_latents'"),
@@ -127,6 +126,13 @@ def test_what_the_sampler_cannot_apply_is_refused_naming_the_node(model, key, va
     with pytest.raises(ValueError) as raised:
         run(model, [entry(model.params, 1, **{key: value})])
     assert node in str(raised.value) and "core_model" in str(raised.value)
+
+
+def test_a_controlnet_of_another_family_is_refused(model):
+    # The pack's own ControlNets are applied (tests/test_controlnet_sampling.py); core's objects
+    # for SD / FLUX ControlNets cannot run on a Next-DiT.
+    with pytest.raises(ValueError, match="ControlNet of another model family"):
+        run(model, [entry(model.params, 1, control=object())])
 
 
 @pytest.mark.parametrize("denoise", [1.0, 0.6])

@@ -96,7 +96,7 @@ def _entry_to_batch(entry, batch_size: int, index: int, what: str) -> PromptBatc
 # What the pack's sampler does with each key an entry may carry: the keys it reads, and for the
 # keys other nodes add that it cannot apply, which node adds them and what to use instead.
 READ_KEYS = frozenset({"pooled_output", "attention_mask", "gemma_text", "jina_text", "prompt_warnings",
-                       "start_percent", "end_percent", "strength"})
+                       "start_percent", "end_percent", "strength", "control", "control_apply_to_uncond"})
 _CORE_PATH = ("sample with core's KSampler on NextDiT Loader's core_model output, which applies it, or "
               "remove that node")
 REFUSED_KEYS = {
@@ -106,8 +106,6 @@ REFUSED_KEYS = {
                           "the whole image",
     "mask": "a mask (ConditioningSetMask): NextDiT Sampler applies every prompt to the whole image",
     "mask_strength": "a mask (ConditioningSetMask): NextDiT Sampler applies every prompt to the whole image",
-    "control": "a ControlNet (Apply ControlNet): NextDiT Sampler runs no ControlNet",
-    "control_apply_to_uncond": "a ControlNet (Apply ControlNet): NextDiT Sampler runs no ControlNet",
     "gligen": "GLIGEN boxes (GLIGENTextBoxApply): NextDiT Sampler has no GLIGEN",
     "hooks": "conditioning hooks (Cond Set Props / hook nodes): NextDiT Sampler applies no hooks",
     "clip_start_percent": "a scheduled text-encoder hook (hook keyframes): NextDiT Sampler applies no hooks",
@@ -121,11 +119,13 @@ REFUSED_KEYS = {
 class PromptEntry:
     """One CONDITIONING entry read for sampling: its tensors, its weight among the entries applied
     at a step (core's ``strength``, 1 unless set), and the share of the sampling it applies to
-    (core's ``start_percent`` / ``end_percent``: 0 is the start of sampling, 1 its end)."""
+    (core's ``start_percent`` / ``end_percent``: 0 is the start of sampling, 1 its end), and the
+    ControlNets core's Apply ControlNet put on it (its ``control`` chain, oldest first)."""
     batch: PromptBatch
     strength: float = 1.0
     start_percent: float = 0.0
     end_percent: float = 1.0
+    controls: tuple = ()
 
 
 def _check_keys(extras: dict, index: int, what: str) -> None:
@@ -148,7 +148,7 @@ def _number(extras: dict, key: str, default: float, index: int, what: str) -> fl
 def read_entries(conditioning, batch_size: int, cap_dim: int, clip_dim: int | None,
                  what: str = "positive") -> list[PromptEntry]:
     """Every CONDITIONING entry as a PromptEntry of ``batch_size``, checked against the model's widths;
-    ValueError for what the pack's sampler cannot apply (areas, masks, ControlNets, ...: see
+    ValueError for what the pack's sampler cannot apply (areas, masks, GLIGEN, ...: see
     ``REFUSED_KEYS``), naming the node that added it and what to use instead.
 
     ``clip_dim`` None (Lumina-2 shaped weights) drops the pooled vectors, which those weights ignore.
@@ -177,8 +177,19 @@ def read_entries(conditioning, batch_size: int, cap_dim: int, clip_dim: int | No
         if strength <= 0 or not 0.0 <= start <= end <= 1.0:
             raise ValueError(f"{what} entry {index}: strength must be positive and 0 <= start_percent <= "
                              f"end_percent <= 1; got strength {strength:g}, start {start:g}, end {end:g}")
-        entries.append(PromptEntry(PromptBatch(batch.feats, batch.mask, pooled), strength, start, end))
+        entries.append(PromptEntry(PromptBatch(batch.feats, batch.mask, pooled), strength, start, end,
+                                   _controls(extras.get("control"), index, what)))
     return entries
+
+
+def _controls(control, index: int, what: str) -> tuple:
+    """The chain of ControlNets an entry carries (oldest first), checked to be the pack's own."""
+    if control is None:
+        return ()
+    if not callable(getattr(control, "chain", None)):
+        raise ValueError(f"{what} entry {index} carries a ControlNet of another model family "
+                         f"({type(control).__name__}); load a Next-DiT ControlNet with NextDiT ControlNet Loader")
+    return tuple(control.chain())
 
 
 def prompt_batches(conditioning, batch_size: int, cap_dim: int, clip_dim: int | None,
@@ -186,9 +197,9 @@ def prompt_batches(conditioning, batch_size: int, cap_dim: int, clip_dim: int | 
     """The PromptBatches of plain prompts, for code that applies every entry everywhere (training,
     core's model conditions); time ranges and strengths are refused there."""
     entries = read_entries(conditioning, batch_size, cap_dim, clip_dim, what)
-    if any((e.strength, e.start_percent, e.end_percent) != (1.0, 0.0, 1.0) for e in entries):
-        raise ValueError(f"{what} conditioning has entries with a time range or strength; they apply to "
-                         f"sampling only")
+    if any((e.strength, e.start_percent, e.end_percent) != (1.0, 0.0, 1.0) or e.controls for e in entries):
+        raise ValueError(f"{what} conditioning has entries with a time range, strength or ControlNet; they "
+                         f"apply to sampling only")
     return [entry.batch for entry in entries]
 
 

@@ -238,7 +238,7 @@ def run(training: LoraTraining, progress: bool = True, every: int = 0, on_every=
 
     c, job = training.config, training.job
     images_per_step = c.batch_size * c.accumulation * job.world_size
-    bar = tqdm(total=c.steps, initial=training.step, desc="train-lora", unit="step",
+    bar = tqdm(total=c.steps, initial=training.step, desc=getattr(training, "name", "train-lora"), unit="step",
                disable=not (progress and job.is_main))
     while training.step < c.steps:
         start = time.perf_counter()

@@ -25,10 +25,13 @@ the recorded values, which the loader's log line names.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from comfy import conds, model_base, patcher_extension, samplers, supported_models
 from comfy import model_management as mm
 
+from ...controlnet.apply import controls_attached, prepare
 from ...dit.own_settings import own_settings
 from ...sampling.guidance import cfg_active, combine_cfg
 from ...text.conditioning import prompt_batches
@@ -93,17 +96,23 @@ class NextDiTCoreModel(model_base.BaseModel):
             self._run_dit, self,
             patcher_extension.get_all_wrappers(patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options),
         ).execute(xc, sigma, kwargs["nextdit_caption"], kwargs.get("clip_text_pooled"), kwargs.get("guidance"),
-                  transformer_options)
+                  transformer_options, control)
         return self.model_sampling.calculate_denoised(sigma, output.float(), x)
 
-    def _run_dit(self, x, sigma, caption, pooled, guidance, transformer_options):
-        """Core's model output for ``x`` at noise fraction ``sigma``: −v (B, C, h, w)."""
+    def _run_dit(self, x, sigma, caption, pooled, guidance, transformer_options, control=None):
+        """Core's model output for ``x`` at noise fraction ``sigma``: −v (B, C, h, w). ``control``:
+        what the cond's ControlNet handles returned for this call (controlnet/handle.py), run
+        through the Next-DiT's seam as NextDiT Sampler runs them."""
         caption = caption.to(x.device, torch.float32)
         feats, mask = caption[..., :-1], caption[..., -1] > 0.5
         data_time = 1.0 - self.model_sampling.timestep(sigma).float()
-        v = self.diffusion_model(x.float(), data_time, feats, mask,
-                                 None if pooled is None else pooled.to(x.device, torch.float32),
-                                 None if guidance is None else guidance.to(x.device, torch.float32).reshape(-1))
+        nextdit = self.diffusion_model
+        for active in control or ():
+            prepare(active.net, nextdit)
+        with controls_attached(nextdit, control) if control else contextlib.nullcontext():
+            v = nextdit(x.float(), data_time, feats, mask,
+                        None if pooled is None else pooled.to(x.device, torch.float32),
+                        None if guidance is None else guidance.to(x.device, torch.float32).reshape(-1))
         return -v
 
 

@@ -326,9 +326,55 @@ def embedded_shapes_few_step() -> dict:
     return spec
 
 
+# Positions withheld: where the objects go and their shapes come from the outline drawing.
+OUTLINE_XML = """<character_1>
+<n>circle</n>
+<appearance>red, large</appearance>
+</character_1>
+
+<character_2>
+<n>triangle</n>
+<appearance>blue, small</appearance>
+</character_2>
+
+<character_3>
+<n>square</n>
+<appearance>yellow, large</appearance>
+</character_3>
+
+<general_tags>
+<count>three objects</count>
+<background>white_background</background>
+</general_tags>"""
+OUTLINE_IMAGE = "embedded-shapes-outline.png"   # shipped in embedded/input (the runner reads it there)
+
+
+def embedded_shapes_controlnet() -> dict:
+    """The embedded model with the outline ControlNet (README): the caption gives colours and
+    shapes but no positions; LoadImage's outline drawing gives where each object goes."""
+    spec = embedded_shapes()
+    nodes, links = spec["nodes"], spec["links"]
+    nodes[3]["widgets"] = {**nodes[3]["widgets"], "prompt": OUTLINE_XML}
+    nodes[3]["title"] = "Positive (no positions: the drawing places the objects)"
+    nodes[5]["pos"], nodes[6]["pos"], nodes[7]["pos"] = [1260, 0], [1600, 0], [1880, 0]
+    nodes.append({"type": "NextDiTControlNetLoader", "title": "ControlNet: outline drawings (made by train-controlnet)",
+                  "pos": [0, 520], "width": 330,
+                  "widgets": {"control_net_name": "NextDiT-embedded-shapes-outline.safetensors"}})      # 8
+    nodes.append({"type": "LoadImage", "title": "Outline drawing", "pos": [420, 720], "size": [300, 360],
+                  "widgets": {"image": OUTLINE_IMAGE}})                                                  # 9
+    nodes.append({"type": "ControlNetApplyAdvanced", "pos": [860, 0], "width": 330,
+                  "widgets": {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}})             # 10
+    links = [link for link in links if link[2:] not in ([5, "positive"], [5, "negative"])]
+    links += [[3, 0, 10, "positive"], [4, 0, 10, "negative"], [8, 0, 10, "control_net"], [9, 0, 10, "image"],
+              [10, 0, 5, "positive"], [10, 1, 5, "negative"], [2, 0, 8, "vae"]]
+    nodes[7]["widgets"] = {"filename_prefix": "NextDiT-embedded-controlnet"}
+    return {"nodes": nodes, "links": links}
+
+
 # Their thumbnails are their real outputs, written by the headless runner (see README).
 OUTPUT_THUMBNAILS = {"Embedded shapes model", "Embedded shapes model with core KSampler",
-                     "Embedded shapes model with a LoRA", "Embedded shapes model, 4-step student"}
+                     "Embedded shapes model with a LoRA", "Embedded shapes model, 4-step student",
+                     "Embedded shapes model with a ControlNet"}
 # Built only once train-embedded's weights ship in the pack (until then the demo runs its workflow
 # on random weights).
 EMBEDDED_SHIPPED = (Path(__file__).resolve().parents[2] / "embedded" / "diffusion_models"
@@ -337,6 +383,7 @@ EMBEDDED_SHIPPED = (Path(__file__).resolve().parents[2] / "embedded" / "diffusio
 EXAMPLES = {
     "Embedded shapes model": embedded_shapes,
     "Embedded shapes model with a LoRA": embedded_shapes_lora,
+    "Embedded shapes model with a ControlNet": embedded_shapes_controlnet,
     "Embedded shapes model, 4-step student": embedded_shapes_few_step,
     "NewBie XML text to image": text_to_image,
     "NewBie XML two characters with builder nodes": builder_two_characters,

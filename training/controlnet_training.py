@@ -1,0 +1,162 @@
+"""ControlNet training of a Next-DiT: the DiT frozen, a control network (controlnet/model.py)
+trained with the base model's rectified-flow objective on cached latents, control latents and
+text features.
+
+Initialisation (``init``): ``dit`` copies the DiT's first joint layers into the control blocks and
+its patch embedding into the control embedding, as ControlNet-style trainers start from the base
+model's own blocks; ``random`` starts them at random. The output projections start at zero either
+way, so step 0 samples exactly what the DiT alone samples.
+
+Everything else is train-lora's (``training/lora_training.py``): global batches of one bucket, all
+randomness of a micro-batch from one generator seeded by (seed, micro-batch number) so runs resume
+exactly and N processes with batch B compute what one process with batch N·B does, caption dropout,
+the logit-normal shifted times, gradient clipping, the learning-rate schedule, DDP over the
+trainable parameters (here the control network's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..controlnet.apply import ActiveControl, controls_attached
+from ..controlnet.model import ControlNetParams, NextDiTControlNet
+from ..text.conditioning import pack, prompt_batches
+from .buckets import BatchOrder
+from .controlnet_inputs import ControlSet
+from .distributed import Distributed
+from .flow import OFFICIAL_TIME_SHIFT, logit_normal_times, noised, velocity_loss
+from .lora_training import LoraTraining
+
+INITS = ("dit", "random")
+
+
+@dataclass(frozen=True)
+class ControlNetTrainingConfig:
+    blocks: int = 2                          # control blocks
+    init: str = "dit"                        # "dit" (copies of the first joint layers) or "random"
+    steps: int = 1000
+    batch_size: int = 1
+    accumulation: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup: int = 0
+    schedule: str = "constant"
+    optimizer: str = "adamw"
+    caption_dropout: float = 0.1
+    time_shift: float = OFFICIAL_TIME_SHIFT
+    grad_clip: float = 1.0
+    checkpointing: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if min(self.blocks, self.steps, self.batch_size, self.accumulation) < 1:
+            raise ValueError("blocks, steps, batch size and accumulation must be at least 1")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}; got {self.init!r}")
+        if self.schedule not in ("constant", "cosine") or self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"schedule must be constant or cosine and optimizer adamw or sgd; got "
+                             f"{self.schedule!r}, {self.optimizer!r}")
+        if not 0 <= self.caption_dropout < 1 or self.time_shift <= 0 or self.lr <= 0:
+            raise ValueError("caption dropout must be in [0, 1), the time shift and learning rate positive")
+
+
+def new_controlnet(model, config: ControlNetTrainingConfig) -> NextDiTControlNet:
+    """A fresh fp32 control network for ``model`` (see ``init`` in the module docstring), seeded by
+    ``config.seed`` without touching the global RNG."""
+    if config.blocks > len(model.layers):
+        raise ValueError(f"{config.blocks} control blocks: the Next-DiT has only {len(model.layers)} joint layers")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        net = NextDiTControlNet(ControlNetParams.like(model.params, config.blocks))
+    if config.init == "dit":
+        with torch.no_grad():
+            net.control_x_embedder.load_state_dict(model.x_embedder.state_dict())
+            for block, layer in zip(net.control_blocks, model.layers):
+                block.load_state_dict(layer.state_dict())
+    return net.float().to(model.device)
+
+
+class _Controlled(nn.Module):
+    """The frozen DiT running with the control network being trained: the module DDP wraps, so
+    the network's gradients are averaged over the processes."""
+
+    def __init__(self, model, net: NextDiTControlNet):
+        super().__init__()
+        self.model, self.net = model, net
+
+    def forward(self, hint: Tensor, *inputs) -> Tensor:
+        with controls_attached(self.model, [ActiveControl(self.net, hint, 1.0)]):
+            return self.model(*inputs)
+
+
+class ControlNetTraining(LoraTraining):
+    """A control network being trained for ``model`` (frozen) on ``controls``; the optimizer step,
+    schedule and progress are train-lora's."""
+
+    name = "train-controlnet"
+
+    def __init__(self, model: nn.Module, controls: ControlSet, config: ControlNetTrainingConfig,
+                 job: Distributed):
+        self.model, self.controls, self.data, self.config, self.job = model, controls, controls.data, config, job
+        model.requires_grad_(False)
+        self.net = new_controlnet(model, config)
+        self.params = list(self.net.parameters())
+        model.gradient_checkpointing = config.checkpointing
+        model.train()
+        self.wrapped = job.wrap(_Controlled(model, self.net))
+        self.order = BatchOrder([item.bucket for item in self.data.items], config.batch_size * job.world_size,
+                                config.seed)
+        if config.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.step = 0
+        bf16 = model.device.type == "cuda" and getattr(model, "compute_dtype", torch.float32) == torch.bfloat16
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+
+    def _micro_batch(self, number: int) -> Tensor:
+        c, params = self.config, self.model.params
+        indices = self.order.batch(number)
+        width, height = self.data.items[indices[0]].bucket
+        size = len(indices)
+        generator = torch.Generator().manual_seed(c.seed * 1_000_003 + number)
+        t = logit_normal_times(size, c.time_shift, generator)
+        dropped = (torch.rand(size, generator=generator) < c.caption_dropout).tolist()
+        noise = torch.randn((size, params.in_channels, height // 8, width // 8), generator=generator)
+
+        rows, device = self.job.rows(size), self.model.device
+        mine = indices[rows]
+        data = self.data.latents(mine).to(device)
+        hint = self.controls.control_latents(mine).to(device)
+        noise, t = noise[rows].to(device), t[rows].to(device)
+        prompts = [prompt_batches(conditioning, 1, params.cap_dim, params.clip_dim)[0]
+                   for conditioning in self.data.conditionings(mine, dropped[rows])]
+        text = pack(prompts).to(device)
+        with self.autocast():
+            prediction = self.wrapped(hint, noised(data, noise, t), t, text.feats, text.mask, text.pooled)
+        return velocity_loss(prediction, data, noise).mean()
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "config": asdict(self.config),
+                "controlnet": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        free = ("steps", "checkpointing")   # may change on resume: neither changes what a step computes
+        saved = {k: v for k, v in state["config"].items() if k not in free}
+        ours = {k: v for k, v in asdict(self.config).items() if k not in free}
+        if saved != ours:
+            changed = sorted(k for k in ours if saved.get(k) != ours[k])
+            raise ValueError(f"the training state was saved with other settings ({', '.join(changed)}); resume "
+                             f"with the settings it was started with (only --steps and checkpointing may change)")
+        with torch.no_grad():
+            self.net.load_state_dict(state["controlnet"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.step = int(state["step"])
+
