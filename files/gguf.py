@@ -27,7 +27,7 @@ import torch
 
 from ..quant.blocks import FORMATS, PACKED, dequantize
 from .errors import WeightsError
-from .tensors import PackedData, TensorRef, _prefault
+from .refs import PackedData, TensorRef, prefault
 
 ORIG_SHAPE_FIELD = "comfy.gguf.orig_shape."
 _MAGIC = b"GGUF"
@@ -134,7 +134,7 @@ def _ref(path: Path, array, qtype: str, shape: tuple[int, ...]) -> TensorRef:
     def bytes_on(device, own=False):
         if own or (device is not None and device.type != "cpu"):
             return raw.to(device=device, copy=True)
-        _prefault(raw)
+        prefault(raw)
         return raw
 
     if qtype in _PLAIN:

@@ -14,7 +14,7 @@ Two entry points:
 
 How data is read, so that the weights never exist twice in memory:
 - wanted in the file's own dtype on the CPU: the tensor is a private (copy-on-write) memory map of
-  the file, paged in at once (``_prefault``). No copy at all; writing into it never touches the file.
+  the file, paged in at once (``refs.prefault``). No copy at all; writing into it never touches the file.
 - wanted in another dtype or on another device: the bytes are read with plain file reads into a
   buffer for this one tensor, converted, and the buffer dropped, so no mapping of the whole file
   stays resident next to the converted weights.
@@ -26,13 +26,12 @@ import json
 import logging
 import struct
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from .errors import WeightsError
+from .refs import TensorRef, prefault
 
 log = logging.getLogger(__name__)
 
@@ -49,47 +48,6 @@ _SAFETENSORS_DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
-
-
-@dataclass(frozen=True)
-class PackedData:
-    """A tensor stored in a ggml block format (a GGUF file): its format name (``quant.blocks``),
-    a reader of its raw bytes, ``read(device)`` -> uint8 of ``raw_shape`` (rows of blocks as the
-    file stores them)."""
-
-    qtype: str
-    read: Callable[[torch.device | None], torch.Tensor]
-    raw_shape: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class TensorRef:
-    """One tensor of a weight file, not yet read.
-
-    ``reader(dtype, device, own)`` returns it in ``dtype`` (None: the file's) on ``device`` (None:
-    CPU); ``own`` asks for fresh memory even where a memory map would do (for a tensor that is only
-    an input to a copy, so the map's pages do not stay resident). The only transient copy a read
-    makes is of this one tensor.
-
-    ``packed``: set for a block-quantised tensor of a GGUF file, whose raw blocks a loader may keep
-    as they are (``load`` dequantises; ``dtype`` is then float32).
-    """
-
-    file: Path
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    reader: Callable[[torch.dtype | None, torch.device | None, bool], torch.Tensor]
-    packed: PackedData | None = None
-
-    def load(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
-             own: bool = False) -> torch.Tensor:
-        return self.reader(dtype, torch.device(device) if device is not None else None, own)
-
-    @classmethod
-    def of(cls, tensor: torch.Tensor, file: Path | str = "<memory>") -> "TensorRef":
-        """A ref to a tensor already in memory (tests, pickles)."""
-        return cls(Path(file), tuple(tensor.shape), tensor.dtype,
-                   lambda dtype, device, own: tensor.to(device=device, dtype=dtype or tensor.dtype))
 
 
 def open_weights(path, subfolder: str | None = None) -> dict[str, TensorRef]:
@@ -222,13 +180,6 @@ def _read_exact(path: Path, offset: int, out: torch.Tensor) -> None:
             done += got
 
 
-def _prefault(tensor: torch.Tensor) -> None:
-    """Page a memory-mapped tensor in now (one byte per 4 KiB page), so the model is really in
-    memory when loading returns instead of being read from disk during the first step."""
-    if tensor.numel():
-        tensor.reshape(-1).view(torch.uint8)[::4096].sum()
-
-
 class _SafetensorsFile:
     """Reads tensors of one safetensors file. On first use it maps the file and creates the views
     of all its tensors at once: that lets the OS read ahead through the whole file while the
@@ -251,7 +202,7 @@ class _SafetensorsFile:
                     raise WeightsError(self.path, f"not a readable safetensors file ({error})") from error
             # Handed out once: the ref keeps no copy, so a dropped tensor frees its pages.
             tensor = self._views.pop(key) if key in self._views else self._views_again(key)
-        _prefault(tensor)
+        prefault(tensor)
         return tensor
 
     def _views_again(self, key: str) -> torch.Tensor:
