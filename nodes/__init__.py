@@ -3,7 +3,7 @@
 from importlib import import_module
 
 # Node modules, each defining NODE_CLASSES (a list of node classes with a DISPLAY_NAME attribute).
-_NODE_MODULES = ("dit", "lora", "prompt", "text", "sampling", "vae")
+_NODE_MODULES = ("dit", "lora", "prompt", "text", "sampling", "steering", "vae")
 
 
 def _collect():

@@ -30,11 +30,12 @@ from torch import Tensor
 from ..dit.own_settings import own_settings
 from ..dit.step_cache import StepCache, step_cache as cached
 from ..sampler_settings import SamplerSettings, check_settings
+from ..steering.nag import attached as nag_attached, nag_guidance
 from ..text.conditioning import read_entries
 from ..vae.latent_format import FLUX
 from .guidance import GuidedVelocity
 from .inpaint import InpaintVelocity, resize_mask
-from .schedule import time_grid
+from .schedule import percent_time, time_grid
 from .solvers import denoised, get_solver
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,8 @@ def sample(model, positive, negative, settings: SamplerSettings, *, width: int, 
     pos = read_entries(positive, batch, params.cap_dim, params.clip_dim, "positive")
     neg = (read_entries(negative, batch, params.cap_dim, params.clip_dim, "negative")
            if cfg != 1.0 else None)
-    velocity = GuidedVelocity(model, pos, neg, settings, start=t0)
+    nag = nag_guidance(model, batch, lambda percent: percent_time(percent, shift))   # NextDiT NAG's
+    velocity = GuidedVelocity(model, pos, neg, settings, start=t0, nag=nag)
 
     device = model.device
     noise = initial_noise(shape, seed)
@@ -212,7 +214,7 @@ def sample(model, positive, negative, settings: SamplerSettings, *, width: int, 
         if callback is not None:
             callback(i, steps, denoised(x_i, t_i, v_i))
 
-    with (torch.no_grad(), _checking(model, cancel),
+    with (torch.no_grad(), _checking(model, cancel), nag_attached(model, nag),
           (cached(model, step_cache) if step_cache > 0 else contextlib.nullcontext()) as cache):
         if report is not None:
             report.cache = cache   # counted while sampling (the progress line shows it)
