@@ -26,8 +26,8 @@ tokens and one more attention for the image queries.
 
 Which samples are guided: the conditional ones (the prompt's branch). Under CFG the sampler packs
 the conditional samples first and tells the entry how many there are before each forward
-(``configure``); the unconditional branch runs plainly. Outside the [start, end] share of the
-sampling, at scale 1, or before ``configure`` is called, the entry hands the plain attention
+(``prepare``); the unconditional branch runs plainly. Outside the [start, end] share of the
+sampling, at scale 1, or before ``prepare`` is called, the entry hands the plain attention
 through untouched, so the forward is the plain one bit for bit.
 
 The pooled Jina vector of the negative prompt is not used: NAG acts in attention only.
@@ -130,7 +130,7 @@ class NAGGuidance:
         self.conditional = 0           # guided samples (the first ones) of the next forward
         self._refined: tuple | None = None
 
-    def configure(self, t: float, conditional: int) -> None:
+    def prepare(self, t: float, conditional: int, prompts=None) -> None:
         """Before a forward: the data-time of the call and how many leading samples are conditional."""
         active = self.settings.scale != 1.0 and self.window[0] <= t <= self.window[1]
         self.conditional = int(conditional) if active else 0
@@ -245,11 +245,21 @@ def nag_guidance(model, batch_size: int, data_time: Callable[[float], float]) ->
 @contextlib.contextmanager
 def attached(model, entry: NAGGuidance | None) -> Iterator[NAGGuidance | None]:
     """``entry`` on the model's seam for the duration of one sampling run."""
-    if entry is None:
-        yield None
-        return
-    model.seam.attach(ACTIVE_ENTRY, entry)
-    try:
+    with attached_all(model, {ACTIVE_ENTRY: entry}):
         yield entry
+
+
+@contextlib.contextmanager
+def attached_all(model, entries: dict[str, Any]) -> Iterator[list]:
+    """The entries that are not None on the model's seam, in order, for one sampling run;
+    yields them as a list."""
+    names = []
+    try:
+        for name, entry in entries.items():
+            if entry is not None:
+                model.seam.attach(name, entry)
+                names.append(name)
+        yield [entries[name] for name in names]
     finally:
-        model.seam.detach(ACTIVE_ENTRY)
+        for name in reversed(names):
+            model.seam.detach(name)

@@ -107,9 +107,9 @@ def test_one_forward_matches_the_negative_prompt_as_a_second_sample(model, pos_l
     neg = caption(p, neg_len, seed=2)
     entry = nag_entry(model, neg)
     with torch.no_grad(), attached(model, entry):
-        entry.configure(0.5, 1)
+        entry.prepare(0.5, 1)
         guided = model(**inputs)
-        entry.configure(0.5, 0)          # nothing guided: the plain forward bit for bit
+        entry.prepare(0.5, 0)          # nothing guided: the plain forward bit for bit
         unguided = model(**inputs)
     with torch.no_grad():
         plain = model(**inputs)
@@ -135,11 +135,11 @@ def test_only_the_conditional_samples_are_guided(model):
     entry = nag_entry(model, neg)
     with torch.no_grad():
         with attached(model, entry):
-            entry.configure(0.3, 1)
+            entry.prepare(0.3, 1)
             both = model(**inputs)
         alone = {k: v[:1] for k, v in inputs.items()}
         with attached(model, nag_entry(model, neg)) as single:
-            single.configure(0.3, 1)
+            single.prepare(0.3, 1)
             first = model(**alone)
         second = model(**{k: v[1:] for k, v in inputs.items()})
     assert torch.allclose(both[:1], first, atol=1e-5)
