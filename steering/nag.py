@@ -106,6 +106,7 @@ def nag_settings(model) -> NAGSettings | None:
 class _Stream:
     """The negative caption stream of one forward: its tokens and where they sit."""
 
+    samples: Tensor            # the guided samples' indices in the batch
     tokens: Tensor             # (sum Lneg, dim) over the guided samples, in sample order
     segments: Segments         # Lneg per guided sample
     cos: Tensor                # (sum Lneg, D/2) RoPE of the negative tokens
@@ -127,18 +128,20 @@ class NAGGuidance:
     def __init__(self, model, negative: PromptBatch, settings: NAGSettings, window: tuple[float, float]):
         self.model, self.settings, self.window = model, settings.check(), window
         self.negative = negative
-        self.conditional = 0           # guided samples (the first ones) of the next forward
+        self.guided: tuple[int, ...] = ()   # the samples of the next forward it guides
         self._refined: tuple | None = None
 
-    def prepare(self, t: float, conditional: int, prompts=None) -> None:
-        """Before a forward: the data-time of the call and how many leading samples are conditional."""
+    def prepare(self, t: float, conditional, prompts=None) -> None:
+        """Before a forward: the data-time of the call and its conditional samples: how many
+        leading ones (an int; the pack's sampler) or their indices (core's batches)."""
         active = self.settings.scale != 1.0 and self.window[0] <= t <= self.window[1]
-        self.conditional = int(conditional) if active else 0
+        samples = range(conditional) if isinstance(conditional, int) else conditional
+        self.guided = tuple(int(i) for i in samples) if active else ()
 
     # ---- the seam's points --------------------------------------------------------------------
 
     def captions(self, cap: Tensor, ctx) -> Tensor:
-        if self.conditional > 0:
+        if self.guided and max(self.guided) < len(ctx.layout.joint.lengths):
             ctx.scratch[_SCRATCH] = self._stream(ctx, cap)
         return cap
 
@@ -162,8 +165,8 @@ class NAGGuidance:
         attention module's ``forward`` is called directly, so hooks on that module (the step
         cache's) see only the model's own call; the Linears' hooks (LoRA) apply as usual."""
         block = self.model.layers[index]
-        n = len(stream.segments.lengths)
-        scale_msa, gate_msa, scale_mlp, gate_mlp = block.adaLN_modulation(ctx.c[:n]).chunk(4, dim=-1)
+        scale_msa, gate_msa, scale_mlp, gate_mlp = block.adaLN_modulation(
+            ctx.c.index_select(0, stream.samples)).chunk(4, dim=-1)
         segs, x = stream.segments, stream.tokens
         found = {}
 
@@ -200,31 +203,32 @@ class NAGGuidance:
     def _stream(self, ctx, cap: Tensor) -> _Stream:
         """The negative stream for the guided samples of this forward, and its index tables."""
         layout, p, device = ctx.layout, self.model.params, cap.device
-        guided = min(self.conditional, len(layout.joint.lengths))
+        guided = self.guided
         refined = self._refined_negative(cap.dtype, device)
-        rows = [refined[j % len(refined)] for j in range(guided)]
+        rows = [refined[j % len(refined)] for j in guided]
         neg_lens = [len(r) for r in rows]
-        cap_lens = layout.captions.lengths[:guided]
+        cap_lens = [layout.captions.lengths[j] for j in guided]
         n_img = layout.images.lengths[0]
         positions = torch.zeros(sum(neg_lens), 3, dtype=torch.long, device=device)
         positions[:, 0] = torch.cat([torch.arange(lp - ln, lp, device=device)
                                      for lp, ln in zip(cap_lens, neg_lens)]) if sum(neg_lens) else 0
         angles = rope_angles(positions, p.axes_dims, p.rope_theta)
         # [neg_j ; image_j] per guided sample, as rows of cat([negative tokens, joint tokens]).
-        total_neg, order, neg_rows, img_rows, start = sum(neg_lens), [], [], [], 0
-        neg_start = 0
-        for j, ln in enumerate(neg_lens):
-            order.append(torch.arange(neg_start, neg_start + ln, device=device))
-            order.append(total_neg + layout.img_index[j * n_img:(j + 1) * n_img])
+        total_neg, order, neg_rows, img_rows, images = sum(neg_lens), [], [], [], []
+        neg_start = start = 0
+        for j, ln in zip(guided, neg_lens):
+            image = layout.img_index[j * n_img:(j + 1) * n_img]
+            images.append(image)
+            order += [torch.arange(neg_start, neg_start + ln, device=device), total_neg + image]
             neg_rows.append(torch.arange(start, start + ln, device=device))
             img_rows.append(torch.arange(start + ln, start + ln + n_img, device=device))
             neg_start, start = neg_start + ln, start + ln + n_img
         return _Stream(
+            samples=torch.tensor(guided, device=device),
             tokens=torch.cat(rows), segments=Segments.of(neg_lens, device),
             cos=torch.cos(angles), sin=torch.sin(angles), order=torch.cat(order),
             sequences=Segments.of([ln + n_img for ln in neg_lens], device),
-            neg_rows=torch.cat(neg_rows), img_rows=torch.cat(img_rows),
-            guided_img=layout.img_index[:guided * n_img])
+            neg_rows=torch.cat(neg_rows), img_rows=torch.cat(img_rows), guided_img=torch.cat(images))
 
 
 def nag_guidance(model, batch_size: int, data_time: Callable[[float], float]) -> NAGGuidance | None:

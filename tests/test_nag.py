@@ -144,6 +144,12 @@ def test_only_the_conditional_samples_are_guided(model):
         second = model(**{k: v[1:] for k, v in inputs.items()})
     assert torch.allclose(both[:1], first, atol=1e-5)
     assert torch.allclose(both[1:], second, atol=1e-5)
+    # Core's batches name the conditional samples by index (here: the second of the two).
+    swapped = {k: v.flip(0) for k, v in inputs.items()}
+    with torch.no_grad(), attached(model, nag_entry(model, neg.repeat(2, 1, 1))) as by_index:
+        by_index.prepare(0.3, [1])
+        flipped = model(**swapped)
+    assert torch.allclose(flipped.flip(0), both, atol=1e-5)
 
 
 def run_sampler(model, cfg=1.0, steps=4, **kwargs):
