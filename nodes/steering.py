@@ -17,9 +17,11 @@ class NextDiTNAG:
         "plus a second attention for the image tokens. NextDiT Sampler honours it; the input model "
         "is unchanged."
     )
-    RETURN_TYPES = ("NEXTDIT_MODEL",)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The model with NAG (its weights shared with the input, which stays without NAG).",)
+    RETURN_TYPES = ("NEXTDIT_MODEL", "MODEL")
+    RETURN_NAMES = ("model", "core_model")
+    OUTPUT_TOOLTIPS = ("The model with NAG (its weights shared with the input, which stays without NAG).",
+                       "The same as a core ComfyUI MODEL, for KSampler and the other core samplers: NAG "
+                       "guides the conditional branch; inside ComfyUI only.")
     FUNCTION = "apply"
 
     @classmethod
@@ -42,10 +44,13 @@ class NextDiTNAG:
 
     def apply(self, model, negative, scale, tau, alpha, start_percent, end_percent):
         from ..steering.nag import NAGSettings, with_nag
+        from .host.memory import core_model_of, unpatched_base
 
         settings = NAGSettings(negative, float(scale), float(tau), float(alpha), float(start_percent),
                                float(end_percent))
-        return {"ui": {"text": [settings.check().describe()]}, "result": (with_nag(model, settings),)}
+        unpatched_base(model)    # the copy shares the model's weights: not while a core LoRA rests in them
+        patched = with_nag(model, settings.check())
+        return {"ui": {"text": [settings.describe()]}, "result": (patched, core_model_of(patched, base=model))}
 
 
 NODE_CLASSES = [NextDiTNAG]

@@ -31,8 +31,11 @@ class PromptWeights:
     def __init__(self):
         self.weights: Tensor | None = None    # (B, L) of the next forward, real tokens first
 
-    def prepare(self, t: float, conditional: int, prompts) -> None:
-        weights = prompts.weights
+    def prepare(self, t: float, conditional, prompts) -> None:
+        self.use(prompts.weights)
+
+    def use(self, weights: Tensor | None) -> None:
+        """The next forward's token weights (B, L), real tokens first, or None."""
         self.weights = None if weights is None or bool((weights == 1).all()) else weights
 
     def attention(self, index: int, q: Tensor, k: Tensor, v: Tensor, segments: Segments, ctx, run) -> Tensor:

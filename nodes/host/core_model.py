@@ -31,6 +31,8 @@ from comfy import model_management as mm
 
 from ...dit.own_settings import own_settings
 from ...sampling.guidance import cfg_active, combine_cfg
+from ...steering.nag import ACTIVE_ENTRY as NAG_ENTRY, attached_all, nag_guidance, nag_settings
+from ...steering.weights import ENTRY as WEIGHTS_ENTRY, PromptWeights
 from ...text.conditioning import prompt_batches
 from .patcher import patcher_class
 
@@ -38,7 +40,8 @@ _CORE_MODEL = "core_model"   # its name on the Next-DiT's seam
 
 
 class CaptionCond(conds.CONDRegular):
-    """Caption features and mask as one tensor (n, L, D + 1): the mask is the last channel.
+    """Caption features, mask and prompt weights as one tensor (n, L, D + 2): the mask and the
+    token weights (1 without prompt weights) are the last two channels.
 
     Entries of different lengths concatenate: the shorter are padded with zero features and mask
     0 at the end (real tokens first, as the Next-DiT packs them)."""
@@ -52,9 +55,11 @@ class CaptionCond(conds.CONDRegular):
         return torch.cat([torch.nn.functional.pad(entry, (0, 0, 0, longest - entry.shape[1])) for entry in entries])
 
 
-def caption_tensor(feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(n, L, D) features and (n, L) mask -> the (n, L, D + 1) value of a CaptionCond."""
-    return torch.cat([feats.float(), mask.float().unsqueeze(-1)], dim=-1)
+def caption_tensor(feats: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, L, D) features, (n, L) mask and token weights (None: all 1) -> the (n, L, D + 2) value
+    of a CaptionCond."""
+    weights = torch.ones_like(mask, dtype=torch.float32) if weights is None else weights.float()
+    return torch.cat([feats.float(), mask.float().unsqueeze(-1), weights.unsqueeze(-1)], dim=-1)
 
 
 class NextDiTCoreModel(model_base.BaseModel):
@@ -74,9 +79,9 @@ class NextDiTCoreModel(model_base.BaseModel):
 
     def extra_conds(self, **kwargs):
         p = self.diffusion_model.params
-        extras = {"attention_mask": kwargs.get("attention_mask"), "pooled_output": kwargs.get("pooled_output")}
+        extras = {key: kwargs.get(key) for key in ("attention_mask", "pooled_output", "token_weights")}
         (batch,) = prompt_batches([[kwargs["cross_attn"], extras]], 1, p.cap_dim, p.clip_dim, "conditioning")
-        out = {"nextdit_caption": CaptionCond(caption_tensor(batch.feats, batch.mask))}
+        out = {"nextdit_caption": CaptionCond(caption_tensor(batch.feats, batch.mask, batch.weights))}
         if batch.pooled is not None:
             out["clip_text_pooled"] = conds.CONDRegular(batch.pooled)
         guidance = kwargs.get("guidance")
@@ -99,12 +104,35 @@ class NextDiTCoreModel(model_base.BaseModel):
     def _run_dit(self, x, sigma, caption, pooled, guidance, transformer_options):
         """Core's model output for ``x`` at noise fraction ``sigma``: −v (B, C, h, w)."""
         caption = caption.to(x.device, torch.float32)
-        feats, mask = caption[..., :-1], caption[..., -1] > 0.5
+        feats, mask, weights = caption[..., :-2], caption[..., -2] > 0.5, caption[..., -1]
         data_time = 1.0 - self.model_sampling.timestep(sigma).float()
-        v = self.diffusion_model(x.float(), data_time, feats, mask,
-                                 None if pooled is None else pooled.to(x.device, torch.float32),
-                                 None if guidance is None else guidance.to(x.device, torch.float32).reshape(-1))
+        with attached_all(self.diffusion_model, self._steering(transformer_options, data_time, weights)):
+            v = self.diffusion_model(x.float(), data_time, feats, mask,
+                                     None if pooled is None else pooled.to(x.device, torch.float32),
+                                     None if guidance is None else guidance.to(x.device, torch.float32).reshape(-1))
         return -v
+
+    def _steering(self, transformer_options, data_time, weights) -> dict:
+        """The pack's steering entries for one call, as the pack's sampler attaches them: prompt
+        weights from the captions, NAG from the settings NextDiT NAG put on the Next-DiT (guiding
+        the samples core marks conditional in ``cond_or_uncond``)."""
+        entries, t = {}, float(data_time.reshape(-1)[0])
+        if not bool((weights == 1).all()):
+            entries[WEIGHTS_ENTRY] = PromptWeights()
+            entries[WEIGHTS_ENTRY].use(weights)
+        nextdit = self.diffusion_model
+        if nag_settings(nextdit) is not None:
+            kinds = transformer_options.get("cond_or_uncond") or [0]
+            chunk = weights.shape[0] // len(kinds)
+            entry = self._nag_entries.get((id(nextdit), chunk)) if hasattr(self, "_nag_entries") else None
+            if entry is None or entry.model is not nextdit:
+                entry = nag_guidance(nextdit, chunk,
+                                     lambda percent: 1.0 - float(self.model_sampling.percent_to_sigma(percent)))
+                self._nag_entries = {(id(nextdit), chunk): entry}
+            if entry is not None:
+                entry.prepare(t, [c * chunk + i for c, kind in enumerate(kinds) if kind == 0 for i in range(chunk)])
+                entries[NAG_ENTRY] = entry
+        return entries
 
 
 def core_model(nextdit):
