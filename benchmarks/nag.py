@@ -11,6 +11,11 @@ Cases, timed as medians of interleaved repeats in one run:
   image queries in every joint layer (its refined negative is computed once, in the warm-up);
 - packed CFG 5: both prompts in one forward, for comparison.
 Target: NAG / cfg 1 <= 1.35.
+
+With few layers the refiners and embedders weigh more than in the 36-layer model, which would
+flatter NAG's ratio. So each case is also timed with its joint layers skipped (a seam entry
+returning the joint tokens unchanged); (full − skipped) / layers is one joint layer's cost, and
+the ratio for NewBie's 36 layers is estimated as (skipped + 36 · layer) of NAG over that of cfg 1.
 """
 
 from __future__ import annotations
@@ -75,7 +80,17 @@ def main() -> None:
         with attached(model, nag):
             return guided(x, t)
 
+    def skipping(fn):
+        def run():
+            model.seam.attach("skip_layers", _SkipLayers())
+            try:
+                return fn()
+            finally:
+                model.seam.detach("skip_layers")
+        return run
+
     cases = {"cfg 1": lambda: plain(x, t), "NAG": with_nag, "packed CFG 5": lambda: packed(x, t)}
+    cases.update({f"{name}, no layers": skipping(fn) for name, fn in list(cases.items())})
     times: dict[str, list[float]] = {name: [] for name in cases}
     with torch.no_grad():
         for fn in cases.values():
@@ -90,6 +105,22 @@ def main() -> None:
         print(f"  {name:13s} {seconds:8.3f} s/step")
     print(f"  NAG / cfg 1        = {median['NAG'] / median['cfg 1']:.3f}  (target <= 1.35)")
     print(f"  packed CFG / cfg 1 = {median['packed CFG 5'] / median['cfg 1']:.3f}")
+
+    def at_36(name: str) -> float:
+        layer = (median[name] - median[f"{name}, no layers"]) / args.layers
+        return median[f"{name}, no layers"] + 36 * layer
+
+    print(f"  one joint layer: cfg 1 {(median['cfg 1'] - median['cfg 1, no layers']) / args.layers:.3f} s, "
+          f"NAG {(median['NAG'] - median['NAG, no layers']) / args.layers:.3f} s")
+    print(f"  estimated at 36 layers: NAG / cfg 1 = {at_36('NAG') / at_36('cfg 1'):.3f}, "
+          f"packed CFG / cfg 1 = {at_36('packed CFG 5') / at_36('cfg 1'):.3f}")
+
+
+class _SkipLayers:
+    """A seam entry that runs no joint layer (the rest of the step's cost)."""
+
+    def joint_layers(self, run, joint, ctx):
+        return joint
 
 
 if __name__ == "__main__":

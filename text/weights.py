@@ -39,12 +39,12 @@ def _leading(tokenize: Callable[[str], list[int]]) -> int:
     return len(tokenize(""))
 
 
-def weighted_encoding(text_encoders, prompt: str, system_prompt: str):
+def weighted_encoding(text_encoders, prompt: str, system_prompt: str, leave_out_below: float | None = None):
     """Encode ``prompt`` with its prompt weights: CONDITIONING (``conditioning``) whose Gemma text
     is the system prompt + the prompt without the weight syntax, with ``token_weights`` when a
     range weighs other than 1; Jina reads that text too, less the ranges weighted below
-    ``JINA_LEAVE_OUT_BELOW``. A prompt whose brackets do not match is encoded as written, with
-    a warning naming the place."""
+    ``leave_out_below`` (default ``JINA_LEAVE_OUT_BELOW``). A prompt whose brackets do not match
+    is encoded as written, with a warning naming the place."""
     from ..prompting import PromptError, encoder_texts, prompt_warnings
     from ..prompting.weights import parse_weights
     from .conditioning import conditioning
@@ -60,7 +60,7 @@ def weighted_encoding(text_encoders, prompt: str, system_prompt: str):
     gemma_text, jina_text = encoder_texts(text, system_prompt)
     weights = None
     if weighted is not None and weighted.weighted and text:
-        jina_text = weighted.without(JINA_LEAVE_OUT_BELOW)
+        jina_text = weighted.without(JINA_LEAVE_OUT_BELOW if leave_out_below is None else leave_out_below)
         weights = token_weights(text_encoders.gemma.tokenizer, gemma_text, weighted.spans,
                                 offset=len(gemma_text) - len(text), max_tokens=GEMMA_MAX_TOKENS)
     warnings = notes + (prompt_warnings(text) if text else [])
