@@ -105,6 +105,7 @@ class NextDiTCoreModel(model_base.BaseModel):
         """Core's model output for ``x`` at noise fraction ``sigma``: −v (B, C, h, w)."""
         caption = caption.to(x.device, torch.float32)
         feats, mask, weights = caption[..., :-2], caption[..., -2] > 0.5, caption[..., -1]
+        weights = torch.where(mask, weights, 1.0)    # core pads concatenated captions with zeros
         data_time = 1.0 - self.model_sampling.timestep(sigma).float()
         with attached_all(self.diffusion_model, self._steering(transformer_options, data_time, weights)):
             v = self.diffusion_model(x.float(), data_time, feats, mask,
@@ -113,13 +114,17 @@ class NextDiTCoreModel(model_base.BaseModel):
         return -v
 
     def _steering(self, transformer_options, data_time, weights) -> dict:
-        """The pack's steering entries for one call, as the pack's sampler attaches them: prompt
-        weights from the captions, NAG from the settings NextDiT NAG put on the Next-DiT (guiding
-        the samples core marks conditional in ``cond_or_uncond``)."""
+        """The pack's steering entries for one call, in the order the pack's sampler attaches them:
+        prompt weights from the captions; core's attention output patches (``CoreOutputPatches``);
+        NAG from the settings NextDiT NAG put on the Next-DiT (guiding the samples core marks
+        conditional in ``cond_or_uncond``)."""
         entries, t = {}, float(data_time.reshape(-1)[0])
         if not bool((weights == 1).all()):
             entries[WEIGHTS_ENTRY] = PromptWeights()
             entries[WEIGHTS_ENTRY].use(weights)
+        output_patches = transformer_options.get("patches", {}).get("attn1_output_patch")
+        if output_patches:
+            entries[_OUTPUT_PATCHES] = CoreOutputPatches(output_patches, transformer_options)
         nextdit = self.diffusion_model
         if nag_settings(nextdit) is not None:
             kinds = transformer_options.get("cond_or_uncond") or [0]
@@ -133,6 +138,32 @@ class NextDiTCoreModel(model_base.BaseModel):
                 entry.prepare(t, [c * chunk + i for c, kind in enumerate(kinds) if kind == 0 for i in range(chunk)])
                 entries[NAG_ENTRY] = entry
         return entries
+
+
+_OUTPUT_PATCHES = "core_attn1_output_patch"   # core's attention output patches, for one call
+
+
+class CoreOutputPatches:
+    """Core's ``attn1_output_patch`` functions (``ModelPatcher.set_model_attn1_output_patch``,
+    e.g. core's NAGuidance) on each joint layer's attention output, as core's Flux calls them: with
+    ``(out, extra_options)`` before the output projection, ``extra_options`` the call's
+    transformer_options with ``img_slice`` and ``block_index``. Here ``out`` holds the image rows
+    of every sample, (B, N, H·D), and ``img_slice`` is [0, N]: the samples' captions differ in
+    length, so their rows do not line up in one tensor; caption rows are not shown to the patch."""
+
+    def __init__(self, patches, transformer_options):
+        self.patches, self.options = list(patches), transformer_options
+
+    def attention(self, index, q, k, v, segments, ctx, run):
+        z = run(q, k, v, segments)
+        if segments is not ctx.layout.joint:
+            return z
+        rows, n_img = ctx.layout.img_index, ctx.layout.images.lengths[0]
+        out = z[rows].unflatten(0, (-1, n_img))
+        extra = {**self.options, "img_slice": [0, n_img], "block_index": index}
+        for patch in self.patches:
+            out = patch(out, extra)
+        return z.index_copy(0, rows, out.flatten(0, 1).to(z.dtype))
 
 
 def core_model(nextdit):

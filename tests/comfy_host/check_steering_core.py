@@ -6,7 +6,8 @@ For a tiny random Next-DiT: NextDiT NAG's core_model output through core's ``com
 (euler, simple, 4 steps: on a flow model with shift 6 that is the pack's grid) must give the latent
 NextDiT Sampler gives for NextDiT NAG's model output, within 1e-4, at cfg 1 and at cfg 4 (where
 core batches cond and uncond and NAG must guide only the cond half); the same for a prompt with
-token weights; and NAG must change the latent (so the check can fail).
+token weights; and NAG must change the latent (so the check can fail). Core's own NAGuidance
+node on the same MODEL must change the latent at nag_scale 5 and leave it at nag_scale 1.
 
   /work/scratch/comfy-venv/bin/python tests/comfy_host/check_steering_core.py --comfy /work/scratch/ComfyUI
 (with the pack importable as ``nextdit_nodes``, e.g. PYTHONPATH pointing at a folder holding it)
@@ -76,6 +77,19 @@ def main() -> int:
         ok = gap <= 1e-4 and effect > 1e-3
         failures += not ok
         print(f"{'ok ' if ok else 'BAD'} {name}: max |pack - core| = {gap:.2e}, effect vs plain {effect:.3f}")
+    # Core's own NAGuidance (comfy_extras/nodes_nag.py): its attn1_output_patch reaches the joint
+    # attention (CoreOutputPatches): it changes the latent, and at nag_scale 1 (it then writes the
+    # conditional rows into both halves, and cfg 1 keeps the conditional branch) it changes nothing.
+    from comfy_extras.nodes_nag import NAGuidance
+
+    base_core = NextDiTNAG().apply(model, nag_negative, 1.0, 2.0, 0.5, 0.0, 1.0)["result"][1]
+    plain = core(base_core, 1.0, positive)
+    for scale, expect_change in ((5.0, True), (1.0, False)):
+        patched = NAGuidance.execute(base_core, nag_scale=scale, nag_alpha=0.5, nag_tau=1.5).result[0]
+        gap = (core(patched, 1.0, positive) - plain).abs().max().item()
+        ok = gap > 1e-3 if expect_change else gap <= 1e-5
+        failures += not ok
+        print(f"{'ok ' if ok else 'BAD'} core NAGuidance nag_scale {scale:g}, cfg 1: max |with - without| = {gap:.2e}")
     return 1 if failures else 0
 
 
