@@ -88,7 +88,7 @@ def run_nag(args) -> int:
     models = EmbeddedModels(args.models_dir)
     _header()
     shown = set()
-    for index, scale, tau, alpha in NAG_ROWS:
+    for index, scale, tau, alpha, start, end in NAG_ROWS:
         setting = SETTINGS[index]
         if getattr(models, setting.model.replace("-", "_")) is None:
             continue
@@ -97,8 +97,9 @@ def run_nag(args) -> int:
             if index == 0:
                 print(_row(SETTINGS[1].name, adherence(models, SETTINGS[1], args.count, args.steps)), flush=True)
             print(_row(setting.name, adherence(models, setting, args.count, args.steps)), flush=True)
-        nag = with_nag_on(models, setting, scale, tau, alpha)
-        print(_row(f"{setting.name} + NAG scale {scale:g}, tau {tau:g}, alpha {alpha:g}",
+        nag = with_nag_on(models, setting, scale, tau, alpha, start, end)
+        window = "" if (start, end) == (0.0, 1.0) else f", {start:g}-{end:g} of the sampling"
+        print(_row(f"{setting.name} + NAG scale {scale:g}, tau {tau:g}, alpha {alpha:g}{window}",
                    adherence(nag, setting, args.count, args.steps)), flush=True)
     return 0
 

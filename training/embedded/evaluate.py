@@ -130,19 +130,21 @@ def inpaint_adherence(models: EmbeddedModels, count: int = 100, steps: int = 25,
 
 # ---- steering: NAG and prompt weights ----------------------------------------------------------
 
-# NAG rows of check-embedded --nag: (setting index in SETTINGS, scale, tau, alpha), the empty negative.
-NAG_ROWS = ((0, 2.0, 2.5, 0.25), (2, 2.0, 2.5, 0.25), (2, 4.0, 2.5, 0.25), (3, 2.0, 2.5, 0.25), (3, 4.0, 2.5, 0.25))
+# NAG rows of check-embedded --nag, the empty negative: (setting index in SETTINGS, scale, tau,
+# alpha, start_percent, end_percent).
+NAG_ROWS = ((0, 2.0, 2.5, 0.25, 0.0, 1.0), (0, 3.0, 2.5, 0.25, 0.0, 0.4), (2, 2.0, 2.5, 0.25, 0.0, 1.0),
+            (2, 4.0, 2.5, 0.25, 0.0, 1.0), (3, 2.0, 2.5, 0.25, 0.0, 1.0), (3, 4.0, 2.5, 0.25, 0.0, 1.0))
 
 
 def with_nag_on(models: EmbeddedModels, setting: Setting, scale: float, tau: float, alpha: float,
-                negative: str = "") -> EmbeddedModels:
+                start: float = 0.0, end: float = 1.0, negative: str = "") -> EmbeddedModels:
     """The same models with NextDiT NAG's settings on the setting's model (negative: its prompt)."""
     from ...steering.nag import NAGSettings, with_nag
 
     patched = copy.copy(models)
     attribute = setting.model.replace("-", "_")
-    base = getattr(models, attribute)
-    setattr(patched, attribute, with_nag(base, NAGSettings(models.conditioning(negative), scale, tau, alpha)))
+    settings = NAGSettings(models.conditioning(negative), scale, tau, alpha, start, end)
+    setattr(patched, attribute, with_nag(getattr(models, attribute), settings))
     return patched
 
 
