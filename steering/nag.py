@@ -26,7 +26,8 @@ tokens and one more attention for the image queries.
 
 Which samples are guided: the conditional ones (the prompt's branch). Under CFG the sampler packs
 the conditional samples first and tells the entry how many there are before each forward
-(``prepare``); the unconditional branch runs plainly. Outside the [start, end] share of the
+(``prepare``; core's model names them by index from ``cond_or_uncond``); the unconditional
+branch runs plainly. Outside the [start, end] share of the
 sampling, at scale 1, or before ``prepare`` is called, the entry hands the plain attention
 through untouched, so the forward is the plain one bit for bit.
 
