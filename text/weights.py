@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-# Jina's pooled text leaves out the ranges weighted below this (decided by measurement: README,
-# "Prompt weights").
-JINA_LEAVE_OUT_BELOW = 1e-6
+# Jina's pooled text leaves out the ranges weighted below this. 0: it keeps every word, since the
+# attention bias alone removed a weight-0 object (README, "NAG and prompt weights on the embedded model").
+JINA_LEAVE_OUT_BELOW = 0.0
 
 
 def token_weights(tokenize: Callable[[str], list[int]], text: str, spans, offset: int = 0,
