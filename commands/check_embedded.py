@@ -33,6 +33,12 @@ def register(subparsers) -> None:
                              "as outlines, with the full caption, positions withheld and positions contradicting "
                              "the drawing; and without it / at strength 0")
     parser.add_argument("--controlnet-strength", type=float, default=1.0)
+    parser.add_argument("--nag", action="store_true",
+                        help="instead: Normalized Attention Guidance (the empty negative) on the teacher at CFG 1 "
+                             "and on the students, next to the rows without it")
+    parser.add_argument("--weights", action="store_true",
+                        help="instead: prompt weights on the last object's <character_N> block of held-out "
+                             "scenes (teacher, CFG 4): that object's presence and the others' figures per weight")
     parser.set_defaults(func=run)
 
 
@@ -160,6 +166,44 @@ def run_controlnet(args) -> int:
     return 0
 
 
+def run_nag(args) -> int:
+    from ..training.embedded.evaluate import NAG_ROWS, SETTINGS, EmbeddedModels, adherence, with_nag_on
+
+    models = EmbeddedModels(args.models_dir)
+    _header()
+    shown = set()
+    for index, scale, tau, alpha, start, end in NAG_ROWS:
+        setting = SETTINGS[index]
+        if getattr(models, setting.model.replace("-", "_")) is None:
+            continue
+        if index not in shown:
+            shown.add(index)
+            if index == 0:
+                print(_row(SETTINGS[1].name, adherence(models, SETTINGS[1], args.count, args.steps)), flush=True)
+            print(_row(setting.name, adherence(models, setting, args.count, args.steps)), flush=True)
+        nag = with_nag_on(models, setting, scale, tau, alpha, start, end)
+        window = "" if (start, end) == (0.0, 1.0) else f", {start:g}-{end:g} of the sampling"
+        print(_row(f"{setting.name} + NAG scale {scale:g}, tau {tau:g}, alpha {alpha:g}{window}",
+                   adherence(nag, setting, args.count, args.steps)), flush=True)
+    return 0
+
+
+def run_weights(args) -> int:
+    from ..training.embedded.evaluate import EmbeddedModels, weight_presence
+
+    models = EmbeddedModels(args.models_dir)
+    results = weight_presence(models, count=args.count // 2, steps=args.steps)
+    identical = results.pop("weight 1 bit-identical", None)
+    print("| weight of the last object's block | that object drawn | other objects: colour+position / object "
+          "| colour+position / image | size / object | shape / object | all right / image |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for weight, scores in results.items():
+        print(_row(f"{weight if isinstance(weight, str) else f'{weight:g}'} | {scores['present']:.1f} %", scores))
+    if identical is not None:
+        print(f"weight 1 gives the latents of the caption without syntax bit for bit: {identical}")
+    return 0
+
+
 def run(args) -> int:
     if args.lora is not None:
         return run_lora(args)
@@ -167,6 +211,10 @@ def run(args) -> int:
         return run_dit(args)
     if args.controlnet is not None:
         return run_controlnet(args)
+    if args.nag:
+        return run_nag(args)
+    if args.weights:
+        return run_weights(args)
     import torch
 
     from ..training.embedded.adherence import score_image, summarise

@@ -162,6 +162,12 @@ def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 # ---- the structural copy --------------------------------------------------------------------
 
+def structural_copy(model: nn.Module) -> nn.Module:
+    """A new model object sharing ``model``'s tensors, its seam copied (``_structural_copy``):
+    what a node returns when it adds a seam entry without touching its input model."""
+    return _structural_copy(model)
+
+
 def _structural_copy(module: nn.Module) -> nn.Module:
     """New module objects all the way down; the same parameter and buffer tensors.
 

@@ -3,7 +3,7 @@
 from importlib import import_module
 
 # Node modules, each defining NODE_CLASSES (a list of node classes with a DISPLAY_NAME attribute).
-_NODE_MODULES = ("dit", "lora", "controlnet", "prompt", "text", "sampling", "vae")
+_NODE_MODULES = ("dit", "lora", "controlnet", "prompt", "text", "sampling", "steering", "vae")
 # Words a user may type in the editor's node search for this pack (the model family's names),
 # added to each node's own aliases.
 PACK_ALIASES = ("newbie", "newbie-image", "lumina", "lumina 2", "next-dit", "nextdit")

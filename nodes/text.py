@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from ..dtypes import DTYPES
-from ..prompting import AUTO, SYSTEM_PROMPT_CHOICES, encoder_texts, prompt_warnings, resolve_system_prompt
+from ..prompting import AUTO, SYSTEM_PROMPT_CHOICES, resolve_system_prompt
 from . import host
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,10 @@ class NextDiTTextEncode:
         "Encodes a NewBie prompt (XML or plain text) as the official code does: Gemma reads the "
         "system prompt + prompt (penultimate hidden states, at most 512 tokens), Jina reads the "
         "prompt alone (mean-pooled). An empty prompt gives the unconditional encoding. Prompt "
-        "problems and truncation are warnings carried in the conditioning and logged, never errors."
+        "weights (text:1.3), (text), [text] (\\( for a bracket; name_(series) stays text) set how "
+        "much the image attends to those tokens in NextDiT Sampler; weight 0 takes them out of "
+        "view. Prompt problems and truncation are warnings carried in the conditioning and logged, "
+        "never errors."
     )
     RETURN_TYPES = ("CONDITIONING",)
     RETURN_NAMES = ("conditioning",)
@@ -113,20 +116,18 @@ class NextDiTTextEncode:
 
     def encode(self, text_encoders, prompt: str, system_prompt: str = AUTO, custom_system_prompt: str = "",
                unique_id=None):
-        from ..text.conditioning import conditioning
+        from ..text.weights import weighted_encoding
 
         if not hasattr(text_encoders, "encode"):
             raise TypeError("text_encoders must come from NextDiTTextEncoderLoader "
                             f"(got {type(text_encoders).__name__})")
         recorded = getattr(text_encoders, "system_prompt", None)
-        gemma_text, jina_text = encoder_texts(prompt, resolve_system_prompt(system_prompt, custom_system_prompt,
-                                                                            prompt, recorded))
-        warnings = prompt_warnings(prompt) if prompt else []
-        encoding = text_encoders.encode(gemma_text, jina_text)
-        for warning in warnings + encoding.warnings:
+        system = resolve_system_prompt(system_prompt, custom_system_prompt, prompt, recorded)
+        cond, warnings = weighted_encoding(text_encoders, prompt, system)
+        for warning in warnings:
             log.warning("NextDiTTextEncode: %s", warning)
-        host.show_text("\n".join(warnings + encoding.warnings), unique_id)   # on the node, in ComfyUI and serve
-        return (conditioning(encoding, gemma_text, jina_text, warnings),)
+        host.show_text("\n".join(warnings), unique_id)   # on the node, in ComfyUI and serve
+        return (cond,)
 
 
 NODE_CLASSES = [NextDiTTextEncoderLoader, NextDiTTextEncode]

@@ -46,11 +46,14 @@ class GuidedVelocity:
     weights, as core ComfyUI averages entries without areas; the conditional and unconditional
     entries that apply run as one packed forward. The settings' ``shift`` maps the entries'
     start/end percents onto data-time as core does; their ``guidance`` > 0 is fed to the guidance
-    embedder of distilled weights. ``start``: the data-time sampling starts at.
+    embedder of distilled weights. ``start``: the data-time sampling starts at. ``steering``:
+    seam entries attached to the model (``steering/``: NAG, prompt weights), each told before every
+    forward ``prepare(t, conditional, prompts)``: the data-time, how many leading samples are
+    conditional, and the packed prompts.
     """
 
     def __init__(self, model, positive: list[PromptEntry], negative: list[PromptEntry] | None,
-                 settings: SamplerSettings, start: float = 0.0):
+                 settings: SamplerSettings, start: float = 0.0, steering=()):
         cfg, cfg_trunc, guidance, shift = settings.cfg, settings.cfg_trunc, settings.guidance or 0.0, settings.shift
         if cfg != 1.0 and not negative:
             raise ValueError(f"cfg {cfg} needs a negative conditioning; connect one or set cfg to 1")
@@ -69,12 +72,12 @@ class GuidedVelocity:
                              float32(percent_sigma(e.start_percent, shift)))
                             for e in self.positive + self.negative]
         self.guidance = float(guidance) if guidance > 0 else None
-        self.shift = float(shift)
         self.chains = [list(e.controls) for e in self.positive + self.negative]
         if any(self.chains):
             for chain in self.chains:
                 for handle in chain:
                     prepare(handle.net, model)
+        self.steering = tuple(steering)
         self._packs: dict[tuple, tuple[PromptBatch, Tensor]] = {}
         _check_coverage(self.spans[:len(positive)], start, 1.0, "positive")
         if cfg != 1.0:
@@ -127,6 +130,8 @@ class GuidedVelocity:
         negative = self._active(t, len(self.positive), len(self.negative)) if cfg_active(
             t, self.cfg, self.cfg_trunc) else ()
         prompts, weights = self._packed(positive + negative)
+        for entry in self.steering:
+            entry.prepare(t, len(positive) * self.batch, prompts)
         v = self._forward(x, t, prompts, positive + negative)
         v_cond = _weighted_mean(v[:len(positive)], weights[:len(positive)])
         if not negative:

@@ -31,11 +31,13 @@ from torch import Tensor
 from ..dit.own_settings import own_settings
 from ..dit.step_cache import StepCache, step_cache as cached
 from ..sampler_settings import SamplerSettings, check_settings
+from ..steering.nag import ACTIVE_ENTRY as NAG_ENTRY, attached_all, nag_guidance
+from ..steering.weights import ENTRY as WEIGHTS_ENTRY, PromptWeights
 from ..text.conditioning import read_entries
 from ..vae.latent_format import FLUX
 from .guidance import GuidedVelocity
 from .inpaint import InpaintVelocity, resize_mask
-from .schedule import denoise_start, time_grid
+from .schedule import denoise_start, percent_time, time_grid
 from .solvers import denoised, get_solver
 
 log = logging.getLogger(__name__)
@@ -198,7 +200,12 @@ def sample(model, positive, negative, settings: SamplerSettings, *, width: int, 
     pos = read_entries(positive, batch, params.cap_dim, params.clip_dim, "positive")
     neg = (read_entries(negative, batch, params.cap_dim, params.clip_dim, "negative")
            if cfg != 1.0 else None)
-    velocity = GuidedVelocity(model, pos, neg, settings, start=t0)
+    # Steering through the seam: prompt weights (from the CONDITIONINGs), then NextDiT NAG's settings.
+    steering = {WEIGHTS_ENTRY: PromptWeights() if any(e.batch.weights is not None for e in pos + (neg or []))
+                else None,
+                NAG_ENTRY: nag_guidance(model, batch, lambda percent: percent_time(percent, shift))}
+    velocity = GuidedVelocity(model, pos, neg, settings, start=t0,
+                              steering=[entry for entry in steering.values() if entry is not None])
 
     device = model.device
     noise = initial_noise(shape, seed)
@@ -216,7 +223,7 @@ def sample(model, positive, negative, settings: SamplerSettings, *, width: int, 
         if callback is not None:
             callback(i, steps, denoised(x_i, t_i, v_i))
 
-    with (torch.no_grad(), _checking(model, cancel),
+    with (torch.no_grad(), _checking(model, cancel), attached_all(model, steering),
           (cached(model, step_cache) if step_cache > 0 else contextlib.nullcontext()) as cache):
         if report is not None:
             report.cache = cache   # counted while sampling (the progress line shows it)

@@ -23,17 +23,24 @@ from .towers import TextEncoding
 # ---- building ----------------------------------------------------------------------------------
 
 def conditioning(encoding: TextEncoding, gemma_text: str, jina_text: str,
-                 prompt_warnings: list[str] | None = None) -> list:
+                 prompt_warnings: list[str] | None = None, token_weights: list[float] | None = None) -> list:
     """ComfyUI CONDITIONING for one encoded prompt: ``[[cap_feats [1,L,D], {...}]]`` with
     ``pooled_output`` [1,Dj], ``attention_mask`` [1,L] (1 = real token), both texts and every
-    warning (prompt parsing first, then truncation)."""
-    return [[encoding.cap_feats, {
+    warning (prompt parsing first, then truncation); with prompt weights also ``token_weights``
+    [1,L] (one per Gemma token; absent when every token weighs 1)."""
+    extras = {
         "pooled_output": encoding.pooled,
         "attention_mask": encoding.attention_mask,
         "gemma_text": gemma_text,
         "jina_text": jina_text,
         "prompt_warnings": list(prompt_warnings or []) + list(encoding.warnings),
-    }]]
+    }
+    if token_weights is not None and any(w != 1.0 for w in token_weights):
+        length = encoding.cap_feats.shape[1]
+        weights = torch.ones(1, length)
+        weights[0, :min(length, len(token_weights))] = torch.tensor(token_weights[:length], dtype=torch.float32)
+        extras["token_weights"] = weights
+    return [[encoding.cap_feats, extras]]
 
 
 # ---- reading -----------------------------------------------------------------------------------
@@ -41,10 +48,12 @@ def conditioning(encoding: TextEncoding, gemma_text: str, jina_text: str,
 @dataclass(frozen=True)
 class PromptBatch:
     """Caption features for a batch, real tokens first: feats (N, L, cap_dim), mask (N, L) bool,
-    pooled (N, clip_dim) or None."""
+    pooled (N, clip_dim) or None; weights (N, L) float, the prompt weights of the caption tokens
+    (``token_weights``, see ``steering/weights.py``), or None when every token weighs 1."""
     feats: Tensor
     mask: Tensor
     pooled: Tensor | None
+    weights: Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -52,16 +61,20 @@ class PromptBatch:
 
     def to(self, device: torch.device) -> PromptBatch:
         pooled = None if self.pooled is None else self.pooled.to(device)
-        return PromptBatch(self.feats.to(device), self.mask.to(device), pooled)
+        weights = None if self.weights is None else self.weights.to(device)
+        return PromptBatch(self.feats.to(device), self.mask.to(device), pooled, weights)
 
 
-def _real_tokens_first(feats: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Move every sample's real tokens to the front (stable order) and drop all-padding columns."""
+def _real_tokens_first(feats: Tensor, mask: Tensor, weights: Tensor | None = None):
+    """Move every sample's real tokens to the front (stable order) and drop all-padding columns
+    (the token weights, when given, move with them)."""
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)              # real (0) first
     feats = torch.gather(feats, 1, order.unsqueeze(-1).expand_as(feats))
     mask = torch.gather(mask, 1, order)
     longest = max(int(mask.sum(1).max()), 1)
-    return feats[:, :longest], mask[:, :longest]
+    if weights is None:
+        return feats[:, :longest], mask[:, :longest]
+    return feats[:, :longest], mask[:, :longest], torch.gather(weights, 1, order)[:, :longest]
 
 
 def _entry_to_batch(entry, batch_size: int, index: int, what: str) -> PromptBatch:
@@ -85,18 +98,30 @@ def _entry_to_batch(entry, batch_size: int, index: int, what: str) -> PromptBatc
     if n not in (1, batch_size) or (pooled is not None and pooled.shape[0] not in (1, batch_size)):
         raise ValueError(f"{what} entry {index} holds {n} prompts but the batch has {batch_size} "
                          f"latents; use one prompt or one per latent")
-    feats, mask = _real_tokens_first(feats, mask)
+    weights = extras.get("token_weights")
+    if weights is not None:
+        weights = weights.float().to(feats.device).reshape(weights.shape[0], -1)
+        if weights.shape != (n, length):
+            raise ValueError(f"{what} entry {index}: token_weights {tuple(weights.shape)} do not match the "
+                             f"caption features {(n, length)}")
+        if not (torch.isfinite(weights).all() and (weights >= 0).all()):
+            raise ValueError(f"{what} entry {index}: token_weights must be finite and not negative")
+        feats, mask, weights = _real_tokens_first(feats, mask, weights)
+    else:
+        feats, mask = _real_tokens_first(feats, mask)
     if n == 1:  # one prompt for the whole batch: views, no copies
         feats, mask = feats.expand(batch_size, -1, -1), mask.expand(batch_size, -1)
+        weights = None if weights is None else weights.expand(batch_size, -1)
     if pooled is not None and pooled.shape[0] == 1:
         pooled = pooled.expand(batch_size, -1)
-    return PromptBatch(feats, mask, pooled)
+    return PromptBatch(feats, mask, pooled, weights)
 
 
 # What the pack's sampler does with each key an entry may carry: the keys it reads, and for the
 # keys other nodes add that it cannot apply, which node adds them and what to use instead.
 READ_KEYS = frozenset({"pooled_output", "attention_mask", "gemma_text", "jina_text", "prompt_warnings",
-                       "start_percent", "end_percent", "strength", "control", "control_apply_to_uncond"})
+                       "start_percent", "end_percent", "strength", "control", "control_apply_to_uncond",
+                       "token_weights"})
 _CORE_PATH = ("sample with core's KSampler on NextDiT Loader's core_model output, which applies it, or "
               "remove that node")
 REFUSED_KEYS = {
@@ -177,7 +202,7 @@ def read_entries(conditioning, batch_size: int, cap_dim: int, clip_dim: int | No
         if strength <= 0 or not 0.0 <= start <= end <= 1.0:
             raise ValueError(f"{what} entry {index}: strength must be positive and 0 <= start_percent <= "
                              f"end_percent <= 1; got strength {strength:g}, start {start:g}, end {end:g}")
-        entries.append(PromptEntry(PromptBatch(batch.feats, batch.mask, pooled), strength, start, end,
+        entries.append(PromptEntry(PromptBatch(batch.feats, batch.mask, pooled, batch.weights), strength, start, end,
                                    _controls(extras.get("control"), index, what)))
     return entries
 
@@ -218,7 +243,12 @@ def pack(batches: list[PromptBatch]) -> PromptBatch:
     else:
         raise ValueError("some conditionings carry a pooled CLIP vector (pooled_output) and others do "
                          "not; encode positive and negative with the same text encoder node")
-    return PromptBatch(feats, mask, pooled)
+    weights = None
+    if any(b.weights is not None for b in batches):   # unweighted prompts and padding weigh 1
+        weights = torch.cat([torch.nn.functional.pad(torch.ones_like(b.mask, dtype=torch.float32)
+                                                     if b.weights is None else b.weights,
+                                                     (0, longest - b.mask.shape[1]), value=1.0) for b in batches])
+    return PromptBatch(feats, mask, pooled, weights)
 
 
 def is_conditioning(value) -> bool:

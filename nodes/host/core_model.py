@@ -34,6 +34,8 @@ from comfy import model_management as mm
 from ...controlnet.apply import controls_attached, prepare
 from ...dit.own_settings import own_settings
 from ...sampling.guidance import cfg_active, combine_cfg
+from ...steering.nag import ACTIVE_ENTRY as NAG_ENTRY, attached_all, nag_guidance, nag_settings
+from ...steering.weights import ENTRY as WEIGHTS_ENTRY, PromptWeights
 from ...text.conditioning import prompt_batches
 from .patcher import patcher_class
 
@@ -41,7 +43,8 @@ _CORE_MODEL = "core_model"   # its name on the Next-DiT's seam
 
 
 class CaptionCond(conds.CONDRegular):
-    """Caption features and mask as one tensor (n, L, D + 1): the mask is the last channel.
+    """Caption features, mask and prompt weights as one tensor (n, L, D + 2): the mask and the
+    token weights (1 without prompt weights) are the last two channels.
 
     Entries of different lengths concatenate: the shorter are padded with zero features and mask
     0 at the end (real tokens first, as the Next-DiT packs them)."""
@@ -55,9 +58,11 @@ class CaptionCond(conds.CONDRegular):
         return torch.cat([torch.nn.functional.pad(entry, (0, 0, 0, longest - entry.shape[1])) for entry in entries])
 
 
-def caption_tensor(feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(n, L, D) features and (n, L) mask -> the (n, L, D + 1) value of a CaptionCond."""
-    return torch.cat([feats.float(), mask.float().unsqueeze(-1)], dim=-1)
+def caption_tensor(feats: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, L, D) features, (n, L) mask and token weights (None: all 1) -> the (n, L, D + 2) value
+    of a CaptionCond."""
+    weights = torch.ones_like(mask, dtype=torch.float32) if weights is None else weights.float()
+    return torch.cat([feats.float(), mask.float().unsqueeze(-1), weights.unsqueeze(-1)], dim=-1)
 
 
 class NextDiTCoreModel(model_base.BaseModel):
@@ -77,9 +82,9 @@ class NextDiTCoreModel(model_base.BaseModel):
 
     def extra_conds(self, **kwargs):
         p = self.diffusion_model.params
-        extras = {"attention_mask": kwargs.get("attention_mask"), "pooled_output": kwargs.get("pooled_output")}
+        extras = {key: kwargs.get(key) for key in ("attention_mask", "pooled_output", "token_weights")}
         (batch,) = prompt_batches([[kwargs["cross_attn"], extras]], 1, p.cap_dim, p.clip_dim, "conditioning")
-        out = {"nextdit_caption": CaptionCond(caption_tensor(batch.feats, batch.mask))}
+        out = {"nextdit_caption": CaptionCond(caption_tensor(batch.feats, batch.mask, batch.weights))}
         if batch.pooled is not None:
             out["clip_text_pooled"] = conds.CONDRegular(batch.pooled)
         guidance = kwargs.get("guidance")
@@ -104,16 +109,70 @@ class NextDiTCoreModel(model_base.BaseModel):
         what the cond's ControlNet handles returned for this call (controlnet/handle.py), run
         through the Next-DiT's seam as NextDiT Sampler runs them."""
         caption = caption.to(x.device, torch.float32)
-        feats, mask = caption[..., :-1], caption[..., -1] > 0.5
+        feats, mask, weights = caption[..., :-2], caption[..., -2] > 0.5, caption[..., -1]
+        weights = torch.where(mask, weights, 1.0)    # core pads concatenated captions with zeros
         data_time = 1.0 - self.model_sampling.timestep(sigma).float()
         nextdit = self.diffusion_model
         for active in control or ():
             prepare(active.net, nextdit)
-        with controls_attached(nextdit, control) if control else contextlib.nullcontext():
+        with (attached_all(nextdit, self._steering(transformer_options, data_time, weights)),
+              controls_attached(nextdit, control) if control else contextlib.nullcontext()):
             v = nextdit(x.float(), data_time, feats, mask,
                         None if pooled is None else pooled.to(x.device, torch.float32),
                         None if guidance is None else guidance.to(x.device, torch.float32).reshape(-1))
         return -v
+
+    def _steering(self, transformer_options, data_time, weights) -> dict:
+        """The pack's steering entries for one call, in the order the pack's sampler attaches them:
+        prompt weights from the captions; core's attention output patches (``CoreOutputPatches``);
+        NAG from the settings NextDiT NAG put on the Next-DiT (guiding the samples core marks
+        conditional in ``cond_or_uncond``)."""
+        entries, t = {}, float(data_time.reshape(-1)[0])
+        if not bool((weights == 1).all()):
+            entries[WEIGHTS_ENTRY] = PromptWeights()
+            entries[WEIGHTS_ENTRY].use(weights)
+        output_patches = transformer_options.get("patches", {}).get("attn1_output_patch")
+        if output_patches:
+            entries[_OUTPUT_PATCHES] = CoreOutputPatches(output_patches, transformer_options)
+        nextdit = self.diffusion_model
+        if nag_settings(nextdit) is not None:
+            kinds = transformer_options.get("cond_or_uncond") or [0]
+            chunk = weights.shape[0] // len(kinds)
+            entry = self._nag_entries.get((id(nextdit), chunk)) if hasattr(self, "_nag_entries") else None
+            if entry is None or entry.model is not nextdit:
+                entry = nag_guidance(nextdit, chunk,
+                                     lambda percent: 1.0 - float(self.model_sampling.percent_to_sigma(percent)))
+                self._nag_entries = {(id(nextdit), chunk): entry}
+            if entry is not None:
+                entry.prepare(t, [c * chunk + i for c, kind in enumerate(kinds) if kind == 0 for i in range(chunk)])
+                entries[NAG_ENTRY] = entry
+        return entries
+
+
+_OUTPUT_PATCHES = "core_attn1_output_patch"   # core's attention output patches, for one call
+
+
+class CoreOutputPatches:
+    """Core's ``attn1_output_patch`` functions (``ModelPatcher.set_model_attn1_output_patch``,
+    e.g. core's NAGuidance) on each joint layer's attention output, as core's Flux calls them: with
+    ``(out, extra_options)`` before the output projection, ``extra_options`` the call's
+    transformer_options with ``img_slice`` and ``block_index``. Here ``out`` holds the image rows
+    of every sample, (B, N, H·D), and ``img_slice`` is [0, N]: the samples' captions differ in
+    length, so their rows do not line up in one tensor; caption rows are not shown to the patch."""
+
+    def __init__(self, patches, transformer_options):
+        self.patches, self.options = list(patches), transformer_options
+
+    def attention(self, index, q, k, v, segments, ctx, run):
+        z = run(q, k, v, segments)
+        if segments is not ctx.layout.joint:
+            return z
+        rows, n_img = ctx.layout.img_index, ctx.layout.images.lengths[0]
+        out = z[rows].unflatten(0, (-1, n_img))
+        extra = {**self.options, "img_slice": [0, n_img], "block_index": index}
+        for patch in self.patches:
+            out = patch(out, extra)
+        return z.index_copy(0, rows, out.flatten(0, 1).to(z.dtype))
 
 
 def core_model(nextdit):

@@ -59,6 +59,15 @@ def classify_shape(mask: np.ndarray) -> str:
     return SHAPES[int(np.argmax(ious))]
 
 
+def object_present(image: np.ndarray, obj: ShapeObject) -> bool:
+    """Whether anything is drawn in the object's grid cell (the checker's first test)."""
+    height, width = image.shape[:2]
+    cell = image[obj.row * height // 3:(obj.row + 1) * height // 3,
+                 obj.column * width // 3:(obj.column + 1) * width // 3].astype(np.float64)
+    distance = np.linalg.norm(cell - _background(image), axis=-1)
+    return (distance > OBJECT_DISTANCE).mean() >= MIN_OBJECT_SHARE
+
+
 def score_object(image: np.ndarray, obj: ShapeObject, background: np.ndarray) -> ObjectScore:
     height, width = image.shape[:2]
     top, bottom = obj.row * height // 3, (obj.row + 1) * height // 3

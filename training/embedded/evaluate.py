@@ -17,7 +17,7 @@ from ...sampling.sample import SamplingReport, sample
 from ...text.conditioning import conditioning
 from ...text.loading import load_text_encoders
 from ...vae.loading import load_vae
-from .adherence import score_image, summarise
+from .adherence import object_present, score_image, summarise
 from .pipeline import DIT_FILE, FEW_STEP_FILE, GEMMA_FILE, JINA_FILE, STUDENT_FILE, VAE_FOLDER
 from .shapes import Scene, held_out_scenes, render, xml_caption
 
@@ -126,3 +126,55 @@ def inpaint_adherence(models: EmbeddedModels, count: int = 100, steps: int = 25,
     return {"object added in the masked cell": summarise(added),
             "objects outside the mask": summarise(kept),
             "the masked cell before (checker check: empty)": summarise(before)}
+
+
+# ---- steering: NAG and prompt weights ----------------------------------------------------------
+
+# NAG rows of check-embedded --nag, the empty negative: (setting index in SETTINGS, scale, tau,
+# alpha, start_percent, end_percent).
+NAG_ROWS = ((0, 2.0, 2.5, 0.25, 0.0, 1.0), (0, 3.0, 2.5, 0.25, 0.0, 0.4), (2, 2.0, 2.5, 0.25, 0.0, 1.0),
+            (2, 4.0, 2.5, 0.25, 0.0, 1.0), (3, 2.0, 2.5, 0.25, 0.0, 1.0), (3, 4.0, 2.5, 0.25, 0.0, 1.0))
+
+
+def with_nag_on(models: EmbeddedModels, setting: Setting, scale: float, tau: float, alpha: float,
+                start: float = 0.0, end: float = 1.0, negative: str = "") -> EmbeddedModels:
+    """The same models with NextDiT NAG's settings on the setting's model (negative: its prompt)."""
+    from ...steering.nag import NAGSettings, with_nag
+
+    patched = copy.copy(models)
+    attribute = setting.model.replace("-", "_")
+    settings = NAGSettings(models.conditioning(negative), scale, tau, alpha, start, end)
+    setattr(patched, attribute, with_nag(getattr(models, attribute), settings))
+    return patched
+
+
+def weight_presence(models: EmbeddedModels, weights=(0.0, 0.25, 0.5, 1.0), count: int = 100, steps: int = 25,
+                    cfg: float = 4.0, seed: int = 5678, leave_out_below: float | None = None) -> dict:
+    """Prompt weights on held-out scenes of two or three objects: the last object's
+    ``<character_N>`` block wrapped as ``(block:w)``. Per weight: the share of images where
+    anything is drawn in that object's cell (``present``), and the other objects' figures;
+    ``unweighted`` the same for the caption without syntax (the teacher at ``cfg``, Euler)."""
+    from ...text.weights import weighted_encoding
+
+    scenes = [scene for scene in held_out_scenes(3 * count, seed) if len(scene.objects) >= 2][:count]
+    settings = replace(EVALUATION, steps=steps, cfg=cfg)
+    negative = models.conditioning("")
+    results, latents = {}, {}
+    for weight in (None, *weights):
+        present, others, latents[weight] = [], [], []
+        for index, scene in enumerate(scenes):
+            blocks = xml_caption(scene).split("\n\n")
+            last = len(scene.objects) - 1
+            if weight is not None:
+                blocks[last] = f"({blocks[last]}:{weight:g})"
+            cond = weighted_encoding(models.text, "\n\n".join(blocks), "", leave_out_below)[0]
+            latent = sample(models.teacher, cond, negative, settings, width=64, height=64, seed=index)
+            latents[weight].append(latent["samples"])
+            image = (models.vae.decode(latent["samples"])[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+            present.append(object_present(image, scene.objects[last]))
+            others.append(score_image(image, Scene(scene.objects[:last], scene.background)))
+        results["unweighted" if weight is None else weight] = {"present": 100.0 * sum(present) / len(present),
+                                                                **summarise(others)}
+    if 1.0 in weights:   # (block:1) must be the caption without syntax, bit for bit
+        results["weight 1 bit-identical"] = all(torch.equal(a, b) for a, b in zip(latents[None], latents[1.0]))
+    return results
