@@ -24,11 +24,10 @@ from torch import Tensor, nn
 
 from ..controlnet.apply import ActiveControl, controls_attached
 from ..controlnet.model import ControlNetParams, NextDiTControlNet
-from ..text.conditioning import pack, prompt_batches
 from .buckets import BatchOrder
 from .controlnet_inputs import ControlSet
 from .distributed import Distributed
-from .flow import OFFICIAL_TIME_SHIFT, logit_normal_times, noised, velocity_loss
+from .flow import OFFICIAL_TIME_SHIFT
 from .lora_training import LoraTraining
 
 INITS = ("dit", "random")
@@ -119,27 +118,9 @@ class ControlNetTraining(LoraTraining):
         bf16 = model.device.type == "cuda" and getattr(model, "compute_dtype", torch.float32) == torch.bfloat16
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
-    def _micro_batch(self, number: int) -> Tensor:
-        c, params = self.config, self.model.params
-        indices = self.order.batch(number)
-        width, height = self.data.items[indices[0]].bucket
-        size = len(indices)
-        generator = torch.Generator().manual_seed(c.seed * 1_000_003 + number)
-        t = logit_normal_times(size, c.time_shift, generator)
-        dropped = (torch.rand(size, generator=generator) < c.caption_dropout).tolist()
-        noise = torch.randn((size, params.in_channels, height // 8, width // 8), generator=generator)
-
-        rows, device = self.job.rows(size), self.model.device
-        mine = indices[rows]
-        data = self.data.latents(mine).to(device)
-        hint = self.controls.control_latents(mine).to(device)
-        noise, t = noise[rows].to(device), t[rows].to(device)
-        prompts = [prompt_batches(conditioning, 1, params.cap_dim, params.clip_dim)[0]
-                   for conditioning in self.data.conditionings(mine, dropped[rows])]
-        text = pack(prompts).to(device)
-        with self.autocast():
-            prediction = self.wrapped(hint, noised(data, noise, t), t, text.feats, text.mask, text.pooled)
-        return velocity_loss(prediction, data, noise).mean()
+    def _predict(self, items, x: Tensor, t: Tensor, text) -> Tensor:
+        hint = self.controls.control_latents(items).to(x.device)
+        return self.wrapped(hint, x, t, text.feats, text.mask, text.pooled)
 
     def state_dict(self) -> dict:
         return {"step": self.step, "config": asdict(self.config),

@@ -157,7 +157,19 @@ class LoraTraining:
         return 1.0
 
     def _micro_batch(self, number: int) -> Tensor:
-        """Forward and backward of micro-batch ``number``; returns this process's mean loss."""
+        """Forward of micro-batch ``number``; returns this process's mean loss."""
+        mine, data, noise, t, text = self._inputs(number)
+        with self.autocast():
+            prediction = self._predict(mine, noised(data, noise, t), t, text)
+        return velocity_loss(prediction, data, noise).mean()
+
+    def _predict(self, items, x: Tensor, t: Tensor, text) -> Tensor:
+        """The trained model's velocity for the noised latents ``x`` of dataset ``items``."""
+        return self.wrapped(x, t, text.feats, text.mask, text.pooled)
+
+    def _inputs(self, number: int):
+        """This process's rows of micro-batch ``number``: dataset indices, latents, noise, times and
+        the packed captions (dropped ones blank), all drawn from the batch's own seed."""
         c, params = self.config, self.model.params
         indices = self.order.batch(number)
         width, height = self.data.items[indices[0]].bucket
@@ -173,10 +185,7 @@ class LoraTraining:
         noise, t = noise[rows].to(device), t[rows].to(device)
         prompts = [prompt_batches(conditioning, 1, params.cap_dim, params.clip_dim)[0]
                    for conditioning in self.data.conditionings(mine, dropped[rows])]
-        text = pack(prompts).to(device)
-        with self.autocast():
-            prediction = self.wrapped(noised(data, noise, t), t, text.feats, text.mask, text.pooled)
-        return velocity_loss(prediction, data, noise).mean()
+        return mine, data, noise, t, pack(prompts).to(device)
 
     def train_step(self) -> float:
         """One optimizer step; returns the loss averaged over its micro-batches and all processes."""
