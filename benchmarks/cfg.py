@@ -30,9 +30,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 import statistics
-import time
 
 import torch
+from timing import random_conditioning, timed
 
 from nextdit_nodes.dit.model import NextDiT
 from nextdit_nodes.dit.params import NextDiTParams
@@ -40,21 +40,6 @@ from nextdit_nodes.sampling.guidance import GuidedVelocity, combine_cfg
 from nextdit_nodes.sampling.sample import SamplingReport, sample
 from nextdit_nodes.sampler_settings import OFFICIAL, SamplerSettings
 from nextdit_nodes.text.conditioning import read_entries
-
-
-def _conditioning(length: int, params: NextDiTParams, generator: torch.Generator):
-    return [[torch.randn(1, length, params.cap_dim, generator=generator),
-             {"pooled_output": torch.randn(1, params.clip_dim, generator=generator)}]]
-
-
-def _timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def _medians(cases: dict, repeats: int, device: torch.device, warm_up: list[str]) -> dict[str, float]:
@@ -65,7 +50,7 @@ def _medians(cases: dict, repeats: int, device: torch.device, warm_up: list[str]
             cases[name]()
         for _ in range(repeats):
             for name, fn in cases.items():
-                times[name].append(_timed(fn, device))
+                times[name].append(timed(fn, device))
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -146,7 +131,7 @@ def main() -> None:
     print(f"300-token positive, 40-token negative, random weights, {args.dtype} on {device}")
     model = _model(args.layers, 9216, device, dtype)
     g = torch.Generator().manual_seed(0)
-    positive, negative = _conditioning(300, model.params, g), _conditioning(40, model.params, g)
+    positive, negative = random_conditioning(300, model.params, g), random_conditioning(40, model.params, g)
     per_step(model, positive, negative, args.size, args.repeats, device)
     del model
     model = _model(args.image_layers, args.image_ffn, device, dtype)

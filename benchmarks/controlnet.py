@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from timing import timed
 
 from nextdit_nodes.controlnet.apply import ActiveControl, controls_attached
 from nextdit_nodes.controlnet.model import ControlNetParams, NextDiTControlNet
@@ -34,16 +34,6 @@ def inputs(p: NextDiTParams, latent: int, cap_len: int, device, dtype) -> tuple:
             torch.randn(1, cap_len, p.cap_dim, generator=gen).to(device, dtype),
             torch.ones(1, cap_len, dtype=torch.bool, device=device),
             torch.randn(1, p.clip_dim, generator=gen).to(device, dtype))
-
-
-def timed(call, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    call()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import timed
 from nextdit_nodes.dit.checkpoint import load_dit
 from nextdit_nodes.dit.offload import tensor_bytes
 from nextdit_nodes.dit.params import NextDiTParams
@@ -41,17 +42,6 @@ TYPES = ("Q8_0", "Q5_K", "Q4_K", "Q4_0")
 def _errors(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     diff = (out - ref).float()
     return (diff.norm() / ref.norm()).item(), (diff.abs().max() / ref.abs().max()).item()
-
-
-def _time(model, inputs, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    with torch.no_grad():
-        model(**inputs)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -102,14 +92,15 @@ def main() -> None:
             print(f"  {qtype:5s} {rel:.4f}  {peak:.4f}")
         del reference
 
-        timed = {"bf16 file": load_dit(source, timing_dtype, device)}
-        timed.update({qtype: load_dit(files[qtype], timing_dtype, device) for qtype in types})
-        for model in timed.values():       # warm-up
-            _time(model, inputs, device)
-        samples = {name: [] for name in timed}
-        for _ in range(args.repeats):
-            for name, model in timed.items():
-                samples[name].append(_time(model, inputs, device))
+        models = {"bf16 file": load_dit(source, timing_dtype, device)}
+        models.update({qtype: load_dit(files[qtype], timing_dtype, device) for qtype in types})
+        samples = {name: [] for name in models}
+        with torch.no_grad():
+            for model in models.values():       # warm-up
+                timed(lambda: model(**inputs), device)
+            for _ in range(args.repeats):
+                for name, model in models.items():
+                    samples[name].append(timed(lambda: model(**inputs), device))
         base = statistics.median(samples["bf16 file"])
         print(f"\nper step ({timing_dtype} compute), median of {args.repeats}: bf16 file {base:.3f} s")
         for qtype in types:

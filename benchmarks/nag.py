@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from timing import random_conditioning, timed
 
 from nextdit_nodes.dit.model import NextDiT
 from nextdit_nodes.dit.params import NextDiTParams
@@ -32,21 +32,6 @@ from nextdit_nodes.sampler_settings import SamplerSettings
 from nextdit_nodes.sampling.guidance import GuidedVelocity
 from nextdit_nodes.steering.nag import NAGGuidance, NAGSettings, attached
 from nextdit_nodes.text.conditioning import read_entries
-
-
-def _conditioning(length: int, params: NextDiTParams, generator: torch.Generator):
-    return [[torch.randn(1, length, params.cap_dim, generator=generator),
-             {"pooled_output": torch.randn(1, params.clip_dim, generator=generator)}]]
-
-
-def _timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -66,7 +51,7 @@ def main() -> None:
         model = NextDiT(params).to(dtype).eval().requires_grad_(False)
     model.compute_dtype = dtype
     g = torch.Generator().manual_seed(0)
-    positive, negative = _conditioning(300, params, g), _conditioning(args.negative, params, g)
+    positive, negative = random_conditioning(300, params, g), random_conditioning(args.negative, params, g)
     pos = read_entries(positive, 1, params.cap_dim, params.clip_dim)
     neg = read_entries(negative, 1, params.cap_dim, params.clip_dim, "negative")
     x = torch.randn(1, 16, args.size // 8, args.size // 8, generator=torch.Generator().manual_seed(1)).to(device)
@@ -100,7 +85,7 @@ def main() -> None:
                 fn()
         for _ in range(args.repeats):
             for name, fn in cases.items():
-                times[name].append(_timed(fn, device))
+                times[name].append(timed(fn, device))
     median = {name: statistics.median(values) for name, values in times.items()}
     print(f"Per step: NewBie widths (ffn 9216), {args.layers} joint layers + 2+2 refiners, {args.size}x{args.size}, "
           f"300-token positive, {args.negative}-token negative, {args.dtype} on {device}, median of {args.repeats}:")
