@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..runtime.model_sources import resolve_model
 from .arguments import UsageError
+from .train_lora import check_numbers, checked_paths, resume
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,6 @@ def _configs(args):
 
 
 def run(args) -> int:
-    import torch
 
     from .. import dtypes
     from ..controlnet.files import save_controlnet
@@ -131,15 +131,9 @@ def run(args) -> int:
     from ..training.lora_training import save_training_state
     from ..vae.loading import load_vae
 
+    check_numbers(args)
     settings, config = _configs(args)
-    if not args.data.is_dir():
-        raise TrainControlNetUsageError(f"dataset folder {args.data} does not exist")
-    output = args.output if args.output.suffix == ".safetensors" else args.output.with_suffix(".safetensors")
-    state_path = output.with_name(f"{output.stem}.training-state.pt")
-    if output.exists() and not (args.overwrite or args.resume):
-        raise TrainControlNetUsageError(f"{output} exists; choose another --output, pass --overwrite, or --resume")
-    if args.resume and not state_path.is_file():
-        raise TrainControlNetUsageError(f"--resume needs {state_path} (written by --save-every)")
+    output, state_path = checked_paths(args, TrainControlNetUsageError)
     dit_path = resolve_model("diffusion_models", args.dit)
     gemma_path, jina_path = resolve_model("text_encoders", args.gemma), resolve_model("text_encoders", args.jina)
     vae_path = resolve_model("vae", args.vae)
@@ -164,11 +158,7 @@ def run(args) -> int:
         model = load_dit(dit_path, dtype=dit_dtype, device=job.device)
         training = ControlNetTraining(model, controls, config, job)
         if args.resume:
-            try:
-                training.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
-            except ValueError as error:
-                raise TrainControlNetUsageError(f"{state_path}: {error}") from None
-            log.info("resumed at step %d of %d", training.step, config.steps)
+            resume(training, state_path, TrainControlNetUsageError)
         save_dtype = dtypes.torch_dtype(args.save_dtype)
         kind = args.control_kind or args.control or "image"
         training_settings = json.dumps({**_settings(config), "processes": job.world_size,

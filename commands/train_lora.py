@@ -161,6 +161,35 @@ def _check_dataset(folder: Path) -> None:
         log.warning("%s", warning)
 
 
+def checked_paths(args, usage_error) -> tuple[Path, Path]:
+    """What train-lora and train-controlnet check before anything loads: the dataset folder and its
+    listing, leftovers of a killed run cleaned, and the output file and its training state's path
+    (``usage_error``: the command's own usage error)."""
+    if not args.data.is_dir():
+        raise usage_error(f"dataset folder {args.data} does not exist")
+    _check_dataset(args.data)
+    clean_leftovers(args.output.parent, recursive=False)  # what a killed run left half written
+    clean_leftovers(args.cache_dir or args.data / ".nextdit-cache")
+    output = args.output if args.output.suffix == ".safetensors" else args.output.with_suffix(".safetensors")
+    state_path = output.with_name(f"{output.stem}.training-state.pt")
+    if output.exists() and not (args.overwrite or args.resume):
+        raise usage_error(f"{output} exists; choose another --output, pass --overwrite, or --resume")
+    if args.resume and not state_path.is_file():
+        raise usage_error(f"--resume needs {state_path} (written by --save-every)")
+    return output, state_path
+
+
+def resume(training, state_path: Path, usage_error) -> None:
+    """Continue ``training`` from the state --save-every wrote (a mismatching one is a usage error)."""
+    import torch
+
+    try:
+        training.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
+    except ValueError as error:
+        raise usage_error(f"{state_path}: {error}") from None
+    log.info("resumed at step %d of %d", training.step, training.config.steps)
+
+
 def _configs(args):
     from ..training.buckets import bucket_sizes
     from ..training.flow import OFFICIAL_TIME_SHIFT
@@ -201,7 +230,6 @@ def _metadata(args, config, dit_path: Path, data, job, dit_sha256: str) -> dict[
 
 def run(args) -> int:
     """Prepare the data, train, write the LoRA; returns the exit code."""
-    import torch
 
     from .. import dtypes
     from ..dit.checkpoint import load_dit
@@ -217,17 +245,7 @@ def run(args) -> int:
 
     check_numbers(args)
     settings, config = _configs(args)
-    if not args.data.is_dir():
-        raise TrainLoraUsageError(f"dataset folder {args.data} does not exist")
-    _check_dataset(args.data)
-    clean_leftovers(args.output.parent, recursive=False)  # what a killed run left half written
-    clean_leftovers(args.cache_dir or args.data / ".nextdit-cache")
-    output = args.output if args.output.suffix == ".safetensors" else args.output.with_suffix(".safetensors")
-    state_path = output.with_name(f"{output.stem}.training-state.pt")
-    if output.exists() and not (args.overwrite or args.resume):
-        raise TrainLoraUsageError(f"{output} exists; choose another --output, pass --overwrite, or --resume")
-    if args.resume and not state_path.is_file():
-        raise TrainLoraUsageError(f"--resume needs {state_path} (written by --save-every)")
+    output, state_path = checked_paths(args, TrainLoraUsageError)
     prompts = tuple(read_prompts(args.sample_prompts, "sample prompts")) if args.sample_prompts else ()
     if args.sample_every and not prompts:
         raise TrainLoraUsageError("--sample-every needs --sample-prompts (a file with one prompt per line)")
@@ -259,11 +277,7 @@ def run(args) -> int:
         model = load_dit(dit_path, dtype=dit_dtype, device=job.device)
         training = LoraTraining(model, data, config, job)
         if args.resume:
-            try:
-                training.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
-            except ValueError as error:
-                raise TrainLoraUsageError(f"{state_path}: {error}") from None
-            log.info("resumed at step %d of %d", training.step, config.steps)
+            resume(training, state_path, TrainLoraUsageError)
         save_dtype = dtypes.torch_dtype(args.save_dtype)
         metadata = _metadata(args, config, dit_path, data, job, sha256_file(dit_path) if job.is_main else "")
         samples = _Samples(prompts, data, encoders, args, output) if prompts and args.sample_every else None
