@@ -24,10 +24,12 @@ from .apply import ActiveControl
 class ControlNetHandle:
     """One ControlNet with what an apply node set on it (core's ControlBase fields, same names)."""
 
-    def __init__(self, net, name: str = "ControlNet", vae=None):
+    def __init__(self, net, name: str = "ControlNet", vae=None, host_models=None):
         self.net = net
         self.name = name
         self.default_vae = vae      # the loader's VAE, used when the apply node gives none
+        # () -> the host's memory-manager entries of ``net`` (inside ComfyUI its patcher; None: none)
+        self.host_models = host_models
         self.cond_hint_original: Tensor | None = None   # IMAGE as (B, C, H, W), as core's apply node gives it
         self.strength = 1.0
         self.timestep_percent_range = (0.0, 1.0)
@@ -43,7 +45,7 @@ class ControlNetHandle:
     # ---- what core's apply node calls ------------------------------------------------------
 
     def copy(self) -> ControlNetHandle:
-        other = ControlNetHandle(self.net, self.name, self.default_vae)
+        other = ControlNetHandle(self.net, self.name, self.default_vae, self.host_models)
         other.cond_hint_original, other.strength = self.cond_hint_original, self.strength
         other.timestep_percent_range, other.vae = self.timestep_percent_range, self.vae
         other.extra_args = dict(self.extra_args)
@@ -85,10 +87,12 @@ class ControlNetHandle:
         return (previous or []) + [ActiveControl(self.net, hint, self.strength)]
 
     def get_models(self):
-        return [] if self.previous_controlnet is None else self.previous_controlnet.get_models()
+        """What core's samplers load with the model: every handle's network of the chain."""
+        previous = [] if self.previous_controlnet is None else self.previous_controlnet.get_models()
+        return previous + [m for m in self.get_models_only_self() if m not in previous]
 
     def get_models_only_self(self):
-        return []
+        return list(self.host_models()) if self.host_models is not None else []
 
     def get_extra_hooks(self):
         return [] if self.previous_controlnet is None else self.previous_controlnet.get_extra_hooks()

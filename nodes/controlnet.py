@@ -45,9 +45,12 @@ class NextDiTControlNetLoader:
     def load(self, control_net_name: str, vae=None):
         from ..controlnet.files import load_controlnet
         from ..controlnet.handle import ControlNetHandle
+        from .host.memory import host_patchers
 
         path = host.resolve_model_file("controlnet", control_net_name)
-        return (ControlNetHandle(load_controlnet(path), path.name, vae),)
+        net, slot = load_controlnet(path), {}
+        # Inside ComfyUI the memory manager loads the network with the model and counts it.
+        return (ControlNetHandle(net, path.name, vae, host_models=lambda: host_patchers(net, slot)),)
 
 
 NODE_CLASSES = [NextDiTControlNetLoader]

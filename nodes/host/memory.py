@@ -91,7 +91,7 @@ def use_dit_for_sampling(model, positive, negative, width: int, height: int, bat
     sampling settings (both CFG branches run in one batch); then a request that cannot fit in
     what the device has left is refused (``sampling.memory_check``), before the first step."""
     branches, activations = _activation_estimate(model, positive, negative, width, height, cfg)
-    use_model(model, activations(batch_size * branches))
+    use_model(model, activations(batch_size * branches), also=control_patchers(positive, negative))
     need = sampling_memory(activations, batch_size, branches, (height, width))
     device = devices.torch_device()
     problem = memory_problem(need, width=width, height=height, batch=batch_size, device=str(device),
@@ -123,14 +123,15 @@ def unpatched_base(nextdit) -> None:
     release_weight_patches(nextdit)
 
 
-def use_model(module, memory_required: int = 0, slot: dict | None = None) -> None:
+def use_model(module, memory_required: int = 0, slot: dict | None = None, also: list | tuple = ()) -> None:
     """Make ``module`` ready to compute on the pack's device, with ``memory_required`` bytes of
     activations on top (ComfyUI: through its memory manager; headless: ``dit.placement.place``).
 
     Inside ComfyUI a Next-DiT is loaded through its core MODEL (``core_model.core_model``), so
     the manager sees one model however it is used (the pack's sampler, core's samplers, LoRA'd
     clones); other modules (the VAE) get a patcher of their own, kept in ``slot`` (the VAE
-    node passes its NextDiTVAE's)."""
+    node passes its NextDiTVAE's). ``also``: more patchers loaded in the same call (ControlNets,
+    from ``host_patchers``), as core loads a sampler's additional models with the model."""
     comfy = _comfy()
     device = devices.torch_device()
     if comfy is None:
@@ -140,16 +141,39 @@ def use_model(module, memory_required: int = 0, slot: dict | None = None) -> Non
     if repeated_blocks(module):
         from .core_model import core_model  # imports ComfyUI
 
-        patcher = core_model(module)
+        patchers = [core_model(module)]
     else:
         if slot is None:
             raise TypeError("use_model: a module that is not a Next-DiT needs a dict to keep its patcher in "
                             "(slot=)")
-        patcher = slot.get(_PATCHER)
-        if patcher is None:
-            patcher = patcher_class()(_Hosted(module), device, mm.unet_offload_device())
-            slot[_PATCHER] = patcher
-    mm.load_models_gpu([patcher], memory_required=memory_required)
+        patchers = host_patchers(module, slot)
+    mm.load_models_gpu(patchers + [p for p in also if p not in patchers], memory_required=memory_required)
+
+
+def host_patchers(module, slot: dict) -> list:
+    """Inside ComfyUI ``[patcher]``: the patcher through which its memory manager loads, counts and
+    unloads ``module`` (a pack module that is not a Next-DiT: the VAE, a ControlNet), made once and
+    kept in ``slot``; headless ``[]`` (nothing manages memory there)."""
+    comfy = _comfy()
+    if comfy is None:
+        return []
+    patcher = slot.get(_PATCHER)
+    if patcher is None:
+        patcher = patcher_class()(_Hosted(module), devices.torch_device(), comfy[0].unet_offload_device())
+        slot[_PATCHER] = patcher
+    return [patcher]
+
+
+def control_patchers(*conditionings) -> list:
+    """The memory manager's patchers of every ControlNet the CONDITIONING lists carry (each once)."""
+    found: list = []
+    for conditioning in conditionings:
+        for entry in conditioning or ():
+            control = entry[1].get("control") if len(entry) > 1 and isinstance(entry[1], dict) else None
+            for patcher in getattr(control, "get_models", lambda: [])():
+                if patcher not in found:
+                    found.append(patcher)
+    return found
 
 
 class _Hosted(torch.nn.Module):
