@@ -17,18 +17,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-
-SCRATCH = Path(os.environ.get("SCRATCH", Path.home() / "scratch"))
-COMFY_HOST = Path(os.environ.get("COMFY_HOST", "/work/shared/comfy-host"))
 CONTROLNET, CORE_VAE, IMAGE = "check-controlnet.safetensors", "flux-random.safetensors", "control.png"
 PROMPT, SEED, SIZE, STEPS = "a red circle", 11, 64, 4
 
@@ -90,26 +84,12 @@ def api_prompt() -> dict:
 
 
 def run_core(work: Path, models: Path, comfy_dir: Path, port: int) -> tuple[Path, Path]:
-    paths = work / "extra_model_paths.yaml"
-    paths.write_text("controlnet_check:\n" + f"    base_path: {models}\n" + "".join(
-        f"    {folder}: {folder}/\n" for folder in ("diffusion_models", "text_encoders", "vae", "controlnet")))
-    log = work / f"comfy-{port}.log"
-    env = {**os.environ, "SCRATCH": str(SCRATCH)}
-    started = subprocess.run(["bash", str(COMFY_HOST / "comfy_run.sh"), "--port", str(port), "--isolated",
-                              "--comfy-dir", str(comfy_dir), "--log", str(log), "--",
-                              "--extra-model-paths-config", str(paths)], capture_output=True, text=True, env=env)
-    print(started.stdout[-2000:], started.stderr[-2000:])
-    started.check_returncode()
-    rundir = Path(next(line.split()[1] for line in started.stdout.splitlines() if line.startswith("RUNDIR")))
-    try:
+    from comfy_host.comfy_server import queue, running_comfyui
+
+    with running_comfyui(work, models, ("diffusion_models", "text_encoders", "vae", "controlnet"), port,
+                         comfy_dir, name="controlnet_check") as (url, rundir, log):
         shutil.copy(work / IMAGE, rundir / "input" / IMAGE)
-        prompt = work / "api_controlnet.json"
-        prompt.write_text(json.dumps(api_prompt()))
-        subprocess.run([str(SCRATCH / "comfy-venv" / "bin" / "python"), str(COMFY_HOST / "comfy_api_run.py"),
-                        "--url", f"http://127.0.0.1:{port}", "--prompt", str(prompt), "--timeout", "900"],
-                       check=True)
-    finally:
-        subprocess.run(["bash", str(COMFY_HOST / "comfy_run.sh"), "--stop", "--port", str(port)], env=env)
+        queue(url, api_prompt(), work / "api_controlnet.json")
     return rundir / "output", log
 
 

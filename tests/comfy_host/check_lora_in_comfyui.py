@@ -18,17 +18,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-
-SCRATCH = Path(os.environ.get("SCRATCH", Path.home() / "scratch"))
-COMFY_HOST = Path(os.environ.get("COMFY_HOST", "/work/shared/comfy-host"))
 DIT, LORA = "newbie-width-1-block.safetensors", "newbie-width-check.safetensors"
 PROMPT, SEED, SIZE = "a girl with long blue hair", 7, 32
 
@@ -100,26 +95,12 @@ def api_prompt(with_lora: bool) -> dict:
 
 def run_core(work: Path, models: Path, port: int) -> tuple[Path, Path]:
     """Start ComfyUI, queue both prompts, stop it; returns (its output folder, its log)."""
-    paths = work / "extra_model_paths.yaml"
-    paths.write_text("lora_check:\n" + f"    base_path: {models}\n" + "".join(
-        f"    {folder}: {folder}/\n" for folder in ("diffusion_models", "text_encoders", "vae", "loras")))
-    log = work / f"comfy-{port}.log"
-    started = subprocess.run(["bash", str(COMFY_HOST / "comfy_run.sh"), "--port", str(port), "--isolated",
-                              "--log", str(log), "--", "--extra-model-paths-config", str(paths)],
-                             capture_output=True, text=True, env={**os.environ, "SCRATCH": str(SCRATCH)})
-    print(started.stdout, started.stderr)
-    started.check_returncode()
-    rundir = Path(next(line.split()[1] for line in started.stdout.splitlines() if line.startswith("RUNDIR")))
-    try:
+    from comfy_host.comfy_server import queue, running_comfyui
+
+    with running_comfyui(work, models, ("diffusion_models", "text_encoders", "vae", "loras"), port,
+                         name="lora_check") as (url, rundir, log):
         for with_lora in (True, False):
-            prompt = work / f"api_{'lora' if with_lora else 'base'}.json"
-            prompt.write_text(json.dumps(api_prompt(with_lora)))
-            subprocess.run([str(SCRATCH / "comfy-venv" / "bin" / "python"), str(COMFY_HOST / "comfy_api_run.py"),
-                            "--url", f"http://127.0.0.1:{port}", "--prompt", str(prompt), "--timeout", "900"],
-                           check=True)
-    finally:
-        subprocess.run(["bash", str(COMFY_HOST / "comfy_run.sh"), "--stop", "--port", str(port)],
-                       env={**os.environ, "SCRATCH": str(SCRATCH)})
+            queue(url, api_prompt(with_lora), work / f"api_{'lora' if with_lora else 'base'}.json")
     return rundir / "output", log
 
 
