@@ -15,12 +15,22 @@ def register(subparsers) -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--count", type=int, default=4000, help="images (default 4000)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shares", default="0.5,0.25,0.25", metavar="FULL,WITHHELD,CONTRADICTING",
+                        help="shares of the caption kinds: true positions, positions withheld, positions "
+                             "contradicting the drawing (default 0.5,0.25,0.25)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..training.embedded.controlnet_demo import write_dataset
 
-    folder = write_dataset(args.folder, args.count, args.seed)
+    try:
+        shares = tuple(float(x) for x in args.shares.split(","))
+    except ValueError:
+        shares = ()
+    if len(shares) != 3 or min(shares) < 0 or abs(sum(shares) - 1) > 1e-6:
+        raise SystemExit(f"--shares takes three non-negative numbers that sum to 1 (full, withheld, "
+                         f"contradicting); got {args.shares!r}")
+    folder = write_dataset(args.folder, args.count, args.seed, shares)
     print(f"wrote {args.count} images with outline drawings and {folder / 'metadata.jsonl'}")
     return 0

@@ -64,8 +64,10 @@ def register(subparsers) -> None:
                       help="where latents and text features are kept (default DATA/.nextdit-cache)")
     train = parser.add_argument_group("training")
     train.add_argument("--blocks", type=int, default=2, help="control blocks (default 2)")
-    train.add_argument("--init", choices=("dit", "random"), default="dit",
-                       help="control blocks start as copies of the DiT's first joint layers (dit, default) or random")
+    train.add_argument("--init", default="dit", metavar="dit|random|FILE",
+                       help="control blocks start as copies of the DiT's first joint layers (dit, default), "
+                            "random, or as the ControlNet FILE (.safetensors) to fine-tune (--blocks then "
+                            "comes from the file)")
     train.add_argument("--steps", type=int, default=1000)
     train.add_argument("--lr", type=float, default=1e-4)
     train.add_argument("--batch-size", type=int, default=1, help="images per process and micro-batch")
@@ -116,6 +118,7 @@ def _configs(args):
 
 
 def run(args) -> int:
+    import dataclasses
 
     from .. import dtypes
     from ..controlnet.files import save_controlnet
@@ -137,6 +140,8 @@ def run(args) -> int:
     dit_path = resolve_model("diffusion_models", args.dit)
     gemma_path, jina_path = resolve_model("text_encoders", args.gemma), resolve_model("text_encoders", args.jina)
     vae_path = resolve_model("vae", args.vae)
+    if config.init not in ("dit", "random"):
+        config = dataclasses.replace(config, init=str(resolve_model("controlnet", config.init)))
 
     job = distributed.start(args.device)
     try:
@@ -179,7 +184,7 @@ def run(args) -> int:
         train(training, progress=not args.no_progress, every=args.save_every, on_every=checkpoint)
         if job.is_main:
             path = write(output, training.step)
-            print(f"wrote {path} ({config.blocks} control blocks, {training.step} steps)")
+            print(f"wrote {path} ({len(training.net.control_blocks)} control blocks, {training.step} steps)")
     finally:
         distributed.finish(job)
     return 0

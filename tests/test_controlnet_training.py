@@ -115,3 +115,26 @@ def test_two_processes_equal_one_process_with_the_combined_batch(models, tmp_pat
     assert sorted(p.name for p in out.iterdir()) == ["cn.safetensors"]
     zero = {k: torch.zeros_like(v) for k, v in load_file(str(single)).items() if "control_projections" in k}
     assert_same(out / "cn.safetensors", single, changed_from=zero)
+
+
+def test_init_from_a_controlnet_file_fine_tunes_that_network(models, tmp_path):  # noqa: F811
+    from nextdit_nodes.commands.train_controlnet import TrainControlNetUsageError
+    from nextdit_nodes.dit.checkpoint import load_dit
+    from nextdit_nodes.runtime.model_sources import MissingModelError
+    from nextdit_nodes.training.controlnet_training import ControlNetTrainingConfig, new_controlnet
+
+    data = write_dataset(tmp_path / "data")
+    common = ("--control", "canny", "--lr", "1e-2", "--batch-size", "2", "--cache-dir", str(tmp_path / "cache"))
+    first, second = tmp_path / "first.safetensors", tmp_path / "second.safetensors"
+    assert train(models, data, first, "--steps", "2", *common) == 0
+    start = new_controlnet(load_dit(models / "diffusion_models" / DIT), ControlNetTrainingConfig(init=str(first)))
+    saved = load_file(str(first))
+    assert set(start.state_dict()) == set(saved)
+    assert all(torch.equal(start.state_dict()[k], saved[k]) for k in saved)   # starts exactly there
+    assert train(models, data, second, "--steps", "1", "--init", str(first), *common) == 0
+    tuned = load_file(str(second))
+    assert any(not torch.equal(tuned[k], saved[k]) for k in saved)            # and trains on
+    with pytest.raises(TrainControlNetUsageError, match="init must be one of dit, random or a ControlNet"):
+        train(models, data, second, "--steps", "1", "--init", "edges", "--overwrite", *common)
+    with pytest.raises(MissingModelError, match="missing.safetensors"):
+        train(models, data, second, "--steps", "1", "--init", "missing.safetensors", "--overwrite", *common)

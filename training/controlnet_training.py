@@ -5,7 +5,8 @@ text features.
 Initialisation (``init``): ``dit`` copies the DiT's first joint layers into the control blocks and
 its patch embedding into the control embedding, as ControlNet-style trainers start from the base
 model's own blocks; ``random`` starts them at random. The output projections start at zero either
-way, so step 0 samples exactly what the DiT alone samples.
+way, so step 0 samples exactly what the DiT alone samples. A path to a ControlNet file instead
+fine-tunes that network (its blocks and target layers kept; it must fit the DiT).
 
 Everything else is train-lora's (``training/lora_training.py``): global batches of one bucket, all
 randomness of a micro-batch from one generator seeded by (seed, micro-batch number) so runs resume
@@ -54,8 +55,9 @@ class ControlNetTrainingConfig:
     def __post_init__(self):
         if min(self.blocks, self.steps, self.batch_size, self.accumulation) < 1:
             raise ValueError("blocks, steps, batch size and accumulation must be at least 1")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {', '.join(INITS)}; got {self.init!r}")
+        if self.init not in INITS and not str(self.init).endswith(".safetensors"):
+            raise ValueError(f"init must be one of {', '.join(INITS)} or a ControlNet .safetensors file to "
+                             f"fine-tune; got {self.init!r}")
         if self.schedule not in ("constant", "cosine") or self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"schedule must be constant or cosine and optimizer adamw or sgd; got "
                              f"{self.schedule!r}, {self.optimizer!r}")
@@ -66,6 +68,13 @@ class ControlNetTrainingConfig:
 def new_controlnet(model, config: ControlNetTrainingConfig) -> NextDiTControlNet:
     """A fresh fp32 control network for ``model`` (see ``init`` in the module docstring), seeded by
     ``config.seed`` without touching the global RNG."""
+    if config.init not in INITS:
+        from ..controlnet.apply import check_fits
+        from ..controlnet.files import load_controlnet
+
+        net = load_controlnet(config.init)
+        check_fits(net, model)
+        return net.float().to(model.device).requires_grad_(True)   # the loader gives inference weights
     if config.blocks > len(model.layers):
         raise ValueError(f"{config.blocks} control blocks: the Next-DiT has only {len(model.layers)} joint layers")
     with torch.random.fork_rng(devices=[]):

@@ -5,7 +5,7 @@ Data (``write_dataset``): rendered training scenes (no held-out shape–colour�
 each ``images/NNNNN.png`` with its outline drawing ``images/NNNNN.control.png`` (train-controlnet's
 naming rule) and a caption in a ``metadata.jsonl``. So that the network learns to take geometry
 from the drawing and colour from the caption, the captions come in three kinds: the full caption
-(``FULL_SHARE``), the caption with every position left out, and the caption with positions that
+(``CAPTION_SHARES``), the caption with every position left out, and the caption with positions that
 contradict the drawing (the objects' cells permuted among cells of the grid).
 
 Evaluation (``check-embedded --controlnet``): held-out scenes (every object a combination training
@@ -28,7 +28,8 @@ from PIL import Image, ImageDraw
 from .shapes import (ALL_SIZE_FRACTIONS, BACKGROUND_TAGS, COUNT_WORDS, Scene, _appearance, _field,
                      _on_background, held_out, plain_caption, random_scene, render, xml_caption)
 
-FULL_SHARE = 0.5          # captions with the true positions; the rest split between withheld and contradicting
+# Shares of the three caption kinds: true positions, positions withheld, positions contradicting.
+CAPTION_SHARES = (0.5, 0.25, 0.25)
 OUTLINE_WIDTH = 1.5       # line width in pixels at 64×64
 CONTROLNET_FILE = "controlnet/NextDiT-embedded-shapes-outline.safetensors"
 
@@ -79,18 +80,22 @@ def contradicting(scene: Scene, rng: random.Random) -> Scene:
                  scene.background)
 
 
-def training_caption(scene: Scene, rng: random.Random, plain_share: float = 0.3) -> str:
+def training_caption(scene: Scene, rng: random.Random, plain_share: float = 0.3,
+                     shares: tuple[float, float, float] = CAPTION_SHARES) -> str:
+    """A caption of ``scene``: full, positions withheld or positions contradicting, drawn with
+    ``shares``; plain English rather than XML for ``plain_share`` of them."""
     plain = rng.random() < plain_share
     kind = rng.random()
-    if kind < FULL_SHARE:
+    if kind < shares[0]:
         return plain_caption(scene) if plain else xml_caption(scene)
-    if kind < FULL_SHARE + (1 - FULL_SHARE) / 2:
+    if kind < shares[0] + shares[1]:
         return caption_without_positions(scene, plain)
     wrong = contradicting(scene, rng)
     return plain_caption(wrong) if plain else xml_caption(wrong)
 
 
-def write_dataset(folder: str | Path, count: int, seed: int = 0) -> Path:
+def write_dataset(folder: str | Path, count: int, seed: int = 0,
+                  shares: tuple[float, float, float] = CAPTION_SHARES) -> Path:
     """``count`` training scenes: images, outline drawings and a metadata.jsonl (module docstring)."""
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -101,7 +106,7 @@ def write_dataset(folder: str | Path, count: int, seed: int = 0) -> Path:
         name = f"images/{index:05d}"
         Image.fromarray(render(scene)).save(folder / f"{name}.png")
         Image.fromarray(render_outline(scene)).save(folder / f"{name}.control.png")
-        lines.append(json.dumps({"image": f"{name}.png", "text": training_caption(scene, rng)}))
+        lines.append(json.dumps({"image": f"{name}.png", "text": training_caption(scene, rng, shares=shares)}))
     (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
 
