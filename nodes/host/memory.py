@@ -145,11 +145,29 @@ def use_model(module, memory_required: int = 0, slot: dict | None = None) -> Non
         if slot is None:
             raise TypeError("use_model: a module that is not a Next-DiT needs a dict to keep its patcher in "
                             "(slot=)")
-        patcher = slot.get(_PATCHER)
-        if patcher is None:
-            patcher = patcher_class()(_Hosted(module), device, mm.unet_offload_device())
-            slot[_PATCHER] = patcher
+        patcher = _slot_patcher(module, slot)
     mm.load_models_gpu([patcher], memory_required=memory_required)
+
+
+def _slot_patcher(module, slot: dict):
+    """The patcher of a module that is not a Next-DiT, made once and kept in ``slot``."""
+    patcher = slot.get(_PATCHER)
+    if patcher is None:
+        mm, _ = _comfy()
+        patcher = patcher_class()(_Hosted(module), devices.torch_device(), mm.unet_offload_device())
+        slot[_PATCHER] = patcher
+    return patcher
+
+
+def core_vae_of(vae):
+    """Inside ComfyUI the core VAE of a NextDiTVAE (``core_vae.core_vae``: the same autoencoder,
+    loaded through the same patcher as the pack's VAE nodes); headless None, since nothing there
+    takes a VAE."""
+    if _comfy() is None:
+        return None
+    from .core_vae import core_vae  # imports ComfyUI
+
+    return core_vae(vae, _slot_patcher(vae.model, vae.host_slot))
 
 
 class _Hosted(torch.nn.Module):
