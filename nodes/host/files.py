@@ -26,6 +26,12 @@ MODEL_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pth", ".ckpt", ".bin")
 GGUF_FOLDERS = ("diffusion_models",)
 # Folders whose entries may also be directories (HF / diffusers layouts).
 FOLDER_LAYOUT_OK = ("diffusion_models", "text_encoders", "vae", "loras")
+# Embedded folders whose files core ComfyUI's own loaders can read, so its loaders list them too:
+# the LoRA (diffusion_model.<module>.lora_A/lora_B keys, which core maps onto the pack's core
+# MODEL). Core cannot read the others: its Lumina-2 detection needs NewBie's width (the embedded
+# Next-DiT is tiny; the .pth is a pickled training checkpoint), its autoencoder has GroupNorm 32
+# (the embedded one 16), and its NewBie text encoders have Gemma 3 4B / Jina CLIP v2 sizes.
+CORE_LOADABLE_EMBEDDED = ("loras",)
 
 
 _confined = False
@@ -55,6 +61,17 @@ def _comfy_folder_paths():
     return folder_paths if hasattr(folder_paths, "get_filename_list") else None
 
 
+def share_embedded_with_core() -> None:
+    """Inside ComfyUI, add the embedded folders core can load (``CORE_LOADABLE_EMBEDDED``) to
+    ``folder_paths``, after the user's own, so core's loaders list the embedded files."""
+    fp = _comfy_folder_paths()
+    if fp is None or not hasattr(fp, "add_model_folder_path"):
+        return
+    for folder in CORE_LOADABLE_EMBEDDED:
+        if (EMBEDDED_DIR / folder).is_dir():
+            fp.add_model_folder_path(folder, str(EMBEDDED_DIR / folder), is_default=False)
+
+
 def headless_models_dirs() -> list[Path]:
     """Headless search roots: ``$NEXTDIT_MODELS_DIR`` (os.pathsep-separated), else ./models."""
     env = os.environ.get("NEXTDIT_MODELS_DIR")
@@ -72,7 +89,8 @@ def _folder_dirs(folder: str) -> list[Path]:
             dirs += [root / "unet" for root in headless_models_dirs()]
         if folder == "text_encoders":
             dirs += [root / "clip" for root in headless_models_dirs()]
-    return dirs + [EMBEDDED_DIR / folder]
+    embedded = EMBEDDED_DIR / folder
+    return [d for d in dirs if d != embedded] + [embedded]   # the embedded folder last, once
 
 
 def _is_model_entry(path: Path, folder: str = "") -> bool:

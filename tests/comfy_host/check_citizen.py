@@ -36,6 +36,8 @@ latents the graphs saved (core ``SaveLatent``, read back through ``/view``):
      widths and GroupNorm groups) and the FLUX-layout ae.safetensors: core VAEDecode equals NextDiT
      VAE Decode and core VAEEncode equals NextDiT VAE Encode within 1e-4 (images saved as 16-bit
      PNG, latents with SaveLatent); VAEDecodeTiled and VAEEncodeForInpaint run on it.
+ 16. core's LoRA loader lists the embedded LoRA, and LoraLoaderModelOnly with it on the embedded
+     teacher's core MODEL through KSampler equals NextDiT LoRA Loader + NextDiT Sampler.
  13. image-to-image at the latent size of a 100×76 image (12×9, odd: padded to the patch size
      inside the model as core's Lumina model does): NextDiT Sampler at denoise 0.1, 0.3 and 0.6
      (cfg 1) equals core KSampler on the pack's MODEL with the same denoise.
@@ -506,6 +508,36 @@ def check_core_vae(url: str) -> None:
         assert relative(core_latent, ours_latent) <= 1e-4
 
 
+def check_embedded_lora(url: str) -> None:
+    lora = "NextDiT-embedded-shapes-tiny.safetensors"
+    listed = json.loads(urllib.request.urlopen(f"{url}/object_info/LoraLoaderModelOnly").read())
+    choices = listed["LoraLoaderModelOnly"]["input"]["required"]["lora_name"]
+    choices = choices[0] if isinstance(choices[0], list) else choices[1]["options"]
+    assert lora in choices, choices
+    prompt = embedded_student_graph("NextDiT-embedded-shapes.pth", "triangle", "green", "centre")
+    prompt["core_lora"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+        "model": ["student", 1], "lora_name": lora, "strength_model": 1.0}}
+    prompt["pack_lora"] = {"class_type": "NextDiTLoraLoader", "inputs": {
+        "model": ["student", 0], "lora_name": lora, "strength": 1.0}}
+    prompt["core_ks"] = {"class_type": "KSampler", "inputs": {
+        "model": ["core_lora", 0], "seed": SEED, "steps": STEPS, "cfg": 1.0, "sampler_name": "euler",
+        "scheduler": "simple", "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["empty", 0],
+        "denoise": 1.0}}
+    prompt["ns"] = {"class_type": "NextDiTSampler", "inputs": {
+        "model": ["pack_lora", 0], "positive": ["pos", 0], "width": 64, "height": 64, "batch_size": 1,
+        "seed": SEED, "steps": STEPS, "solver": "euler", "shift": 6.0, "cfg": 1.0, "renorm_cfg": 0.0,
+        "cfg_trunc": 1.0, "guidance": 0.0}}
+    prompt["base_ks"] = {**prompt["core_ks"], "inputs": {**prompt["core_ks"]["inputs"], "model": ["student", 1]}}
+    for node in ("core_ks", "ns", "base_ks"):
+        prompt[f"{node}_save"] = {"class_type": "SaveLatent", "inputs": {"samples": [node, 0],
+                                                                        "filename_prefix": f"latents/emb_{node}"}}
+    entry = run(url, prompt)
+    core, ours, base = (saved_latent(url, entry, f"{node}_save") for node in ("core_ks", "ns", "base_ks"))
+    print(f"16. core LoraLoaderModelOnly lists {lora}; with it KSampler vs NextDiT LoRA Loader + NextDiT Sampler "
+          f"{relative(core, ours):.2e}; the LoRA changes the latent by {relative(core, base):.2e}")
+    assert relative(core, ours) <= 1e-4 < relative(core, base)
+
+
 def check_node_texts(url: str) -> None:
     import asyncio
     import struct
@@ -684,7 +716,8 @@ def main() -> int:
               "inpaint": check_inpainting, "files": check_file_inputs, "ranges": check_timestep_ranges,
               "sampler_inpaint": check_sampler_inpainting, "refusals": check_refusals, "numbers": check_numbers,
               "student": check_student, "few_step": check_few_step, "img2img": check_img2img,
-              "node_texts": check_node_texts, "core_vae": check_core_vae}
+              "node_texts": check_node_texts, "core_vae": check_core_vae,
+              "embedded_lora": check_embedded_lora}
     for name, check in checks.items():
         if args.only is None or name in args.only:
             check(args.url)
