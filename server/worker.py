@@ -19,6 +19,12 @@ from .messages import Hub, preview_frame, preview_frame_with_metadata, text_fram
 log = logging.getLogger(__name__)
 
 
+def type_name(cls: type) -> str:
+    """An exception's type as ComfyUI's error panel titles it (``execution.full_type_name``): the
+    bare name for builtins, else module and name."""
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
 class Worker:
     def __init__(self, queue: JobQueue, executor: Executor, hub: Hub):
         self.queue = queue
@@ -70,7 +76,7 @@ class Worker:
             cause = error.__cause__ or error
             self._send("execution_error", {
                 **self._where(), "executed": self._executed, "exception_message": str(error),
-                "exception_type": f"{type(cause).__module__}.{type(cause).__name__}",
+                "exception_type": type_name(type(cause)),
                 "traceback": traceback.format_exception(cause), "current_inputs": {},
                 "current_outputs": {}}, record=True)
         except Exception as error:  # noqa: BLE001 - reported to the editor; the server goes on

@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ...files.errors import show_paths_with
+
 PACK_DIR = Path(__file__).resolve().parents[2]
 # Weights that ship with the pack, laid out like ComfyUI's models folder.
 EMBEDDED_DIR = PACK_DIR / "embedded"
@@ -167,6 +169,33 @@ def _listed_entry(folder: str, name: str) -> Path:
     raise FileNotFoundError(f"{name!r} is not one of the files in the {folder!r} model folders; pick "
                             f"one from the list (put new files into the {folder!r} folder; a server "
                             f"accepts no paths)")
+
+
+# The model folders the pack's loaders read, for naming a file in a message.
+PACK_FOLDERS = ("diffusion_models", "text_encoders", "vae", "loras", "controlnet")
+
+
+def shown_path(path) -> str:
+    """How a message names a file: headless the path itself; on a server (ComfyUI or ``serve``)
+    its place in the model folders ("vae/ae.safetensors"), else its bare name, so no server path
+    reaches whoever sent the prompt."""
+    if paths_allowed():
+        return str(path)
+    path = Path(path)
+    for folder in PACK_FOLDERS:
+        try:
+            bases = _folder_dirs(folder)
+        except (KeyError, OSError):   # a folder name this ComfyUI does not know
+            continue
+        for base in bases:
+            try:
+                return f"{folder}/{path.resolve().relative_to(base.resolve()).as_posix()}"
+            except (ValueError, OSError):
+                continue
+    return path.name
+
+
+show_paths_with(shown_path)
 
 
 def model_file_problem(folder: str, name) -> str | None:

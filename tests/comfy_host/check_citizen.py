@@ -38,6 +38,9 @@ latents the graphs saved (core ``SaveLatent``, read back through ``/view``):
      PNG, latents with SaveLatent); VAEDecodeTiled and VAEEncodeForInpaint run on it.
  16. core's LoRA loader lists the embedded LoRA, and LoraLoaderModelOnly with it on the embedded
      teacher's core MODEL through KSampler equals NextDiT LoRA Loader + NextDiT Sampler.
+ 17. a pack node's error in ComfyUI's error payload (the websocket's execution_error and /history):
+     the exception type is "nextdit_nodes.WeightsError", not a server path, and the message names
+     the file as "diffusion_models/<name>" with no server path.
  13. image-to-image at the latent size of a 100×76 image (12×9, odd: padded to the patch size
      inside the model as core's Lumina model does): NextDiT Sampler at denoise 0.1, 0.3 and 0.6
      (cfg 1) equals core KSampler on the pack's MODEL with the same denoise.
@@ -67,6 +70,7 @@ sys.path.insert(0, str(TESTS))
 
 WIDE_DIT = "nextdit_newbie_width_1layer.safetensors"
 LORA = "nextdit_check_lora.safetensors"
+DAMAGED = "zz_damaged_dit.safetensors"
 STEPS = 4     # divides 1000: core's simple schedule is then the pack's shifted grid
 SEED = 77
 
@@ -94,6 +98,7 @@ def write_models(models: Path) -> None:
     from safetensors.torch import save_file
 
     save_file(lora, str(models / "loras" / LORA))
+    (models / "diffusion_models" / DAMAGED).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\"")  # truncated
     print(f"wrote the check's model files into {models}")
 
 
@@ -538,6 +543,41 @@ def check_embedded_lora(url: str) -> None:
     assert relative(core, ours) <= 1e-4 < relative(core, base)
 
 
+def check_error_payload(url: str) -> None:
+    import asyncio
+
+    import aiohttp
+
+    client_id = uuid.uuid4().hex
+    prompt = {"bad": {"class_type": "NextDiTLoader", "inputs": {"dit_name": DAMAGED, "weight_dtype": "fp32"}},
+              "show": {"class_type": "PreviewAny", "inputs": {"source": ["bad", 0]}}}
+
+    async def listen() -> tuple[str, dict]:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{url}/ws?clientId={client_id}") as ws:
+                async with session.post(f"{url}/prompt", json={"prompt": prompt, "client_id": client_id}) as answer:
+                    assert answer.status == 200, await answer.text()
+                    prompt_id = (await answer.json())["prompt_id"]
+                async for message in ws:
+                    if message.type == aiohttp.WSMsgType.TEXT:
+                        data = json.loads(message.data)
+                        if data["type"] in ("execution_success", "execution_error"):
+                            return prompt_id, data
+        raise RuntimeError("the websocket closed before the run ended")
+
+    prompt_id, event = asyncio.run(listen())
+    assert event["type"] == "execution_error", event
+    with urllib.request.urlopen(f"{url}/history/{prompt_id}") as response:
+        messages = json.load(response)[prompt_id]["status"]["messages"]
+    (stored,) = [m[1] for m in messages if m[0] == "execution_error"]
+    for payload in (event["data"], stored):
+        kind, text = payload["exception_type"], payload["exception_message"]
+        print(f"17. error panel: {kind}: {text.strip()[:120]}")
+        assert kind == "nextdit_nodes.WeightsError", kind
+        assert text.startswith(f"diffusion_models/{DAMAGED}: "), text
+        assert "/" not in text.split(":")[0].removeprefix("diffusion_models/"), text
+
+
 def check_node_texts(url: str) -> None:
     import asyncio
     import struct
@@ -717,7 +757,7 @@ def main() -> int:
               "sampler_inpaint": check_sampler_inpainting, "refusals": check_refusals, "numbers": check_numbers,
               "student": check_student, "few_step": check_few_step, "img2img": check_img2img,
               "node_texts": check_node_texts, "core_vae": check_core_vae,
-              "embedded_lora": check_embedded_lora}
+              "embedded_lora": check_embedded_lora, "error_payload": check_error_payload}
     for name, check in checks.items():
         if args.only is None or name in args.only:
             check(args.url)
