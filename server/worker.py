@@ -13,6 +13,7 @@ from ..nodes import host
 from ..runtime.errors import NodeExecutionError
 from ..runtime.executor import Executor
 from ..runtime.graph import GraphNode
+from ..runtime.threads import use_thread_policy
 from .jobs import Job, JobQueue, now_ms
 from .messages import Hub, preview_frame, preview_frame_with_metadata, text_frame
 
@@ -64,6 +65,7 @@ class Worker:
         # The editor's preview setting (Comfy.Execution.PreviewMethod, sent as ComfyUI reads it).
         host.set_previews_wanted(job.extra_data.get("preview_method") != "none")
         host.request_interrupt(False)  # a Cancel pressed while idle does not stop the next run
+        use_thread_policy(host.torch_device())   # the machine's load now, for this prompt
         self.hub.broadcast_status()
         self._send("execution_start", {}, record=True)
         status = "error"
