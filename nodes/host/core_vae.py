@@ -1,12 +1,12 @@
 """The pack's VAE as a core ComfyUI VAE (imported only inside ComfyUI).
 
 ``core_vae(vae)`` wraps the very autoencoder the pack's loader made (no copy) in a
-``comfy.sd.VAE``, so core's VAEDecode, VAEEncode, VAEEncodeForInpaint, VAEDecodeTiled,
-VAEEncodeTiled and the ControlNet nodes take it. Core's ``VAE`` calls its ``first_stage_model``
+``comfy.sd.VAE``, so core's VAE nodes (VAEDecode, VAEEncode, VAEEncodeForInpaint, VAEDecodeTiled)
+and every other VAE input take it. Core's ``VAE`` calls its ``first_stage_model``
 with ``decode(latent) -> image in [-1, 1]`` and ``encode(image in [-1, 1]) -> latent`` (both
 [B, C, H, W]) and converts images to and from [0, 1] itself, as the pack's decoder does; the
 LATENT between nodes is the VAE's raw space in both. So the pack's autoencoder goes in as that
-``first_stage_model`` whatever its layout (an FLUX-type KL autoencoder with any channel widths and
+``first_stage_model`` whatever its layout (a FLUX-type KL autoencoder with any channel widths and
 GroupNorm groups, as the embedded one, or the TAEF1 tiny decoder), rather than being rebuilt by
 core from its weights (core's own autoencoder assumes GroupNorm 32 and fixed widths).
 
