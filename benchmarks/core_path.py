@@ -61,7 +61,7 @@ def main() -> int:
     model, core = classes["NextDiTLoader"]().load("NextDiT-embedded-shapes.pth", "fp32")
     (text,) = classes["NextDiTTextEncoderLoader"]().load("embedded-shapes-gemma3.safetensors",
                                                          "embedded-shapes-jina.safetensors", "cpu", "fp32")
-    (vae,) = classes["NextDiTVAELoader"]().load("embedded-shapes-vae")
+    vae, _ = classes["NextDiTVAELoader"]().load("embedded-shapes-vae")
     (guided,) = classes["NextDiTOfficialCFG"]().patch(core, 1.0, 0.0)
     cached = classes["EasyCache"].execute(guided, args.threshold, 0.15, 0.95, False).result[0]
     encode = classes["NextDiTTextEncode"]()

@@ -18,9 +18,12 @@ class NextDiTVAELoader:
         ".safetensors: much faster and lighter, slightly softer, decode only). The kind is "
         "detected from the file."
     )
-    RETURN_TYPES = ("NEXTDIT_VAE",)
-    RETURN_NAMES = ("vae",)
-    OUTPUT_TOOLTIPS = ("The autoencoder, for NextDiT VAE Decode / Encode.",)
+    RETURN_TYPES = ("NEXTDIT_VAE", "VAE")
+    RETURN_NAMES = ("vae", "core_vae")
+    OUTPUT_TOOLTIPS = ("The autoencoder, for NextDiT VAE Decode / Encode.",
+                       "The same autoencoder as a core ComfyUI VAE (same weights, no copy), for core "
+                       "VAE Decode / Encode / Encode (for Inpainting) / Decode (Tiled) and ControlNet "
+                       "nodes; inside ComfyUI only.")
     FUNCTION = "load"
 
     @classmethod
@@ -33,8 +36,10 @@ class NextDiTVAELoader:
 
     def load(self, vae_name: str):
         from ..vae.loading import load_vae
+        from .host.memory import core_vae_of
 
-        return (load_vae(host.resolve_model_file("vae", vae_name), device=host.torch_device()),)
+        vae = load_vae(host.resolve_model_file("vae", vae_name), device=host.torch_device())
+        return (vae, core_vae_of(vae))
 
 
 class NextDiTVAEDecode:

@@ -10,6 +10,8 @@ class PromptError(ValueError):
     ``parse_prompt``; ``snippet`` is the text around the offending place.
     """
 
+    __module__ = "nextdit_nodes"   # ComfyUI's error panel shows the module (files/errors.py)
+
     def __init__(self, message: str, line: int, column: int, snippet: str) -> None:
         self.message = message
         self.line = line

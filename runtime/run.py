@@ -18,6 +18,7 @@ from .graph import GraphNode, Workflow
 from .model_sources import MODEL_INPUT_FOLDERS, where_to_get
 from .progress_bar import progress_display
 from .specs import input_specs
+from .threads import use_thread_policy
 from .workflow import load_workflow
 
 
@@ -146,6 +147,7 @@ def run_workflow(path: str | Path, output_dir: str | Path = "output", overrides:
         _check_writable(folder, option)
         clean_leftovers(folder)  # what a killed run left half written
     executor = executor or Executor(classes, model_check=model_file_check)
+    use_thread_policy(host.torch_device())
     with progress_display(show_progress) as display:
         try:
             result = executor.run(workflow, on_node=display.on_node)

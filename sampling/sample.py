@@ -63,6 +63,8 @@ class SamplingReport:
 class NonFiniteError(FloatingPointError):
     """The model produced NaN or inf during sampling."""
 
+    __module__ = "nextdit_nodes"   # ComfyUI's error panel shows the module (files/errors.py)
+
 
 def _raise_non_finite(step: int, total: int, dtype: torch.dtype) -> None:
     if step < 0:

@@ -13,10 +13,17 @@ from ..nodes import host
 from ..runtime.errors import NodeExecutionError
 from ..runtime.executor import Executor
 from ..runtime.graph import GraphNode
+from ..runtime.threads import use_thread_policy
 from .jobs import Job, JobQueue, now_ms
 from .messages import Hub, preview_frame, preview_frame_with_metadata, text_frame
 
 log = logging.getLogger(__name__)
+
+
+def type_name(cls: type) -> str:
+    """An exception's type as ComfyUI's error panel titles it (``execution.full_type_name``): the
+    bare name for builtins, else module and name."""
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
 class Worker:
@@ -58,6 +65,7 @@ class Worker:
         # The editor's preview setting (Comfy.Execution.PreviewMethod, sent as ComfyUI reads it).
         host.set_previews_wanted(job.extra_data.get("preview_method") != "none")
         host.request_interrupt(False)  # a Cancel pressed while idle does not stop the next run
+        use_thread_policy(host.torch_device())   # the machine's load now, for this prompt
         self.hub.broadcast_status()
         self._send("execution_start", {}, record=True)
         status = "error"
@@ -70,7 +78,7 @@ class Worker:
             cause = error.__cause__ or error
             self._send("execution_error", {
                 **self._where(), "executed": self._executed, "exception_message": str(error),
-                "exception_type": f"{type(cause).__module__}.{type(cause).__name__}",
+                "exception_type": type_name(type(cause)),
                 "traceback": traceback.format_exception(cause), "current_inputs": {},
                 "current_outputs": {}}, record=True)
         except Exception as error:  # noqa: BLE001 - reported to the editor; the server goes on

@@ -146,7 +146,7 @@ def test_cached_inputs_are_what_inference_computes(models, tmp_path):
     gemma, jina, vae_path = (models / "text_encoders" / GEMMA, models / "text_encoders" / JINA,
                              models / "vae" / VAE)
     (text,) = NextDiTTextEncoderLoader().load(str(gemma), str(jina))
-    (vae,) = NextDiTVAELoader().load(str(vae_path))
+    vae, _ = NextDiTVAELoader().load(str(vae_path))
     cache = FeatureCache(tmp_path / "cache", fingerprint(vae_path), "tiny")
     job = start("cpu")
     prepared = prepare(data, InputSettings(64, Filters(16)), cache, Encoders(lambda: vae, lambda: text, job.device),

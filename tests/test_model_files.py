@@ -75,3 +75,34 @@ def test_inside_comfyui_the_folders_come_from_folder_paths_and_paths_are_refused
     assert not files.paths_allowed()
     assert files.resolve_model_file("diffusion_models", "dit.safetensors").read_bytes() == b"x"
     assert "not one of the files" in files.model_file_problem("diffusion_models", str(secret))
+
+
+def test_a_load_error_on_a_server_names_the_file_by_its_model_folder(models, confined, tmp_path):
+    """A damaged file's message names it as "folder/name" (what the user sees in the dropdown),
+    a file outside the model folders by its bare name; never the server's path. Headless the
+    full path stays (the user's own machine)."""
+    from nextdit_nodes.dit.checkpoint import load_dit
+    from nextdit_nodes.files.errors import WeightsError
+
+    root, secret = models
+    broken = files.resolve_model_file("diffusion_models", "sub/other.safetensors")
+    with pytest.raises(WeightsError) as caught:
+        load_dit(broken)
+    assert str(caught.value).startswith("diffusion_models/sub/other.safetensors: ")
+    assert str(tmp_path) not in str(caught.value)
+    assert str(WeightsError(secret, "bad")) == "secret.safetensors: bad"
+    files.confine_to_model_folders(False)
+    assert str(WeightsError(secret, "bad")) == f"{secret}: bad"
+
+
+def test_user_facing_exceptions_have_a_module_name_that_is_no_path():
+    """ComfyUI titles an error "<module>.<name>"; inside ComfyUI the pack's modules are named after
+    its folder on the server, so the exceptions a node raises say they come from nextdit_nodes."""
+    from nextdit_nodes.files.errors import WeightsError
+    from nextdit_nodes.prompting.errors import PromptError
+    from nextdit_nodes.sampling.sample import NonFiniteError
+    from nextdit_nodes.server.worker import type_name
+
+    for cls in (WeightsError, PromptError, NonFiniteError):
+        assert type_name(cls) == f"nextdit_nodes.{cls.__name__}"
+    assert type_name(ValueError) == "ValueError"

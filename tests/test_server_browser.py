@@ -142,7 +142,7 @@ def test_embedded_workflow_from_the_template_browser_runs_and_shows_the_demo_pic
     for name in ("NextDiT Loader", "NextDiT Sampler", "NextDiT Text Encode", "NextDiT VAE Decode"):
         assert any(text.startswith(name) for text in found), (name, found)
 
-    assert open_template(page, "nextdit-nodes", "Embedded shapes model", tmp_path) == []
+    assert open_template(page, "Getting Started", "Embedded shapes model", tmp_path) == []
     fit_view(page)
     since = len(events["ws"])
     click_run(page)
@@ -261,3 +261,36 @@ def test_cancel_stops_a_long_run_and_the_next_run_succeeds(page):
     # The loaders and the encoders came from the runner's cache, kept across prompts.
     (cached,) = _messages(events, again, "execution_cached")
     assert {"1", "2", "3", "4", "5"} <= set(cached["data"]["nodes"])
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "example_workflows").glob("*.json")), ids=lambda p: p.stem)
+def test_no_node_of_an_example_covers_another_as_the_editor_draws_it(page, example):
+    """The boxes the editor draws (its own ``boundingRect``: title bar included, and sizes grown
+    to what each node's widgets and slots need, which can exceed the size stored in the file)."""
+    from comfy_host.frontend import load_graph
+
+    page, _ = page
+    workflow = json.loads(example.read_text())
+    load_graph(page, workflow)
+    boxes = page.evaluate("() => app.graph.nodes.map(n => [n.id, ...n.boundingRect])")
+    assert len(boxes) == len(workflow["nodes"]) and all(box[3] > 0 and box[4] > 30 for box in boxes), boxes
+    for i, (a, ax, ay, aw, ah) in enumerate(boxes):
+        for b, bx, by, bw, bh in boxes[i + 1:]:
+            assert not (ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah), (a, b, boxes)
+
+
+def test_the_template_browser_opens_on_the_packs_examples(page):
+    """Opened as a user opens it (the Templates button's command), the browser shows the pack's
+    examples at once, not "No templates found" (a new user's browser opens on Getting Started,
+    later ones on All Templates), and each card has its thumbnail. Last in this file: the first
+    page of a new user marks the editor's tutorial done, and from then on the editor opens its
+    own default graph (core nodes) on every page, which the other tests' clicks would hit."""
+    page, _ = page
+    page.evaluate("async () => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.get_by_text("Embedded shapes model", exact=True).first.wait_for(timeout=30_000)
+    text = page.evaluate("() => document.querySelector('[role=dialog]').innerText")
+    assert "No templates found" not in text
+    thumbnail = page.locator("[role=dialog] img[alt='Embedded shapes model']").first
+    thumbnail.wait_for(timeout=30_000)
+    page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=thumbnail.element_handle(),
+                           timeout=30_000)

@@ -207,24 +207,34 @@ def test_startup_routes_answer_and_settings_and_workflows_persist(folders):
                      "/api/userdata?dir=workflows&recurse=true&split=false&full_info=true",
                      "/api/jobs?status=completed,failed,cancelled&limit=64&offset=0", "/api/queue",
                      "/api/history?max_items=64", "/user.css",
-                     "/api/workflow_templates/nextdit-nodes/Embedded%20shapes%20model.jpg"):
+                     "/templates/Embedded%20shapes%20model-1.jpg", "/templates/Embedded%20shapes%20model.json"):
             codes[path] = (await client.get(path)).status
         await client.post("/api/settings/Comfy.Minimap.Visible", json=False)
         await client.post("/api/userdata/workflows%2Fmine.json", data=b'{"nodes": []}')
         settings = await (await client.get("/api/settings")).json()
         listed = await (await client.get("/api/userdata?dir=workflows")).json()
         escape = (await client.post("/api/userdata/..%2F..%2Fescape.json", data=b"x")).status
-        templates = await (await client.get("/api/workflow_templates")).json()
-        return codes, settings, listed, escape, templates
+        index = await (await client.get("/templates/index.json")).json()
+        extensions = await (await client.get("/api/workflow_templates")).json()
+        refused = [(await client.get(path)).status for path in (
+            "/templates/Embedded%20shapes%20model%20with%20core%20KSampler.json", "/templates/..%2Fserver.json")]
+        return codes, settings, listed, escape, (index, extensions, refused)
 
     codes, settings, listed, escape, templates = _run(folders, scenario)
     assert all(code == 200 for code in codes.values()), codes
     assert settings == {"Comfy.Minimap.Visible": False} and listed == ["mine.json"]
     assert escape == 403 and not (folders["user"].parent / "escape.json").exists()
-    assert "Embedded shapes model" in templates["nextdit-nodes"]
+    # The examples are the core template index's "Getting Started" category (a new user's template
+    # browser opens on it: the frontend's "basics-getting-started"), not listed twice.
+    index, extensions, refused = templates
+    (category,) = index
+    names = [template["name"] for template in category["templates"]]
+    assert category["isEssential"] and category["title"] == "Getting Started" and extensions == {}
+    assert "Embedded shapes model" in names
     # The examples built on core's KSampler need a full ComfyUI: not offered here.
-    assert not [name for name in templates["nextdit-nodes"] if "core KSampler" in name], templates
-    assert len(templates["nextdit-nodes"]) == len(list(EMBEDDED.parent.glob("*.json"))) - 2
+    assert not [name for name in names if "core KSampler" in name], names
+    assert len(names) == len(list(EMBEDDED.parent.glob("*.json"))) - 2
+    assert refused == [404, 404]
     assert (folders["user"] / "default" / "workflows" / "mine.json").read_bytes() == b'{"nodes": []}'
 
 

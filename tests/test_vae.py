@@ -406,7 +406,9 @@ def test_nodes_load_decode_and_encode(files, reference, monkeypatch, tmp_path):
     monkeypatch.setenv("NEXTDIT_MODELS_DIR", str(tmp_path))
     choices = NextDiTVAELoader.INPUT_TYPES()["required"]["vae_name"][0]
     assert "ae.safetensors" in choices
-    (vae,) = NextDiTVAELoader().load("ae.safetensors")
+    vae, core_vae = NextDiTVAELoader().load("ae.safetensors")
+    assert core_vae is None   # headless: no core VAE (tests/comfy_host/check_citizen.py checks it in ComfyUI)
+    assert NextDiTVAELoader.RETURN_TYPES == ("NEXTDIT_VAE", "VAE")
     raw = torch.randn(1, 16, 6, 6, generator=torch.Generator().manual_seed(14))
     (image,) = NextDiTVAEDecode().decode(vae, {"samples": raw}, tiled="off")
     with torch.no_grad():

@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ...files.errors import show_paths_with
+
 PACK_DIR = Path(__file__).resolve().parents[2]
 # Weights that ship with the pack, laid out like ComfyUI's models folder.
 EMBEDDED_DIR = PACK_DIR / "embedded"
@@ -26,6 +28,12 @@ MODEL_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pth", ".ckpt", ".bin")
 GGUF_FOLDERS = ("diffusion_models",)
 # Folders whose entries may also be directories (HF / diffusers layouts).
 FOLDER_LAYOUT_OK = ("diffusion_models", "text_encoders", "vae", "loras")
+# Embedded folders whose files core ComfyUI's own loaders can read, so its loaders list them too:
+# the LoRA (diffusion_model.<module>.lora_A/lora_B keys, which core maps onto the pack's core
+# MODEL). Core cannot read the others: its Lumina-2 detection needs NewBie's width (the embedded
+# Next-DiT is tiny; the .pth is a pickled training checkpoint), its autoencoder has GroupNorm 32
+# (the embedded one 16), and its NewBie text encoders have Gemma 3 4B / Jina CLIP v2 sizes.
+CORE_LOADABLE_EMBEDDED = ("loras",)
 
 
 _confined = False
@@ -55,6 +63,17 @@ def _comfy_folder_paths():
     return folder_paths if hasattr(folder_paths, "get_filename_list") else None
 
 
+def share_embedded_with_core() -> None:
+    """Inside ComfyUI, add the embedded folders core can load (``CORE_LOADABLE_EMBEDDED``) to
+    ``folder_paths``, after the user's own, so core's loaders list the embedded files."""
+    fp = _comfy_folder_paths()
+    if fp is None or not hasattr(fp, "add_model_folder_path"):
+        return
+    for folder in CORE_LOADABLE_EMBEDDED:
+        if (EMBEDDED_DIR / folder).is_dir():
+            fp.add_model_folder_path(folder, str(EMBEDDED_DIR / folder), is_default=False)
+
+
 def headless_models_dirs() -> list[Path]:
     """Headless search roots: ``$NEXTDIT_MODELS_DIR`` (os.pathsep-separated), else ./models."""
     env = os.environ.get("NEXTDIT_MODELS_DIR")
@@ -72,7 +91,8 @@ def _folder_dirs(folder: str) -> list[Path]:
             dirs += [root / "unet" for root in headless_models_dirs()]
         if folder == "text_encoders":
             dirs += [root / "clip" for root in headless_models_dirs()]
-    return dirs + [EMBEDDED_DIR / folder]
+    embedded = EMBEDDED_DIR / folder
+    return [d for d in dirs if d != embedded] + [embedded]   # the embedded folder last, once
 
 
 def _is_model_entry(path: Path, folder: str = "") -> bool:
@@ -149,6 +169,33 @@ def _listed_entry(folder: str, name: str) -> Path:
     raise FileNotFoundError(f"{name!r} is not one of the files in the {folder!r} model folders; pick "
                             f"one from the list (put new files into the {folder!r} folder; a server "
                             f"accepts no paths)")
+
+
+# The model folders the pack's loaders read, for naming a file in a message.
+PACK_FOLDERS = ("diffusion_models", "text_encoders", "vae", "loras", "controlnet")
+
+
+def shown_path(path) -> str:
+    """How a message names a file: headless the path itself; on a server (ComfyUI or ``serve``)
+    its place in the model folders ("vae/ae.safetensors"), else its bare name, so no server path
+    reaches whoever sent the prompt."""
+    if paths_allowed():
+        return str(path)
+    path = Path(path)
+    for folder in PACK_FOLDERS:
+        try:
+            bases = _folder_dirs(folder)
+        except (KeyError, OSError):   # a folder name this ComfyUI does not know
+            continue
+        for base in bases:
+            try:
+                return f"{folder}/{path.resolve().relative_to(base.resolve()).as_posix()}"
+            except (ValueError, OSError):
+                continue
+    return path.name
+
+
+show_paths_with(shown_path)
 
 
 def model_file_problem(folder: str, name) -> str | None:

@@ -176,6 +176,17 @@ def control_patchers(*conditionings) -> list:
     return found
 
 
+def core_vae_of(vae):
+    """Inside ComfyUI the core VAE of a NextDiTVAE (``core_vae.core_vae``: the same autoencoder,
+    loaded through the same patcher as the pack's VAE nodes); headless None, since nothing there
+    takes a VAE."""
+    if _comfy() is None:
+        return None
+    from .core_vae import core_vae  # imports ComfyUI
+
+    return core_vae(vae, host_patchers(vae.model, vae.host_slot)[0])
+
+
 class _Hosted(torch.nn.Module):
     """A pack module that is not a Next-DiT (the VAE), as core's ModelPatcher wraps it: a child,
     under a parent whose ``device`` attribute the patcher may set (diffusers modules have a

@@ -32,6 +32,15 @@ latents the graphs saved (core ``SaveLatent``, read back through ``/view``):
  14. warnings and reports reach the node as progress text (the binary TEXT event): NextDiT XML
      Prompt's checks, NextDiT Text Encode's "cannot be read ... encoded as written" and NextDiT
      LoRA Loader's applied-keys report, each for its own node id.
+ 15. NextDiT VAE Loader's core_vae in core's VAE nodes, for the embedded autoencoder (its own
+     widths and GroupNorm groups) and the FLUX-layout ae.safetensors: core VAEDecode equals NextDiT
+     VAE Decode and core VAEEncode equals NextDiT VAE Encode within 1e-4 (images saved as 16-bit
+     PNG, latents with SaveLatent); VAEDecodeTiled and VAEEncodeForInpaint run on it.
+ 16. core's LoRA loader lists the embedded LoRA, and LoraLoaderModelOnly with it on the embedded
+     teacher's core MODEL through KSampler equals NextDiT LoRA Loader + NextDiT Sampler.
+ 17. a pack node's error in ComfyUI's error payload (the websocket's execution_error and /history):
+     the exception type is "nextdit_nodes.WeightsError", not a server path, and the message names
+     the file as "diffusion_models/<name>" with no server path.
  13. image-to-image at the latent size of a 100×76 image (12×9, odd: padded to the patch size
      inside the model as core's Lumina model does): NextDiT Sampler at denoise 0.1, 0.3 and 0.6
      (cfg 1) equals core KSampler on the pack's MODEL with the same denoise.
@@ -61,6 +70,7 @@ sys.path.insert(0, str(TESTS))
 
 WIDE_DIT = "nextdit_newbie_width_1layer.safetensors"
 LORA = "nextdit_check_lora.safetensors"
+DAMAGED = "zz_damaged_dit.safetensors"
 STEPS = 4     # divides 1000: core's simple schedule is then the pack's shifted grid
 SEED = 77
 
@@ -88,6 +98,7 @@ def write_models(models: Path) -> None:
     from safetensors.torch import save_file
 
     save_file(lora, str(models / "loras" / LORA))
+    (models / "diffusion_models" / DAMAGED).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\"")  # truncated
     print(f"wrote the check's model files into {models}")
 
 
@@ -405,6 +416,168 @@ def check_img2img(url: str) -> None:
         assert relative(ours, core) <= 1e-4
 
 
+def png16(data: bytes) -> torch.Tensor:
+    """An RGB 16-bit PNG (SaveImageAdvanced's) as [H, W, 3] in [0, 1]: Pillow reads such files as
+    8-bit, so the rows are inflated and unfiltered here (PNG specification, section 9)."""
+    import struct
+    import zlib
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    at, idat, header = 8, b"", None
+    while at < len(data):
+        (length,), kind = struct.unpack(">I", data[at:at + 4]), data[at + 4:at + 8]
+        body = data[at + 8:at + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        at += 12 + length
+    width, height, depth, colour = header[:4]
+    assert (depth, colour) == (16, 2), header
+    raw, stride, bpp = zlib.decompress(idat), width * 6, 6
+    rows, previous = [], bytearray(stride)
+    for y in range(height):
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b, c = previous[i], previous[i - bpp] if i >= bpp else 0
+            if kind == 1:
+                line[i] = (line[i] + a) & 255
+            elif kind == 2:
+                line[i] = (line[i] + b) & 255
+            elif kind == 3:
+                line[i] = (line[i] + (a + b) // 2) & 255
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append(bytes(line))
+        previous = line
+    values = struct.unpack(f">{width * height * 3}H", b"".join(rows))
+    return torch.tensor(values, dtype=torch.float32).reshape(height, width, 3) / 65535
+
+
+def saved_png16(url: str, entry: dict, node: str) -> torch.Tensor:
+    (image,) = entry["outputs"][node]["images"]
+    query = urllib.parse.urlencode({"filename": image["filename"], "subfolder": image["subfolder"],
+                                    "type": image["type"]})
+    with urllib.request.urlopen(f"{url}/view?{query}") as response:
+        return png16(response.read())
+
+
+def check_core_vae(url: str) -> None:
+    prompt = embedded_student_graph("NextDiT-embedded-shapes.pth", "square", "blue", "centre")
+    prompt["ns"] = {"class_type": "NextDiTSampler", "inputs": {
+        "model": ["student", 0], "positive": ["pos", 0], "width": 64, "height": 64, "batch_size": 1,
+        "seed": SEED, "steps": 6, "solver": "euler", "shift": 6.0, "cfg": 1.0, "renorm_cfg": 0.0,
+        "cfg_trunc": 1.0, "guidance": 0.0}}
+    vaes = {"emb": "embedded-shapes-vae", "ae": "ae.safetensors"}
+    for name, vae_name in vaes.items():
+        vae = f"{name}_vae"
+        prompt[vae] = {"class_type": "NextDiTVAELoader", "inputs": {"vae_name": vae_name}}
+        nodes = {
+            "ours_dec": ("NextDiTVAEDecode", {"vae": [vae, 0], "samples": ["ns", 0], "tiled": "off"}),
+            "core_dec": ("VAEDecode", {"vae": [vae, 1], "samples": ["ns", 0]}),
+            "tiled_dec": ("VAEDecodeTiled", {"vae": [vae, 1], "samples": ["ns", 0], "tile_size": 512,
+                                             "overlap": 64, "temporal_size": 64, "temporal_overlap": 8}),
+            "ours_enc": ("NextDiTVAEEncode", {"vae": [vae, 0], "pixels": [f"{name}_ours_dec", 0]}),
+            "core_enc": ("VAEEncode", {"vae": [vae, 1], "pixels": [f"{name}_ours_dec", 0]}),
+            "hole": ("SolidMask", {"value": 1.0, "width": 64, "height": 64}),
+            "inpaint_enc": ("VAEEncodeForInpaint", {"vae": [vae, 1], "pixels": [f"{name}_ours_dec", 0],
+                                                     "mask": [f"{name}_hole", 0], "grow_mask_by": 6}),
+        }
+        for node, (class_type, inputs) in nodes.items():
+            prompt[f"{name}_{node}"] = {"class_type": class_type, "inputs": inputs}
+        for node in ("ours_dec", "core_dec", "tiled_dec"):
+            prompt[f"{name}_{node}_save"] = {"class_type": "SaveImageAdvanced", "inputs": {
+                "images": [f"{name}_{node}", 0], "filename_prefix": f"vae/{name}_{node}", "format": "png",
+                "format.bit_depth": "16-bit", "format.input_color_space": "sRGB"}}
+        for node in ("ours_enc", "core_enc", "inpaint_enc"):
+            prompt[f"{name}_{node}_save"] = {"class_type": "SaveLatent", "inputs": {
+                "samples": [f"{name}_{node}", 0], "filename_prefix": f"latents/{name}_{node}"}}
+    entry = run(url, prompt)
+    for name, vae_name in vaes.items():
+        ours, core = saved_png16(url, entry, f"{name}_ours_dec_save"), saved_png16(url, entry, f"{name}_core_dec_save")
+        tiled = saved_png16(url, entry, f"{name}_tiled_dec_save")
+        ours_latent = saved_latent(url, entry, f"{name}_ours_enc_save")
+        core_latent = saved_latent(url, entry, f"{name}_core_enc_save")
+        inpaint = saved_latent(url, entry, f"{name}_inpaint_enc_save")
+        decode_gap, tiled_gap = float((ours - core).abs().max()), float((ours - tiled).abs().max())
+        print(f"15. {vae_name}: core VAEDecode on core_vae vs NextDiT VAE Decode: max |difference| "
+              f"{decode_gap:.2e} (image range {float(ours.min()):.2f}..{float(ours.max()):.2f}, 16-bit PNG); "
+              f"VAEDecodeTiled {tiled_gap:.2e}; core VAEEncode vs NextDiT VAE Encode: relative max "
+              f"difference {relative(core_latent, ours_latent):.2e}; VAEEncodeForInpaint {tuple(inpaint.shape)}")
+        assert float(ours.max() - ours.min()) > 0.1, "a flat image would not tell the decoders apart"
+        assert decode_gap <= 1e-4 and tiled_gap <= 1e-4
+        assert ours_latent.shape == core_latent.shape == inpaint.shape == (1, 16, 8, 8)
+        assert relative(core_latent, ours_latent) <= 1e-4
+
+
+def check_embedded_lora(url: str) -> None:
+    lora = "NextDiT-embedded-shapes-tiny.safetensors"
+    listed = json.loads(urllib.request.urlopen(f"{url}/object_info/LoraLoaderModelOnly").read())
+    choices = listed["LoraLoaderModelOnly"]["input"]["required"]["lora_name"]
+    choices = choices[0] if isinstance(choices[0], list) else choices[1]["options"]
+    assert lora in choices, choices
+    prompt = embedded_student_graph("NextDiT-embedded-shapes.pth", "triangle", "green", "centre")
+    prompt["core_lora"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+        "model": ["student", 1], "lora_name": lora, "strength_model": 1.0}}
+    prompt["pack_lora"] = {"class_type": "NextDiTLoraLoader", "inputs": {
+        "model": ["student", 0], "lora_name": lora, "strength": 1.0}}
+    prompt["core_ks"] = {"class_type": "KSampler", "inputs": {
+        "model": ["core_lora", 0], "seed": SEED, "steps": STEPS, "cfg": 1.0, "sampler_name": "euler",
+        "scheduler": "simple", "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["empty", 0],
+        "denoise": 1.0}}
+    prompt["ns"] = {"class_type": "NextDiTSampler", "inputs": {
+        "model": ["pack_lora", 0], "positive": ["pos", 0], "width": 64, "height": 64, "batch_size": 1,
+        "seed": SEED, "steps": STEPS, "solver": "euler", "shift": 6.0, "cfg": 1.0, "renorm_cfg": 0.0,
+        "cfg_trunc": 1.0, "guidance": 0.0}}
+    prompt["base_ks"] = {**prompt["core_ks"], "inputs": {**prompt["core_ks"]["inputs"], "model": ["student", 1]}}
+    for node in ("core_ks", "ns", "base_ks"):
+        prompt[f"{node}_save"] = {"class_type": "SaveLatent", "inputs": {"samples": [node, 0],
+                                                                        "filename_prefix": f"latents/emb_{node}"}}
+    entry = run(url, prompt)
+    core, ours, base = (saved_latent(url, entry, f"{node}_save") for node in ("core_ks", "ns", "base_ks"))
+    print(f"16. core LoraLoaderModelOnly lists {lora}; with it KSampler vs NextDiT LoRA Loader + NextDiT Sampler "
+          f"{relative(core, ours):.2e}; the LoRA changes the latent by {relative(core, base):.2e}")
+    assert relative(core, ours) <= 1e-4 < relative(core, base)
+
+
+def check_error_payload(url: str) -> None:
+    import asyncio
+
+    import aiohttp
+
+    client_id = uuid.uuid4().hex
+    prompt = {"bad": {"class_type": "NextDiTLoader", "inputs": {"dit_name": DAMAGED, "weight_dtype": "fp32"}},
+              "show": {"class_type": "PreviewAny", "inputs": {"source": ["bad", 0]}}}
+
+    async def listen() -> tuple[str, dict]:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{url}/ws?clientId={client_id}") as ws:
+                async with session.post(f"{url}/prompt", json={"prompt": prompt, "client_id": client_id}) as answer:
+                    assert answer.status == 200, await answer.text()
+                    prompt_id = (await answer.json())["prompt_id"]
+                async for message in ws:
+                    if message.type == aiohttp.WSMsgType.TEXT:
+                        data = json.loads(message.data)
+                        if data["type"] in ("execution_success", "execution_error"):
+                            return prompt_id, data
+        raise RuntimeError("the websocket closed before the run ended")
+
+    prompt_id, event = asyncio.run(listen())
+    assert event["type"] == "execution_error", event
+    with urllib.request.urlopen(f"{url}/history/{prompt_id}") as response:
+        messages = json.load(response)[prompt_id]["status"]["messages"]
+    (stored,) = [m[1] for m in messages if m[0] == "execution_error"]
+    for payload in (event["data"], stored):
+        kind, text = payload["exception_type"], payload["exception_message"]
+        print(f"17. error panel: {kind}: {text.strip()[:120]}")
+        assert kind == "nextdit_nodes.WeightsError", kind
+        assert text.startswith(f"diffusion_models/{DAMAGED}: "), text
+        assert "/" not in text.split(":")[0].removeprefix("diffusion_models/"), text
+
+
 def check_node_texts(url: str) -> None:
     import asyncio
     import struct
@@ -583,7 +756,8 @@ def main() -> int:
               "inpaint": check_inpainting, "files": check_file_inputs, "ranges": check_timestep_ranges,
               "sampler_inpaint": check_sampler_inpainting, "refusals": check_refusals, "numbers": check_numbers,
               "student": check_student, "few_step": check_few_step, "img2img": check_img2img,
-              "node_texts": check_node_texts}
+              "node_texts": check_node_texts, "core_vae": check_core_vae,
+              "embedded_lora": check_embedded_lora, "error_payload": check_error_payload}
     for name, check in checks.items():
         if args.only is None or name in args.only:
             check(args.url)
