@@ -329,13 +329,14 @@ def test_loader_lists_gguf_files(files, tmp_path, monkeypatch):
     assert isinstance(model.layers[0].attention.qkv, QuantLinear)
 
 
-def test_gguf_text_encoders_are_refused_with_what_to_use(tmp_path):
+def test_incomplete_gguf_text_encoders_are_refused_with_what_to_use(tmp_path):
+    # (complete Gemma 3 GGUFs are read: tests/test_gguf_text.py)
     from nextdit_nodes.text.loading import load_gemma, load_jina
 
     llama = {"token_embd.weight": np.zeros((64, 32), np.float16)}
     path = _write(tmp_path / "gemma-3-4b-it-Q4_K_M.gguf", llama, arch="gemma3")
-    with pytest.raises(WeightsError, match=r"gemma-3-4b-it-Q4_K_M\.gguf: GGUF text encoder files .* "
-                                           r"gemma_3_4b_it_bf16\.safetensors"):
+    with pytest.raises(WeightsError, match=r"gemma-3-4b-it-Q4_K_M\.gguf: incomplete GGUF metadata: "
+                                           r"gemma3\.attention\.head_count is missing; convert"):
         load_gemma(path)
     with pytest.raises(WeightsError, match=r"jina_clip_v2_bf16\.safetensors"):
         load_jina(path)
