@@ -99,7 +99,7 @@ def files(tmp_path_factory):
     source = folder / "dit.safetensors"
     state = write_dit_checkpoint(source, PARAMS, prefix="model.diffusion_model.", dtype=torch.bfloat16)
     out = {"source": source, "state": state}
-    for qtype in ("Q8_0", "Q4_K", "Q4_0"):
+    for qtype in ("Q8_0", "Q4_K", "Q4_0", "Q4_K_M"):
         out[qtype] = folder / f"dit-{qtype}.gguf"
         quantize_file(source, out[qtype], qtype)
     return out
@@ -164,6 +164,29 @@ def test_resident_memory_is_the_blocks_bytes(files, qtype, bytes_per_256):
         block = key.startswith(("layers.", "noise_refiner.", "context_refiner.")) and len(shape) == 2
         expected += n * bytes_per_256 // 256 if block else 2 * n
     assert tensor_bytes(model) == expected
+
+
+def test_q4_k_m_keeps_attention_and_adaln_in_q6_k(files, inputs):
+    """The mix: qkv, out and adaLN of every block in Q6_K, the feed-forward in Q4_K; memory counted
+    from those bytes per 256 weights (210 and 144); the forward closer than all-Q4_K."""
+    reader = gguf.GGUFReader(str(files["Q4_K_M"]))
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    model = load_dit(files["Q4_K_M"], "bf16")
+    expected = 0
+    for key, shape in official_shapes(PARAMS).items():
+        n = math.prod(shape)
+        if key.startswith(("layers.", "noise_refiner.", "context_refiner.")) and len(shape) == 2:
+            sensitive = key.rsplit(".", 2)[-2] in ("qkv", "out") or ".adaLN_modulation." in key
+            assert types[key] == ("Q6_K" if sensitive else "Q4_K"), key
+            expected += n * (210 if sensitive else 144) // 256
+        else:
+            assert types[key] in ("F32", "BF16"), key
+            expected += 2 * n
+    assert tensor_bytes(model) == expected
+    reference = load_dit(files["source"], "fp32")(**inputs)
+    mixed = _relative(load_dit(files["Q4_K_M"], "fp32")(**inputs), reference)
+    plain = _relative(load_dit(files["Q4_K"], "fp32")(**inputs), reference)
+    assert mixed < 0.8 * plain
 
 
 def test_fp16_safe_path_dequantises_to_fp16(files, inputs):
