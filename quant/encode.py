@@ -31,6 +31,7 @@ from .blocks import FORMATS
 GGUF_ENCODED = ("F32", "F16", "BF16", "Q8_0", "Q5_0", "Q5_1", "Q4_1")
 OWN_ENCODED = ("Q6_K", "Q5_K", "Q4_K", "Q4_0")
 WRITABLE = GGUF_ENCODED + OWN_ENCODED
+_CHUNK = 1 << 19          # elements encoded at once
 
 
 def encode(rows: np.ndarray, qtype: str) -> np.ndarray:
@@ -45,7 +46,9 @@ def encode(rows: np.ndarray, qtype: str) -> np.ndarray:
         raise ValueError(f"cannot write {qtype}; writable types: {', '.join(WRITABLE)}")
     n_rows = rows.shape[0]
     blocks = rows.reshape(-1, FORMATS[qtype].block_size)
-    encoded = {"Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k, "Q4_0": _q4_0}[qtype](blocks)
+    encode_blocks = {"Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k, "Q4_0": _q4_0}[qtype]
+    step = _CHUNK // FORMATS[qtype].block_size     # a few MB at a time: twice as fast as whole tensors
+    encoded = np.concatenate([encode_blocks(blocks[i:i + step]) for i in range(0, blocks.shape[0], step)])
     assert encoded.shape[1] == FORMATS[qtype].type_size
     return encoded.reshape(n_rows, -1)
 
