@@ -9,7 +9,7 @@
    block matrix quantised: the mean weight error and the forward error on three real prompts
    (the embedded text encoders), i.e. how much of the weights' error a forward carries.
 
-    python benchmarks/gguf_sensitivity.py [--type Q4_0] [--layers 2] [--skip-newbie]
+    python benchmarks/gguf_sensitivity.py [--type Q4_0] [--layers 2] [--skip-newbie] [--reference]
 """
 
 from __future__ import annotations
@@ -35,8 +35,17 @@ GROUPS = {"adaLN modulation": r"adaLN_modulation", "attention qkv": r"attention\
           "feed-forward w2": r"feed_forward\.w2"}
 
 
+REFERENCE = False   # --reference: the gguf package's reference quantiser instead of the pack's encoder
+
+
 def quantised(weight: torch.Tensor, qtype: str) -> torch.Tensor:
-    blocks = np.ascontiguousarray(encode(weight.float().numpy(), qtype))
+    if REFERENCE:
+        import gguf
+
+        blocks = gguf.quants.quantize(weight.float().numpy(), getattr(gguf.GGMLQuantizationType, qtype))
+    else:
+        blocks = encode(weight.float().numpy(), qtype)
+    blocks = np.ascontiguousarray(blocks)
     return dequantize(torch.from_numpy(blocks).view(torch.uint8), qtype, tuple(weight.shape))
 
 
@@ -104,7 +113,11 @@ def main() -> None:
     ap.add_argument("--type", default="Q4_0")
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--skip-newbie", action="store_true")
+    ap.add_argument("--reference", action="store_true",
+                    help="encode with the gguf package's reference quantiser (not for the K types)")
     args = ap.parse_args()
+    global REFERENCE
+    REFERENCE = args.reference
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if not args.skip_newbie:
         newbie_groups(args.type, args.layers)
