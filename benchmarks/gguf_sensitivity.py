@@ -74,6 +74,9 @@ def newbie_groups(qtype: str, layers: int) -> None:
         werr = np.mean([relative(quant[k], state[k]) for k in keys])
         print(f"  {name:20s} {params / 1e6:6.1f} M weights, weight error {werr:.4f}, forward {run(keys):.4f}")
     print(f"  {'all':20s} forward {run(quant):.4f}")
+    print("by block: forward error with only this block quantised")
+    for block in ("noise_refiner.", "context_refiner.", *(f"layers.{i}." for i in range(layers))):
+        print(f"  {block:20s} {run([k for k in quant if k.startswith(block)]):.4f}")
 
 
 def trained_against_random(qtype: str) -> None:
