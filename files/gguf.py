@@ -107,6 +107,22 @@ def _orig_shape(reader, path: Path, name: str) -> tuple[int, ...] | None:
         raise WeightsError(path, f"damaged metadata {ORIG_SHAPE_FIELD + name}: not a list of integers") from None
 
 
+def fields(path, prefixes: tuple[str, ...]) -> dict:
+    """The metadata fields of the GGUF at ``path`` whose names start with one of ``prefixes``, as
+    Python values (numbers, strings, bools; arrays as lists, except arrays of more than 4096
+    entries, such as a tokenizer's vocabulary, which are left out: read those with ``reader``)."""
+    reader = _open_reader(Path(path))
+    out = {}
+    for name, field in reader.fields.items():
+        if not name.startswith(prefixes) or len(field.data) > 4096:
+            continue
+        try:
+            out[name] = field.contents()
+        except (ValueError, IndexError, UnicodeDecodeError):
+            raise WeightsError(Path(path), f"damaged metadata field {name!r}") from None
+    return out
+
+
 def architecture(path) -> str | None:
     """The file's ``general.architecture`` (None where it has none)."""
     return string_field(_open_reader(Path(path)), "general.architecture")

@@ -27,7 +27,8 @@ class NextDiTTextEncoderLoader:
         "the vision tower is skipped) and Jina CLIP v2's text tower. Accepts the ComfyUI single files "
         "(gemma_3_4b_it_bf16.safetensors, jina_clip_v2_bf16.safetensors), the HF folders "
         "(google/gemma-3-4b-it, jinaai/jina-clip-v2; the latter's retrieval.query LoRA is merged in) "
-        "and text-only Gemma layouts. Tokenizers are read from the same files. Weights are kept on "
+        "and text-only Gemma layouts; Gemma also as a llama.cpp GGUF (kept quantised). Tokenizers are "
+        "read from the same files. Weights are kept on "
         "the CPU and visit the GPU only while a prompt is encoded."
     )
     RETURN_TYPES = ("NEXTDIT_TEXT",)
@@ -40,8 +41,9 @@ class NextDiTTextEncoderLoader:
         files = host.list_model_files("text_encoders")
         return {"required": {
             "gemma_name": (files, {**host.file_choice(files, "gemma"),
-                "tooltip": "Gemma 3 4B-it: gemma_3_4b_it_bf16.safetensors or the google/gemma-3-4b-it "
-                           "folder, in models/text_encoders. Headless, a path also works."}),
+                "tooltip": "Gemma 3 4B-it: gemma_3_4b_it_bf16.safetensors, the google/gemma-3-4b-it "
+                           "folder or a llama.cpp gemma-3-4b-it GGUF, in models/text_encoders. Headless, a "
+                           "path also works."}),
             "jina_name": (files, {**host.file_choice(files, "jina"),
                 "tooltip": "Jina CLIP v2: jina_clip_v2_bf16.safetensors or the jinaai/jina-clip-v2 "
                            "folder, in models/text_encoders. Headless, a path also works."}),

@@ -87,16 +87,24 @@ def _load_pair(gemma_path: Path, jina_path: Path, gemma_dtype, jina_dtype):
     return load_gemma(gemma_path, gemma_dtype), load_jina(jina_path, jina_dtype)
 
 
-def _refuse_gguf(path: Path, what: str, file: str) -> None:
+def _refuse_jina_gguf(path: Path) -> None:
+    """No GGUF of jina-clip-v2's text tower can be read: mainline llama.cpp converts
+    jina-embeddings-v3 (``jina-bert-v3``, the same XLM-RoBERTa architecture with other weights and
+    its task LoRAs in separate files) but not jina-clip-v2 (its conversion is an unmerged pull
+    request, ggml-org/llama.cpp#16574), so there is no layout in the field to map."""
     if path.suffix.lower() == ".gguf":
-        raise WeightsError(path, f"GGUF {what} files (llama.cpp's tensor names) are not read yet; only "
-                                 f"Next-DiT diffusion models are. Give the {file} file here.")
+        raise WeightsError(path, "a GGUF file cannot be the Jina CLIP v2 text encoder: llama.cpp does not convert "
+                                 "jina-clip-v2 (a jina-embeddings-v3 GGUF is a different model). Give "
+                                 "jina_clip_v2_bf16.safetensors (or the jinaai/jina-clip-v2 folder) here.")
 
 
 def load_gemma(path, dtype: torch.dtype = torch.float32) -> te.Encoder:
     """Gemma 3 text model + tokenizer from any supported layout, on the CPU, eval mode."""
     path = Path(path)
-    _refuse_gguf(path, "text encoder", "gemma_3_4b_it_bf16.safetensors")
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        from .gguf_gemma import load_gemma_gguf
+
+        return load_gemma_gguf(path, dtype)
     refs = open_weights(path)
     prefix = _find_prefix(refs, GEMMA_PREFIXES, ("embed_tokens.weight",))
     if prefix is None:
@@ -119,7 +127,7 @@ def load_gemma(path, dtype: torch.dtype = torch.float32) -> te.Encoder:
 def load_jina(path, dtype: torch.dtype = torch.float32) -> te.Encoder:
     """Jina CLIP v2 text tower (``JinaEmbeddingsV3Model``, no pooler) + tokenizer, on the CPU."""
     path = Path(path)
-    _refuse_gguf(path, "text encoder", "jina_clip_v2_bf16.safetensors")
+    _refuse_jina_gguf(path)
     refs = open_weights(path)
     markers = ("embeddings.word_embeddings.weight", "embeddings.word_embeddings" + jina_keys.ORIGINAL)
     prefix = _find_prefix(refs, JINA_PREFIXES, markers)

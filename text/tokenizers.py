@@ -68,6 +68,30 @@ class HFTokenizer:
         return list(self._tokenizer(text, add_special_tokens=True)["input_ids"])
 
 
+class GGUFTokenizer:
+    """The tokenizer a llama.cpp GGUF carries (``tokenizer.ggml.*``), rebuilt by transformers' GGUF
+    conversion (offline). Encodes without the file's own special-token rule and adds BOS / EOS as
+    ``add_bos`` / ``add_eos`` say, so the encoder's rule holds whatever the file's flags are."""
+
+    def __init__(self, path: Path | str, add_bos: bool, add_eos: bool):
+        from transformers import AutoTokenizer
+
+        path = Path(path)
+        self._tokenizer = AutoTokenizer.from_pretrained(
+            str(path.parent), gguf_file=path.name, local_files_only=True, trust_remote_code=False)
+        self.add_bos, self.add_eos = add_bos, add_eos
+        self.bos_id = self._tokenizer.bos_token_id
+        self.eos_id = self._tokenizer.eos_token_id
+        self.pad_id = self._tokenizer.pad_token_id
+        # The file's vocabulary (transformers' Gemma class adds a '<mask>' of its own where a
+        # vocabulary has none, past the model's rows; the real Gemma 3 vocabulary has one).
+        self.vocab_size = self._tokenizer.vocab_size
+
+    def __call__(self, text: str) -> list[int]:
+        ids = list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+        return ([self.bos_id] if self.add_bos else []) + ids + ([self.eos_id] if self.add_eos else [])
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "sentencepiece.bpe.model", "spiece.model")
 
 

@@ -25,7 +25,7 @@ EMBEDDED_DIR = PACK_DIR / "embedded"
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pth", ".ckpt", ".bin")
 # Folders whose loaders also read GGUF files (ComfyUI lists them with its own extensions only,
 # so the pack adds them to its dropdowns).
-GGUF_FOLDERS = ("diffusion_models",)
+GGUF_FOLDERS = ("diffusion_models", "text_encoders")
 # Folders whose entries may also be directories (HF / diffusers layouts).
 FOLDER_LAYOUT_OK = ("diffusion_models", "text_encoders", "vae", "loras")
 # Embedded folders whose files core ComfyUI's own loaders can read, so its loaders list them too:
