@@ -112,6 +112,21 @@ def test_distill_decoder_writes_a_tiny_decoder_the_vae_loader_reads(autoencoder,
         tiny.encode(torch.rand(1, 32, 32, 3))
 
 
+def test_the_nodes_load_and_decode_with_it_and_refuse_to_encode(autoencoder, images, tmp_path, monkeypatch):
+    from nextdit_nodes.nodes.vae import NextDiTVAEDecode, NextDiTVAEEncode, NextDiTVAELoader
+
+    (tmp_path / "vae").mkdir()
+    assert main(["distill-decoder", str(images), "--vae", str(autoencoder), "--steps", "1",
+                 "--output", str(tmp_path / "vae" / "tiny.safetensors"), *COMMON]) == 0
+    monkeypatch.setenv("NEXTDIT_MODELS_DIR", str(tmp_path))
+    assert "tiny.safetensors" in NextDiTVAELoader.INPUT_TYPES()["required"]["vae_name"][0]
+    (vae,) = NextDiTVAELoader().load("tiny.safetensors")
+    (image,) = NextDiTVAEDecode().decode(vae, {"samples": torch.randn(1, 4, 4, 4)}, tiled="off")
+    assert image.shape == (1, 32, 32, 3) and 0 <= image.min() and image.max() <= 1
+    with pytest.raises(Exception, match="no encoder"):
+        NextDiTVAEEncode().encode(vae, image)
+
+
 def test_resume_continues_exactly(autoencoder, images, tmp_path):
     output = tmp_path / "tiny.safetensors"
     args = ["distill-decoder", str(images), "--vae", str(autoencoder), "--output", str(output), "--steps", "4",
