@@ -76,7 +76,7 @@ def decoder_comparison(models, tiny, count: int = 200, steps: int = 25) -> tuple
 
     scenes = held_out_scenes(count)
     sets = {"autoencoder latents of the held-out scenes":
-            [models.vae.encode(torch.from_numpy(render(scene))[None].float() / 255) for scene in scenes]}
+            [models.vae.encode(torch.tensor(render(scene), dtype=torch.float32)[None] / 255) for scene in scenes]}
     negative = models.conditioning("")
     for setting in SETTINGS[1:]:   # teacher CFG 4, the guidance-distilled and the 4-step student
         model = getattr(models, setting.model.replace("-", "_"))
