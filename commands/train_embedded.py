@@ -24,7 +24,8 @@ def register(subparsers) -> None:
                         help="the few-step student's step count (default 4, the shipped one; 2 or 1 also write "
                              "the rounds before, 4 and 2 steps)")
     parser.add_argument("--tiny-decoder-steps", type=int, default=None,
-                        help="steps of the autoencoder's tiny decoder (distill-decoder); 0 leaves the stage out")
+                        help="train the autoencoder's tiny decoder (distill-decoder) for this many steps of 32 "
+                             "scenes (1500 planned; default 0: the stage is left out)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true",
                         help="keep the stages whose files already exist in --output (delete a file to "
