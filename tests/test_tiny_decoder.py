@@ -145,7 +145,8 @@ def test_resume_continues_exactly(autoencoder, images, tmp_path):
 def test_two_processes_equal_one_process_with_the_combined_batch(autoencoder, images, tmp_path):
     from test_distributed_training import assert_same, torchrun
 
-    common = ["distill-decoder", str(images), "--vae", str(autoencoder), "--steps", "1", "--lr", "0.01",
+    common = ["distill-decoder", str(images), "--vae", str(autoencoder), "--steps", "2", "--lr", "0.01",
+              "--gan-weight", "0.1",
               "--device", "cpu", *SHAPE]
     single = tmp_path / "single" / "tiny.safetensors"
     assert main([*common, "--batch-size", "4", "--output", str(single)]) == 0

@@ -152,8 +152,9 @@ class TinyDecoderTraining:
         loss.backward()
         self.optimizer.step()
         if self.discriminator is not None:
-            d = self.wrapped_discriminator
-            d_loss = F.relu(1 - d(target)).mean() + F.relu(1 + d(output.detach())).mean()
+            # One forward over both halves (GroupNorm is per image), so DDP sees one call per step.
+            real, fake = self.wrapped_discriminator(torch.cat([target, output.detach()])).chunk(2)
+            d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
             self.d_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
             self.d_optimizer.step()
