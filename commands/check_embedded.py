@@ -39,6 +39,9 @@ def register(subparsers) -> None:
     parser.add_argument("--weights", action="store_true",
                         help="instead: prompt weights on the last object's <character_N> block of held-out "
                              "scenes (teacher, CFG 4): that object's presence and the others' figures per weight")
+    parser.add_argument("--tiny-decoder", type=Path, default=None, metavar="FILE",
+                        help="instead: images decoded by the full autoencoder and by this tiny decoder (made by "
+                             "distill-decoder) from the same latents, and each decoder's time per image")
     parser.set_defaults(func=run)
 
 
@@ -204,7 +207,24 @@ def run_weights(args) -> int:
     return 0
 
 
+def run_tiny_decoder(args) -> int:
+    from ..training.embedded.evaluate import EmbeddedModels
+    from ..training.embedded.tiny_decoder import decoder_comparison
+    from ..vae.loading import load_vae
+
+    models = EmbeddedModels(args.models_dir)
+    rows, seconds = decoder_comparison(models, load_vae(args.tiny_decoder, dtype="fp32"), args.count, args.steps)
+    _header()
+    for name, scores in rows.items():
+        print(_row(name, scores))
+    print(f"\ndecode time per 64×64 image, side by side: full {seconds['full'] * 1e3:.1f} ms, tiny "
+          f"{seconds['tiny'] * 1e3:.1f} ms ({seconds['tiny'] / seconds['full']:.2f}× the full decoder's)")
+    return 0
+
+
 def run(args) -> int:
+    if args.tiny_decoder is not None:
+        return run_tiny_decoder(args)
     if args.lora is not None:
         return run_lora(args)
     if args.dit:

@@ -17,8 +17,9 @@ from importlib import import_module
 from ..runtime.errors import EXIT_INTERRUPTED, EXIT_USAGE, RunnerError
 
 # Subcommand modules, each with register(subparsers), in the order --help lists them.
-_COMMAND_MODULES = ("run", "demo", "nodes", "distill", "train_lora", "train_controlnet", "train_embedded",
-                    "check_embedded", "embedded_lora_data", "embedded_controlnet_data", "quantize", "serve")
+_COMMAND_MODULES = ("run", "demo", "nodes", "distill", "distill_decoder", "train_lora", "train_controlnet",
+                    "train_embedded", "check_embedded", "embedded_lora_data", "embedded_controlnet_data",
+                    "quantize", "serve")
 
 EXIT_CODES_HELP = """exit codes:
   0    success

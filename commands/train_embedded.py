@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     parser.add_argument("--few-steps", type=int, default=None, choices=(1, 2, 4),
                         help="the few-step student's step count (default 4, the shipped one; 2 or 1 also write "
                              "the rounds before, 4 and 2 steps)")
+    parser.add_argument("--tiny-decoder-steps", type=int, default=None,
+                        help="train the autoencoder's tiny decoder (distill-decoder) for this many steps of 32 "
+                             "scenes (1500 planned; default 0: the stage is left out)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true",
                         help="keep the stages whose files already exist in --output (delete a file to "
@@ -41,7 +44,8 @@ def run(args) -> int:
     overrides = {name: value for name, value in (("ae_steps", args.ae_steps), ("dit_steps", args.dit_steps),
                                                  ("distill_iterations", args.distill_iterations),
                                                  ("few_step_iterations", args.few_step_iterations),
-                                                 ("few_steps", args.few_steps))
+                                                 ("few_steps", args.few_steps),
+                                                 ("tiny_decoder_steps", args.tiny_decoder_steps))
                  if value is not None}
     plan = dataclasses.replace(TrainingPlan(seed=args.seed), **overrides)
     logging.getLogger(__name__).info("training the embedded model into %s with %s", args.output, plan)

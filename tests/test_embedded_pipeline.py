@@ -94,7 +94,8 @@ def test_train_embedded_writes_every_file_in_the_real_layouts_and_resumes_stage_
     from nextdit_nodes.training.embedded import pipeline as embedded
 
     plan = embedded.TrainingPlan(ae_steps=2, ae_finetune_steps=1, dataset_size=32, dit_steps=2, dit_batch=8,
-                                 distill_iterations=1, few_step_iterations=1)
+                                 distill_iterations=1, few_step_iterations=1, tiny_decoder_steps=2,
+                                 tiny_decoder_scenes=4)
     monkeypatch.setattr(embedded, "reconstruction_adherence", lambda ae: {})  # 200 scenes: not needed here
     embedded.train_embedded(tmp_path, plan)
     assert embedded.embedded_files_present(tmp_path)
@@ -107,6 +108,10 @@ def test_train_embedded_writes_every_file_in_the_real_layouts_and_resumes_stage_
     few_step = load_dit(tmp_path / embedded.FEW_STEP_FILE, dtype="fp32")
     assert own_settings(few_step).steps == 4 and few_step.params.guidance_embed
     assert {t.dtype for t in load_file(tmp_path / embedded.FEW_STEP_FILE).values()} == {torch.float16}
+    from nextdit_nodes.vae.loading import load_vae
+    tiny = load_vae(tmp_path / embedded.TINY_DECODER_FILE, dtype="fp32")
+    assert (tiny.kind, tiny.info.can_encode, tiny.info.downscale) == ("tiny", False, 8)
+    assert tiny.decode(torch.randn(1, 16, 8, 8)).shape == (1, 64, 64, 3)
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished stage was retrained")
@@ -115,6 +120,7 @@ def test_train_embedded_writes_every_file_in_the_real_layouts_and_resumes_stage_
     monkeypatch.setattr(embedded, "train_dit", must_not_run)
     monkeypatch.setattr(embedded, "distill_student", must_not_run)
     monkeypatch.setattr(embedded, "few_step_student", must_not_run)
+    monkeypatch.setattr(embedded, "tiny_decoder_stage", must_not_run)
     embedded.train_embedded(tmp_path, plan, resume=True)
 
     # Deleting one stage's file retrains exactly that stage.

@@ -9,6 +9,7 @@ student, written in the layouts real NewBie files come in so inference takes the
 | text_encoders/embedded-shapes-gemma3.safetensors                | ComfyUI single file + spiece_model      |
 | text_encoders/embedded-shapes-jina.safetensors                  | ComfyUI single file + spiece_model      |
 | vae/embedded-shapes-vae/                                        | diffusers AutoencoderKL folder          |
+| vae/embedded-shapes-tiny-decoder.safetensors                    | `distill-decoder` output, fp16          |
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .adherence import score_image, summarise
 from .dit_training import EMBEDDED_PARAMS, prepare_captions, train_dit
 from .shapes import caption, held_out_scenes, render, training_scene
 from .text_side import build_text_encoders, save_gemma_encoder, save_text_encoders
+from .tiny_decoder import TINY_DECODER_CONFIG, TINY_DECODER_FILE, TINY_DECODER_SCENES, write_tiny_decoder
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,10 @@ class TrainingPlan:
     distill_iterations: int = 2000
     few_step_iterations: int = 600
     few_steps: int = 4               # the few-step student's N (other than 4: not shipped, for measurements)
+    # 0: no tiny decoder stage (the default until a tiny decoder measures within a point of the full
+    # one; TINY_DECODER_CONFIG.steps is the planned length).
+    tiny_decoder_steps: int = 0
+    tiny_decoder_scenes: int = TINY_DECODER_SCENES
     seed: int = 0
 
 def _bar(desc: str):
@@ -93,6 +99,15 @@ def train_autoencoder_stage(out: Path, plan: TrainingPlan):
     ae_training.finetune_decoder(ae, plan.ae_finetune_steps, progress=_bar("decoder after fold"))
     ae.save_pretrained(str(out / VAE_FOLDER), safe_serialization=True)
     return ae
+
+def tiny_decoder_stage(out: Path, plan: TrainingPlan) -> None:
+    """The autoencoder's tiny decoder (`distill-decoder` on rendered training scenes), as the
+    pack's loader reads the autoencoder."""
+    from ...vae.loading import load_vae
+
+    config = replace(TINY_DECODER_CONFIG, steps=plan.tiny_decoder_steps)
+    write_tiny_decoder(load_vae(out / VAE_FOLDER, dtype="fp32"), out / TINY_DECODER_FILE, config,
+                       scenes=plan.tiny_decoder_scenes, seed=plan.seed, progress=_bar("tiny decoder"))
 
 def reconstruction_adherence(reconstruct, count: int = 200) -> dict[str, float]:
     """The checker on an autoencoder's own reconstructions of held-out scenes; ``reconstruct`` maps
@@ -188,6 +203,9 @@ def train_embedded(out: Path, plan: TrainingPlan = TrainingPlan(), resume: bool 
             ae = train_autoencoder_stage(out, plan)
     log.info("autoencoder reconstructions of held-out scenes: %s",
              reconstruction_adherence(lambda images: ae_training.reconstruct(ae, images)))
+    with clock("tiny decoder"):
+        if plan.tiny_decoder_steps and not done(TINY_DECODER_FILE):
+            tiny_decoder_stage(out, plan)
     if done(DIT_FILE, STUDENT_FILE):
         with clock("few-step student"):
             if not done(few_step_file(plan.few_steps)):

@@ -1,0 +1,202 @@
+"""``python -m nextdit_nodes distill-decoder DATA --vae FILE --output FILE``: distill a tiny decoder (the
+TAEF1 architecture, diffusers ``AutoencoderTiny``) from an autoencoder on a folder of images.
+
+DATA is a folder of images (captions are not needed), or a dataset with a metadata.jsonl / metadata.csv
+as train-lora reads it. Every image is resized and centre-cropped to --resolution; images that cannot
+be read or are smaller are listed and skipped. The autoencoder encodes each image once; the tiny
+decoder learns to reproduce the autoencoder's decode of that latent (L1 on both average-pooled
+--pool×, plus --gan-weight times a patch-discriminator term).
+
+The output is a decoder-only .safetensors (``decoder.layers.N`` names, the autoencoder's latent scale
+and shift in its metadata) that NextDiT VAE Loader and the pack's VAE loader read: it decodes, and
+refuses to encode (keep the full autoencoder for VAE Encode).
+
+Under ``torchrun --nproc_per_node N`` the same command trains with N processes: --batch-size is per
+process, gradients are averaged, only the first process writes files and shows progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+
+from ..files.atomic import clean_leftovers
+from ..runtime.errors import EXIT_BAD_WORKFLOW, RunnerError
+from ..runtime.model_sources import resolve_model
+from .arguments import UsageError
+
+log = logging.getLogger(__name__)
+
+
+class DistillDecoderUsageError(UsageError):
+    """A bad combination of distill-decoder options."""
+
+
+class DistillDecoderError(RunnerError):
+    """An input that cannot be used: not an autoencoder, no usable images, a value out of range."""
+
+    exit_code = EXIT_BAD_WORKFLOW
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "distill-decoder", help="distill a tiny decoder (TAEF1 architecture) from an autoencoder",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", type=Path, help="folder of images")
+    parser.add_argument("--vae", required=True,
+                        help="the autoencoder with its encoder (ae.safetensors, a diffusers vae/ folder; models/vae)")
+    parser.add_argument("--output", type=Path, required=True, help="the tiny decoder to write (.safetensors)")
+    parser.add_argument("--resolution", type=int, default=256, help="training crop, pixels per side (default 256)")
+    parser.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per process per step (default 8)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    parser.add_argument("--pool", type=int, default=8,
+                        help="average-pooling factor of the L1 loss (default 8, SDXS's; 1: full-resolution L1)")
+    parser.add_argument("--gan-weight", type=float, default=0.0,
+                        help="weight of the patch-discriminator term (default 0: off)")
+    parser.add_argument("--width", type=int, default=64, help="channels of every decoder stage (default 64, TAEF1's)")
+    parser.add_argument("--blocks", default="3,3,3,1",
+                        help="blocks per stage, comma-separated (default 3,3,3,1, TAEF1's; the stage count must "
+                             "match the autoencoder's downscale: 4 stages for 8×)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-every", type=int, default=0,
+                        help="also write <output>-stepNNNNNN.safetensors and the training state every N steps")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from <output stem>.training-state.pt (written with --save-every)")
+    parser.add_argument("--save-dtype", choices=("fp16", "fp32"), default="fp16",
+                        help="dtype of the tensors in the file (default fp16, as TAEF1 ships)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: a GPU when there is one (under torchrun each process takes GPU LOCAL_RANK)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+# (smallest, largest) of every numeric option, checked before anything loads.
+NUMERIC_RANGES = {"resolution": (8, 16384), "steps": (1, 10**9), "batch_size": (1, 4096), "lr": (1e-12, 1e3),
+                  "pool": (1, 1024), "gan_weight": (0.0, 1e6), "width": (1, 4096), "seed": (0, 2**63 - 1),
+                  "save_every": (0, 10**9)}
+
+
+def _config(args):
+    from ..training.tiny_decoder import TinyDecoderConfig
+
+    for name, (low, high) in NUMERIC_RANGES.items():
+        value = getattr(args, name)
+        if not math.isfinite(value) or not low <= value <= high:
+            raise DistillDecoderError(f"--{name.replace('_', '-')} {value}: must be a number from {low} to {high}")
+    try:
+        blocks = tuple(int(part) for part in args.blocks.split(","))
+    except ValueError:
+        raise DistillDecoderError(f"--blocks {args.blocks!r}: expected whole numbers separated by commas") from None
+    if args.resolution % args.pool:
+        raise DistillDecoderError(f"--resolution {args.resolution} is not a multiple of --pool {args.pool}")
+    try:
+        return TinyDecoderConfig(width=args.width, blocks=blocks, steps=args.steps, batch_size=args.batch_size,
+                                 lr=args.lr, pool=args.pool, gan_weight=args.gan_weight, seed=args.seed)
+    except ValueError as error:
+        raise DistillDecoderError(str(error)) from None
+
+
+def load_teacher(path: Path, device):
+    """The autoencoder, refused clearly when it is not one or cannot encode."""
+    from ..files.errors import WeightsError
+    from ..vae.loading import load_vae
+
+    try:
+        vae = load_vae(path, device=device, dtype="fp32")
+    except WeightsError as error:
+        raise DistillDecoderError(f"--vae {error}") from None
+    if vae.kind != "flux" or not vae.info.can_encode:
+        raise DistillDecoderError(f"--vae {path}: a {'tiny decoder' if vae.kind == 'tiny' else 'decoder-only file'}; "
+                                  f"distill-decoder needs the full autoencoder with its encoder (e.g. FLUX's "
+                                  f"ae.safetensors)")
+    return vae
+
+
+def run(args) -> int:
+    import torch
+
+    from ..training import distributed
+    from ..training.decoder_data import autoencoder_targets, load_images
+    from ..training.lora_data import DatasetError
+    from ..training.lora_training import run as train
+    from ..training.tiny_decoder import TinyDecoderTraining, save_tiny_decoder, save_training_state
+
+    config = _config(args)
+    if not args.data.is_dir():
+        raise DistillDecoderUsageError(f"dataset folder {args.data} does not exist")
+    clean_leftovers(args.output.parent, recursive=False)   # what a killed run left half written
+    output = args.output if args.output.suffix == ".safetensors" else args.output.with_suffix(".safetensors")
+    state_path = output.with_name(f"{output.stem}.training-state.pt")
+    if output.exists() and not (args.overwrite or args.resume):
+        raise DistillDecoderUsageError(f"{output} exists; choose another --output, pass --overwrite, or --resume")
+    if args.resume and not state_path.is_file():
+        raise DistillDecoderUsageError(f"--resume needs {state_path} (written by --save-every)")
+    vae_path = resolve_model("vae", args.vae)
+
+    job = distributed.start(args.device)
+    try:
+        vae = load_teacher(vae_path, job.device)
+        if len(config.blocks) - 1 != int(math.log2(vae.info.downscale)):
+            raise DistillDecoderError(f"--blocks {args.blocks}: {len(config.blocks)} stages upsample "
+                                      f"{config.downscale}×, the autoencoder {vae.info.downscale}×; give "
+                                      f"{int(math.log2(vae.info.downscale)) + 1} stages")
+        if args.resolution % vae.info.downscale:
+            raise DistillDecoderError(f"--resolution {args.resolution} is not a multiple of the autoencoder's "
+                                      f"factor {vae.info.downscale}")
+        try:
+            images, used, skipped = load_images(args.data, args.resolution)
+        except DatasetError as error:
+            raise DistillDecoderError(str(error)) from None
+        if job.is_main:
+            for entry in skipped:
+                print(f"skipped {entry}")
+            print(f"{len(used)} images train, {len(skipped)} skipped")
+        if not used:
+            raise DistillDecoderError(f"no usable images in {args.data} (images of at least {args.resolution} px "
+                                      f"per side; see the skipped files above)")
+        data = autoencoder_targets(vae, images)
+        config = _with_channels(config, vae.info.latent_channels)
+        training = TinyDecoderTraining(data, config, job)
+        if args.resume:
+            try:
+                training.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
+            except ValueError as error:
+                raise DistillDecoderUsageError(f"{state_path}: {error}") from None
+            log.info("resumed at step %d of %d", training.step, config.steps)
+        save_dtype = torch.float16 if args.save_dtype == "fp16" else torch.float32
+        metadata = {"trainer": "nextdit-nodes distill-decoder", "teacher_vae": vae_path.name,
+                    "training_settings": json.dumps({**_settings(config), "resolution": args.resolution,
+                                                     "images": len(used), "processes": job.world_size})}
+
+        def checkpoint(step: int) -> None:
+            if args.save_every and step % args.save_every == 0 and step < config.steps:
+                save_tiny_decoder(output.with_name(f"{output.stem}-step{step:06d}.safetensors"), training.model,
+                                  vae.latent_format, {**metadata, "steps_done": str(step)}, save_dtype)
+                save_training_state(training, state_path)
+
+        train(training, progress=not args.no_progress, every=args.save_every, on_every=checkpoint)
+        if job.is_main:
+            save_tiny_decoder(output, training.model, vae.latent_format,
+                              {**metadata, "steps_done": str(training.step)}, save_dtype)
+            print(f"wrote {output} (tiny decoder, width {config.width}, blocks {list(config.blocks)}, "
+                  f"{training.step} steps, last pooled L1 {training.last.get('l1', float('nan')):.4f})")
+    finally:
+        distributed.finish(job)
+    return 0
+
+
+def _with_channels(config, channels: int):
+    from dataclasses import replace
+
+    return replace(config, latent_channels=channels)
+
+
+def _settings(config) -> dict:
+    from dataclasses import asdict
+
+    return {**asdict(config), "blocks": list(config.blocks)}

@@ -1,0 +1,181 @@
+"""``distill-decoder``: a tiny decoder (diffusers AutoencoderTiny) distilled from a tiny random
+autoencoder, written as a file the pack's VAE loader reads; its loss, resume and torchrun."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from nextdit_nodes.commands.cli import main
+from nextdit_nodes.runtime.errors import EXIT_BAD_WORKFLOW
+from nextdit_nodes.training.distributed import Distributed
+from nextdit_nodes.training.tiny_decoder import DecoderData, TinyDecoderConfig, TinyDecoderTraining, pooled_l1
+from nextdit_nodes.vae.loading import load_vae
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+ONE_PROCESS = Distributed(0, 1, 0, torch.device("cpu"))
+SHAPE = ("--resolution", "32", "--width", "8", "--blocks", "1,1,1,1", "--no-progress", "--save-dtype", "fp32")
+COMMON = (*SHAPE, "--batch-size", "2")
+
+
+@pytest.fixture(scope="module")
+def autoencoder(tmp_path_factory):
+    """A diffusers AutoencoderKL folder: 8× down, 4 latent channels, its own latent scale and shift."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    model = AutoencoderKL(block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                          down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                          use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.5, shift_factor=0.1)
+    folder = tmp_path_factory.mktemp("vae") / "tiny-vae"
+    model.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Six smooth 40×36 images, one corrupt file and one too small for --resolution 32."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for index in range(6):
+        small = rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((40, 36), Image.Resampling.BILINEAR).save(folder / f"image{index}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / "small.png")
+    return folder
+
+
+def test_pooled_l1_is_the_mean_absolute_difference_of_8x8_block_means():
+    g = torch.Generator().manual_seed(0)
+    output, target = torch.randn(2, 3, 16, 24, generator=g), torch.randn(2, 3, 16, 24, generator=g)
+    total, count = 0.0, 0
+    for b in range(2):
+        for c in range(3):
+            for i in range(0, 16, 8):
+                for j in range(0, 24, 8):
+                    mean_out = sum(output[b, c, i + y, j + x].item() for y in range(8) for x in range(8)) / 64
+                    mean_target = sum(target[b, c, i + y, j + x].item() for y in range(8) for x in range(8)) / 64
+                    total += abs(mean_out - mean_target)
+                    count += 1
+    assert pooled_l1(output, target, 8).item() == pytest.approx(total / count, rel=1e-5)
+
+
+def test_training_lowers_the_pooled_loss():
+    g = torch.Generator().manual_seed(1)
+    latents = torch.randn(8, 4, 2, 2, generator=g)
+    # A target the decoder can learn: each latent's first three channels, upsampled.
+    targets = ((torch.nn.functional.interpolate(latents[:, :3].tanh(), scale_factor=8) + 1) * 127.5).round().byte()
+    config = TinyDecoderConfig(latent_channels=4, width=8, blocks=(1, 1, 1, 1), steps=40, batch_size=4, lr=3e-3)
+    training = TinyDecoderTraining(DecoderData(latents, targets), config, ONE_PROCESS)
+    first = training.train_step()
+    for _ in range(39):
+        last = training.train_step()
+    assert last < 0.6 * first
+
+
+def test_gan_term_trains_the_discriminator_too():
+    g = torch.Generator().manual_seed(2)
+    data = DecoderData(torch.randn(4, 4, 2, 2, generator=g), torch.randint(0, 256, (4, 3, 16, 16), generator=g,
+                                                                            dtype=torch.uint8))
+    config = TinyDecoderConfig(latent_channels=4, width=8, blocks=(1, 1, 1, 1), batch_size=2, gan_weight=0.1)
+    training = TinyDecoderTraining(data, config, ONE_PROCESS)
+    before = {k: v.clone() for k, v in training.discriminator.state_dict().items()}
+    training.train_step()
+    assert any(not torch.equal(before[k], v) for k, v in training.discriminator.state_dict().items())
+
+
+def test_distill_decoder_writes_a_tiny_decoder_the_vae_loader_reads(autoencoder, images, tmp_path, capsys):
+    output = tmp_path / "tiny.safetensors"
+    assert main(["distill-decoder", str(images), "--vae", str(autoencoder), "--output", str(output),
+                 "--steps", "3", *COMMON]) == 0
+    printed = capsys.readouterr().out
+    assert "broken.png" in printed and "small.png: too small" in printed
+    assert "6 images train, 2 skipped" in printed
+
+    tiny, full = load_vae(output, dtype="fp32"), load_vae(autoencoder, dtype="fp32")
+    assert (tiny.kind, tiny.info.latent_channels, tiny.info.downscale) == ("tiny", 4, 8)
+    assert tiny.latent_format == full.latent_format   # scale 0.5, shift 0.1 from the autoencoder
+    raw = torch.randn(2, 4, 3, 5)
+    assert tiny.decode(raw).shape == (2, 24, 40, 3)
+    # It is the AutoencoderTiny decoder on the normalised latent, as the file's tensors say.
+    from diffusers import AutoencoderTiny
+
+    reference = AutoencoderTiny(latent_channels=4, decoder_block_out_channels=(8,) * 4, num_decoder_blocks=(1,) * 4)
+    reference.load_state_dict(load_file(str(output)), strict=False)
+    with torch.no_grad():
+        expected = ((reference.decoder((raw - 0.1) * 0.5) + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+    assert torch.allclose(tiny.decode(raw), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="no encoder"):
+        tiny.encode(torch.rand(1, 32, 32, 3))
+
+
+def test_the_nodes_load_and_decode_with_it_and_refuse_to_encode(autoencoder, images, tmp_path, monkeypatch):
+    from nextdit_nodes.nodes.vae import NextDiTVAEDecode, NextDiTVAEEncode, NextDiTVAELoader
+
+    (tmp_path / "vae").mkdir()
+    assert main(["distill-decoder", str(images), "--vae", str(autoencoder), "--steps", "1",
+                 "--output", str(tmp_path / "vae" / "tiny.safetensors"), *COMMON]) == 0
+    monkeypatch.setenv("NEXTDIT_MODELS_DIR", str(tmp_path))
+    assert "tiny.safetensors" in NextDiTVAELoader.INPUT_TYPES()["required"]["vae_name"][0]
+    (vae,) = NextDiTVAELoader().load("tiny.safetensors")
+    (image,) = NextDiTVAEDecode().decode(vae, {"samples": torch.randn(1, 4, 4, 4)}, tiled="off")
+    assert image.shape == (1, 32, 32, 3) and 0 <= image.min() and image.max() <= 1
+    with pytest.raises(Exception, match="no encoder"):
+        NextDiTVAEEncode().encode(vae, image)
+
+
+def test_resume_continues_exactly(autoencoder, images, tmp_path):
+    output = tmp_path / "tiny.safetensors"
+    args = ["distill-decoder", str(images), "--vae", str(autoencoder), "--output", str(output), "--steps", "4",
+            "--save-every", "2", "--gan-weight", "0.1", *COMMON]
+    assert main(args) == 0
+    straight = tmp_path / "straight.safetensors"
+    shutil.copy(output, straight)
+    assert (tmp_path / "tiny-step000002.safetensors").is_file()
+    assert main([*args, "--resume"]) == 0
+    a, b = load_file(str(straight)), load_file(str(output))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    step2 = load_file(str(tmp_path / "tiny-step000002.safetensors"))
+    assert any(not torch.equal(a[k], step2[k]) for k in a)   # the resumed steps did something
+
+
+def test_two_processes_equal_one_process_with_the_combined_batch(autoencoder, images, tmp_path):
+    from test_distributed_training import assert_same, torchrun
+
+    common = ["distill-decoder", str(images), "--vae", str(autoencoder), "--steps", "2", "--lr", "0.01",
+              "--gan-weight", "0.1",
+              "--device", "cpu", *SHAPE]
+    single = tmp_path / "single" / "tiny.safetensors"
+    assert main([*common, "--batch-size", "4", "--output", str(single)]) == 0
+    out = tmp_path / "ddp"
+    torchrun(*common, "--batch-size", "2", "--output", str(out / "tiny.safetensors"))
+    assert sorted(p.name for p in out.iterdir()) == ["tiny.safetensors"]
+    initial = TinyDecoderConfig(latent_channels=4, width=8, blocks=(1, 1, 1, 1))
+    from nextdit_nodes.training.tiny_decoder import build_tiny_decoder
+
+    start = {f"decoder.{k}": v for k, v in build_tiny_decoder(initial).decoder.state_dict().items()}
+    assert_same(out / "tiny.safetensors", single, changed_from=start, tolerance=1e-5)
+
+
+def test_bad_inputs_are_refused_clearly(autoencoder, images, tmp_path, capsys):
+    not_a_vae = tmp_path / "lora.safetensors"
+    save_file({"diffusion_model.layers.0.attention.qkv.lora_A.weight": torch.zeros(4, 8)}, str(not_a_vae))
+    output = tmp_path / "tiny.safetensors"
+    base = ["distill-decoder", str(images), "--output", str(output), "--steps", "1", *COMMON]
+    assert main([*base, "--vae", str(not_a_vae)]) == EXIT_BAD_WORKFLOW
+    assert "not a VAE" in capsys.readouterr().err
+
+    assert main([*base, "--vae", str(autoencoder)]) == 0
+    assert main([*base, "--vae", str(output), "--output", str(tmp_path / "again.safetensors")]) == EXIT_BAD_WORKFLOW
+    assert "needs the full autoencoder with its encoder" in capsys.readouterr().err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["distill-decoder", str(empty), "--vae", str(autoencoder), "--output", str(tmp_path / "e.safetensors"),
+                 *COMMON]) == EXIT_BAD_WORKFLOW
+    assert "no usable images" in capsys.readouterr().err
+    assert main([*base, "--vae", str(autoencoder), "--blocks", "1,1,1", "--overwrite"]) == EXIT_BAD_WORKFLOW
+    assert "give 4 stages" in capsys.readouterr().err

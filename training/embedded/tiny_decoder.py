@@ -1,0 +1,99 @@
+"""The embedded autoencoder's tiny decoder: ``distill-decoder``'s training on rendered training
+scenes, at a width scaled down for 64-pixel images (the loader reads the width from the file).
+
+``python -m nextdit_nodes distill-decoder FOLDER --vae embedded/vae/embedded-shapes-vae --resolution 64
+--width 16 --blocks 3,3,3,1 --batch-size 32 --steps 1500`` on a folder of the same scenes makes the same
+kind of file; here the scenes come straight from the renderer.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..decoder_data import autoencoder_targets
+from ..distributed import Distributed
+from ..tiny_decoder import TinyDecoderConfig, TinyDecoderTraining, save_tiny_decoder
+from .shapes import render, training_scene
+
+TINY_DECODER_FILE = "vae/embedded-shapes-tiny-decoder.safetensors"
+# TAEF1's stages and blocks at a quarter of its width (16 channels instead of 64), which decodes a
+# 64×64 image in about a quarter of the full decoder's time. Full-resolution L1 (pool 1), no GAN term:
+# on these scenes an 8×8 pooled loss cannot see the shapes, and the GAN term from scratch spoilt the
+# colours (the README's comparison).
+TINY_DECODER_CONFIG = TinyDecoderConfig(width=16, blocks=(3, 3, 3, 1), steps=1500, batch_size=32, lr=1e-3,
+                                        pool=1, gan_weight=0.0)
+TINY_DECODER_SCENES = 1000
+
+
+def scene_targets(vae, count: int, seed: int):
+    """The autoencoder's latents and decodes of ``count`` training scenes (fixed by ``seed``)."""
+    rng = random.Random(seed)
+    images = np.stack([render(training_scene(rng)) for _ in range(count)])
+    return autoencoder_targets(vae, images, batch=100)
+
+
+def train_tiny_decoder(vae, config: TinyDecoderConfig = TINY_DECODER_CONFIG, scenes: int = TINY_DECODER_SCENES,
+                       seed: int = 0, progress=None) -> TinyDecoderTraining:
+    """The tiny decoder of ``vae`` (a NextDiTVAE with an encoder), trained on one process."""
+    from dataclasses import replace
+
+    data = scene_targets(vae, scenes, seed + 5)
+    config = replace(config, latent_channels=vae.info.latent_channels, seed=seed)
+    training = TinyDecoderTraining(data, config, Distributed(0, 1, 0, torch.device("cpu")))
+    while training.step < config.steps:
+        loss = training.train_step()
+        if progress is not None:
+            progress(training.step, config.steps, loss)
+    return training
+
+
+def write_tiny_decoder(vae, path: Path, config: TinyDecoderConfig = TINY_DECODER_CONFIG,
+                       scenes: int = TINY_DECODER_SCENES, seed: int = 0, progress=None) -> Path:
+    training = train_tiny_decoder(vae, config, scenes, seed, progress)
+    metadata = {"trainer": "nextdit-nodes train-embedded (distill-decoder)", "teacher_vae": "embedded-shapes-vae",
+                "steps_done": str(training.step)}
+    return save_tiny_decoder(path, training.model, vae.latent_format, metadata, torch.float16)
+
+
+def _decode_uint8(vae, latent: torch.Tensor) -> np.ndarray:
+    return (vae.decode(latent)[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def decoder_comparison(models, tiny, count: int = 200, steps: int = 25) -> tuple[dict, dict[str, float]]:
+    """The checker's figures for images decoded by the full autoencoder and by ``tiny`` from the same
+    latents: the autoencoder's latents of held-out scenes, and the samples of the teacher (CFG 4) and
+    of the students the models folder has (the seeds and settings of check-embedded's rows). Also the
+    seconds per image of each decoder, timed side by side over every latent (one image at a time, as
+    the pack decodes; the two alternate so both see the same machine load)."""
+    import time
+
+    from ...sampling.sample import sample
+    from .adherence import score_image, summarise
+    from .evaluate import SETTINGS
+    from .shapes import held_out_scenes, xml_caption
+
+    scenes = held_out_scenes(count)
+    sets = {"autoencoder latents of the held-out scenes":
+            [models.vae.encode(torch.tensor(render(scene), dtype=torch.float32)[None] / 255) for scene in scenes]}
+    negative = models.conditioning("")
+    for setting in SETTINGS[1:]:   # teacher CFG 4, the guidance-distilled and the 4-step student
+        model = getattr(models, setting.model.replace("-", "_"))
+        if model is None:
+            continue
+        sets[setting.name] = [sample(model, models.conditioning(xml_caption(scene)), negative, setting.settings(steps),
+                                     width=64, height=64, seed=index)["samples"] for index, scene in enumerate(scenes)]
+    rows, seconds = {}, {"full": 0.0, "tiny": 0.0}
+    for name, latents in sets.items():
+        for label, vae in (("full", models.vae), ("tiny", tiny)):
+            images = []
+            for latent in latents:
+                start = time.perf_counter()
+                images.append(_decode_uint8(vae, latent))
+                seconds[label] += time.perf_counter() - start
+            rows[f"{name}, {label} decoder"] = summarise([score_image(i, s) for i, s in zip(images, scenes)])
+    decoded = sum(len(latents) for latents in sets.values())
+    return rows, {label: total / decoded for label, total in seconds.items()}
