@@ -381,15 +381,20 @@ class CompactTraining:
         self.optimizer = torch.optim.AdamW(self.student.trainable(), lr=config.lr, weight_decay=0.0)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_then_linear_decay(config.iterations))
 
-    def step(self) -> tuple[float, float]:
-        """One optimizer step; returns (output loss, feature loss), averaged over the processes."""
-        inputs = self.source.inputs()
+    def losses(self, inputs: _Inputs) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(loss trained on, output loss, feature loss, the parent's output) at ``inputs``."""
         target = self.source.parent_forward(inputs)
         parent_features = [f.detach() for f in self.theirs.outputs]
         prediction = self.trained(*self.source.student_args(inputs))
         out = output_loss(prediction, target)
         features = feature_loss(self.mine.outputs, parent_features, self.mine.lengths)
         loss = out + self.config.feature_weight * features if self.config.feature_weight else out
+        return loss, out, features, target
+
+    def step(self) -> tuple[float, float]:
+        """One optimizer step; returns (output loss, feature loss), averaged over the processes."""
+        inputs = self.source.inputs()
+        loss, out, features, target = self.losses(inputs)
         if not torch.isfinite(loss):
             raise FloatingPointError("compact distillation loss became NaN/inf; lower --lr")
         self.optimizer.zero_grad(set_to_none=True)
