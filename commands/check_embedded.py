@@ -39,6 +39,9 @@ def register(subparsers) -> None:
     parser.add_argument("--weights", action="store_true",
                         help="instead: prompt weights on the last object's <character_N> block of held-out "
                              "scenes (teacher, CFG 4): that object's presence and the others' figures per weight")
+    parser.add_argument("--compact", type=Path, action="append", default=[], metavar="FILE",
+                        help="instead: the teacher and each compact student (made by `distill --layers`) at their "
+                             "own recorded settings (the teacher's: CFG 4, 25 Euler steps); repeatable")
     parser.set_defaults(func=run)
 
 
@@ -132,6 +135,29 @@ def run_dit(args) -> int:
     return 0
 
 
+def run_compact(args) -> int:
+    """The teacher and each --compact student in its place, every model at its own settings."""
+    import copy
+
+    from ..dit.checkpoint import load_dit
+    from ..dit.own_settings import own_settings
+    from ..files.tensors import read_metadata
+    from ..training.embedded.evaluate import EVALUATION, EmbeddedModels, Setting, adherence
+
+    models = EmbeddedModels(args.models_dir)
+    _header()
+    own = Setting("", "teacher", replace(EVALUATION, steps=0))
+    print(_row(f"teacher ({own_settings(models.teacher).describe()})", adherence(models, own, args.count)), flush=True)
+    for path in args.compact:
+        replaced = copy.copy(models)
+        replaced.teacher = load_dit(path, dtype="fp32")
+        metadata = read_metadata(path)
+        name = (f"{path.name}: {replaced.teacher.params.n_layers} of {metadata.get('parent_layers', '?')} joint "
+                f"layers ({metadata.get('kept_layers', '?')}), feature weight {metadata.get('feature_weight', '?')}")
+        print(_row(name, adherence(replaced, own, args.count)), flush=True)
+    return 0
+
+
 def run_controlnet(args) -> int:
     import numpy as np
 
@@ -209,6 +235,8 @@ def run(args) -> int:
         return run_lora(args)
     if args.dit:
         return run_dit(args)
+    if args.compact:
+        return run_compact(args)
     if args.controlnet is not None:
         return run_controlnet(args)
     if args.nag:

@@ -12,8 +12,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train-embedded", help="train the embedded default model (about an hour on 2 CPU cores)",
         description="Train the embedded shapes model: text side, FLUX-architecture autoencoder, "
-                    "Next-DiT, then its guidance-distilled and 4-step students. Fixed seed; writes the files "
-                    "in the real layouts under --output.")
+                    "Next-DiT, then its guidance-distilled, 4-step and half-depth students. Fixed seed; writes the "
+                    "files in the real layouts under --output.")
     parser.add_argument("--output", type=Path, default=EMBEDDED_DIR,
                         help=f"models folder to write into (default: the pack's {EMBEDDED_DIR})")
     parser.add_argument("--ae-steps", type=int, default=None, help="autoencoder training steps")
@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     parser.add_argument("--few-steps", type=int, default=None, choices=(1, 2, 4),
                         help="the few-step student's step count (default 4, the shipped one; 2 or 1 also write "
                              "the rounds before, 4 and 2 steps)")
+    parser.add_argument("--compact-iterations", type=int, default=None,
+                        help="iterations of the half-depth student (`distill --layers 3`)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true",
                         help="keep the stages whose files already exist in --output (delete a file to "
@@ -41,7 +43,8 @@ def run(args) -> int:
     overrides = {name: value for name, value in (("ae_steps", args.ae_steps), ("dit_steps", args.dit_steps),
                                                  ("distill_iterations", args.distill_iterations),
                                                  ("few_step_iterations", args.few_step_iterations),
-                                                 ("few_steps", args.few_steps))
+                                                 ("few_steps", args.few_steps),
+                                                 ("compact_iterations", args.compact_iterations))
                  if value is not None}
     plan = dataclasses.replace(TrainingPlan(seed=args.seed), **overrides)
     logging.getLogger(__name__).info("training the embedded model into %s with %s", args.output, plan)
