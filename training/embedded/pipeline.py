@@ -317,7 +317,8 @@ def compact_student(text_encoders, captions, out: Path, plan: TrainingPlan, resu
     elif rule == "even":
         keep = compact.evenly_spaced(teacher.params.n_layers, k)
     else:
-        importance = compact.layer_importance(teacher, positives, negative, config)
+        importance = compact.layer_importance(teacher, positives, negative, config,
+                                              iterations=min(16, config.iterations))
         log.info("layer importance: %s", ", ".join(f"{i}: {v:.4f}" for i, v in enumerate(importance)))
         keep = compact.most_important(importance, k)
     config = replace(config, keep=keep)
