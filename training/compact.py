@@ -29,7 +29,9 @@ Which layers: ``keep`` explicit, or ``evenly_spaced`` (first and last kept), or
 that one layer is skipped (its input passed on as its output), measured at the parent's own
 training states (a few prompts, all along the trajectories); the K most important are kept. How
 the two rules and feature weight 0 (output distillation alone) compare on the embedded model:
-the README's "Compact students".
+the README's "Compact students" (there the measured importance kept layers 1, 3, 5 of 6 and beat
+evenly spaced 0, 3, 5 by 10 points on shape; feature weight 1 beat 0 by 1.4 on shape and 3 on
+images all right).
 
 ``mode`` full trains every weight of the student (the natural choice: the layers around a gap
 must change); lora trains adapters on the kept layers' attention and MLP only (merged when
