@@ -42,6 +42,9 @@ def register(subparsers) -> None:
     parser.add_argument("--tiny-decoder", type=Path, default=None, metavar="FILE",
                         help="instead: images decoded by the full autoencoder and by this tiny decoder (made by "
                              "distill-decoder) from the same latents, and each decoder's time per image")
+    parser.add_argument("--compact", type=Path, action="append", default=[], metavar="FILE",
+                        help="instead: the teacher and each compact student (made by `distill --layers`) at their "
+                             "own recorded settings (the teacher's: CFG 4, 25 Euler steps); repeatable")
     parser.set_defaults(func=run)
 
 
@@ -132,6 +135,29 @@ def run_dit(args) -> int:
     for name, which in variants:
         label = setting.name if which is models else setting.name.replace("teacher", name, 1)
         print(_row(label, adherence(which, setting, args.count, args.steps)), flush=True)
+    return 0
+
+
+def run_compact(args) -> int:
+    """The teacher and each --compact student in its place, every model at its own settings."""
+    import copy
+
+    from ..dit.checkpoint import load_dit
+    from ..dit.own_settings import own_settings
+    from ..files.tensors import read_metadata
+    from ..training.embedded.evaluate import EVALUATION, EmbeddedModels, Setting, adherence
+
+    models = EmbeddedModels(args.models_dir)
+    _header()
+    own = Setting("", "teacher", replace(EVALUATION, steps=0))
+    print(_row(f"teacher ({own_settings(models.teacher).describe()})", adherence(models, own, args.count)), flush=True)
+    for path in args.compact:
+        replaced = copy.copy(models)
+        replaced.teacher = load_dit(path, dtype="fp32")
+        metadata = read_metadata(path)
+        name = (f"{path.name}: {replaced.teacher.params.n_layers} of {metadata.get('parent_layers', '?')} joint "
+                f"layers ({metadata.get('kept_layers', '?')}), feature weight {metadata.get('feature_weight', '?')}")
+        print(_row(name, adherence(replaced, own, args.count)), flush=True)
     return 0
 
 
@@ -229,6 +255,8 @@ def run(args) -> int:
         return run_lora(args)
     if args.dit:
         return run_dit(args)
+    if args.compact:
+        return run_compact(args)
     if args.controlnet is not None:
         return run_controlnet(args)
     if args.nag:

@@ -58,9 +58,10 @@ def register(subparsers) -> None:
                       help="xml (official), plain (official), none, or any other text used verbatim")
     text.add_argument("--negative", default="", help="negative prompt (default: empty, the official default)")
     train = parser.add_argument_group("training")
-    train.add_argument("--mode", choices=("lora", "full"), default="lora",
-                       help="lora: guidance embedder + LoRA on attention/MLP, merged when saved (default); "
-                            "full: every weight (needs several times the model's size in memory)")
+    train.add_argument("--mode", choices=("lora", "full"), default=None,
+                       help="lora: guidance embedder + LoRA on attention/MLP, merged when saved (default; with "
+                            "--layers: LoRA on the kept layers); full: every weight (needs several times the "
+                            "model's size in memory; the default with --layers)")
     train.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
     train.add_argument("--iterations", type=int, default=2000, help="training iterations (default 2000)")
     train.add_argument("--batch-size", type=int, default=4,
@@ -105,6 +106,7 @@ def register(subparsers) -> None:
     out.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_step_arguments(parser)
+    _add_layer_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -163,6 +165,10 @@ def _save_dtype(args):
 
 def run(args) -> int:
     """Load the teacher, get the conditionings, train, write the student; returns the exit code."""
+    if getattr(args, "layers", None) is not None or getattr(args, "keep", None) is not None:
+        return _run_layers(args)   # a compact student (training/compact.py)
+    if args.mode is None:
+        args.mode = "lora"
     if getattr(args, "steps", None):   # a few-step student (training/step_distill.py)
         return _run_steps(args)
     from ..training.distill import default_output_path
@@ -360,6 +366,123 @@ def _run_steps(args) -> int:
             path = save_student(student, output, save_dtype, metadata, overwrite=args.overwrite)
             print(f"wrote {path}: sample it with NextDiT Sampler's steps 0 (its own settings: "
                   f"{config.own_settings().describe()})")
+    finally:
+        distributed.finish(job)
+    return 0
+
+
+# ---- --layers: a compact student (training/compact.py) ------------------------------------------
+
+def _add_layer_arguments(parser) -> None:
+    layers = parser.add_argument_group(
+        "compact student (--layers or --keep; also uses --prompts/--conditionings, --negative, --mode, --rank, "
+        "--lr, --iterations, --batch-size, --guidance-min/max, --shift, --trajectory-steps, --width, --height, "
+        "--seed, --resume)")
+    layers.add_argument("--layers", type=int,
+                        help="make a student with K of TEACHER's joint layers (TEACHER: a teacher, or a "
+                             "guidance-distilled or few-step student, whose recorded sampler settings it keeps)")
+    layers.add_argument("--keep", help="the kept joint layers, e.g. 0,2,5 (default: chosen by --layer-rule)")
+    layers.add_argument("--layer-rule", choices=("importance", "even"), default="importance",
+                        help="importance: the K layers whose removal changes the parent's output most, measured "
+                             "on its own training states (default); even: evenly spaced, first and last kept")
+    layers.add_argument("--feature-weight", type=float, default=1.0,
+                        help="weight of the feature loss at the kept layers' outputs (0: output distillation "
+                             "alone; default 1)")
+    layers.add_argument("--save-every", type=int, default=0,
+                        help="write the training state (<output stem>.training-state.pt) every N iterations; "
+                             "--resume continues from it")
+
+
+def _keep_argument(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part != ""]
+    except ValueError:
+        raise DistillUsageError(f"--keep takes joint layer numbers separated by commas (e.g. 0,2,5); got "
+                                f"{text!r}") from None
+
+
+def _joint_layers(path: Path) -> int:
+    """The parent's joint layer count, from its tensor names and shapes (no weights read yet)."""
+    from ..dit.checkpoint import infer_params
+    from ..dit.keys import official_refs
+    from ..files.tensors import open_weights
+
+    return infer_params(official_refs(path, open_weights(path, subfolder="transformer")), path).n_layers
+
+
+def _run_layers(args) -> int:
+    from ..dit.checkpoint import load_dit
+    from ..files.fingerprint import fingerprint
+    from ..training import compact, distributed
+
+    if args.steps:
+        raise DistillUsageError("--layers and --steps make different students: make the few-step student first "
+                                "(distill --steps N), then its compact student (distill <its file> --layers K)")
+    if args.latents is not None or args.student_trajectories or args.scale_weighted_loss:
+        raise DistillUsageError("--latents, --student-trajectories and --scale-weighted-loss are guidance-stage "
+                                "options; a compact student trains on its parent's own trajectories")
+    mode = args.mode or "full"
+    _check_prompt_source(args)
+    parent_path = resolve_model("diffusion_models", args.teacher)
+    n_layers = _joint_layers(parent_path)
+    try:
+        if args.keep is not None:
+            keep = compact.checked_keep(_keep_argument(args.keep), n_layers)
+            if args.layers is not None and args.layers != len(keep):
+                raise ValueError(f"--layers {args.layers} but --keep names {len(keep)} layers; give one of them "
+                                 f"or make them agree")
+        else:
+            compact.checked_count(args.layers, n_layers)
+            keep = None
+    except ValueError as error:
+        raise DistillUsageError(str(error)) from None
+    k = len(keep) if keep is not None else args.layers
+    output = args.output or compact.default_output_path(parent_path, k)
+    state_path = output.with_name(f"{output.stem}.training-state.pt")
+    if output.exists() and not args.overwrite:
+        raise DistillUsageError(f"{output} exists; choose another --output or pass --overwrite")
+    if args.resume and not state_path.is_file():
+        raise DistillUsageError(f"--resume needs {state_path} (written by --save-every)")
+    if args.save_every < 0:
+        raise DistillUsageError("--save-every must be 0 (never) or a number of iterations")
+    try:
+        config = compact.CompactConfig(
+            keep=keep or tuple(range(k)), mode=mode, rank=args.rank, iterations=args.iterations,
+            batch_size=args.batch_size, lr=args.lr if args.lr is not None else 1e-4,
+            feature_weight=args.feature_weight, guidance_min=args.guidance_min, guidance_max=args.guidance_max,
+            shift=args.shift, trajectory_steps=args.trajectory_steps, width=args.width, height=args.height,
+            seed=args.seed, checkpointing=not args.no_checkpointing)
+    except ValueError as error:
+        raise DistillUsageError(str(error)) from None
+    positives, negative = _training_prompts(args)
+
+    job = distributed.start(args.device)
+    try:
+        parent = load_dit(parent_path, dtype=args.dtype, device=job.device)
+        if keep is None:     # the rule: every process measures alike (same seed, same states)
+            if args.resume:  # the state records the layers chosen when the run began
+                import torch
+
+                saved = torch.load(state_path, map_location="cpu", weights_only=True)["config"]["keep"]
+                keep = tuple(saved)
+            elif args.layer_rule == "even":
+                keep = compact.evenly_spaced(n_layers, k)
+            else:
+                importance = compact.layer_importance(parent, positives, negative, config)
+                keep = compact.most_important(importance, k)
+                log.info("layer importance (output change when skipped): %s",
+                         ", ".join(f"{i}: {v:.4g}" for i, v in enumerate(importance)))
+            config = replace(config, keep=keep)
+        log.info("distilling %s (%d joint layers) into a %d-layer student (layers %s, %s mode, feature weight %g, "
+                 "%d prompts, %d process(es)) at %s", parent_path.name, n_layers, k, ",".join(map(str, keep)),
+                 mode, args.feature_weight, len(positives), job.world_size, output)
+        student = compact.compact_distill(parent, positives, negative, config, progress=not args.no_progress,
+                                          job=job, state_path=state_path if args.save_every else None,
+                                          save_every=args.save_every, resume=args.resume)
+        if job.is_main:
+            metadata = compact.compact_metadata(parent, keep, config, parent_path.name, fingerprint(parent_path))
+            path = compact.save_compact(student, output, _save_dtype(args), metadata, overwrite=args.overwrite)
+            print(f"wrote {path}: {k} of {n_layers} joint layers ({','.join(map(str, keep))})")
     finally:
         distributed.finish(job)
     return 0

@@ -12,8 +12,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train-embedded", help="train the embedded default model (about an hour on 2 CPU cores)",
         description="Train the embedded shapes model: text side, FLUX-architecture autoencoder, "
-                    "Next-DiT, then its guidance-distilled and 4-step students. Fixed seed; writes the files "
-                    "in the real layouts under --output.")
+                    "Next-DiT, then its guidance-distilled, 4-step and half-depth students. Fixed seed; writes the "
+                    "files in the real layouts under --output.")
     parser.add_argument("--output", type=Path, default=EMBEDDED_DIR,
                         help=f"models folder to write into (default: the pack's {EMBEDDED_DIR})")
     parser.add_argument("--ae-steps", type=int, default=None, help="autoencoder training steps")
@@ -26,6 +26,9 @@ def register(subparsers) -> None:
     parser.add_argument("--tiny-decoder-steps", type=int, default=None,
                         help="train the autoencoder's tiny decoder (distill-decoder) for this many steps of 32 "
                              "scenes (1500 planned; default 0: the stage is left out)")
+    parser.add_argument("--compact-iterations", type=int, default=None,
+                        help="train the half-depth student (`distill --layers 3`) for this many iterations "
+                             "(default 0: the stage is left out; 500 were measured)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true",
                         help="keep the stages whose files already exist in --output (delete a file to "
@@ -45,7 +48,8 @@ def run(args) -> int:
                                                  ("distill_iterations", args.distill_iterations),
                                                  ("few_step_iterations", args.few_step_iterations),
                                                  ("few_steps", args.few_steps),
-                                                 ("tiny_decoder_steps", args.tiny_decoder_steps))
+                                                 ("tiny_decoder_steps", args.tiny_decoder_steps),
+                                                 ("compact_iterations", args.compact_iterations))
                  if value is not None}
     plan = dataclasses.replace(TrainingPlan(seed=args.seed), **overrides)
     logging.getLogger(__name__).info("training the embedded model into %s with %s", args.output, plan)

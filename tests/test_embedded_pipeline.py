@@ -95,7 +95,7 @@ def test_train_embedded_writes_every_file_in_the_real_layouts_and_resumes_stage_
 
     plan = embedded.TrainingPlan(ae_steps=2, ae_finetune_steps=1, dataset_size=32, dit_steps=2, dit_batch=8,
                                  distill_iterations=1, few_step_iterations=1, tiny_decoder_steps=2,
-                                 tiny_decoder_scenes=4)
+                                 tiny_decoder_scenes=4, compact_iterations=1)
     monkeypatch.setattr(embedded, "reconstruction_adherence", lambda ae: {})  # 200 scenes: not needed here
     embedded.train_embedded(tmp_path, plan)
     assert embedded.embedded_files_present(tmp_path)
@@ -112,6 +112,10 @@ def test_train_embedded_writes_every_file_in_the_real_layouts_and_resumes_stage_
     tiny = load_vae(tmp_path / embedded.TINY_DECODER_FILE, dtype="fp32")
     assert (tiny.kind, tiny.info.can_encode, tiny.info.downscale) == ("tiny", False, 8)
     assert tiny.decode(torch.randn(1, 16, 8, 8)).shape == (1, 64, 64, 3)
+    compact = load_dit(tmp_path / embedded.COMPACT_FILE, dtype="fp32")
+    assert compact.params.n_layers == teacher.params.n_layers // 2 and not compact.params.guidance_embed
+    assert {t.dtype for t in load_file(tmp_path / embedded.COMPACT_FILE).values()} == {torch.float16}
+    assert own_settings(compact) == own_settings(teacher)
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished stage was retrained")
@@ -121,6 +125,7 @@ def test_train_embedded_writes_every_file_in_the_real_layouts_and_resumes_stage_
     monkeypatch.setattr(embedded, "distill_student", must_not_run)
     monkeypatch.setattr(embedded, "few_step_student", must_not_run)
     monkeypatch.setattr(embedded, "tiny_decoder_stage", must_not_run)
+    monkeypatch.setattr(embedded, "compact_student", must_not_run)
     embedded.train_embedded(tmp_path, plan, resume=True)
 
     # Deleting one stage's file retrains exactly that stage.

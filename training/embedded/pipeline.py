@@ -6,6 +6,7 @@ student, written in the layouts real NewBie files come in so inference takes the
 | diffusion_models/NextDiT-embedded-shapes.pth                    | training checkpoint, `module.` prefixes |
 | diffusion_models/NextDiT-embedded-shapes-distilled.safetensors  | `distill` output (guidance embedder)    |
 | diffusion_models/NextDiT-embedded-shapes-distilled-4step.safetensors | `distill --steps 4` output, fp16     |
+| diffusion_models/NextDiT-embedded-shapes-3layers.safetensors    | `distill --layers 3` output, fp16       |
 | text_encoders/embedded-shapes-gemma3.safetensors                | ComfyUI single file + spiece_model      |
 | text_encoders/embedded-shapes-jina.safetensors                  | ComfyUI single file + spiece_model      |
 | vae/embedded-shapes-vae/                                        | diffusers AutoencoderKL folder          |
@@ -30,10 +31,13 @@ from ...dit.checkpoint import load_dit
 from ...dit.model import NextDiT
 from ...dit.own_settings import preview_metadata
 from ...files.atomic import atomic_path
+from ...files.fingerprint import fingerprint
 from ...sampler_settings import DEFAULT_SHIFT, SamplerSettings
 from ...text.conditioning import conditioning
 from ...text.loading import load_text_encoders
 from ...vae.latent_format import FLUX
+from .. import compact
+from ..compact import CompactConfig
 from ..distill import DistillConfig, distill, save_student
 from ..step_distill import StepDistillConfig, step_distill
 from . import autoencoder as ae_training
@@ -77,6 +81,9 @@ class TrainingPlan:
     # one; TINY_DECODER_CONFIG.steps is the planned length).
     tiny_decoder_steps: int = 0
     tiny_decoder_scenes: int = TINY_DECODER_SCENES
+    # the half-depth student (training/compact.py); 0: the stage is left out (the default until a
+    # compact student measures within 3 points of the teacher; 500 was measured)
+    compact_iterations: int = 0
     seed: int = 0
 
 def _bar(desc: str):
@@ -210,6 +217,9 @@ def train_embedded(out: Path, plan: TrainingPlan = TrainingPlan(), resume: bool 
         with clock("few-step student"):
             if not done(few_step_file(plan.few_steps)):
                 few_step_student(text_encoders, training_set(plan)[1], out, plan)
+        with clock("compact student"):
+            if plan.compact_iterations and not done(COMPACT_FILE):
+                compact_student(text_encoders, training_set(plan)[1], out, plan, resume)
         return clock.seconds
 
     with clock("dataset"):
@@ -236,6 +246,9 @@ def train_embedded(out: Path, plan: TrainingPlan = TrainingPlan(), resume: bool 
     with clock("few-step student"):
         if not done(few_step_file(plan.few_steps)):
             few_step_student(text_encoders, captions, out, plan)
+    with clock("compact student"):
+        if plan.compact_iterations and not done(COMPACT_FILE):
+            compact_student(text_encoders, captions, out, plan, resume)
     log.info("stage seconds: %s; total %.0f s", {k: round(v) for k, v in clock.seconds.items()},
              sum(clock.seconds.values()))
     return clock.seconds
@@ -298,6 +311,42 @@ def few_step_student(text_encoders, captions, out: Path, plan: TrainingPlan) -> 
         student = step_distill(load_dit(out / few_step_file(4), dtype="fp32"), positives, rounds,
                                on_round=lambda s, steps: save(s, steps, "progressive", targets))
         save(student, plan.few_steps, "progressive", targets)
+
+
+COMPACT_FILE = "diffusion_models/NextDiT-embedded-shapes-3layers.safetensors"
+# Half the teacher's 6 joint layers, full fine-tuning, feature weight 1, the layers chosen by their
+# measured importance (the README's Compact students compares the rules and feature weight 0).
+COMPACT_CONFIG = CompactConfig(keep=(0, 1, 2), mode="full", batch_size=16, lr=3e-4, feature_weight=1.0,
+                               guidance_min=1.0, guidance_max=6.0, width=64, height=64)
+
+
+def compact_student(text_encoders, captions, out: Path, plan: TrainingPlan, resume: bool = False,
+                    config: CompactConfig | None = None, path: Path | None = None, rule: str = "importance") -> None:
+    """The half-depth student of the teacher, as `distill NextDiT-embedded-shapes.pth --layers 3
+    --mode full --lr 3e-4 --batch-size 16 --iterations 500 --guidance-max 6 --width 64 --height 64` makes it, in fp16;
+    its training state (every 100 iterations) lets ``resume`` continue a stopped run."""
+    config = replace(config or COMPACT_CONFIG, iterations=plan.compact_iterations, seed=plan.seed)
+    path = Path(path or out / COMPACT_FILE)
+    state = path.with_name(f"{path.stem}.training-state.pt")
+    teacher = load_dit(out / DIT_FILE, dtype="fp32")
+    positives = _conditionings(text_encoders, captions[:2000])
+    negative = _conditionings(text_encoders, [""])[0]
+    k = len(config.keep)
+    if resume and state.exists():
+        keep = tuple(torch.load(state, map_location="cpu", weights_only=True)["config"]["keep"])
+    elif rule == "even":
+        keep = compact.evenly_spaced(teacher.params.n_layers, k)
+    else:
+        importance = compact.layer_importance(teacher, positives, negative, config,
+                                              iterations=min(16, config.iterations))
+        log.info("layer importance: %s", ", ".join(f"{i}: {v:.4f}" for i, v in enumerate(importance)))
+        keep = compact.most_important(importance, k)
+    config = replace(config, keep=keep)
+    student = compact.compact_distill(teacher, positives, negative, config, state_path=state, save_every=100,
+                                      resume=resume and state.exists())
+    metadata = compact.compact_metadata(teacher, keep, config, Path(DIT_FILE).name, fingerprint(out / DIT_FILE))
+    compact.save_compact(student, path, dtype=torch.float16, metadata=metadata, overwrite=True)
+    state.unlink(missing_ok=True)
 
 
 def embedded_files_present(models_dir: Path) -> bool:
