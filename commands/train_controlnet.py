@@ -166,7 +166,7 @@ def run(args) -> int:
             resume(training, state_path, TrainControlNetUsageError)
         save_dtype = dtypes.torch_dtype(args.save_dtype)
         kind = args.control_kind or args.control or "image"
-        training_settings = json.dumps({**_settings(config), "processes": job.world_size,
+        training_settings = json.dumps({**_settings(config, training.net), "processes": job.world_size,
                                         "resolution": args.resolution, "images": len(data.items)}, sort_keys=True)
         metadata = {"base_model": dit_path.name, "base_model_sha256": sha256_file(dit_path) if job.is_main else "",
                     "trainer": "nextdit-nodes train-controlnet"}
@@ -190,7 +190,12 @@ def run(args) -> int:
     return 0
 
 
-def _settings(config) -> dict:
+def _settings(config, net) -> dict:
+    """The training settings as recorded in the file: the network's real block count (a fine-tuned
+    file keeps its own) and, for ``--init FILE``, the file's name (not a path of this machine)."""
     from dataclasses import asdict
 
-    return asdict(config)
+    settings = {**asdict(config), "blocks": len(net.control_blocks)}
+    if config.init not in ("dit", "random"):
+        settings["init"] = Path(config.init).name
+    return settings

@@ -5,6 +5,7 @@ batch."""
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 import pytest
@@ -131,9 +132,12 @@ def test_init_from_a_controlnet_file_fine_tunes_that_network(models, tmp_path): 
     saved = load_file(str(first))
     assert set(start.state_dict()) == set(saved)
     assert all(torch.equal(start.state_dict()[k], saved[k]) for k in saved)   # starts exactly there
-    assert train(models, data, second, "--steps", "1", "--init", str(first), *common) == 0
+    assert train(models, data, second, "--steps", "1", "--init", str(first), *common,
+                 "--blocks", "2") == 0                                         # the file's block count wins
     tuned = load_file(str(second))
     assert any(not torch.equal(tuned[k], saved[k]) for k in saved)            # and trains on
+    recorded = json.loads(load_controlnet(second).metadata["nextdit_controlnet_training"])
+    assert (recorded["init"], recorded["blocks"]) == ("first.safetensors", 1)  # its name, its real blocks
     with pytest.raises(TrainControlNetUsageError, match="init must be one of dit, random or a ControlNet"):
         train(models, data, second, "--steps", "1", "--init", "edges", "--overwrite", *common)
     with pytest.raises(MissingModelError, match="missing.safetensors"):
