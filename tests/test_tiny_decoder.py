@@ -120,7 +120,8 @@ def test_the_nodes_load_and_decode_with_it_and_refuse_to_encode(autoencoder, ima
                  "--output", str(tmp_path / "vae" / "tiny.safetensors"), *COMMON]) == 0
     monkeypatch.setenv("NEXTDIT_MODELS_DIR", str(tmp_path))
     assert "tiny.safetensors" in NextDiTVAELoader.INPUT_TYPES()["required"]["vae_name"][0]
-    (vae,) = NextDiTVAELoader().load("tiny.safetensors")
+    vae, core_vae = NextDiTVAELoader().load("tiny.safetensors")
+    assert core_vae is None                  # headless: no core VAE
     (image,) = NextDiTVAEDecode().decode(vae, {"samples": torch.randn(1, 4, 4, 4)}, tiled="off")
     assert image.shape == (1, 32, 32, 3) and 0 <= image.min() and image.max() <= 1
     with pytest.raises(Exception, match="no encoder"):
