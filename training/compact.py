@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from ..dit.model import NextDiT
 from ..dit.own_settings import own_settings, preview_factors, preview_metadata
 from ..sampler_settings import DEFAULT_SHIFT, SamplerSettings
-from .distill import (Adapters, DistillConfig, Student, _Prompts, _TrajectoryPool, carries_module_hooks,
+from .distill import (Adapters, DistillConfig, Student, _Prompts, _TrajectoryPool, carries_module_hooks, save_student,
                       warmup_then_linear_decay)
 from .distributed import Distributed
 from .step_distill import _GridPool
@@ -508,15 +508,4 @@ def compact_metadata(parent: nn.Module, keep, config: CompactConfig, parent_name
 def save_compact(student: Compact, path: str | Path, dtype: torch.dtype | None = None,
                  metadata: dict[str, str] | None = None, overwrite: bool = False) -> Path:
     """Write the student as one safetensors file in the official layout (``n_layers`` = K)."""
-    from safetensors.torch import save_file
-
-    from ..files.atomic import atomic_path
-
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; choose another --output or pass --overwrite")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as partial:
-        save_file(student.state_dict(dtype), str(partial), metadata={"nextdit_distilled": "compact",
-                                                                      **(metadata or {})})
-    return path
+    return save_student(student, path, dtype, {"nextdit_distilled": "compact", **(metadata or {})}, overwrite)
