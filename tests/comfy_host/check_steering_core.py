@@ -15,7 +15,6 @@ node on the same MODEL must change the latent at nag_scale 5 and leave it at nag
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -24,14 +23,10 @@ STEPS, SEED, SIZE = 4, 5, 32
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--comfy", type=Path, required=True, help="the ComfyUI checkout")
-    args = parser.parse_args()
-    sys.path[:0] = [str(args.comfy), str(TESTS)]
-    sys.argv = [sys.argv[0], "--cpu"]
+    sys.path.insert(0, str(TESTS))
+    from comfy_host.comfy_server import core_in_process
 
-    import comfy.options
-    comfy.options.enable_args_parsing()     # so that --cpu (sys.argv) reaches core's arguments
+    core_in_process(__doc__.splitlines()[0])
     import torch
     import comfy.sample
     from factories import random_dit, tiny_params

@@ -42,3 +42,20 @@ def queue(url: str, prompt: dict, file: Path, timeout: int = 900) -> None:
     file.write_text(json.dumps(prompt))
     subprocess.run([str(SCRATCH / "comfy-venv" / "bin" / "python"), str(COMFY_HOST / "comfy_api_run.py"),
                     "--url", url, "--prompt", str(file), "--timeout", str(timeout)], check=True)
+
+
+def core_in_process(description: str) -> None:
+    """For checks that run core's code in this process (no server): reads ``--comfy`` (the ComfyUI
+    checkout) from the command line, puts it and tests/ on the import path and makes core read
+    ``--cpu`` as its own argument, before anything imports ComfyUI."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--comfy", type=Path, required=True, help="the ComfyUI checkout")
+    args = parser.parse_args()
+    sys.path[:0] = [str(args.comfy), str(Path(__file__).resolve().parents[1])]
+    sys.argv = [sys.argv[0], "--cpu"]
+    import comfy.options
+
+    comfy.options.enable_args_parsing()     # so that --cpu (sys.argv) reaches core's arguments
