@@ -101,7 +101,7 @@ def run_lora(args) -> int:
     print(f"Gemma pieces of '{CONCEPT}': {tokens(models.text, CONCEPT)}")
     print("cosine similarities of one-object captions differing only in the size word: "
           + ", ".join(f"{k} {v:.3f}" for k, v in word_separation(models.text).items()))
-    teacher = next(s for s in SETTINGS if s.model == "teacher" and s.cfg == 4.0)
+    teacher = next(s for s in SETTINGS if s.model == "teacher" and s.sampler.cfg == 4.0)
     patched = models.with_lora(args.lora, args.lora_strength)
     concept = held_out_concept_scenes(args.count)
     base = held_out_scenes(args.count)

@@ -191,3 +191,13 @@ def test_check_embedded_says_what_the_lora_was_trained_for():
 
     text = describe_lora(EMBEDDED_DIR / "loras" / "NextDiT-embedded-shapes-tiny.safetensors")
     assert "base NextDiT-embedded-shapes.pth" in text and "2500 steps of 32 over 3000 images at 64 px" in text
+
+
+def test_check_embedded_lora_runs_end_to_end(capsys):
+    """`check-embedded --lora` as the README runs it (one prompt a row, 2 steps, so seconds)."""
+    from nextdit_nodes.commands import cli
+
+    lora = EMBEDDED_DIR / "loras" / "NextDiT-embedded-shapes-tiny.safetensors"
+    assert cli.main(["check-embedded", "--lora", str(lora), "--count", "1", "--steps", "2"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert any("LoRA strength 1" in row for row in rows) and any("without the LoRA" in row for row in rows), rows
