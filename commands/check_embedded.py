@@ -235,7 +235,7 @@ def run_weights(args) -> int:
 
 def run_tiny_decoder(args) -> int:
     from ..training.embedded.evaluate import EmbeddedModels
-    from ..training.embedded.tiny_decoder import decoder_comparison
+    from ..training.embedded.evaluate import decoder_comparison
     from ..vae.loading import load_vae
 
     models = EmbeddedModels(args.models_dir)

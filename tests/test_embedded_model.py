@@ -201,3 +201,18 @@ def test_check_embedded_lora_runs_end_to_end(capsys):
     assert cli.main(["check-embedded", "--lora", str(lora), "--count", "1", "--steps", "2"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert any("LoRA strength 1" in row for row in rows) and any("without the LoRA" in row for row in rows), rows
+
+
+def test_check_embedded_tiny_decoder_runs_end_to_end(tmp_path, capsys):
+    """`check-embedded --tiny-decoder` on an untrained tiny decoder of the embedded autoencoder's
+    shape (one prompt a row, 2 steps): both decoders' rows and the time per image are printed."""
+    from nextdit_nodes.commands import cli
+    from nextdit_nodes.training.embedded.tiny_decoder import TINY_DECODER_CONFIG
+    from nextdit_nodes.training.tiny_decoder import build_tiny_decoder, save_tiny_decoder
+    from nextdit_nodes.vae.loading import load_vae
+
+    vae = load_vae(EMBEDDED_DIR / "vae" / "embedded-shapes-vae", dtype="fp32")
+    path = save_tiny_decoder(tmp_path / "tiny.safetensors", build_tiny_decoder(TINY_DECODER_CONFIG), vae.latent_format)
+    assert cli.main(["check-embedded", "--tiny-decoder", str(path), "--count", "1", "--steps", "2"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert any("tiny decoder" in row for row in rows) and any("full decoder" in row for row in rows), rows

@@ -178,3 +178,40 @@ def weight_presence(models: EmbeddedModels, weights=(0.0, 0.25, 0.5, 1.0), count
     if 1.0 in weights:   # (block:1) must be the caption without syntax, bit for bit
         results["weight 1 bit-identical"] = all(torch.equal(a, b) for a, b in zip(latents[None], latents[1.0]))
     return results
+
+
+# ---- tiny decoders ------------------------------------------------------------------------------
+
+def _decode_uint8(vae, latent: torch.Tensor) -> np.ndarray:
+    return (vae.decode(latent)[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def decoder_comparison(models, tiny, count: int = 200, steps: int = 25) -> tuple[dict, dict[str, float]]:
+    """The checker's figures for images decoded by the full autoencoder and by ``tiny`` from the same
+    latents: the autoencoder's latents of held-out scenes, and the samples of the teacher (CFG 4) and
+    of the students the models folder has (the seeds and settings of check-embedded's rows). Also the
+    seconds per image of each decoder, timed side by side over every latent (one image at a time, as
+    the pack decodes; the two alternate so both see the same machine load)."""
+    import time
+
+    scenes = held_out_scenes(count)
+    sets = {"autoencoder latents of the held-out scenes":
+            [models.vae.encode(torch.tensor(render(scene), dtype=torch.float32)[None] / 255) for scene in scenes]}
+    negative = models.conditioning("")
+    for setting in SETTINGS[1:]:   # teacher CFG 4, the guidance-distilled and the 4-step student
+        model = getattr(models, setting.model.replace("-", "_"))
+        if model is None:
+            continue
+        sets[setting.name] = [sample(model, models.conditioning(xml_caption(scene)), negative, setting.settings(steps),
+                                     width=64, height=64, seed=index)["samples"] for index, scene in enumerate(scenes)]
+    rows, seconds = {}, {"full": 0.0, "tiny": 0.0}
+    for name, latents in sets.items():
+        for label, vae in (("full", models.vae), ("tiny", tiny)):
+            images = []
+            for latent in latents:
+                start = time.perf_counter()
+                images.append(_decode_uint8(vae, latent))
+                seconds[label] += time.perf_counter() - start
+            rows[f"{name}, {label} decoder"] = summarise([score_image(i, s) for i, s in zip(images, scenes)])
+    decoded = sum(len(latents) for latents in sets.values())
+    return rows, {label: total / decoded for label, total in seconds.items()}
