@@ -267,8 +267,10 @@ def test_a_plan_that_goes_over_a_small_dataset_too_often_is_warned_about():
     from nextdit_nodes.training.lora_training import overfitting_warning
 
     # The README recipe (2500 steps of 32 over 3000 images: 27 passes) is fine; the same batch for
-    # 200 steps over 30 images (213 passes) is what spoiled the old prompts.
+    # 200 steps over 30 images (213 passes) is what spoiled the old prompts, and so did 300 steps of
+    # 8 over 30 images (80 passes).
     assert overfitting_warning(3000, 2500, 32) is None
     warning = overfitting_warning(30, 200, 32)
-    assert "213 times" in warning and "at most about 93" in warning
+    assert "213 times" in warning and "at most about 37" in warning
+    assert "80 times" in overfitting_warning(30, 300, 8)
     assert overfitting_warning(30, 200, 1) is None        # 7 passes
