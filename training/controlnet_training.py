@@ -17,7 +17,6 @@ trainable parameters (here the control network's).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass
 
 import torch
@@ -25,7 +24,6 @@ from torch import Tensor, nn
 
 from ..controlnet.apply import ActiveControl, controls_attached
 from ..controlnet.model import ControlNetParams, NextDiTControlNet
-from .buckets import BatchOrder
 from .controlnet_inputs import ControlSet
 from .distributed import Distributed
 from .flow import OFFICIAL_TIME_SHIFT
@@ -112,20 +110,7 @@ class ControlNetTraining(LoraTraining):
         self.model, self.controls, self.data, self.config, self.job = model, controls, controls.data, config, job
         model.requires_grad_(False)
         self.net = new_controlnet(model, config)
-        self.params = list(self.net.parameters())
-        model.gradient_checkpointing = config.checkpointing
-        model.train()
-        self.wrapped = job.wrap(_Controlled(model, self.net))
-        self.order = BatchOrder([item.bucket for item in self.data.items], config.batch_size * job.world_size,
-                                config.seed)
-        if config.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(self.params, lr=config.lr, weight_decay=config.weight_decay)
-        else:
-            self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.step = 0
-        bf16 = model.device.type == "cuda" and getattr(model, "compute_dtype", torch.float32) == torch.bfloat16
-        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        self._start(list(self.net.parameters()), _Controlled(model, self.net))
 
     def _predict(self, items, x: Tensor, t: Tensor, text) -> Tensor:
         hint = self.controls.control_latents(items).to(x.device)

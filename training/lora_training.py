@@ -131,11 +131,17 @@ class LoraTraining:
 
     def __init__(self, model: nn.Module, data: TrainingSet, config: LoraTrainingConfig, job: Distributed):
         self.model, self.data, self.config, self.job = model, data, config, job
-        self.params = attach_lora(model, config)
+        self._start(attach_lora(model, config), model)
+
+    def _start(self, params: list, trained: nn.Module) -> None:
+        """Everything a training run keeps besides what it trains: ``params`` are optimised, ``trained``
+        (the module whose forward the loss runs) is wrapped for DDP."""
+        model, config, job = self.model, self.config, self.job
+        self.params = params
         model.gradient_checkpointing = config.checkpointing
         model.train()
-        self.wrapped = job.wrap(model)
-        self.order = BatchOrder([item.bucket for item in data.items], config.batch_size * job.world_size,
+        self.wrapped = job.wrap(trained)
+        self.order = BatchOrder([item.bucket for item in self.data.items], config.batch_size * job.world_size,
                                 config.seed)
         if config.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(self.params, lr=config.lr, weight_decay=config.weight_decay)
@@ -143,8 +149,7 @@ class LoraTraining:
             self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step = 0
-        device = model.device
-        bf16 = device.type == "cuda" and getattr(model, "compute_dtype", torch.float32) == torch.bfloat16
+        bf16 = model.device.type == "cuda" and getattr(model, "compute_dtype", torch.float32) == torch.bfloat16
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def _lr_factor(self, step: int) -> float:
