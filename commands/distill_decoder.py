@@ -124,7 +124,8 @@ def run(args) -> int:
     from ..training.decoder_data import autoencoder_targets, load_images
     from ..training.lora_data import DatasetError
     from ..training.lora_training import run as train
-    from ..training.tiny_decoder import TinyDecoderTraining, save_tiny_decoder, save_training_state
+    from ..training.lora_training import save_training_state
+    from ..training.tiny_decoder import TinyDecoderTraining, save_tiny_decoder
 
     config = _config(args)
     if not args.data.is_dir():

@@ -237,8 +237,9 @@ class LoraTraining:
         self.step = int(state["step"])
 
 
-def save_training_state(training: LoraTraining, path: str | Path) -> Path:
-    """The adapters, optimizer and schedule after ``training.step`` steps, for ``--resume``."""
+def save_training_state(training, path: str | Path) -> Path:
+    """A training's ``state_dict()`` (trained weights, optimizer, schedule, step), written atomically,
+    for ``--resume``; every trainer of the pack saves its state through this."""
     path = Path(path)
     with atomic_path(path) as partial:
         torch.save(training.state_dict(), partial)

@@ -185,13 +185,6 @@ class TinyDecoderTraining:
         self.step = int(state["step"])
 
 
-def save_training_state(training: TinyDecoderTraining, path: str | Path) -> Path:
-    path = Path(path)
-    with atomic_path(path) as partial:
-        torch.save(training.state_dict(), partial)
-    return path
-
-
 def save_tiny_decoder(path: str | Path, model: nn.Module, latent_format: LatentFormat,
                       metadata: dict[str, str] | None = None, dtype: torch.dtype = torch.float16) -> Path:
     """The decoder alone, under diffusers ``AutoencoderTiny`` names (``decoder.layers.N``), with the
