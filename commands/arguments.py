@@ -1,5 +1,5 @@
 """What several commands share about their arguments: the error for a bad combination of options,
-the one reader of prompt files, and ``--models-dir``."""
+the one reader of prompt files, ``--models-dir`` and the trainers' dataset and model options."""
 
 from __future__ import annotations
 
@@ -31,3 +31,15 @@ def use_models_dirs(folders: list[Path] | None) -> None:
     """``--models-dir`` (repeatable): the folders the model inputs are found in, for this process."""
     if folders:
         os.environ["NEXTDIT_MODELS_DIR"] = os.pathsep.join(str(d) for d in folders)
+
+
+def add_dataset_and_models(parser, output_help: str) -> None:
+    """The dataset folder and the four models a trainer on images needs (the DiT, Gemma, Jina and
+    the VAE that encodes the images), and ``--output``."""
+    parser.add_argument("data", type=Path, help="dataset folder")
+    models = parser.add_argument_group("models (a name in the models folders, or a path)")
+    models.add_argument("--dit", required=True, help="Next-DiT weights (models/diffusion_models)")
+    models.add_argument("--gemma", required=True, help="Gemma 3 4B-it (models/text_encoders)")
+    models.add_argument("--jina", required=True, help="Jina CLIP v2 (models/text_encoders)")
+    models.add_argument("--vae", required=True, help="FLUX VAE with its encoder, ae.safetensors (models/vae)")
+    models.add_argument("--output", type=Path, required=True, help=output_help)

@@ -25,7 +25,7 @@ import logging
 from pathlib import Path
 
 from ..runtime.model_sources import resolve_model
-from .arguments import UsageError
+from .arguments import UsageError, add_dataset_and_models
 from .train_lora import check_numbers, checked_paths, resume
 
 log = logging.getLogger(__name__)
@@ -39,13 +39,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train-controlnet", help="train a ControlNet on captioned images with control images",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data", type=Path, help="dataset folder")
-    models = parser.add_argument_group("models (a name in the models folders, or a path)")
-    models.add_argument("--dit", required=True, help="Next-DiT weights (models/diffusion_models)")
-    models.add_argument("--gemma", required=True, help="Gemma 3 4B-it (models/text_encoders)")
-    models.add_argument("--jina", required=True, help="Jina CLIP v2 (models/text_encoders)")
-    models.add_argument("--vae", required=True, help="FLUX VAE with its encoder, ae.safetensors (models/vae)")
-    models.add_argument("--output", type=Path, required=True, help="the ControlNet file to write (.safetensors)")
+    add_dataset_and_models(parser, "the ControlNet file to write (.safetensors)")
     data = parser.add_argument_group("data")
     data.add_argument("--control", default=None, choices=("canny",),
                       help="make the control images from the images (default: NAME.control.png beside NAME.png)")

@@ -28,7 +28,7 @@ from ..dit.params import LORA_TARGETS
 from ..files.atomic import atomic_path, clean_leftovers
 from ..runtime.errors import EXIT_BAD_WORKFLOW, RunnerError
 from ..runtime.model_sources import resolve_model
-from .arguments import UsageError, read_prompts
+from .arguments import UsageError, add_dataset_and_models, read_prompts
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train-lora", help="train a LoRA on a folder of captioned images", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data", type=Path, help="dataset folder")
-    models = parser.add_argument_group("models (a name in the models folders, or a path)")
-    models.add_argument("--dit", required=True, help="Next-DiT weights (models/diffusion_models)")
-    models.add_argument("--gemma", required=True, help="Gemma 3 4B-it (models/text_encoders)")
-    models.add_argument("--jina", required=True, help="Jina CLIP v2 (models/text_encoders)")
-    models.add_argument("--vae", required=True, help="FLUX VAE with its encoder, ae.safetensors (models/vae)")
-    models.add_argument("--output", type=Path, required=True, help="the LoRA file to write (.safetensors)")
+    add_dataset_and_models(parser, "the LoRA file to write (.safetensors)")
     data = parser.add_argument_group("data")
     data.add_argument("--resolution", type=int, default=1024,
                       help="bucket pixel count = resolution² (a multiple of 16; default 1024)")
