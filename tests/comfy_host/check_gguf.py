@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import urllib.parse
@@ -32,8 +31,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-SCRATCH = Path(os.environ.get("SCRATCH", Path.home() / "scratch"))
-COMFY_HOST = Path(os.environ.get("COMFY_HOST", "/work/shared/comfy-host"))
 TYPES = ("Q8_0", "Q4_0")
 STEPS, SEED, SIZE = 4, 11, 64
 
@@ -122,24 +119,11 @@ def main() -> int:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     models = prepare(args.work)
-    paths = args.work / "extra_model_paths.yaml"
-    paths.write_text("gguf_check:\n" + f"    base_path: {models}\n" + "".join(
-        f"    {folder}: {folder}/\n" for folder in ("diffusion_models", "text_encoders", "vae")))
-    log = args.work / f"comfy-{args.port}.log"
-    env = {**os.environ, "SCRATCH": str(SCRATCH)}
-    if args.pythonpath:
-        env["PYTHONPATH"] = args.pythonpath
-    started = subprocess.run(["bash", str(COMFY_HOST / "comfy_run.sh"), "--port", str(args.port), "--isolated",
-                              "--comfy-dir", str(args.comfy_dir), "--log", str(log), "--wait", "600",
-                              "--", "--extra-model-paths-config", str(paths)],
-                             capture_output=True, text=True, env=env, check=False)
-    print(started.stdout, started.stderr)
-    started.check_returncode()
-    try:
-        problems = check(f"http://127.0.0.1:{args.port}")
-    finally:
-        subprocess.run(["bash", str(COMFY_HOST / "comfy_run.sh"), "--stop", "--port", str(args.port)], env=env,
-                       check=False)
+    from comfy_host.comfy_server import running_comfyui
+
+    with running_comfyui(args.work, models, ("diffusion_models", "text_encoders", "vae"), args.port,
+                         args.comfy_dir, name="gguf_check", pythonpath=args.pythonpath, wait=600) as (url, _, _):
+        problems = check(url)
     print("OK" if not problems else "PROBLEMS:\n  " + "\n  ".join(problems))
     return 1 if problems else 0
 

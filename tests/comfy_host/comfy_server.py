@@ -16,15 +16,18 @@ COMFY_HOST = Path(os.environ.get("COMFY_HOST", "/work/shared/comfy-host"))
 
 @contextlib.contextmanager
 def running_comfyui(work: Path, models: Path, folders: tuple[str, ...], port: int, comfy_dir: Path | None = None,
-                    name: str = "check") -> Iterator[tuple[str, Path, Path]]:
+                    name: str = "check", pythonpath: str = "",
+                    wait: int | None = None) -> Iterator[tuple[str, Path, Path]]:
     """ComfyUI serving ``models`` (its ``folders`` through extra_model_paths); yields (its URL, its
-    run folder with input/ and output/, its log) and stops it afterwards."""
+    run folder with input/ and output/, its log) and stops it afterwards. ``pythonpath``: extra
+    import folders for ComfyUI's Python; ``wait``: seconds to wait for it to start."""
     paths = work / "extra_model_paths.yaml"
     paths.write_text(f"{name}:\n" + f"    base_path: {models}\n" + "".join(
         f"    {folder}: {folder}/\n" for folder in folders))
     log = work / f"comfy-{port}.log"
-    env = {**os.environ, "SCRATCH": str(SCRATCH)}
+    env = {**os.environ, "SCRATCH": str(SCRATCH), **({"PYTHONPATH": pythonpath} if pythonpath else {})}
     where = ["--comfy-dir", str(comfy_dir)] if comfy_dir is not None else []
+    where += ["--wait", str(wait)] if wait is not None else []
     started = subprocess.run(["bash", str(COMFY_HOST / "comfy_run.sh"), "--port", str(port), "--isolated", *where,
                               "--log", str(log), "--", "--extra-model-paths-config", str(paths)],
                              capture_output=True, text=True, env=env)
