@@ -49,9 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
 
-def readme_commands() -> list[str]:
-    """The README's code lines that call the pack (continuations joined), in order."""
-    commands, pending = [], ""
+def readme_code_lines() -> list[str]:
+    """The README's code lines (continuations joined, comments kept), in order."""
+    lines, pending = [], ""
     in_fence = False
     for line in README.read_text(encoding="utf-8").splitlines():
         if line.strip().startswith("```"):
@@ -65,9 +65,19 @@ def readme_commands() -> list[str]:
             pending = text[:-1]
             continue
         pending = ""
-        if "-m nextdit_nodes" in text and not text.startswith("#"):
-            commands.append(text)
-    return commands
+        if text and not text.startswith("#"):
+            lines.append(text)
+    return lines
+
+
+def readme_commands() -> list[str]:
+    """The README's code lines that call the pack, in order."""
+    return [line for line in readme_code_lines() if "-m nextdit_nodes" in line]
+
+
+def readme_scripts() -> list[str]:
+    """The README's code lines that run a script of this repository (``python benchmarks/X.py``)."""
+    return [line for line in readme_code_lines() if re.match(r"^(\w+=\S+ )*python (benchmarks|tests)/\S+\.py", line)]
 
 
 def pack_arguments(command: str) -> list[str]:
@@ -378,7 +388,7 @@ def newbie_folder(command: str, folder: Path, argv: list[str], newbie_models, us
 
 # ---- running one README command ----------------------------------------------------------------
 
-EMBEDDED_CHAIN: dict[str, int] = {}   # README command -> its exit code, in the order they ran
+EMBEDDED_CHAIN: dict[str, int] = {}   # README command -> 0 once it ran, -1 while it runs or when it failed
 
 
 def is_embedded(argv: list[str]) -> bool:
@@ -409,6 +419,27 @@ def run_as_written(command: str, argv: list[str], expect: Expectations, capsys) 
     if code != 0:
         pytest.fail(f"README command {command!r} exited {code}:\n{err[-3000:]}\n{out[-1000:]}")
     return out
+
+
+@pytest.mark.parametrize("command", readme_scripts(), ids=lambda c: c.split("#")[0].strip())
+def test_every_readme_script_runs_as_written(command, monkeypatch, capsys):
+    import runpy
+    import sys
+
+    import torch
+
+    words = shlex.split(command, comments=True)
+    if "--tiny" not in words:
+        pytest.skip("a benchmark of the full NewBie size on a GPU (with COMFYUI_DIR: beside core ComfyUI); the "
+                    "README's --tiny line of the same script runs here")
+    # in this process (no second torch import); the script's own settings are put back after it
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", torch.backends.cuda.matmul.allow_tf32)
+    monkeypatch.chdir(ROOT)
+    argv = words[words.index("python") + 1:]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(argv[0], run_name="__main__")
+    out = capsys.readouterr().out
+    assert out.count("s/image") >= 2, f"README command {command!r} printed no timings:\n{out}"
 
 
 def test_pip_install_then_demo_installs_this_repository():
