@@ -4,9 +4,10 @@ What runs for real: option parsing and checks, model name resolution, reading th
 prompts, loading the models, and the command's output files. What is stood in: only each
 command's expensive inner loop (training iterations, the held-out evaluation's prompt count,
 the demo datasets' image count, the sampler's steps). Each stand-in first asserts that it was
-handed exactly the README's values (read from the README's own words, not from the parser), then
-does a tiny real amount of the same work by calling the real loop with a small count, so the files
-the next README command reads exist and are real.
+handed exactly the README's values (the words the README writes, read here without the CLI's
+parser; the parser's defaults only for what the README leaves out), then does a tiny real amount
+of the same work by calling the real loop with a small count, so the files the next README
+command reads exist and are real. ``README_COMMANDS_SHOW=1 pytest -s`` prints what each saw.
 
 Where the commands run:
 
@@ -18,15 +19,18 @@ Where the commands run:
 - Commands on the user's NewBie files run in a fresh folder each (each README section starts from
   the user's files), with tiny stand-ins under the real names in ``./models`` (the headless
   search root: ``tests/runtime_models.py`` writes them in the real layouts) and tiny user inputs
-  (``prompts.txt``, ``my_dataset/`` and the like). ``~`` is expanded as the shell would, with
-  HOME at that folder.
+  (``prompts.txt``, ``my_dataset/`` and the like). The folder also holds the pack's
+  ``example_workflows/``, as the README's commands run in the pack's folder (``pip install -e .``).
+  ``~`` is expanded as the shell would, with HOME at that folder.
 - ``torchrun ... -m nextdit_nodes ARGS``: ARGS run in this one process (a job of one; the
   several-process runs are test_distributed_training's).
 - ``serve`` runs as written until the point where it would serve forever; there its app is started
   on a free port and ``/`` fetched once (the port check itself: test_run_command_line).
 - ``pip install ... && python -m nextdit_nodes demo``: the install is the user's; ``demo`` runs.
+- ``python benchmarks/gpu.py --tiny`` runs in this process; the script's GPU-size lines are skipped.
 
-A README command this file has no runner for fails, naming it.
+A README command this file has no runner for, or naming a user input it has no stand-in for,
+fails, naming it.
 """
 
 from __future__ import annotations
