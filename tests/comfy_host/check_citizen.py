@@ -35,12 +35,16 @@ latents the graphs saved (core ``SaveLatent``, read back through ``/view``):
  15. NextDiT VAE Loader's core_vae in core's VAE nodes, for the embedded autoencoder (its own
      widths and GroupNorm groups) and the FLUX-layout ae.safetensors: core VAEDecode equals NextDiT
      VAE Decode and core VAEEncode equals NextDiT VAE Encode within 1e-4 (images saved as 16-bit
-     PNG, latents with SaveLatent); VAEDecodeTiled and VAEEncodeForInpaint run on it.
+     PNG, latents with SaveLatent); VAEDecodeTiled and VAEEncodeForInpaint run on it; for a TAEF1
+     decoder file (decode only) core VAEDecode equals NextDiT VAE Decode.
  16. core's LoRA loader lists the embedded LoRA, and LoraLoaderModelOnly with it on the embedded
      teacher's core MODEL through KSampler equals NextDiT LoRA Loader + NextDiT Sampler.
  17. a pack node's error in ComfyUI's error payload (the websocket's execution_error and /history):
      the exception type is "nextdit_nodes.WeightsError", not a server path, and the message names
      the file as "diffusion_models/<name>" with no server path.
+ 18. core's Apply ControlNet (ControlNetApplyAdvanced) with core_vae as its VAE and the embedded
+     outline ControlNet: NextDiT Sampler equals core KSampler on core_model within 1e-4, and the
+     ControlNet changes the latent.
  13. image-to-image at the latent size of a 100×76 image (12×9, odd: padded to the patch size
      inside the model as core's Lumina model does): NextDiT Sampler at denoise 0.1, 0.3 and 0.6
      (cfg 1) equals core KSampler on the pack's MODEL with the same denoise.
@@ -71,6 +75,7 @@ sys.path.insert(0, str(TESTS))
 WIDE_DIT = "nextdit_newbie_width_1layer.safetensors"
 LORA = "nextdit_check_lora.safetensors"
 DAMAGED = "zz_damaged_dit.safetensors"
+TAEF1 = "taef1_decoder.pth"    # a random TAEF1 decoder in the original (madebyollin) layout
 STEPS = 4     # divides 1000: core's simple schedule is then the pack's shifted grid
 SEED = 77
 
@@ -99,6 +104,10 @@ def write_models(models: Path) -> None:
 
     save_file(lora, str(models / "loras" / LORA))
     (models / "diffusion_models" / DAMAGED).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\"")  # truncated
+    from vae_reference import randomize, taesd_decoder
+
+    decoder = randomize(taesd_decoder(), seed=6)
+    torch.save({k: v.contiguous() for k, v in decoder.state_dict().items()}, models / "vae" / TAEF1)
     print(f"wrote the check's model files into {models}")
 
 
@@ -112,6 +121,19 @@ def post(url: str, prompt: dict) -> tuple[int, dict]:
             return answer.status, json.load(answer)
     except urllib.error.HTTPError as error:
         return error.code, json.load(error)
+
+
+def upload_image(url: str, path: Path) -> None:
+    """Put ``path`` into the server's input folder through core's /upload/image (multipart form)."""
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{path.name}\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + path.read_bytes() + \
+        (f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"overwrite\"\r\n\r\ntrue\r\n"
+         f"--{boundary}--\r\n").encode()
+    request = urllib.request.Request(f"{url}/upload/image", body,
+                                     {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request) as answer:
+        assert answer.status == 200, answer.status
 
 
 def run(url: str, prompt: dict, timeout: float = 900) -> dict:
@@ -472,6 +494,14 @@ def check_core_vae(url: str) -> None:
         "seed": SEED, "steps": 6, "solver": "euler", "shift": 6.0, "cfg": 1.0, "renorm_cfg": 0.0,
         "cfg_trunc": 1.0, "guidance": 0.0}}
     vaes = {"emb": "embedded-shapes-vae", "ae": "ae.safetensors"}
+    # TAEF1 decodes only: core VAEDecode on its core_vae against NextDiT VAE Decode
+    prompt["taef1_vae"] = {"class_type": "NextDiTVAELoader", "inputs": {"vae_name": TAEF1}}
+    for node, class_type, inputs in (("ours", "NextDiTVAEDecode", {"tiled": "off"}), ("core", "VAEDecode", {})):
+        prompt[f"taef1_{node}_dec"] = {"class_type": class_type, "inputs": {
+            "vae": ["taef1_vae", 0 if node == "ours" else 1], "samples": ["ns", 0], **inputs}}
+        prompt[f"taef1_{node}_dec_save"] = {"class_type": "SaveImageAdvanced", "inputs": {
+            "images": [f"taef1_{node}_dec", 0], "filename_prefix": f"vae/taef1_{node}_dec", "format": "png",
+            "format.bit_depth": "16-bit", "format.input_color_space": "sRGB"}}
     for name, vae_name in vaes.items():
         vae = f"{name}_vae"
         prompt[vae] = {"class_type": "NextDiTVAELoader", "inputs": {"vae_name": vae_name}}
@@ -511,6 +541,48 @@ def check_core_vae(url: str) -> None:
         assert decode_gap <= 1e-4 and tiled_gap <= 1e-4
         assert ours_latent.shape == core_latent.shape == inpaint.shape == (1, 16, 8, 8)
         assert relative(core_latent, ours_latent) <= 1e-4
+    ours, core = saved_png16(url, entry, "taef1_ours_dec_save"), saved_png16(url, entry, "taef1_core_dec_save")
+    gap = float((ours - core).abs().max())
+    print(f"15. {TAEF1} (TAEF1, decode only): core VAEDecode on core_vae vs NextDiT VAE Decode: max |difference| "
+          f"{gap:.2e} (image range {float(ours.min()):.2f}..{float(ours.max()):.2f}, 16-bit PNG)")
+    assert float(ours.max() - ours.min()) > 0.1, "a flat image would not tell the decoders apart"
+    assert gap <= 1e-4
+
+
+def check_core_vae_controlnet(url: str) -> None:
+    """18. core's Apply ControlNet with NextDiT VAE Loader's core_vae as its VAE (the control image
+    encoded by the pack's autoencoder through core's VAE interface), the embedded outline
+    ControlNet: NextDiT Sampler equals core KSampler on core_model, and the ControlNet acts."""
+    upload_image(url, TESTS.parent / "embedded" / "input" / "embedded-shapes-outline.png")
+    prompt = embedded_student_graph("NextDiT-embedded-shapes.pth", "triangle", "green", "centre")
+    prompt.update({
+        "vae": {"class_type": "NextDiTVAELoader", "inputs": {"vae_name": "embedded-shapes-vae"}},
+        "cn": {"class_type": "NextDiTControlNetLoader", "inputs": {
+            "control_net_name": "NextDiT-embedded-shapes-outline.safetensors"}},
+        "image": {"class_type": "LoadImage", "inputs": {"image": "embedded-shapes-outline.png"}},
+        "apply": {"class_type": "ControlNetApplyAdvanced", "inputs": {
+            "positive": ["pos", 0], "negative": ["neg", 0], "control_net": ["cn", 0], "image": ["image", 0],
+            "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, "vae": ["vae", 1]}},
+    })
+    sampler = {"width": 64, "height": 64, "batch_size": 1, "seed": SEED, "steps": STEPS, "solver": "euler",
+               "shift": 6.0, "cfg": 4.0, "renorm_cfg": 0.0, "cfg_trunc": 1.0, "guidance": 0.0}
+    prompt["pack"] = {"class_type": "NextDiTSampler", "inputs": {
+        "model": ["student", 0], "positive": ["apply", 0], "negative": ["apply", 1], **sampler}}
+    prompt["plain"] = {"class_type": "NextDiTSampler", "inputs": {
+        "model": ["student", 0], "positive": ["pos", 0], "negative": ["neg", 0], **sampler}}
+    prompt["core"] = {"class_type": "KSampler", "inputs": {
+        "model": ["student", 1], "seed": SEED, "steps": STEPS, "cfg": 4.0, "sampler_name": "euler",
+        "scheduler": "simple", "positive": ["apply", 0], "negative": ["apply", 1], "latent_image": ["empty", 0],
+        "denoise": 1.0}}
+    for node in ("pack", "plain", "core"):
+        prompt[f"{node}_save"] = {"class_type": "SaveLatent", "inputs": {
+            "samples": [node, 0], "filename_prefix": f"latents/cn_{node}"}}
+    entry = run(url, prompt)
+    pack, plain, core = (saved_latent(url, entry, f"{node}_save") for node in ("pack", "plain", "core"))
+    gap, effect = float((pack - core).abs().max()), float((pack - plain).abs().max())
+    print(f"18. Apply ControlNet with core_vae (embedded autoencoder, outline ControlNet): NextDiT Sampler vs "
+          f"KSampler on core_model max |difference| {gap:.2e}; the ControlNet moves the latent by {effect:.3g}")
+    assert gap <= 1e-4 and effect > 1e-2
 
 
 def check_embedded_lora(url: str) -> None:
@@ -757,7 +829,8 @@ def main() -> int:
               "sampler_inpaint": check_sampler_inpainting, "refusals": check_refusals, "numbers": check_numbers,
               "student": check_student, "few_step": check_few_step, "img2img": check_img2img,
               "node_texts": check_node_texts, "core_vae": check_core_vae,
-              "embedded_lora": check_embedded_lora, "error_payload": check_error_payload}
+              "embedded_lora": check_embedded_lora, "error_payload": check_error_payload,
+              "core_vae_controlnet": check_core_vae_controlnet}
     for name, check in checks.items():
         if args.only is None or name in args.only:
             check(args.url)
