@@ -16,6 +16,9 @@ combination, captioned like the base data (XML, 30 % plain English), written as 
 ``metadata.jsonl`` dataset. Evaluation: held-out scenes whose every object is tiny, in
 shape–colour–cell combinations training never showed, and the base model's own held-out prompts
 for the old concepts.
+
+Prior prompts (``prior_captions``): captions of base training scenes (only the known sizes,
+no held-out combination, so none is an evaluation prompt), for ``train-lora --prior-prompts``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ...files.atomic import atomic_path, write_text
-from .shapes import SIZES, Scene, ShapeObject, caption, held_out, random_scene, render, xml_caption
+from .shapes import SIZES, Scene, ShapeObject, caption, held_out, random_scene, render, training_scene, xml_caption
 
 CONCEPT = "tiny"
 CONCEPT_SHARE = 0.4           # chance that an object of a training scene has the new size
@@ -68,6 +71,12 @@ def write_dataset(folder: str | Path, count: int, seed: int = 0, share: float = 
         lines.append(json.dumps({"image": name, "text": caption(scene, rng, plain_share)}))
     write_text(folder / "metadata.jsonl", "\n".join(lines) + "\n")
     return folder
+
+
+def prior_captions(count: int, seed: int = 0, plain_share: float = 0.3) -> list[str]:
+    """``count`` captions of base training scenes, captioned like the base data."""
+    rng = random.Random(f"prior prompts {seed}")   # apart from the dataset's scenes of the same seed
+    return [caption(training_scene(rng), rng, plain_share) for _ in range(count)]
 
 
 @torch.no_grad()
