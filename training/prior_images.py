@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -38,11 +38,12 @@ PRIOR_VERSION = "1"
 
 def settings_for(model, fallback: SamplerSettings) -> SamplerSettings:
     """The sampler settings prior images are drawn with: the model's own recorded ones when its file
-    records them (a distilled student draws well only at those), else ``fallback``."""
+    records them (a distilled student draws well only at those; what they leave out comes from
+    ``fallback``), else ``fallback``."""
     from ..dit.own_settings import own_settings
 
     own = own_settings(model)
-    return fallback if own is None else SamplerSettings(steps=0).resolved(own)
+    return fallback if own is None else replace(fallback, steps=0).resolved(own)
 
 
 def folder_key(model_id: str, prompts: tuple[str, ...], count: int, seed: int, size: int,
