@@ -311,8 +311,9 @@ def run(args) -> int:
             print(f"{data.layout}: {len(data.items)} images train, {len(data.skipped)} skipped; {data.counts}")
         if not data.items:
             raise TrainLoraUsageError(f"no usable images in {args.data} (see the skipped files above)")
+        has_prior = args.prior_data is not None or bool(priors and args.prior_images != 0)
         warning = overfitting_warning(len(data.items), config.steps,
-                                      config.batch_size * config.accumulation * job.world_size)
+                                      config.batch_size * config.accumulation * job.world_size, has_prior)
         if warning and job.is_main:
             log.warning("%s", warning)
 

@@ -309,13 +309,19 @@ def run(training: LoraTraining, progress: bool = True, every: int = 0, on_every=
 MANY_EPOCHS = 40
 
 
-def overfitting_warning(images: int, steps: int, global_batch: int) -> str | None:
+def overfitting_warning(images: int, steps: int, global_batch: int, prior: bool = False) -> str | None:
     """A warning when the planned steps go over a small dataset so many times that the LoRA is
-    likely to learn its images rather than their concept (and to forget what the model knew)."""
+    likely to learn its images rather than their concept (and to forget what the model knew);
+    ``prior``: the run trains on prior images too, which guard the second but not the first."""
     epochs = steps * global_batch / max(images, 1)
     if epochs <= MANY_EPOCHS:
         return None
     fewer = max(1, MANY_EPOCHS * images // global_batch)
+    if prior:
+        return (f"{steps} steps of {global_batch} images go over the {images} images {epochs:.0f} times: the prior "
+                f"images guard what the model already draws, but the LoRA may still copy these images rather than "
+                f"learn their concept; check it on prompts it did not train on")
     return (f"{steps} steps of {global_batch} images go over the {images} images {epochs:.0f} times: the LoRA "
             f"will likely copy them and spoil what the model already draws; use fewer steps (at most about "
-            f"{fewer}), a lower --lr, or more images (mix in images of what the model should keep)")
+            f"{fewer}), a lower --lr, more images, or prior images of what the model should keep drawing "
+            f"(--prior-prompts FILE --prior-images N, or --prior-data DIR), and check the old prompts")
