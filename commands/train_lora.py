@@ -104,7 +104,7 @@ def register(subparsers) -> None:
     prior.add_argument("--prior-data", type=Path, default=None, metavar="DIR",
                        help="a dataset folder (any layout DATA may have) of images the model should keep drawing; "
                             "with --prior-prompts both are used")
-    prior.add_argument("--prior-weight", type=float, default=None,
+    prior.add_argument("--prior-weight", type=float, default=None, metavar="W",
                        help="loss weight of the prior images (default 1: the loss is DATA's mean + this × the "
                             "prior's mean; 0 trains exactly as without a prior)")
     prior.add_argument("--prior-batch", type=int, default=None, metavar="N",
@@ -116,7 +116,8 @@ def register(subparsers) -> None:
     out.add_argument("--resume", action="store_true",
                      help="continue from <output stem>.training-state.pt (written with --save-every)")
     out.add_argument("--sample-prompts", type=Path, default=None,
-                     help="text file, one prompt per line: images of them every --sample-every steps")
+                     help="text file, one prompt per line (\\n in a line is a line break): images of them every "
+                          "--sample-every steps")
     out.add_argument("--sample-every", type=int, default=0)
     out.add_argument("--sample-steps", type=int, default=28, help="Euler steps of the samples (default 28)")
     out.add_argument("--sample-cfg", type=float, default=4.5, help="CFG of the samples (default 4.5)")

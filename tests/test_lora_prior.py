@@ -163,3 +163,28 @@ def test_prior_weight_0_trains_exactly_the_plain_lora_and_the_loss_adds_the_weig
             velocity = training.model(x, t, text.feats, text.mask, text.pooled)
             shares.append(((velocity - (latents - noise)) ** 2).mean())
         assert torch.allclose(training._micro_batch(0), shares[0] + 0.25 * shares[1], atol=1e-6)
+
+
+def test_embedded_prior_prompts_are_the_scenes_in_a_known_size_and_base_scenes_never_evaluated(tmp_path):
+    import re
+
+    from nextdit_nodes.commands import cli
+    from nextdit_nodes.commands.arguments import read_prompts
+    from nextdit_nodes.training.embedded.lora_demo import held_out_concept_scenes
+    from nextdit_nodes.training.embedded.shapes import held_out_scenes, xml_caption
+
+    prompts_file = tmp_path / "prior.txt"
+    assert cli.main(["embedded-lora-data", str(tmp_path / "data"), "--count", "6", "--prior-prompts",
+                     str(prompts_file), "--prior-count", "20"]) == 0
+    captions = [json.loads(line)["text"] for line in (tmp_path / "data" / "metadata.jsonl").read_text().splitlines()]
+    prompts = read_prompts(prompts_file)
+    assert len(prompts) == 6 + 20 and not any("tiny" in p for p in prompts)
+    assert any("tiny" in c for c in captions)
+    sizes = re.compile(r"\b(tiny|small|large)\b")
+    for caption, prompt in zip(captions, prompts):       # the same scene, a known size where it was tiny
+        assert sizes.sub("SIZE", caption) == sizes.sub("SIZE", prompt)
+        assert sizes.findall(prompt) == ["small" if s == "tiny" else s for s in sizes.findall(caption)]
+    # Multi-line XML prompts come back with their line breaks, and none is an evaluation prompt.
+    assert any(p.startswith("<character_1>\n<n>") for p in prompts[6:])
+    evaluated = {xml_caption(s) for s in held_out_scenes(200) + held_out_concept_scenes(200)}
+    assert not evaluated & set(prompts)

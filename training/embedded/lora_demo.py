@@ -17,8 +17,9 @@ combination, captioned like the base data (XML, 30 % plain English), written as 
 shape–colour–cell combinations training never showed, and the base model's own held-out prompts
 for the old concepts.
 
-Prior prompts (``prior_captions``): captions of base training scenes (only the known sizes,
-no held-out combination, so none is an evaluation prompt), for ``train-lora --prior-prompts``.
+Prior prompts (``prior_captions``), for ``train-lora --prior-prompts``: the dataset's captions with
+``tiny`` swapped for ``small``, and captions of base training scenes (only the known sizes, no
+held-out combination, so none is an evaluation prompt).
 """
 
 from __future__ import annotations
@@ -73,10 +74,15 @@ def write_dataset(folder: str | Path, count: int, seed: int = 0, share: float = 
     return folder
 
 
-def prior_captions(count: int, seed: int = 0, plain_share: float = 0.3) -> list[str]:
-    """``count`` captions of base training scenes, captioned like the base data."""
+def prior_captions(folder: str | Path, count: int, seed: int = 0, plain_share: float = 0.3) -> list[str]:
+    """Prompts for prior images: the captions of the dataset in ``folder`` with the new size swapped
+    for ``small`` (DreamBooth's class prompts: the same scenes in a size the model knows, so what
+    the LoRA learns is the word's effect rather than the scenes), then ``count`` captions of base
+    training scenes, captioned like the base data."""
+    lines = (Path(folder) / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+    swapped = [json.loads(line)["text"].replace(CONCEPT, SIZES[0]) for line in lines if line.strip()]
     rng = random.Random(f"prior prompts {seed}")   # apart from the dataset's scenes of the same seed
-    return [caption(training_scene(rng), rng, plain_share) for _ in range(count)]
+    return swapped + [caption(training_scene(rng), rng, plain_share) for _ in range(count)]
 
 
 @torch.no_grad()
