@@ -188,3 +188,20 @@ def test_embedded_prior_prompts_are_the_scenes_in_a_known_size_and_base_scenes_n
     assert any(p.startswith("<character_1>\n<n>") for p in prompts[6:])
     evaluated = {xml_caption(s) for s in held_out_scenes(200) + held_out_concept_scenes(200)}
     assert not evaluated & set(prompts)
+
+
+def test_a_run_with_prior_images_resumes_exactly_and_only_with_them(models, tmp_path):
+    from nextdit_nodes.commands.train_lora import TrainLoraUsageError
+
+    data = write_dataset(tmp_path / "data")
+    prior = _prior_folder(data, tmp_path)
+    common = ("--batch-size", "2", "--lr", "1e-2", "--cache-dir", str(tmp_path / "cache"), "--prior-data", str(prior))
+    whole, part = tmp_path / "whole.safetensors", tmp_path / "part.safetensors"
+    assert train_lora(models, data, whole, "--steps", "3", *common) == 0
+    assert train_lora(models, data, part, "--steps", "3", "--save-every", "2", *common) == 0
+    part.unlink()
+    with pytest.raises(TrainLoraUsageError, match="4 prior images and this run has 0"):
+        train_lora(models, data, part, "--steps", "3", "--resume", *common[:-2])
+    assert train_lora(models, data, part, "--steps", "3", "--resume", *common) == 0
+    a, b = load_file(str(whole)), load_file(str(part))
+    assert all(torch.equal(a[k], b[k]) for k in a)

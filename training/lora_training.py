@@ -252,13 +252,21 @@ class LoraTraining:
         return lora_pairs(self.model)
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "config": asdict(self.config),
+        return {"step": self.step, "config": asdict(self.config), "prior_images": self._prior_images(),
                 "lora": {name: (pair.down.cpu(), pair.up.cpu()) for name, pair in self.pairs().items()},
                 "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
 
+    def _prior_images(self) -> int:
+        return 0 if self.prior is None else len(self.prior.items)
+
     def load_state_dict(self, state: dict) -> None:
+        if state.get("prior_images", 0) != self._prior_images():
+            raise ValueError(f"the training state was saved with {state.get('prior_images', 0)} prior images and "
+                             f"this run has {self._prior_images()}; resume with the same prior options")
         free = ("steps", "checkpointing")   # may change on resume: neither changes what a step computes
-        saved = {k: v for k, v in state["config"].items() if k not in free}
+        # States saved before prior images existed lack their fields: they trained without any.
+        defaults = {"prior_weight": 1.0, "prior_batch": 0}
+        saved = {k: v for k, v in {**defaults, **state["config"]}.items() if k not in free}
         ours = {k: v for k, v in asdict(self.config).items() if k not in free}
         ours["targets"] = list(ours["targets"])
         saved["targets"] = list(saved["targets"])
