@@ -12,7 +12,8 @@ file records them (else the given ones), and writes them as a ``metadata.jsonl``
 (``lora_data.py``) into a folder of the feature cache named by a key over everything that
 decides the images: a second run with the same model, prompts, count, seed, size and settings
 finds the folder and draws nothing. The metadata file is written last, so a folder without it
-(a killed run) is drawn again. The prior set is then an ordinary dataset: ``lora_inputs.prepare``
+(a stopped run) is finished: the images already there (each written whole, under a temporary
+name first) are kept, the others drawn. The prior set is then an ordinary dataset: ``lora_inputs.prepare``
 buckets and caches it like the user's images; a folder of images the user already has is used the
 same way.
 """
