@@ -15,13 +15,17 @@ class UsageError(RunnerError):
     exit_code = EXIT_USAGE
 
 
+PROMPT_LINE_BREAK = "\\n"   # the two characters that stand for a line break inside a prompt file's line
+
+
 def read_prompts(path: Path, what: str = "prompts") -> list[str]:
-    """The prompts of a text file: one per line; blank lines and lines starting with # are skipped.
+    """The prompts of a text file: one per line; blank lines and lines starting with # are skipped;
+    ``\\n`` inside a line is a line break (multi-line XML prompts, as NewBie XML captions are written).
     ``what`` names the file in the errors (a missing file, a file without prompts)."""
     if not path.is_file():
         raise UsageError(f"{what} file {path} does not exist")
     prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    prompts = [p for p in prompts if p and not p.startswith("#")]
+    prompts = [p.replace(PROMPT_LINE_BREAK, "\n") for p in prompts if p and not p.startswith("#")]
     if not prompts:
         raise UsageError(f"{path} holds no prompts (one per line; # starts a comment)")
     return prompts

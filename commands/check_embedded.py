@@ -86,6 +86,10 @@ def describe_lora(path: Path) -> str:
         parts.append(f"{settings.get('steps', '?')} steps of {settings.get('global_batch', '?')} over "
                      f"{settings.get('images', '?')} images at {settings.get('resolution', '?')} px, "
                      f"system prompt {settings.get('system_prompt', '?')}")
+        if settings.get("prior_images"):
+            per_batch = settings.get("prior_batch") or settings.get("batch_size", "?")
+            parts.append(f"{settings['prior_images']} prior images, {per_batch} a micro-batch at weight "
+                         f"{settings.get('prior_weight', '?')}")
     return (f"LoRA {path.name} (trained by {metadata.get('trainer', 'an unknown trainer')}): {', '.join(parts)}; "
             f"the table scores the embedded demo's new concept, the size 'tiny'")
 

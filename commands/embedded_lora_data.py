@@ -14,12 +14,24 @@ def register(subparsers) -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--count", type=int, default=3000, help="images (default 3000)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prior-prompts", type=Path, default=None, metavar="FILE",
+                        help="also write this prompt file for train-lora --prior-prompts: the dataset's captions "
+                             "with tiny swapped for small, then --prior-count captions of base training scenes "
+                             "(known sizes only, none of the held-out evaluation prompts)")
+    parser.add_argument("--prior-count", type=int, default=200,
+                        help="captions of base training scenes in --prior-prompts (default 200)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..training.embedded.lora_demo import write_dataset
+    from ..files.atomic import write_text
+    from ..training.embedded.lora_demo import prior_captions, write_dataset
+    from .arguments import PROMPT_LINE_BREAK
 
     folder = write_dataset(args.folder, args.count, args.seed)
     print(f"wrote {args.count} images and {folder / 'metadata.jsonl'}")
+    if args.prior_prompts is not None:
+        lines = [text.replace("\n", PROMPT_LINE_BREAK) for text in prior_captions(folder, args.prior_count, args.seed)]
+        write_text(args.prior_prompts, "\n".join(lines) + "\n")
+        print(f"wrote {len(lines)} prior prompts to {args.prior_prompts}")
     return 0

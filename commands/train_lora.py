@@ -14,6 +14,12 @@ Under ``torchrun --nproc_per_node N`` (any number of nodes) the same command tra
 processes: --batch-size is per process, the data is split by rank, gradients are averaged, and only
 the first process writes the LoRA, checkpoints and samples and shows progress (the feature cache is
 filled by all, each its share of the images).
+
+Prior preservation (DreamBooth's, for a few images of a new concept): --prior-prompts FILE makes
+the base model draw --prior-images images of those prompts before training (cached in
+--cache-dir, reused by later runs), and/or --prior-data DIR adds a folder of images you already
+have; every step then trains on --batch-size images of DATA and --prior-batch prior images, with
+the loss DATA's mean + --prior-weight × the prior's mean, so the LoRA keeps what the model drew.
 """
 
 from __future__ import annotations
@@ -84,13 +90,34 @@ def register(subparsers) -> None:
     train.add_argument("--no-checkpointing", action="store_true",
                        help="keep all activations for backward (faster, far more memory; default: gradient "
                             "checkpointing on every block)")
+    prior = parser.add_argument_group(
+        "prior preservation (keeps what the model already draws; for a few images of a new concept)")
+    prior.add_argument("--prior-prompts", type=Path, default=None, metavar="FILE",
+                       help="text file, one prompt per line (\\n in a line is a line break): prompts of what the "
+                            "model should keep drawing, none of them of the new concept; the base model draws "
+                            "--prior-images images of them before training, at its recorded sampler settings "
+                            "(else --sample-steps Euler steps at CFG --sample-cfg), seeds --seed + i, cached in "
+                            "--cache-dir")
+    prior.add_argument("--prior-images", type=int, default=None, metavar="N",
+                       help="how many images the base model draws of --prior-prompts, cycling through them "
+                            "(default: one per prompt)")
+    prior.add_argument("--prior-data", type=Path, default=None, metavar="DIR",
+                       help="a dataset folder (any layout DATA may have) of images the model should keep drawing; "
+                            "with --prior-prompts both are used")
+    prior.add_argument("--prior-weight", type=float, default=None, metavar="W",
+                       help="loss weight of the prior images (default 1: the loss is DATA's mean + this × the "
+                            "prior's mean; 0 trains exactly as without a prior)")
+    prior.add_argument("--prior-batch", type=int, default=None, metavar="N",
+                       help="prior images per process in every micro-batch, besides --batch-size images of DATA "
+                            "(default: --batch-size)")
     out = parser.add_argument_group("checkpoints, samples, devices")
     out.add_argument("--save-every", type=int, default=0,
                      help="also write <output>-stepNNNNNN.safetensors and the training state every N steps")
     out.add_argument("--resume", action="store_true",
                      help="continue from <output stem>.training-state.pt (written with --save-every)")
     out.add_argument("--sample-prompts", type=Path, default=None,
-                     help="text file, one prompt per line: images of them every --sample-every steps")
+                     help="text file, one prompt per line (\\n in a line is a line break): images of them every "
+                          "--sample-every steps")
     out.add_argument("--sample-every", type=int, default=0)
     out.add_argument("--sample-steps", type=int, default=28, help="Euler steps of the samples (default 28)")
     out.add_argument("--sample-cfg", type=float, default=4.5, help="CFG of the samples (default 4.5)")
@@ -120,6 +147,7 @@ NUMERIC_RANGES = {
     "warmup": (0, 10**9, True), "time_shift": (0.0, 1e3, False), "grad_clip": (0.0, 1e6, True),
     "seed": (0, 2**64 - 1, True), "save_every": (0, 10**9, True), "sample_every": (0, 10**9, True),
     "sample_steps": (1, 10**4, True), "sample_cfg": (0.0, 100.0, True),
+    "prior_images": (0, 10**7, True), "prior_weight": (0.0, 1e6, True), "prior_batch": (1, 4096, True),
 }
 
 
@@ -140,6 +168,26 @@ def check_numbers(args) -> None:
             raise TrainLoraValueError(f"{option} {value}: must be {above} {low} and at most {high}")
     if values["caption_dropout"] is not None and values["caption_dropout"] >= 1:
         raise TrainLoraValueError(f"--caption-dropout {values['caption_dropout']}: must be below 1")
+
+
+def prior_prompts(args) -> tuple[str, ...]:
+    """The --prior-prompts (exit 3 for a missing or empty file), and the prior options' combinations
+    checked, before anything loads."""
+    if (args.prior_weight is not None or args.prior_batch is not None) and not (args.prior_prompts or args.prior_data):
+        raise TrainLoraUsageError("--prior-weight and --prior-batch need prior images: --prior-prompts FILE "
+                                  "(the base model draws them) or --prior-data DIR")
+    if args.prior_images and not args.prior_prompts:
+        raise TrainLoraUsageError("--prior-images needs --prior-prompts (a file with one prompt per line)")
+    if args.prior_data is not None:
+        if not args.prior_data.is_dir():
+            raise TrainLoraValueError(f"--prior-data: dataset folder {args.prior_data} does not exist")
+        _check_dataset(args.prior_data)
+    if args.prior_prompts is None:
+        return ()
+    try:
+        return tuple(read_prompts(args.prior_prompts, "prior prompts"))
+    except UsageError as error:
+        raise TrainLoraValueError(f"--prior-prompts: {error}") from None
 
 
 def _check_dataset(folder: Path) -> None:
@@ -201,17 +249,19 @@ def _configs(args):
             accumulation=args.accumulation, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
             schedule=args.schedule, optimizer=args.optimizer, caption_dropout=args.caption_dropout,
             time_shift=OFFICIAL_TIME_SHIFT if args.time_shift is None else args.time_shift,
-            grad_clip=args.grad_clip, checkpointing=not args.no_checkpointing, seed=args.seed)
+            grad_clip=args.grad_clip, checkpointing=not args.no_checkpointing, seed=args.seed,
+            prior_weight=1.0 if args.prior_weight is None else args.prior_weight, prior_batch=args.prior_batch or 0)
         bucket_sizes(args.resolution, *args.aspect_range)   # checks the resolution
     except ValueError as error:
         raise TrainLoraUsageError(str(error)) from None
     return settings, config
 
 
-def _metadata(args, config, dit_path: Path, data, job, dit_sha256: str) -> dict[str, str]:
+def _metadata(args, config, dit_path: Path, data, job, dit_sha256: str, prior) -> dict[str, str]:
     from dataclasses import asdict
 
-    settings = {**asdict(config), "targets": list(config.targets), "processes": job.world_size,
+    settings = {**asdict(config), "prior_images": len(prior.items) if prior else 0,
+                "targets": list(config.targets), "processes": job.world_size,
                 "global_batch": config.batch_size * config.accumulation * job.world_size,
                 "resolution": args.resolution, "center_crop": args.center_crop,
                 "aspect_range": list(args.aspect_range), "system_prompt": args.system_prompt,
@@ -240,6 +290,7 @@ def run(args) -> int:
     check_numbers(args)
     settings, config = _configs(args)
     output, state_path = checked_paths(args, TrainLoraUsageError)
+    priors = prior_prompts(args)
     prompts = tuple(read_prompts(args.sample_prompts, "sample prompts")) if args.sample_prompts else ()
     if args.sample_every and not prompts:
         raise TrainLoraUsageError("--sample-every needs --sample-prompts (a file with one prompt per line)")
@@ -254,26 +305,29 @@ def run(args) -> int:
         encoders = Encoders(lambda: load_vae(vae_path, device=job.device),
                             lambda: load_text_encoders(gemma_path, jina_path, device=job.device),
                             job.device)
-        data = prepare(args.data, settings, cache, encoders, job, prompts, progress=not args.no_progress)
+        data = prepare(args.data, settings, cache, encoders, job, prompts + priors, progress=not args.no_progress)
         if job.is_main:
             for skipped in data.skipped:
                 print(f"skipped {skipped}")
             print(f"{data.layout}: {len(data.items)} images train, {len(data.skipped)} skipped; {data.counts}")
         if not data.items:
             raise TrainLoraUsageError(f"no usable images in {args.data} (see the skipped files above)")
+        has_prior = args.prior_data is not None or bool(priors and args.prior_images != 0)
         warning = overfitting_warning(len(data.items), config.steps,
-                                      config.batch_size * config.accumulation * job.world_size)
+                                      config.batch_size * config.accumulation * job.world_size, has_prior)
         if warning and job.is_main:
             log.warning("%s", warning)
 
         # auto: as for a component that is not fp16-safe (fp16 training would need loss scaling).
         dit_dtype = dtypes.auto_name(job.device, fp16_safe=False) if args.dtype == dtypes.AUTO else args.dtype
         model = load_dit(dit_path, dtype=dit_dtype, device=job.device)
-        training = LoraTraining(model, data, config, job)
+        prior = _prior_set(args, priors, model, data, settings, encoders, job,
+                           f"{fingerprint(dit_path)}-{dit_dtype}-{cache.text_id}-{cache.vae_id}")
+        training = LoraTraining(model, data, config, job, prior)
         if args.resume:
             resume(training, state_path, TrainLoraUsageError)
         save_dtype = dtypes.torch_dtype(args.save_dtype)
-        metadata = _metadata(args, config, dit_path, data, job, sha256_file(dit_path) if job.is_main else "")
+        metadata = _metadata(args, config, dit_path, data, job, sha256_file(dit_path) if job.is_main else "", prior)
         samples = _Samples(prompts, data, encoders, args, output) if prompts and args.sample_every else None
 
         def checkpoint(step: int) -> None:
@@ -295,6 +349,45 @@ def run(args) -> int:
     return 0
 
 
+def sampler_settings(args):
+    """How train-lora samples a model that records no settings of its own: Euler, --sample-steps,
+    CFG --sample-cfg on every step."""
+    from ..sampler_settings import SamplerSettings
+
+    return SamplerSettings(steps=args.sample_steps, solver="euler", cfg=args.sample_cfg, cfg_trunc=1.0)
+
+
+def _prior_set(args, prompts: tuple[str, ...], model, data, settings, encoders, job, model_id: str):
+    """The prior images as one training set (``training/prior_images.py``): the base model's images of
+    ``prompts`` (drawn now, or found in the cache) and --prior-data; None without either."""
+    from ..training import prior_images
+    from ..training.lora_inputs import prepare, merged
+
+    folders = []
+    if prompts:
+        count = len(prompts) if args.prior_images is None else args.prior_images
+        sampler = prior_images.settings_for(model, sampler_settings(args))
+        key = prior_images.folder_key(model_id, prompts, count, args.seed, args.resolution, sampler)
+        if count:
+            folders.append(prior_images.generate(
+                model, prompts, count, data.cache.folder / "prior-images" / key,
+                lambda text: data.cache.conditioning(data.extra_keys[text]), encoders.vae.decode, sampler,
+                args.resolution, args.seed, job, progress=not args.no_progress))
+    if args.prior_data is not None:
+        folders.append(args.prior_data)
+    if not folders:
+        return None
+    sets = [prepare(folder, settings, data.cache, encoders, job, progress=not args.no_progress) for folder in folders]
+    prior = merged(sets)
+    if job.is_main:
+        for skipped in prior.skipped:
+            print(f"skipped (prior) {skipped}")
+        print(f"prior: {len(prior.items)} images, {len(prior.skipped)} skipped; {prior.counts}")
+    if not prior.items:
+        raise TrainLoraUsageError("no usable prior images (see the skipped files above)")
+    return prior
+
+
 def _gcd_every(args) -> int:
     import math
 
@@ -313,14 +406,12 @@ class _Samples:
         import numpy as np
         from PIL import Image
 
-        from ..sampler_settings import SamplerSettings
         from ..sampling.sample import sample
 
         self.folder.mkdir(parents=True, exist_ok=True)
         size = self.args.resolution
         negative = self.data.cache.conditioning(self.data.empty_key)
-        settings = SamplerSettings(steps=self.args.sample_steps, solver="euler", cfg=self.args.sample_cfg,
-                                   cfg_trunc=1.0)
+        settings = sampler_settings(self.args)
         for index, prompt in enumerate(self.prompts):
             positive = self.data.cache.conditioning(self.data.extra_keys[prompt])
             latent = sample(model, positive, negative, settings, width=size, height=size, seed=self.args.seed + index)

@@ -75,3 +75,24 @@ def test_numeric_options_that_are_not_finite_or_out_of_range_exit_3_naming_them(
                      "--vae", "v", "--output", str(tmp_path / "out.safetensors"), option, *values])
     err = capsys.readouterr().err
     assert code == 3 and option in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("problem", ["missing prompt file", "prompt file without prompts", "--prior-images -1",
+                                     "--prior-weight nan", "--prior-weight -1", "--prior-batch 0",
+                                     "missing --prior-data folder"])
+def test_bad_prior_options_exit_3_before_anything_loads(tmp_path, capsys, problem):
+    (tmp_path / "data").mkdir()
+    prompts = tmp_path / "prior.txt"
+    prompts.write_text("# only a comment\n" if problem == "prompt file without prompts" else "a red circle\n")
+    options = {"missing prompt file": ["--prior-prompts", str(tmp_path / "absent.txt")],
+               "prompt file without prompts": ["--prior-prompts", str(prompts)],
+               "missing --prior-data folder": ["--prior-data", str(tmp_path / "absent")]}.get(problem)
+    if options is None:
+        option, value = problem.split()
+        options = ["--prior-prompts", str(prompts), option, value]
+    # The model names do not exist: a check that came after loading would fail differently.
+    code = cli.main(["train-lora", str(tmp_path / "data"), "--dit", "d", "--gemma", "g", "--jina", "j",
+                     "--vae", "v", "--output", str(tmp_path / "out.safetensors"), *options])
+    err = capsys.readouterr().err
+    assert code == 3 and "Traceback" not in err
+    assert ("prior" in err) and ("absent" in err or "no prompts" in err or problem.split()[0] in err)

@@ -273,4 +273,7 @@ def test_a_plan_that_goes_over_a_small_dataset_too_often_is_warned_about():
     warning = overfitting_warning(30, 200, 32)
     assert "213 times" in warning and "at most about 37" in warning
     assert "80 times" in overfitting_warning(30, 300, 8)
+    assert "--prior-prompts" in overfitting_warning(30, 300, 8)          # the way out for few images
+    with_prior = overfitting_warning(30, 300, 8, prior=True)            # prior images guard the old prompts
+    assert "80 times" in with_prior and "--prior-prompts" not in with_prior and "copy" in with_prior
     assert overfitting_warning(30, 200, 1) is None        # 7 passes

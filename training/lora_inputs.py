@@ -200,3 +200,12 @@ def prepare(folder: str | Path, settings: InputSettings, cache: FeatureCache, en
     items = [r for r in ordered if isinstance(r, TrainingItem)]
     skipped = scan.skipped + [r for r in ordered if isinstance(r, Skipped)]
     return TrainingSet(items, skipped, counts, cache, extra_keys[""], scan.layout, extra_keys)
+
+
+def merged(sets: list[TrainingSet]) -> TrainingSet:
+    """Several training sets of one feature cache as one (the prior images of several sources)."""
+    counts = CacheCounts()
+    for part in sets:
+        counts.add(part.counts)
+    return TrainingSet([item for part in sets for item in part.items], [s for part in sets for s in part.skipped],
+                       counts, sets[0].cache, sets[0].empty_key, " + ".join(part.layout for part in sets))

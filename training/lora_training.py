@@ -11,6 +11,12 @@ official time shift). Caption dropout replaces both encoders' texts by "" (the e
 uses as its negative); the official training blanked only Gemma's, so its unconditional branch
 still saw the caption through Jina.
 
+Prior preservation (``prior_images.py``): with a prior set, every micro-batch is ``batch_size``
+images of the data and ``prior_batch`` images of the prior set (each drawn by its own bucketed
+order, its times, noise and dropout from a generator of its own), and the loss is the data's mean
+plus ``prior_weight`` × the prior's mean, as DreamBooth's. The data's share draws exactly what it
+draws without a prior set, so ``prior_weight`` 0 trains exactly the plain LoRA.
+
 Precision: the frozen base weights stay in their dtype (bf16 on GPUs, fp32 on the CPU); the
 adapters train in fp32, and on a GPU the forward runs under bf16 autocast.
 """
@@ -59,6 +65,8 @@ class LoraTrainingConfig:
     grad_clip: float = 1.0                   # max gradient norm (0: no clipping)
     checkpointing: bool = True               # recompute block activations in backward
     seed: int = 0
+    prior_weight: float = 1.0                # loss weight of the prior share (with a prior set)
+    prior_batch: int = 0                     # prior images per process per micro-batch (0: batch_size)
 
     def __post_init__(self):
         if min(self.rank, self.steps, self.batch_size, self.accumulation) < 1:
@@ -70,10 +78,17 @@ class LoraTrainingConfig:
             raise ValueError("caption dropout must be in [0, 1), the time shift and learning rate positive")
         if not self.targets:
             raise ValueError("LoRA targets are empty: name at least one Linear (e.g. attention.qkv)")
+        if not (self.prior_weight >= 0 and math.isfinite(self.prior_weight)) or self.prior_batch < 0:
+            raise ValueError(f"the prior weight must be a finite number >= 0 and the prior batch >= 0; got "
+                             f"{self.prior_weight}, {self.prior_batch}")
 
     @property
     def lora_alpha(self) -> float:
         return float(self.rank if self.alpha is None else self.alpha)
+
+    @property
+    def prior_images_per_batch(self) -> int:
+        return self.prior_batch or self.batch_size
 
 
 # ---- the adapters ------------------------------------------------------------------------------
@@ -126,12 +141,23 @@ def set_lora_pairs(model: nn.Module, pairs: dict[str, LowRankPair]) -> None:
 
 # ---- training ----------------------------------------------------------------------------------
 
-class LoraTraining:
-    """A LoRA being trained on ``model`` (a NextDiT, modified in place) with ``data``."""
+# Offset of the prior share's generator seeds, far from any step count the data's seeds reach.
+PRIOR_STREAM = 1 << 40
 
-    def __init__(self, model: nn.Module, data: TrainingSet, config: LoraTrainingConfig, job: Distributed):
-        self.model, self.data, self.config, self.job = model, data, config, job
+
+class LoraTraining:
+    """A LoRA being trained on ``model`` (a NextDiT, modified in place) with ``data`` and, for prior
+    preservation, ``prior`` (the base model's images of other prompts; see the module docstring)."""
+
+    prior = prior_order = None   # trainers built on this one (ControlNet) have no prior set
+
+    def __init__(self, model: nn.Module, data: TrainingSet, config: LoraTrainingConfig, job: Distributed,
+                 prior: TrainingSet | None = None):
+        self.model, self.data, self.config, self.job, self.prior = model, data, config, job, prior
         self._start(attach_lora(model, config), model)
+        self.prior_order = None if prior is None else BatchOrder(
+            [item.bucket for item in prior.items], config.prior_images_per_batch * job.world_size,
+            config.seed + PRIOR_STREAM)
 
     def _start(self, params: list, trained: nn.Module) -> None:
         """Everything a training run keeps besides what it trains: ``params`` are optimised, ``trained``
@@ -162,8 +188,15 @@ class LoraTraining:
         return 1.0
 
     def _micro_batch(self, number: int) -> Tensor:
-        """Forward of micro-batch ``number``; returns this process's mean loss."""
-        mine, data, noise, t, text = self._inputs(number)
+        """Forward of micro-batch ``number``; returns this process's mean loss (with a prior set:
+        the data's mean + prior_weight × the prior's mean)."""
+        loss = self._share_loss(number)
+        if self.prior is not None:
+            loss = loss + self.config.prior_weight * self._share_loss(number, prior=True)
+        return loss
+
+    def _share_loss(self, number: int, prior: bool = False) -> Tensor:
+        mine, data, noise, t, text = self._inputs(number, prior)
         with self.autocast():
             prediction = self._predict(mine, noised(data, noise, t), t, text)
         return velocity_loss(prediction, data, noise).mean()
@@ -172,24 +205,26 @@ class LoraTraining:
         """The trained model's velocity for the noised latents ``x`` of dataset ``items``."""
         return self.wrapped(x, t, text.feats, text.mask, text.pooled)
 
-    def _inputs(self, number: int):
-        """This process's rows of micro-batch ``number``: dataset indices, latents, noise, times and
-        the packed captions (dropped ones blank), all drawn from the batch's own seed."""
+    def _inputs(self, number: int, prior: bool = False):
+        """This process's rows of micro-batch ``number`` of the data (or of the prior set): dataset
+        indices, latents, noise, times and the packed captions (dropped ones blank), all drawn from
+        the batch's own seed."""
         c, params = self.config, self.model.params
-        indices = self.order.batch(number)
-        width, height = self.data.items[indices[0]].bucket
+        dataset, order = (self.prior, self.prior_order) if prior else (self.data, self.order)
+        indices = order.batch(number)
+        width, height = dataset.items[indices[0]].bucket
         size = len(indices)
-        generator = torch.Generator().manual_seed(c.seed * 1_000_003 + number)
+        generator = torch.Generator().manual_seed(c.seed * 1_000_003 + number + (PRIOR_STREAM if prior else 0))
         t = logit_normal_times(size, c.time_shift, generator)
         dropped = (torch.rand(size, generator=generator) < c.caption_dropout).tolist()
         noise = torch.randn((size, params.in_channels, height // 8, width // 8), generator=generator)
 
         rows, device = self.job.rows(size), self.model.device
         mine = indices[rows]
-        data = self.data.latents(mine).to(device)
+        data = dataset.latents(mine).to(device)
         noise, t = noise[rows].to(device), t[rows].to(device)
         prompts = [prompt_batches(conditioning, 1, params.cap_dim, params.clip_dim)[0]
-                   for conditioning in self.data.conditionings(mine, dropped[rows])]
+                   for conditioning in dataset.conditionings(mine, dropped[rows])]
         return mine, data, noise, t, pack(prompts).to(device)
 
     def train_step(self) -> float:
@@ -217,13 +252,21 @@ class LoraTraining:
         return lora_pairs(self.model)
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "config": asdict(self.config),
+        return {"step": self.step, "config": asdict(self.config), "prior_images": self._prior_images(),
                 "lora": {name: (pair.down.cpu(), pair.up.cpu()) for name, pair in self.pairs().items()},
                 "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
 
+    def _prior_images(self) -> int:
+        return 0 if self.prior is None else len(self.prior.items)
+
     def load_state_dict(self, state: dict) -> None:
+        if state.get("prior_images", 0) != self._prior_images():
+            raise ValueError(f"the training state was saved with {state.get('prior_images', 0)} prior images and "
+                             f"this run has {self._prior_images()}; resume with the same prior options")
         free = ("steps", "checkpointing")   # may change on resume: neither changes what a step computes
-        saved = {k: v for k, v in state["config"].items() if k not in free}
+        # States saved before prior images existed lack their fields: they trained without any.
+        defaults = {"prior_weight": 1.0, "prior_batch": 0}
+        saved = {k: v for k, v in {**defaults, **state["config"]}.items() if k not in free}
         ours = {k: v for k, v in asdict(self.config).items() if k not in free}
         ours["targets"] = list(ours["targets"])
         saved["targets"] = list(saved["targets"])
@@ -274,13 +317,19 @@ def run(training: LoraTraining, progress: bool = True, every: int = 0, on_every=
 MANY_EPOCHS = 40
 
 
-def overfitting_warning(images: int, steps: int, global_batch: int) -> str | None:
+def overfitting_warning(images: int, steps: int, global_batch: int, prior: bool = False) -> str | None:
     """A warning when the planned steps go over a small dataset so many times that the LoRA is
-    likely to learn its images rather than their concept (and to forget what the model knew)."""
+    likely to learn its images rather than their concept (and to forget what the model knew);
+    ``prior``: the run trains on prior images too, which guard the second but not the first."""
     epochs = steps * global_batch / max(images, 1)
     if epochs <= MANY_EPOCHS:
         return None
     fewer = max(1, MANY_EPOCHS * images // global_batch)
+    if prior:
+        return (f"{steps} steps of {global_batch} images go over the {images} images {epochs:.0f} times: the prior "
+                f"images guard what the model already draws, but the LoRA may still copy these images rather than "
+                f"learn their concept; check it on prompts it did not train on")
     return (f"{steps} steps of {global_batch} images go over the {images} images {epochs:.0f} times: the LoRA "
             f"will likely copy them and spoil what the model already draws; use fewer steps (at most about "
-            f"{fewer}), a lower --lr, or more images (mix in images of what the model should keep)")
+            f"{fewer}), a lower --lr, more images, or prior images of what the model should keep drawing "
+            f"(--prior-prompts FILE --prior-images N, or --prior-data DIR), and check the old prompts")

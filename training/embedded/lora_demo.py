@@ -16,6 +16,10 @@ combination, captioned like the base data (XML, 30 % plain English), written as 
 ``metadata.jsonl`` dataset. Evaluation: held-out scenes whose every object is tiny, in
 shape–colour–cell combinations training never showed, and the base model's own held-out prompts
 for the old concepts.
+
+Prior prompts (``prior_captions``), for ``train-lora --prior-prompts``: the dataset's captions with
+``tiny`` swapped for ``small``, and captions of base training scenes (only the known sizes, no
+held-out combination, so none is an evaluation prompt).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ...files.atomic import atomic_path, write_text
-from .shapes import SIZES, Scene, ShapeObject, caption, held_out, random_scene, render, xml_caption
+from .shapes import SIZES, Scene, ShapeObject, caption, held_out, random_scene, render, training_scene, xml_caption
 
 CONCEPT = "tiny"
 CONCEPT_SHARE = 0.4           # chance that an object of a training scene has the new size
@@ -68,6 +72,17 @@ def write_dataset(folder: str | Path, count: int, seed: int = 0, share: float = 
         lines.append(json.dumps({"image": name, "text": caption(scene, rng, plain_share)}))
     write_text(folder / "metadata.jsonl", "\n".join(lines) + "\n")
     return folder
+
+
+def prior_captions(folder: str | Path, count: int, seed: int = 0, plain_share: float = 0.3) -> list[str]:
+    """Prompts for prior images: the captions of the dataset in ``folder`` with the new size swapped
+    for ``small`` (DreamBooth's class prompts: the same scenes in a size the model knows, so what
+    the LoRA learns is the word's effect rather than the scenes), then ``count`` captions of base
+    training scenes, captioned like the base data."""
+    lines = (Path(folder) / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+    swapped = [json.loads(line)["text"].replace(CONCEPT, SIZES[0]) for line in lines if line.strip()]
+    rng = random.Random(f"prior prompts {seed}")   # apart from the dataset's scenes of the same seed
+    return swapped + [caption(training_scene(rng), rng, plain_share) for _ in range(count)]
 
 
 @torch.no_grad()
