@@ -14,6 +14,9 @@ def register(subparsers) -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--count", type=int, default=3000, help="images (default 3000)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--share", type=float, default=None, metavar="P",
+                        help="chance that an object of a scene is tiny (default 0.4, the 3000-image recipe's "
+                             "mix; 1: every object, as in a dataset of the concept alone)")
     parser.add_argument("--prior-prompts", type=Path, default=None, metavar="FILE",
                         help="also write this prompt file for train-lora --prior-prompts: the dataset's captions "
                              "with tiny swapped for small, then --prior-count captions of base training scenes "
@@ -25,10 +28,13 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..files.atomic import write_text
-    from ..training.embedded.lora_demo import prior_captions, write_dataset
-    from .arguments import PROMPT_LINE_BREAK
+    from ..training.embedded.lora_demo import CONCEPT_SHARE, prior_captions, write_dataset
+    from .arguments import PROMPT_LINE_BREAK, UsageError
 
-    folder = write_dataset(args.folder, args.count, args.seed)
+    share = CONCEPT_SHARE if args.share is None else args.share
+    if not 0 < share <= 1:   # also refuses nan
+        raise UsageError(f"--share {share:g}: the chance that an object is tiny must be above 0 and at most 1")
+    folder = write_dataset(args.folder, args.count, args.seed, share=share)
     print(f"wrote {args.count} images and {folder / 'metadata.jsonl'}")
     if args.prior_prompts is not None:
         lines = [text.replace("\n", PROMPT_LINE_BREAK) for text in prior_captions(folder, args.prior_count, args.seed)]

@@ -205,3 +205,17 @@ def test_a_run_with_prior_images_resumes_exactly_and_only_with_them(models, tmp_
     assert train_lora(models, data, part, "--steps", "3", "--resume", *common) == 0
     a, b = load_file(str(whole)), load_file(str(part))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_embedded_data_share_1_makes_every_object_tiny_and_a_share_outside_0_1_is_refused(tmp_path, capsys):
+    import re
+
+    from nextdit_nodes.commands import cli
+
+    assert cli.main(["embedded-lora-data", str(tmp_path / "data"), "--count", "8", "--share", "1"]) == 0
+    captions = [json.loads(line)["text"] for line in (tmp_path / "data" / "metadata.jsonl").read_text().splitlines()]
+    sizes = [re.findall(r"\b(tiny|small|large)\b", caption) for caption in captions]
+    assert all(found and set(found) == {"tiny"} for found in sizes), sizes
+    for bad in ("0", "1.5", "nan"):
+        assert cli.main(["embedded-lora-data", str(tmp_path / f"bad{bad}"), "--count", "2", "--share", bad]) != 0
+        assert "--share" in capsys.readouterr().err and not (tmp_path / f"bad{bad}").exists()
