@@ -267,14 +267,16 @@ def stand_in_demo_data(monkeypatch, expect: Expectations) -> None:
     def wrap(module):
         real = module.write_dataset
 
-        def few(folder, count, seed=0, *rest):
+        def few(folder, count, seed=0, *rest, **named):
             expect.equal("images", count, int(written(expect.argv, "--count") or expect.args.count))
             expect.equal("seed", seed, int(written(expect.argv, "--seed") or expect.args.seed))
             if rest and written(expect.argv, "--shares"):
                 expect.equal("caption shares", tuple(rest[0]),
                              tuple(float(x) for x in written(expect.argv, "--shares").split(",")))
+            if "share" in named and written(expect.argv, "--share"):
+                expect.equal("concept share", named["share"], float(written(expect.argv, "--share")))
             expect.seen.append(f"{count} images")
-            return real(folder, 8, seed, *rest)
+            return real(folder, 8, seed, *rest, **named)
 
         monkeypatch.setattr(module, "write_dataset", few)
 
