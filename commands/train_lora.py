@@ -31,7 +31,7 @@ import math
 from pathlib import Path
 
 from ..dit.params import LORA_TARGETS
-from ..files.atomic import atomic_path, clean_leftovers
+from ..files.atomic import clean_leftovers
 from ..runtime.errors import EXIT_BAD_WORKFLOW, RunnerError
 from ..runtime.model_sources import resolve_model
 from .arguments import UsageError, add_dataset_and_models, read_prompts
@@ -366,9 +366,9 @@ def _prior_set(args, prompts: tuple[str, ...], model, data, settings, encoders, 
     folders = []
     if prompts:
         count = len(prompts) if args.prior_images is None else args.prior_images
-        sampler = prior_images.settings_for(model, sampler_settings(args))
-        key = prior_images.folder_key(model_id, prompts, count, args.seed, args.resolution, sampler)
         if count:
+            sampler = prior_images.settings_for(model, sampler_settings(args))
+            key = prior_images.folder_key(model_id, prompts, count, args.seed, args.resolution, sampler)
             folders.append(prior_images.generate(
                 model, prompts, count, data.cache.folder / "prior-images" / key,
                 lambda text: data.cache.conditioning(data.extra_keys[text]), encoders.vae.decode, sampler,
@@ -403,20 +403,13 @@ class _Samples:
         self.folder = output.with_name(f"{output.stem}-samples")
 
     def write(self, model, step: int) -> None:
-        import numpy as np
-        from PIL import Image
-
-        from ..sampling.sample import sample
+        from ..training.prior_images import draw_png
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        size = self.args.resolution
         negative = self.data.cache.conditioning(self.data.empty_key)
         settings = sampler_settings(self.args)
         for index, prompt in enumerate(self.prompts):
             positive = self.data.cache.conditioning(self.data.extra_keys[prompt])
-            latent = sample(model, positive, negative, settings, width=size, height=size, seed=self.args.seed + index)
-            image = self.encoders.vae.decode(latent["samples"])[0]
-            pixels = (image.clamp(0, 1) * 255).round().byte().numpy()
-            with atomic_path(self.folder / f"step{step:06d}-{index}.png") as partial:
-                Image.fromarray(np.ascontiguousarray(pixels)).save(partial, format="PNG")
+            draw_png(model, positive, negative, settings, self.args.resolution, self.args.seed + index,
+                     self.encoders.vae.decode, self.folder / f"step{step:06d}-{index}.png")
         log.info("samples of step %d in %s", step, self.folder)

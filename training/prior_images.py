@@ -60,6 +60,20 @@ def is_complete(folder: Path) -> bool:
     return (folder / METADATA).is_file()
 
 
+def draw_png(model, positive, negative, settings: SamplerSettings, size: int, seed: int, decode: Callable,
+             path: Path) -> None:
+    """One square ``size`` image of ``positive`` drawn by ``model`` and written whole to ``path`` as PNG."""
+    import numpy as np
+    from PIL import Image
+
+    from ..sampling.sample import sample
+
+    latent = sample(model, positive, negative, settings, width=size, height=size, seed=seed)
+    pixels = (decode(latent["samples"])[0].clamp(0, 1) * 255).round().byte().cpu().numpy()
+    with atomic_path(path) as partial:
+        Image.fromarray(np.ascontiguousarray(pixels)).save(partial, format="PNG")
+
+
 def generate(model, prompts: tuple[str, ...], count: int, folder: Path, conditioning: Callable[[str], list],
              decode: Callable, settings: SamplerSettings, size: int, seed: int, job, progress: bool = True) -> Path:
     """Draw ``count`` square ``size`` images of ``prompts`` (cycled) with ``model`` into ``folder``
@@ -68,12 +82,8 @@ def generate(model, prompts: tuple[str, ...], count: int, folder: Path, conditio
     conditioning(text): the CONDITIONING of a prompt ("" is the negative); decode(latent (B, 16,
     h, w) raw) -> images (B, H, W, 3) in [0, 1]. With several processes each draws its share and
     the first writes the metadata once all are done."""
-    import numpy as np
     import torch
-    from PIL import Image
     from tqdm import tqdm
-
-    from ..sampling.sample import sample
 
     if is_complete(folder):
         log.info("prior images: %d from the cache (%s)", count, folder)
@@ -88,12 +98,8 @@ def generate(model, prompts: tuple[str, ...], count: int, folder: Path, conditio
             path = folder / "images" / f"{index:05d}.png"
             if path.is_file():   # drawn by a run that was stopped before the metadata
                 continue
-            prompt = prompts[index % len(prompts)]
-            latent = sample(model, conditioning(prompt), negative, settings, width=size, height=size,
-                            seed=seed + index)
-            pixels = (decode(latent["samples"])[0].clamp(0, 1) * 255).round().byte().cpu().numpy()
-            with atomic_path(path) as partial:
-                Image.fromarray(np.ascontiguousarray(pixels)).save(partial, format="PNG")
+            draw_png(model, conditioning(prompts[index % len(prompts)]), negative, settings, size, seed + index,
+                     decode, path)
     model.train(was_training)
     job.barrier()
     if job.is_main:

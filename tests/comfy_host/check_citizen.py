@@ -124,14 +124,12 @@ def post(url: str, prompt: dict) -> tuple[int, dict]:
 
 
 def upload_image(url: str, path: Path) -> None:
-    """Put ``path`` into the server's input folder through core's /upload/image (multipart form)."""
-    boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{path.name}\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + path.read_bytes() + \
-        (f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"overwrite\"\r\n\r\ntrue\r\n"
-         f"--{boundary}--\r\n").encode()
-    request = urllib.request.Request(f"{url}/upload/image", body,
-                                     {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    """Put ``path`` into the server's input folder through core's /upload/image (the multipart form
+    the serve tests write)."""
+    from test_server_http import _form
+
+    form = _form(path.read_bytes(), path.name, overwrite="true")
+    request = urllib.request.Request(f"{url}/upload/image", form["data"], form["headers"])
     with urllib.request.urlopen(request) as answer:
         assert answer.status == 200, answer.status
 
