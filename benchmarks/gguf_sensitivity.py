@@ -5,11 +5,13 @@
    alone, the rest exact, then everything; the forward's ||a-b||/||b|| against the unquantised
    model (fp32 compute, CFG pair of 300/40 caption tokens at 256 px). Each quantised tensor goes
    through the pack's encoder and dequantiser, as a GGUF written by ``quantize`` would.
+   With ``--embedders``: each embedder matrix quantised alone instead (what decides the ``Q4_K_M``
+   mix's ``MIX_EMBEDDERS``; run with ``--type Q6_K`` and ``--type Q8_0``).
 2. The embedded trained teacher and a random model of its shape (``official_state_dict``), every
    block matrix quantised: the mean weight error and the forward error on three real prompts
    (the embedded text encoders), i.e. how much of the weights' error a forward carries.
 
-    python benchmarks/gguf_sensitivity.py [--type Q4_0] [--layers 2] [--skip-newbie] [--reference]
+    python benchmarks/gguf_sensitivity.py [--type Q4_0] [--layers 2] [--skip-newbie] [--reference] [--embedders]
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nextdit_nodes.dit.params import NextDiTParams  # noqa: E402
 from nextdit_nodes.dit.precision import is_fp8_weight  # noqa: E402
+from nextdit_nodes.dit.quantized import EMBEDDER_LINEARS  # noqa: E402
+from nextdit_nodes.quant.blocks import FORMATS  # noqa: E402
 from nextdit_nodes.quant.blocks import dequantize  # noqa: E402
 from nextdit_nodes.quant.encode import encode  # noqa: E402
 from nextdit_nodes.quant.gguf_write import tensor_format  # noqa: E402
@@ -53,13 +57,30 @@ def relative(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).norm() / ref.norm()).item()
 
 
-def newbie_groups(qtype: str, layers: int) -> None:
+def _newbie_width(layers: int):
+    """A NewBie-width model's bf16-rounded random state, inputs, and its fp32 forward on them."""
     p = NextDiTParams(dim=2304, n_layers=layers, n_heads=24, n_kv_heads=8, ffn_dim=9216, cap_dim=2560,
                       clip_dim=1024, n_refiner_layers=1)
     state = {k: v.to(torch.bfloat16).float() for k, v in official_state_dict(p).items()}
     inputs = random_inputs(p, [300, 40], latent_hw=(32, 32), seed=1)
     with torch.no_grad():
         ref = dit_from_state_dict(p, dict(state))(**inputs)
+    return p, state, inputs, ref
+
+
+def newbie_embedders(qtype: str, layers: int) -> None:
+    p, state, inputs, ref = _newbie_width(layers)
+    print(f"NewBie widths, {layers} layers + 1+1 refiners; forward error with only this embedder matrix {qtype}")
+    for key, weight in state.items():
+        if key.startswith((*EMBEDDER_LINEARS, "x_embedder.")) and weight.ndim == 2 \
+                and weight.shape[1] % FORMATS[qtype].block_size == 0:
+            with torch.no_grad():
+                out = dit_from_state_dict(p, {**state, key: quantised(weight, qtype)})(**inputs)
+            print(f"  {key:40s} {weight.numel() / 1e6:5.2f} M weights, forward {relative(out, ref):.4f}")
+
+
+def newbie_groups(qtype: str, layers: int) -> None:
+    p, state, inputs, ref = _newbie_width(layers)
     quant = {k: quantised(w, qtype) for k, w in state.items()
              if tensor_format(k, tuple(w.shape), torch.bfloat16, qtype) == qtype}
 
@@ -118,10 +139,13 @@ def main() -> None:
     ap.add_argument("--skip-newbie", action="store_true")
     ap.add_argument("--reference", action="store_true",
                     help="encode with the gguf package's reference quantiser (not for the K types)")
+    ap.add_argument("--embedders", action="store_true", help="each embedder matrix alone instead of the block groups")
     args = ap.parse_args()
     global REFERENCE
     REFERENCE = args.reference
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.embedders:
+        return newbie_embedders(args.type, args.layers)
     if not args.skip_newbie:
         newbie_groups(args.type, args.layers)
     trained_against_random(args.type)

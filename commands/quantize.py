@@ -8,9 +8,9 @@ NextDiT Loader reads it, and so should ComfyUI-GGUF's loader, which expects that
 --keep-refiners also keeps the refiner blocks unquantised, as city96's own lumina2 files do.
 
 Types: Q8_0 (8.5 bits per weight), Q6_K (6.56), Q5_K (5.5), Q5_1 (6), Q5_0 (5.5), Q4_K_M (the
-attention and adaLN matrices Q6_K, the feed-forward Q4_K: 5.1), Q4_K (4.5), Q4_1 (5), Q4_0 (4.5);
-BF16/F16 for an unquantised GGUF. The K types are encoded by the pack (the
-gguf package only decodes them); the others by the gguf package.
+attention and adaLN matrices Q6_K, the feed-forward Q4_K: 5.0; most embedders quantised too),
+Q4_K (4.5), Q4_1 (5), Q4_0 (4.5); BF16/F16 for an unquantised GGUF. The K types and Q4_0 are
+encoded by the pack (the gguf package only decodes the K types); the others by the gguf package.
 """
 
 from __future__ import annotations

@@ -6,10 +6,11 @@ this module adds what differs:
 - the file must be a Next-DiT: ``general.architecture`` is ``lumina2`` (what city96's converter
   writes for NewBie and Lumina-2) or absent (then the tensor names decide, as for any file);
   another architecture (an SDXL UNet, a Llama, ...) is refused with its name;
-- the Linear weights of the repeated blocks that the file stores block-quantised stay packed
-  (``quant.linear.QuantLinear``: dequantised per layer at each forward, on the input's device, in
-  the compute dtype); every other quantised tensor (an embedder another converter quantised) is
-  dequantised once at load into the plan's dtype, like the F16/F32 tensors.
+- the Linear weights that the file stores block-quantised stay packed (``quant.linear.QuantLinear``:
+  dequantised per layer at each forward, on the input's device, in the compute dtype): those of the
+  repeated blocks and of the embedders (a ``Q4_K_M`` file quantises those too); every other
+  quantised tensor (the pad tokens, and ``x_embedder``, whose weight the ControlNet trainer copies)
+  is dequantised once at load into the plan's dtype, like the F16/F32 tensors.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from .precision import is_fp8_weight
 
 log = logging.getLogger(__name__)
 
+# The embedders' Linear layers (no other code reads their weights directly).
+EMBEDDER_LINEARS = ("t_embedder.mlp.", "cap_embedder.1.", "clip_text_pooled_proj.1.", "time_text_embed.1.",
+                    "final_layer.adaLN_modulation.1.", "final_layer.linear.", "guidance_embedder.mlp.")
 ARCHITECTURES = ("lumina2",)   # city96's ComfyUI-GGUF name for Lumina-2 / NewBie Next-DiTs
 # What other architectures a GGUF names are, for the message (llama.cpp and city96 names).
 _IMAGE_ARCHS = {"flux", "sd1", "sdxl", "sd3", "aura", "hidream", "cosmos", "ltxv", "hyvid", "wan",
@@ -53,8 +57,9 @@ def check_architecture(path: Path) -> None:
 
 
 def packed_keys(state: Mapping[str, TensorRef]) -> dict[str, TensorRef]:
-    """The block Linear weights stored block-quantised: kept packed by the loader."""
-    return {key: ref for key, ref in state.items() if ref.packed is not None and is_fp8_weight(key)}
+    """The Linear weights stored block-quantised: kept packed by the loader."""
+    return {key: ref for key, ref in state.items()
+            if ref.packed is not None and (is_fp8_weight(key) or key.startswith(EMBEDDER_LINEARS))}
 
 
 def keep_packed(model: nn.Module, packed: Mapping[str, TensorRef]) -> None:

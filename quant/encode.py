@@ -7,16 +7,17 @@ leaves 8.6 % error on Gaussian weights where the searched one leaves 8.1 %; the 
 same. That package only decodes the K formats, so Q6_K, Q5_K and Q4_K are encoded here too, in the
 layouts of ``quant.blocks``.
 
-Q4_0's search is llama.cpp's ``make_qx_quants`` (ggml-quants.c, the quantiser llama.cpp uses for
-Q4_0 when given importance weights) with equal weights, i.e. least squares: candidate inverse
-scales -(8 + k/10) / x_max for k = -9..9 (x_max the value of largest magnitude), each value
-rounded to its level, the least-squares scale for those levels, and the candidate with the
-smallest squared error kept; the values are then rounded again against the float16 scale stored.
+Q4_0's scale, and each Q6_K sub-block's, come from llama.cpp's ``make_qx_quants`` search
+(ggml-quants.c, the quantiser llama.cpp uses for Q4_0 when given importance weights, and for Q6_K)
+with equal weights, i.e. least squares: candidate inverse scales -(nmax + k/10) / x_max for
+k = -9..9 (nmax 8 for Q4_0, 32 for Q6_K; x_max the value of largest magnitude), each value rounded
+to its level, the least-squares scale for those levels, and the candidate with the smallest
+squared error kept; the values are then rounded again against the scale stored.
 
 Q4_K/Q5_K pick each sub-block's scale and minimum by a small search in the spirit of llama.cpp's
 ``make_qkx2_quants`` (ggml-quants.c): several candidate scales around the range's own, a least-
-squares fit for each level assignment, the smallest squared error kept (no importance weights);
-Q6_K takes the value of largest magnitude to level -32. The 6- or 8-bit sub-block scales are then
+squares fit for each level assignment, the smallest squared error kept (no importance weights).
+The 6- or 8-bit sub-block scales are then
 rounded against the block's float16 super-scales and every value to the nearest level of its
 effective scale. Any GGUF reader decodes the result.
 """
@@ -63,19 +64,25 @@ def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(b == 0, 0.0, a / np.where(b == 0, 1.0, b)).astype(np.float32)
 
 
-def _q4_0(blocks: np.ndarray) -> np.ndarray:
-    """Blocks of 32 with x ~ d * l, l in -8..7: d from the scale search of the module docstring."""
-    pick = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=1)[:, None], axis=1)   # (n, 1)
-    best_score = np.full(blocks.shape[0], -1.0, dtype=np.float32)
-    best_scale = np.zeros(blocks.shape[0], dtype=np.float32)
+def _symmetric_scales(blocks: np.ndarray, nmax: int) -> np.ndarray:
+    """Per row of ``blocks``, the scale d with x ~ d * l, l in -nmax..nmax-1, found by the search of
+    the module docstring (least squares over candidate inverse scales -(nmax + k/10) / x_max)."""
+    pick = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=-1)[..., None], axis=-1)
+    best_score = np.full(blocks.shape[:-1], -1.0, dtype=np.float32)
+    best_scale = np.zeros(blocks.shape[:-1], dtype=np.float32)
     for k in (0, *range(-9, 0), *range(1, 10)):
-        levels = np.clip(np.rint(_safe_div(np.float32(-(8 + k / 10)), pick) * blocks), -8, 7)
-        sum_lx, sum_l2 = (levels * blocks).sum(axis=1), (levels * levels).sum(axis=1)
+        levels = np.clip(np.rint(_safe_div(np.float32(-(nmax + k / 10)), pick) * blocks), -nmax, nmax - 1)
+        sum_lx, sum_l2 = (levels * blocks).sum(axis=-1), (levels * levels).sum(axis=-1)
         score = _safe_div(sum_lx * sum_lx, sum_l2)        # squared error = sum x^2 - score
         better = score > best_score
         best_score = np.where(better, score, best_score)
         best_scale = np.where(better, _safe_div(sum_lx, sum_l2), best_scale)
-    d = best_scale.astype(np.float16).astype(np.float32)
+    return best_scale
+
+
+def _q4_0(blocks: np.ndarray) -> np.ndarray:
+    """Blocks of 32 with x ~ d * l, l in -8..7: d from the scale search of the module docstring."""
+    d = _symmetric_scales(blocks, 8).astype(np.float16).astype(np.float32)
     q = (np.clip(np.rint(_safe_div(blocks, d[:, None])), -8, 7) + 8).astype(np.uint8)
     return np.concatenate([_f16_bytes(d), q[:, :16] | (q[:, 16:] << 4)], axis=1)
 
@@ -159,9 +166,7 @@ def _q6_k(blocks: np.ndarray) -> np.ndarray:
     """16 sub-blocks of 16 with x ~ d*sc*q, q in -32..31, sc int8 (symmetric)."""
     n = blocks.shape[0]
     sub = blocks.reshape(n, 16, 16)
-    # The value of largest magnitude maps to -32, the one level without a positive twin.
-    pick = np.take_along_axis(sub, np.abs(sub).argmax(axis=2)[..., None], axis=2)[..., 0]
-    scale = pick / -32
+    scale = _symmetric_scales(sub, 32)
     d = (np.abs(scale).max(axis=1) / 127).astype(np.float16).astype(np.float32)
     sc = np.clip(np.rint(_safe_div(scale, d[:, None])), -128, 127).astype(np.int8)
     eff = d[:, None] * sc.astype(np.float32)

@@ -2,10 +2,11 @@
 its core MODEL equals NextDiT Sampler.
 
 1. Writes tiny text encoders and VAE and a small random Next-DiT whose block matrices split into
-   32-element blocks, and quantises it with ``python -m nextdit_nodes quantize`` to Q8_0 and Q4_0.
+   256-element blocks, and quantises it with ``python -m nextdit_nodes quantize`` to Q8_0, Q4_0 and
+   Q4_K_M (the mix: its blocks in Q6_K/Q4_K and its embedders quantised too).
 2. Starts a ComfyUI (``../shared/comfy-host/comfy_run.sh``, own port, ``--comfy-dir`` a copy
    whose custom_nodes holds the pack) with that models folder (extra_model_paths).
-3. Checks: NextDiT Loader's ``dit_name`` list (GET /object_info) offers both .gguf files; for each,
+3. Checks: NextDiT Loader's ``dit_name`` list (GET /object_info) offers the .gguf files; for each,
    one prompt loads it with NextDiT Loader and samples it twice (core KSampler on its
    ``core_model``: euler, simple, 4 steps, cfg 1; NextDiT Sampler: euler, shift 6, 4 steps, cfg 1,
    same seed); the two latents agree within 1e-4 (max |a-b| / max |b|); the Q8_0 and Q4_0 latents
@@ -31,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-TYPES = ("Q8_0", "Q4_0")
+TYPES = ("Q8_0", "Q4_0", "Q4_K_M")
 STEPS, SEED, SIZE = 4, 11, 64
 
 
@@ -47,8 +48,9 @@ def prepare(work: Path) -> Path:
     from text_fixtures import GEMMA_SHAPES, JINA_SHAPES
 
     models = write_tiny_models(work / "models")
-    # dim 192, ffn 256 and the adaLN width min(192, 1024): every block matrix's rows split into 32s.
-    params = NextDiTParams(dim=192, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=256,
+    # dim 768, ffn 768 and the adaLN width min(768, 1024): every block matrix's rows split into the
+    # K types' blocks of 256 (and so into 32s).
+    params = NextDiTParams(dim=768, n_layers=2, n_heads=8, n_kv_heads=4, ffn_dim=768,
                            cap_dim=GEMMA_SHAPES["hidden_size"], clip_dim=JINA_SHAPES["hidden_size"],
                            n_refiner_layers=1)
     source = work / "nextdit-check.safetensors"
