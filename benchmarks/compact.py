@@ -5,23 +5,34 @@
    own settings, 25 Euler steps at CFG 4, without the decode).
 2. NewBie widths (dim 2304, 24/8 heads, ffn 9216, cap 2560, clip 1024; random weights, the
    official 2 + 2 refiner blocks) with ``--layers`` joint layers against a student with half of
-   them: one evaluation of a cond + uncond pair (300 and 40 caption tokens) at ``--resolution``.
+   them: one evaluation of a cond + uncond pair (300 and 40 caption tokens) at ``--resolution``,
+   and one decode of that resolution's latent by FLUX.1's decoder widths and by TAEF1's tiny
+   decoder (random weights, through the pack's loader, as ``tiny_decoder.py`` builds them); all
+   four calls in one interleaved loop.
+   The per-image cost is then composed from these measured parts, not timed whole:
+   ``--steps`` × evaluation + one decode, for teacher + full decoder (1.00), teacher + tiny,
+   student + full and student + tiny. The same ratios at NewBie's 36 joint layers are estimated by
+   scaling the joint layers alone: the teacher and student differ by L − L//2 identical joint
+   layers, so one joint layer costs (teacher − student) / (L − L//2), and the rest of the
+   evaluation (embedders, refiners, final layer) is the teacher's time less L of them.
 
 Repeats are interleaved and the medians compared, so the ratios hold on a busy machine; the
 absolute times only mean something on a quiet one.
 
-    python benchmarks/compact.py [--student FILE] [--layers 8] [--resolution 256] [--repeats 5]
+    python benchmarks/compact.py [--student FILE] [--layers 8] [--resolution 256] [--steps 28] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 from pathlib import Path
 
 import torch
 
 from timing import random_conditioning, timed
+from tiny_decoder import flux_decoders
 from nextdit_nodes.dit.checkpoint import load_dit
 from nextdit_nodes.dit.model import NextDiT
 from nextdit_nodes.dit.params import NextDiTParams
@@ -82,15 +93,49 @@ def embedded(student_path: Path | None, repeats: int) -> None:
 
 
 @torch.no_grad()
-def newbie_width(layers: int, resolution: int, repeats: int) -> None:
+def newbie_width(layers: int, resolution: int, steps: int, repeats: int) -> None:
     params = NextDiTParams(dim=2304, n_layers=layers, n_heads=24, n_kv_heads=8, ffn_dim=9216, cap_dim=2560,
                            clip_dim=1024)
     teacher = NextDiT(params).eval()
-    student = make_compact(teacher, evenly_spaced(layers, layers // 2), clone=False).eval()
-    args = _pair(params, resolution, torch.Generator().manual_seed(0))
+    kept = layers // 2
+    student = make_compact(teacher, evenly_spaced(layers, kept), clone=False).eval()
+    gen = torch.Generator().manual_seed(0)
+    args = _pair(params, resolution, gen)
+    latent = torch.randn(1, params.in_channels, resolution // 8, resolution // 8, generator=gen)
+    device = torch.device("cpu")
+    with tempfile.TemporaryDirectory() as scratch:
+        flux, taef1 = flux_decoders(Path(scratch), device)
+        medians = side_by_side({"teacher": lambda: teacher(*args), "student": lambda: student(*args),
+                                "full": lambda: flux.decode(latent), "tiny": lambda: taef1.decode(latent)},
+                               repeats, device)
     _report(f"NewBie widths, one evaluation ({resolution}x{resolution}, 300 + 40 caption tokens)",
-            side_by_side({f"teacher ({layers} layers)": lambda: teacher(*args),
-                          f"student ({layers // 2} layers)": lambda: student(*args)}, repeats, torch.device("cpu")))
+            {f"teacher ({layers} layers)": medians["teacher"], f"student ({kept} layers)": medians["student"]})
+    _report(f"one decode ({resolution}x{resolution})",
+            {"FLUX.1 decoder widths": medians["full"], "TAEF1": medians["tiny"]})
+    print(f"\nPer image, composed from the parts above (not timed whole): {steps} x one CFG-pair evaluation"
+          " + one decode")
+    _per_image_table(f"{layers} joint layers (measured)", medians["teacher"], medians["student"], medians, steps)
+    layer = (medians["teacher"] - medians["student"]) / (layers - kept)
+    rest = medians["teacher"] - layers * layer
+    print(f"\nOne joint layer: (teacher - student) / {layers - kept} = {layer * 1000:.1f} ms; the rest of an"
+          f" evaluation (embedders, 2 + 2 refiners, final layer): teacher - {layers} joint layers ="
+          f" {rest * 1000:.1f} ms")
+    if rest <= 0:
+        print("The rest came out at or below zero: the two medians are too noisy for the 36-layer estimate.")
+        return
+    _per_image_table("36 joint layers (estimated: the rest + 36 or 18 joint layers)", rest + 36 * layer,
+                     rest + 18 * layer, medians, steps)
+
+
+def _per_image_table(title: str, teacher: float, student: float, medians: dict[str, float], steps: int) -> None:
+    """Per-image seconds of the four combinations and their ratios to teacher + full decoder."""
+    cost = {(model, decoder): steps * evaluation + medians[decoder]
+            for model, evaluation in (("teacher", teacher), ("student", student)) for decoder in ("full", "tiny")}
+    base = cost["teacher", "full"]
+    print(f"\n{title}\n| per image | seconds | ratio |\n| --- | --- | --- |")
+    for (model, decoder), seconds in cost.items():
+        name = f"{model} + {'FLUX.1-width decoder' if decoder == 'full' else 'TAEF1'}"
+        print(f"| {name} | {seconds:.2f} | {seconds / base:.3f} |")
 
 
 def main() -> None:
@@ -99,12 +144,17 @@ def main() -> None:
                         help="the embedded compact student (default: the shipped one; absent: its shapes)")
     parser.add_argument("--layers", type=int, default=8, help="joint layers of the NewBie-width teacher")
     parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=28,
+                        help="CFG-pair evaluations per image in the composed per-image cost (default 28; the "
+                             "official 17 midpoint steps are 34)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-newbie", action="store_true")
+    parser.add_argument("--skip-embedded", action="store_true")
     args = parser.parse_args()
-    embedded(args.student, args.repeats)
+    if not args.skip_embedded:
+        embedded(args.student, args.repeats)
     if not args.skip_newbie:
-        newbie_width(args.layers, args.resolution, args.repeats)
+        newbie_width(args.layers, args.resolution, args.steps, args.repeats)
 
 
 if __name__ == "__main__":

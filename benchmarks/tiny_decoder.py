@@ -50,6 +50,21 @@ def _untrained_tiny(folder: Path, width: int, blocks: tuple[int, ...], latent_fo
     return save_tiny_decoder(folder / f"tiny-{width}.safetensors", model, latent_format, dtype=torch.float32)
 
 
+def flux_decoders(folder: Path, device) -> tuple:
+    """FLUX.1's decoder widths and TAEF1's (random weights), written to ``folder`` and loaded through the
+    pack's loader: two ``NextDiTVAE`` whose ``decode`` takes a (1, 16, h, w) FLUX latent."""
+    from diffusers import AutoencoderKL
+
+    from nextdit_nodes.vae.latent_format import FLUX
+    from nextdit_nodes.vae.loading import load_vae
+
+    torch.manual_seed(0)
+    AutoencoderKL(**FLUX_CONFIG).save_pretrained(str(folder / "flux"))
+    flux = load_vae(folder / "flux", device=device, dtype="fp32")
+    taef1 = load_vae(_untrained_tiny(folder, 64, (3, 3, 3, 1), FLUX), device=device, dtype="fp32")
+    return flux, taef1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256], help="FLUX-width image sides")
@@ -60,10 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from diffusers import AutoencoderKL
-
     from nextdit_nodes.training.embedded.tiny_decoder import TINY_DECODER_CONFIG
-    from nextdit_nodes.vae.latent_format import FLUX
     from nextdit_nodes.vae.loading import load_vae
 
     device = torch.device(args.device)
@@ -77,10 +89,7 @@ def main() -> None:
         latent = torch.randn(1, 16, 8, 8)
         _report(f"embedded autoencoder vs {tiny_path.name}, 64²", *side_by_side(full, tiny, latent, args.repeats,
                                                                                 device))
-        torch.manual_seed(0)
-        AutoencoderKL(**FLUX_CONFIG).save_pretrained(str(scratch / "flux"))
-        flux = load_vae(scratch / "flux", device=device, dtype="fp32")
-        taef1 = load_vae(_untrained_tiny(scratch, 64, (3, 3, 3, 1), FLUX), device=device, dtype="fp32")
+        flux, taef1 = flux_decoders(scratch, device)
         for size in args.sizes:
             latent = torch.randn(1, 16, size // 8, size // 8)
             _report(f"FLUX.1 widths vs TAEF1, {size}²", *side_by_side(flux, taef1, latent, args.repeats, device))
