@@ -5,7 +5,8 @@ DATA is a folder of images (captions are not needed), or a dataset with a metada
 as train-lora reads it. Every image is resized and centre-cropped to --resolution; images that cannot
 be read or are smaller are listed and skipped. The autoencoder encodes each image once; the tiny
 decoder learns to reproduce the autoencoder's decode of that latent (L1 on both average-pooled
---pool×, plus --gan-weight times a patch-discriminator term).
+--pool×, plus --gan-weight times a patch-discriminator term, from step --gan-start on; with --gan-lr the
+decoder's optimizer restarts at that rate when the term joins).
 
 The output is a decoder-only .safetensors (``decoder.layers.N`` names, the autoencoder's latent scale
 and shift in its metadata) that NextDiT VAE Loader and the pack's VAE loader read: it decodes, and
@@ -57,6 +58,11 @@ def register(subparsers) -> None:
                         help="average-pooling factor of the L1 loss (default 8, SDXS's; 1: full-resolution L1)")
     parser.add_argument("--gan-weight", type=float, default=0.0,
                         help="weight of the patch-discriminator term (default 0: off)")
+    parser.add_argument("--gan-start", type=int, default=0,
+                        help="steps of L1 alone before the GAN term joins (default 0: from the start)")
+    parser.add_argument("--gan-lr", type=float, default=None,
+                        help="with --gan-start: the decoder's optimizer restarts at this rate when the GAN term "
+                             "joins, and the discriminator trains at it (default: --lr)")
     parser.add_argument("--width", type=int, default=64, help="channels of every decoder stage (default 64, TAEF1's)")
     parser.add_argument("--blocks", default="3,3,3,1",
                         help="blocks per stage, comma-separated (default 3,3,3,1, TAEF1's; the stage count must "
@@ -78,7 +84,7 @@ def register(subparsers) -> None:
 # (smallest, largest) of every numeric option, checked before anything loads.
 NUMERIC_RANGES = {"resolution": (8, 16384), "steps": (1, 10**9), "batch_size": (1, 4096), "lr": (1e-12, 1e3),
                   "pool": (1, 1024), "gan_weight": (0.0, 1e6), "width": (1, 4096), "seed": (0, 2**63 - 1),
-                  "save_every": (0, 10**9)}
+                  "save_every": (0, 10**9), "gan_start": (0, 10**9)}
 
 
 def _config(args):
@@ -92,11 +98,16 @@ def _config(args):
         blocks = tuple(int(part) for part in args.blocks.split(","))
     except ValueError:
         raise DistillDecoderError(f"--blocks {args.blocks!r}: expected whole numbers separated by commas") from None
+    if args.gan_lr is not None and not (math.isfinite(args.gan_lr) and 1e-12 <= args.gan_lr <= 1e3):
+        raise DistillDecoderError(f"--gan-lr {args.gan_lr}: must be a number from 1e-12 to 1000")
+    if (args.gan_start or args.gan_lr is not None) and not args.gan_weight:
+        raise DistillDecoderError("--gan-start and --gan-lr need a GAN term: give --gan-weight too (e.g. 0.01)")
     if args.resolution % args.pool:
         raise DistillDecoderError(f"--resolution {args.resolution} is not a multiple of --pool {args.pool}")
     try:
         return TinyDecoderConfig(width=args.width, blocks=blocks, steps=args.steps, batch_size=args.batch_size,
-                                 lr=args.lr, pool=args.pool, gan_weight=args.gan_weight, seed=args.seed)
+                                 lr=args.lr, pool=args.pool, gan_weight=args.gan_weight, gan_start=args.gan_start,
+                                 gan_lr=args.gan_lr, seed=args.seed)
     except ValueError as error:
         raise DistillDecoderError(str(error)) from None
 

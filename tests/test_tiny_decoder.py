@@ -4,6 +4,7 @@ autoencoder, written as a file the pack's VAE loader reads; its loss, resume and
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -87,6 +88,26 @@ def test_gan_term_trains_the_discriminator_too():
     assert any(not torch.equal(before[k], v) for k, v in training.discriminator.state_dict().items())
 
 
+def test_gan_start_trains_the_l1_alone_first_then_restarts_at_gan_lr():
+    """Before gan_start the decoder follows an L1-only run bit for bit and the discriminator does not
+    move; at gan_start the decoder's optimizer is a fresh one at gan_lr and the discriminator trains."""
+    g = torch.Generator().manual_seed(3)
+    data = DecoderData(torch.randn(4, 4, 2, 2, generator=g), torch.randint(0, 256, (4, 3, 16, 16), generator=g,
+                                                                            dtype=torch.uint8))
+    base = TinyDecoderConfig(latent_channels=4, width=8, blocks=(1, 1, 1, 1), batch_size=2)
+    l1_only = TinyDecoderTraining(data, base, ONE_PROCESS)
+    late = TinyDecoderTraining(data, replace(base, gan_weight=0.1, gan_start=2, gan_lr=3e-4), ONE_PROCESS)
+    discriminator = {k: v.clone() for k, v in late.discriminator.state_dict().items()}
+    for _ in range(2):
+        assert l1_only.train_step() == late.train_step()
+    assert all(torch.equal(a, b) for a, b in zip(l1_only.model.state_dict().values(), late.model.state_dict().values()))
+    assert all(torch.equal(discriminator[k], v) for k, v in late.discriminator.state_dict().items())
+    late.train_step()
+    assert [group["lr"] for group in late.optimizer.param_groups] == [3e-4]
+    assert all(state["step"] == 1 for state in late.optimizer.state.values())      # fresh moments
+    assert any(not torch.equal(discriminator[k], v) for k, v in late.discriminator.state_dict().items())
+
+
 def test_distill_decoder_writes_a_tiny_decoder_the_vae_loader_reads(autoencoder, images, tmp_path, capsys):
     output = tmp_path / "tiny.safetensors"
     assert main(["distill-decoder", str(images), "--vae", str(autoencoder), "--output", str(output),
@@ -128,10 +149,12 @@ def test_the_nodes_load_and_decode_with_it_and_refuse_to_encode(autoencoder, ima
         NextDiTVAEEncode().encode(vae, image)
 
 
-def test_resume_continues_exactly(autoencoder, images, tmp_path):
+@pytest.mark.parametrize("late_gan", [(), ("--gan-start", "2", "--gan-lr", "0.005"), ("--gan-start", "1", "--gan-lr", "0.005")],
+                         ids=["gan-from-start", "gan-joins-at-the-resumed-step", "gan-joined-before-the-save"])
+def test_resume_continues_exactly(autoencoder, images, tmp_path, late_gan):
     output = tmp_path / "tiny.safetensors"
     args = ["distill-decoder", str(images), "--vae", str(autoencoder), "--output", str(output), "--steps", "4",
-            "--save-every", "2", "--gan-weight", "0.1", *COMMON]
+            "--save-every", "2", "--gan-weight", "0.1", *late_gan, *COMMON]
     assert main(args) == 0
     straight = tmp_path / "straight.safetensors"
     shutil.copy(output, straight)
@@ -178,5 +201,7 @@ def test_bad_inputs_are_refused_clearly(autoencoder, images, tmp_path, capsys):
     assert main(["distill-decoder", str(empty), "--vae", str(autoencoder), "--output", str(tmp_path / "e.safetensors"),
                  *COMMON]) == EXIT_BAD_WORKFLOW
     assert "no usable images" in capsys.readouterr().err
+    assert main([*base, "--vae", str(autoencoder), "--gan-start", "5", "--overwrite"]) == EXIT_BAD_WORKFLOW
+    assert "need a GAN term: give --gan-weight" in capsys.readouterr().err
     assert main([*base, "--vae", str(autoencoder), "--blocks", "1,1,1", "--overwrite"]) == EXIT_BAD_WORKFLOW
     assert "give 4 stages" in capsys.readouterr().err

@@ -5,7 +5,10 @@ Loss (SDXS, Song et al. 2024, arXiv:2403.16627, section 3.1): L1 between the tin
 the autoencoder's decode, both average-pooled ``pool``× (8 in SDXS), plus ``gan_weight`` times a
 hinge GAN term from a small patch discriminator that tells the autoencoder's decodes from the tiny
 decoder's at full resolution (the pooled L1 fixes colours and layout, the GAN term the detail the
-pooling cannot see). Images are in [-1, 1].
+pooling cannot see). Images are in [-1, 1]. ``gan_start`` delays the GAN term: the L1 alone first,
+then the discriminator joins (and with ``gan_lr`` the decoder's optimizer restarts at that rate). On
+the embedded autoencoder a GAN term from the start pulled the colours away, while one switched on
+after the L1 had converged sharpened the shapes and kept the colours (README, tiny decoders).
 
 The tiny decoder's input is the normalised latent, ``latent_format.from_raw(raw)``: what
 ``NextDiTVAE.decode`` hands a "tiny" decoder, so the file written here decodes the autoencoder's
@@ -47,6 +50,8 @@ class TinyDecoderConfig:
     lr: float = 1e-3
     pool: int = 8                                # average-pooling factor of the L1 term
     gan_weight: float = 0.0                      # 0: no discriminator
+    gan_start: int = 0                           # steps of L1 alone before the GAN term joins
+    gan_lr: float | None = None                  # from gan_start: the decoder's optimizer restarts at this rate
     seed: int = 0
 
     accumulation = 1   # one micro-batch per step (the progress loop asks)
@@ -57,6 +62,8 @@ class TinyDecoderConfig:
                              f"got width {self.width}, blocks {self.blocks}")
         if self.pool < 1 or self.gan_weight < 0:
             raise ValueError(f"pool must be at least 1 and gan_weight at least 0; got {self.pool}, {self.gan_weight}")
+        if self.gan_start < 0 or (self.gan_lr is not None and not self.gan_lr > 0):
+            raise ValueError(f"gan_start must be at least 0 and gan_lr above 0; got {self.gan_start}, {self.gan_lr}")
 
     @property
     def downscale(self) -> int:
@@ -125,7 +132,8 @@ class TinyDecoderTraining:
         if config.gan_weight > 0:
             self.discriminator = PatchDiscriminator().to(job.device).train()
             self.wrapped_discriminator = job.wrap(self.discriminator)
-            self.d_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=config.lr, betas=(0.5, 0.999))
+            self.d_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=config.gan_lr or config.lr,
+                                                 betas=(0.5, 0.999))
         self.step = 0
         self.last = {}
 
@@ -135,14 +143,21 @@ class TinyDecoderTraining:
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
         return torch.randint(len(self.data), (size,), generator=generator)[self.job.rows(size)]
 
+    def _restart_optimizer(self) -> None:
+        """At gan_start with a gan_lr: a fresh AdamW at that rate (the L1 phase's moments dropped)."""
+        self.optimizer = torch.optim.AdamW(self.model.decoder.parameters(), lr=self.config.gan_lr, weight_decay=0.0)
+
     def train_step(self) -> float:
-        """One step (decoder, then the discriminator when there is one); returns the decoder's loss
-        averaged over the processes."""
+        """One step (decoder, then the discriminator once the GAN term is on); returns the decoder's
+        loss averaged over the processes."""
+        gan = self.discriminator is not None and self.step >= self.config.gan_start
+        if gan and self.step == self.config.gan_start > 0 and self.config.gan_lr is not None:
+            self._restart_optimizer()
         latent, target = self.data.batch(self._indices(self.step), self.job.device)
         output = self.wrapped(latent)
         l1 = pooled_l1(output, target, self.config.pool)
         loss = l1
-        if self.discriminator is not None:
+        if gan:
             # Unwrapped: this pass only trains the decoder (the discriminator's stray gradients are
             # cleared before its own step), so it must not join the discriminator's all-reduce.
             loss = l1 + self.config.gan_weight * -self.discriminator(output).mean()
@@ -151,7 +166,7 @@ class TinyDecoderTraining:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        if self.discriminator is not None:
+        if gan:
             # One forward over both halves (GroupNorm is per image), so DDP sees one call per step.
             real, fake = self.wrapped_discriminator(torch.cat([target, output.detach()])).chunk(2)
             d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
@@ -178,11 +193,11 @@ class TinyDecoderTraining:
             raise ValueError(f"the training state was saved with other settings ({', '.join(changed)}); resume with "
                              f"the settings it was started with (only --steps may change)")
         self.model.decoder.load_state_dict(state["decoder"])
+        self.step = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.discriminator is not None:
             self.discriminator.load_state_dict(state["discriminator"])
             self.d_optimizer.load_state_dict(state["d_optimizer"])
-        self.step = int(state["step"])
 
 
 def save_tiny_decoder(path: str | Path, model: nn.Module, latent_format: LatentFormat,
