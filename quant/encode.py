@@ -17,9 +17,8 @@ squared error kept; the values are then rounded again against the scale stored.
 Q4_K/Q5_K pick each sub-block's scale and minimum by a small search in the spirit of llama.cpp's
 ``make_qkx2_quants`` (ggml-quants.c): several candidate scales around the range's own, a least-
 squares fit for each level assignment, the smallest squared error kept (no importance weights).
-The 6- or 8-bit sub-block scales are then
-rounded against the block's float16 super-scales and every value to the nearest level of its
-effective scale. Any GGUF reader decodes the result.
+The 6- or 8-bit sub-block scales are then rounded against the block's float16 super-scales and
+every value to the nearest level of its effective scale. Any GGUF reader decodes the result.
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ writes those in Q6_K and the feed-forward in Q4_K. Like llama.cpp's mixes, which
 embedding and the output matrix too, ``Q4_K_M`` also quantises the embedders' matrices, each as far
 as its measured cost allows (one matrix in Q6_K at a time, the rest exact, NewBie widths): the
 caption embedder, the timestep MLP and the final adaLN cost the forward under 0.5 % each and go to
-Q6_K; the two pooled-text projections cost 1.2-1.3 % and go to Q8_0 (``MIX_EMBEDDERS``); the
-final projection to patches (1.9 %) and ``x_embedder`` stay BF16/F16. At NewBie size this saves
+Q6_K; the two pooled-text projections cost about 1.2 % and go to Q8_0 (``MIX_EMBEDDERS``); the
+final projection to patches (1.7 %) and ``x_embedder`` (0.6 % even in Q8_0) stay BF16/F16. At NewBie size this saves
 little (40 MB), but at a few layers the unquantised embedders are a tenth of a Q4 file.
 """
 

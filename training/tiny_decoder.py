@@ -193,11 +193,11 @@ class TinyDecoderTraining:
             raise ValueError(f"the training state was saved with other settings ({', '.join(changed)}); resume with "
                              f"the settings it was started with (only --steps may change)")
         self.model.decoder.load_state_dict(state["decoder"])
-        self.step = int(state["step"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])      # after gan_start: the restarted one's
         if self.discriminator is not None:
             self.discriminator.load_state_dict(state["discriminator"])
             self.d_optimizer.load_state_dict(state["d_optimizer"])
+        self.step = int(state["step"])
 
 
 def save_tiny_decoder(path: str | Path, model: nn.Module, latent_format: LatentFormat,
