@@ -2,7 +2,7 @@
 scenes, at a width scaled down for 64-pixel images (the loader reads the width from the file).
 
 ``python -m nextdit_nodes distill-decoder FOLDER --vae embedded/vae/embedded-shapes-vae --resolution 64
---width 16 --blocks 3,3,3,1 --batch-size 32 --pool 1 --steps 3000 --gan-weight 0.01 --gan-start 1500
+--width 16 --blocks 3,3,3,1 --batch-size 32 --pool 1 --steps 4500 --gan-weight 0.01 --gan-start 1500
 --gan-lr 3e-4`` on a folder of the same scenes makes the same
 kind of file; here the scenes come straight from the renderer.
 """
@@ -24,9 +24,9 @@ TINY_DECODER_FILE = "vae/embedded-shapes-tiny-decoder.safetensors"
 # TAEF1's stages and blocks at a quarter of its width (16 channels instead of 64), which decodes a
 # 64×64 image in about a third of the full decoder's time (wider ones take over half). Full-resolution
 # L1 (pool 1): on these scenes an 8×8 pooled loss cannot see the shapes. The GAN term joins only after
-# 1500 steps of L1, with the optimizer restarted at 3e-4: from the start it spoilt the colours, late and
-# light it sharpens the shapes and keeps them (the README's comparison).
-TINY_DECODER_CONFIG = TinyDecoderConfig(width=16, blocks=(3, 3, 3, 1), steps=3000, batch_size=32, lr=1e-3,
+# 1500 steps of L1 and runs for 3000 more, with the optimizer restarted at 3e-4: from the start it
+# spoilt the colours, late and light it sharpens the shapes and keeps them (the README's comparison).
+TINY_DECODER_CONFIG = TinyDecoderConfig(width=16, blocks=(3, 3, 3, 1), steps=4500, batch_size=32, lr=1e-3,
                                         pool=1, gan_weight=0.01, gan_start=1500, gan_lr=3e-4)
 TINY_DECODER_SCENES = 1000
 
