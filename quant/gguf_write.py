@@ -69,12 +69,11 @@ def tensor_format(key: str, shape: tuple[int, ...], source: torch.dtype, qtype: 
         return "F16" if source == torch.float16 else "F32"
     if qtype in ("F16", "BF16"):
         return qtype
+    mixed_embedder = qtype in MIXES and key in MIX_EMBEDDERS
     if qtype in MIXES:
         base, sensitive = MIXES[qtype]
         qtype = MIX_EMBEDDERS.get(key) or (sensitive if any(part in key for part in SENSITIVE) else base)
-        if key in MIX_EMBEDDERS:
-            return qtype if len(shape) == 2 and shape[1] % FORMATS[qtype].block_size == 0 else plain
-    if key.startswith(KEEP_PREFIXES) or (keep_refiners and key.startswith(REFINER_PREFIXES)):
+    if not mixed_embedder and (key.startswith(KEEP_PREFIXES) or (keep_refiners and key.startswith(REFINER_PREFIXES))):
         return plain
     if len(shape) != 2 or shape[1] % FORMATS[qtype].block_size:
         return plain
