@@ -10,6 +10,7 @@ torch-free.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from importlib import import_module
@@ -65,3 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # output piped into `head` and the like
         return 0
+    finally:
+        # A trainer under torchrun holds its process group through its DDP wrapper, kept alive past the
+        # command by reference cycles (an LR schedule's bound method). Collected at interpreter exit,
+        # gloo's worker threads would be torn down mid-finalization and abort the process (SIGABRT,
+        # "terminate called without an active exception"; pytorch/pytorch#179291), after a finished
+        # job. Collecting here frees the group while the interpreter is whole.
+        gc.collect()
