@@ -106,3 +106,35 @@ def test_distill_steps_on_two_processes_equals_one_process_with_the_combined_bat
     # is nearly zero the summation order of two processes moves a weight by up to the learning rate
     # (measured: 3e-5 here, against 1.5e-2 with a wrongly weighted loss; the step moves 6e-3).
     assert_same(ddp, single, changed_from=before, tolerance=2e-4)
+
+
+def test_the_command_line_frees_what_a_command_left_in_reference_cycles_before_it_returns(monkeypatch):
+    """A torchrun trainer's DDP wrapper (and so its gloo group) outlives the command in a reference
+    cycle; freed only at interpreter exit, gloo's threads can abort the finished job. With automatic
+    collection off, only the command line's own collection can free it."""
+    import gc
+    import weakref
+
+    from nextdit_nodes.commands import cli
+
+    class Trainer:
+        pass
+
+    left = []
+
+    def command(args):
+        trainer = Trainer()
+        trainer.schedule = [trainer.__init__, trainer]   # a cycle, like LambdaLR holding a bound method
+        left.append(weakref.ref(trainer))
+        return 0
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.set_defaults(func=command)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    gc.disable()
+    try:
+        assert cli.main([]) == 0
+        assert left[0]() is None
+    finally:
+        gc.enable()
