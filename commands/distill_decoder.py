@@ -8,6 +8,11 @@ decoder learns to reproduce the autoencoder's decode of that latent (L1 on both 
 --pool×, plus --gan-weight times a patch-discriminator term, from step --gan-start on; with --gan-lr the
 decoder's optimizer restarts at that rate when the term joins).
 
+--latents FOLDER adds latents to learn from: ComfyUI Save Latent files (``*.latent``), e.g. of the
+model's own samples, each centre-cropped to --resolution / 8 latent pixels, with the autoencoder's
+decode of it as the target. The tiny decoder then also sees the latents a sampler makes, not only
+the encoder's (DATA may then be left out).
+
 The output is a decoder-only .safetensors (``decoder.layers.N`` names, the autoencoder's latent scale
 and shift in its metadata) that NextDiT VAE Loader and the pack's VAE loader read: it decodes, and
 refuses to encode (keep the full autoencoder for VAE Encode).
@@ -46,7 +51,11 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "distill-decoder", help="distill a tiny decoder (TAEF1 architecture) from an autoencoder",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data", type=Path, help="folder of images")
+    parser.add_argument("data", type=Path, nargs="?", default=None,
+                        help="folder of images (optional with --latents)")
+    parser.add_argument("--latents", type=Path, default=None, metavar="FOLDER",
+                        help="also train on these latents: ComfyUI Save Latent files (*.latent), e.g. of the "
+                             "model's own samples, each centre-cropped to --resolution / 8 latent pixels")
     parser.add_argument("--vae", required=True,
                         help="the autoencoder with its encoder (ae.safetensors, a diffusers vae/ folder; models/vae)")
     parser.add_argument("--output", type=Path, required=True, help="the tiny decoder to write (.safetensors)")
@@ -132,15 +141,16 @@ def run(args) -> int:
     import torch
 
     from ..training import distributed
-    from ..training.decoder_data import autoencoder_targets, load_images
-    from ..training.lora_data import DatasetError
     from ..training.lora_training import run as train
     from ..training.lora_training import save_training_state
     from ..training.tiny_decoder import TinyDecoderTraining, save_tiny_decoder
 
     config = _config(args)
-    if not args.data.is_dir():
-        raise DistillDecoderUsageError(f"dataset folder {args.data} does not exist")
+    if args.data is None and args.latents is None:
+        raise DistillDecoderUsageError("give a folder of images (DATA), a folder of latents (--latents), or both")
+    for what, folder in (("dataset folder", args.data), ("--latents folder", args.latents)):
+        if folder is not None and not folder.is_dir():
+            raise DistillDecoderUsageError(f"{what} {folder} does not exist")
     clean_leftovers(args.output.parent, recursive=False)   # what a killed run left half written
     output = args.output if args.output.suffix == ".safetensors" else args.output.with_suffix(".safetensors")
     state_path = output.with_name(f"{output.stem}.training-state.pt")
@@ -160,18 +170,7 @@ def run(args) -> int:
         if args.resolution % vae.info.downscale:
             raise DistillDecoderError(f"--resolution {args.resolution} is not a multiple of the autoencoder's "
                                       f"factor {vae.info.downscale}")
-        try:
-            images, used, skipped = load_images(args.data, args.resolution)
-        except DatasetError as error:
-            raise DistillDecoderError(str(error)) from None
-        if job.is_main:
-            for entry in skipped:
-                print(f"skipped {entry}")
-            print(f"{len(used)} images train, {len(skipped)} skipped")
-        if not used:
-            raise DistillDecoderError(f"no usable images in {args.data} (images of at least {args.resolution} px "
-                                      f"per side; see the skipped files above)")
-        data = autoencoder_targets(vae, images)
+        data, images_used, latents_used = _training_data(args, vae, job)
         config = _with_channels(config, vae.info.latent_channels)
         training = TinyDecoderTraining(data, config, job)
         if args.resume:
@@ -183,7 +182,8 @@ def run(args) -> int:
         save_dtype = torch.float16 if args.save_dtype == "fp16" else torch.float32
         metadata = {"trainer": "nextdit-nodes distill-decoder", "teacher_vae": vae_path.name,
                     "training_settings": json.dumps({**_settings(config), "resolution": args.resolution,
-                                                     "images": len(used), "processes": job.world_size})}
+                                                     "images": images_used, "latents": latents_used,
+                                                     "processes": job.world_size})}
 
         def checkpoint(step: int) -> None:
             if args.save_every and step % args.save_every == 0 and step < config.steps:
@@ -200,6 +200,42 @@ def run(args) -> int:
     finally:
         distributed.finish(job)
     return 0
+
+
+def _training_data(args, vae, job):
+    """The autoencoder's latents and decodes of DATA's images and of the --latents files, with the
+    number of images and latents used; what is skipped is listed with the reason."""
+    from ..training.decoder_data import autoencoder_targets, joined, latent_targets, load_images, load_latents
+    from ..training.lora_data import DatasetError
+
+    images, skipped = None, []
+    if args.data is not None:
+        try:
+            images, _, skipped = load_images(args.data, args.resolution)
+        except DatasetError as error:
+            raise DistillDecoderError(str(error)) from None
+    latents = None
+    if args.latents is not None:
+        latents, _, skipped_latents = load_latents(args.latents, vae.info.latent_channels,
+                                                   args.resolution // vae.info.downscale)
+        skipped += skipped_latents
+    image_count = 0 if images is None else len(images)
+    latent_count = 0 if latents is None else len(latents)
+    if job.is_main:
+        for entry in skipped:
+            print(f"skipped {entry}")
+        found = [f"{image_count} images"] if args.data is not None else []
+        found += [f"{latent_count} latents"] if args.latents is not None else []
+        print(f"{' and '.join(found)} train, {len(skipped)} skipped")
+    if not image_count + latent_count:
+        where = " or ".join(str(folder) for folder in (args.data, args.latents) if folder is not None)
+        raise DistillDecoderError(f"no usable images or latents in {where} (images of at least {args.resolution} "
+                                  f"px per side, latents of at least {args.resolution // vae.info.downscale} "
+                                  f"latent pixels with the autoencoder's {vae.info.latent_channels} channels; "
+                                  f"see the skipped files above)")
+    data = joined(autoencoder_targets(vae, images) if image_count else None,
+                  latent_targets(vae, latents) if latent_count else None)
+    return data, image_count, latent_count
 
 
 def _with_channels(config, channels: int):

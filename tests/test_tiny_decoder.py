@@ -3,6 +3,7 @@ autoencoder, written as a file the pack's VAE loader reads; its loss, resume and
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 
@@ -205,3 +206,89 @@ def test_bad_inputs_are_refused_clearly(autoencoder, images, tmp_path, capsys):
     assert "need a GAN term: give --gan-weight" in capsys.readouterr().err
     assert main([*base, "--vae", str(autoencoder), "--blocks", "1,1,1", "--overwrite"]) == EXIT_BAD_WORKFLOW
     assert "give 4 stages" in capsys.readouterr().err
+
+
+def _save_latent(path, latent, versioned=True):
+    """A file as ComfyUI's Save Latent writes it (``latent_format_version_0`` marks the current format)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {"latent_tensor": latent.contiguous()}
+    if versioned:
+        tensors["latent_format_version_0"] = torch.tensor([])
+    save_file(tensors, str(path))
+
+
+@pytest.fixture(scope="module")
+def latent_files(tmp_path_factory):
+    """Four usable latents in three files (a batch of two, a larger one to crop, a pre-version-0 one) and
+    four files that cannot be used."""
+    folder = tmp_path_factory.mktemp("latents")
+    gen = torch.Generator().manual_seed(1)
+    usable = {"batch_00001_.latent": torch.randn(2, 4, 4, 4, generator=gen),
+              "sub/large_00002_.latent": torch.randn(1, 4, 7, 5, generator=gen),
+              "legacy.latent": torch.randn(1, 4, 4, 4, generator=gen)}
+    for name, latent in usable.items():
+        _save_latent(folder / name, latent, versioned=name != "legacy.latent")
+    _save_latent(folder / "other_model.latent", torch.randn(1, 3, 4, 4, generator=gen))
+    _save_latent(folder / "small.latent", torch.randn(1, 4, 3, 8, generator=gen))
+    _save_latent(folder / "nan.latent", torch.full((1, 4, 4, 4), float("nan")))
+    (folder / "broken.latent").write_bytes(b"not a safetensors file")
+    return folder, usable
+
+
+def test_latent_files_are_read_as_comfyui_load_latent_reads_them_and_cropped(latent_files):
+    from nextdit_nodes.training.decoder_data import load_latents
+
+    folder, usable = latent_files
+    latents, used, skipped = load_latents(folder, channels=4, size=4)
+    large = usable["sub/large_00002_.latent"]
+    expected = torch.cat([usable["batch_00001_.latent"], usable["legacy.latent"] / 0.18215,
+                          large[:, :, 1:5, 0:4]])                # sorted paths; centre crop of 7x5 to 4x4
+    assert [p.name for p in used] == ["batch_00001_.latent", "legacy.latent", "large_00002_.latent"]
+    assert torch.allclose(latents, expected)
+    reasons = {entry.path.name: entry.reason for entry in skipped}
+    assert sorted(reasons) == ["broken.latent", "nan.latent", "other_model.latent", "small.latent"]
+    assert "3 latent channels; the autoencoder has 4" in reasons["other_model.latent"]
+    assert "too small: 8x3" in reasons["small.latent"]
+    assert "not finite" in reasons["nan.latent"]
+    assert "cannot be read" in reasons["broken.latent"]
+
+
+def test_latent_targets_are_the_autoencoders_decodes_of_the_latents(autoencoder):
+    from nextdit_nodes.training.decoder_data import latent_targets
+
+    full = load_vae(autoencoder, dtype="fp32")
+    raw = torch.randn(3, 4, 4, 4, generator=torch.Generator().manual_seed(2))
+    data = latent_targets(full, raw, batch=2)
+    assert torch.allclose(data.latents, (raw - 0.1) * 0.5)   # the autoencoder's shift 0.1 and scale 0.5
+    with torch.no_grad():
+        pixels = ((full.model.decode(raw).sample + 1) / 2).clamp(0, 1)   # diffusers' own decode
+    assert (data.targets.float() - (pixels * 255).round()).abs().max() <= 1
+
+
+def test_distill_decoder_trains_on_latents_alone_or_beside_images(autoencoder, images, latent_files, tmp_path,
+                                                                  capsys):
+    folder, _ = latent_files
+    output = tmp_path / "from-latents.safetensors"
+    assert main(["distill-decoder", "--latents", str(folder), "--vae", str(autoencoder), "--output", str(output),
+                 "--steps", "2", *COMMON]) == 0
+    printed = capsys.readouterr().out
+    assert "4 latents train, 4 skipped" in printed and "other_model.latent: 3 latent channels" in printed
+    from safetensors import safe_open
+
+    with safe_open(str(output), "pt") as handle:
+        settings = json.loads(handle.metadata()["training_settings"])
+    assert (settings["images"], settings["latents"]) == (0, 4)
+    assert load_vae(output, dtype="fp32").kind == "tiny"
+
+    assert main(["distill-decoder", str(images), "--latents", str(folder), "--vae", str(autoencoder),
+                 "--output", str(tmp_path / "both.safetensors"), "--steps", "1", *COMMON]) == 0
+    assert "6 images and 4 latents train, 6 skipped" in capsys.readouterr().out
+
+    assert main(["distill-decoder", "--vae", str(autoencoder), "--output", str(tmp_path / "x.safetensors"),
+                 *COMMON]) == 2
+    assert "give a folder of images (DATA), a folder of latents (--latents), or both" in capsys.readouterr().err
+    unusable = tmp_path / "unusable"
+    _save_latent(unusable / "other.latent", torch.randn(1, 16, 4, 4))
+    assert main(["distill-decoder", "--latents", str(unusable), "--vae", str(autoencoder),
+                 "--output", str(tmp_path / "y.safetensors"), *COMMON]) == EXIT_BAD_WORKFLOW
+    assert "no usable images or latents" in capsys.readouterr().err
