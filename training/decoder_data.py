@@ -148,8 +148,8 @@ def _latent_problem(latent, channels: int, size: int) -> str | None:
     if latent.shape[1] != channels:
         return f"{latent.shape[1]} latent channels; the autoencoder has {channels} (a latent of another model)"
     if min(latent.shape[2:]) < size:
-        return (f"too small: {latent.shape[3]}x{latent.shape[2]} latent pixels (at least {size} per side for "
-                f"--resolution)")
+        return (f"too small: {latent.shape[3]}x{latent.shape[2]} latent pixels (the training size needs at least "
+                f"{size} per side; a lower --resolution takes it)")
     if not torch.isfinite(latent.float()).all():
         return "holds values that are not finite"
     return None
