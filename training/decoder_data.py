@@ -35,9 +35,14 @@ def list_images(folder: str | Path) -> tuple[list[Path], list[Skipped]]:
     if (folder / "metadata.jsonl").is_file() or (folder / "metadata.csv").is_file():
         scan = scan_dataset(folder)
         return [item.image for item in scan.items], scan.skipped
-    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    return images, []
+    return files_under(folder, IMAGE_SUFFIXES), []
+
+
+def files_under(folder: Path, suffixes) -> list[Path]:
+    """The files under ``folder`` whose suffix is one of ``suffixes`` (any case), sorted, hidden files
+    and folders left out."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def load_image(path: Path, size: int) -> np.ndarray:
@@ -118,23 +123,22 @@ def load_latents(folder: str | Path, channels: int, size: int) -> tuple[torch.Te
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"latent folder {folder} does not exist")
-    paths = sorted(p for p in folder.rglob("*.latent") if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     rows, used, skipped = [], [], []
-    for path in paths:
+    for path in files_under(folder, {".latent"}):
         try:
             tensors = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as error:
             skipped.append(Skipped(path, f"cannot be read as a Save Latent file ({error})"))
             continue
         latent = tensors.get("latent_tensor")
+        latent = None if latent is None else latent.float()
         reason = _latent_problem(latent, channels, size)
         if reason:
             skipped.append(Skipped(path, reason))
             continue
         scale = 1.0 if "latent_format_version_0" in tensors else LEGACY_LATENT_SCALE
         top, left = (latent.shape[2] - size) // 2, (latent.shape[3] - size) // 2
-        rows.append(latent[:, :, top:top + size, left:left + size].float() * scale)
+        rows.append(latent[:, :, top:top + size, left:left + size] * scale)
         used.append(path)
     stacked = torch.cat(rows) if rows else torch.zeros(0, channels, size, size)
     return stacked, used, skipped
@@ -150,6 +154,6 @@ def _latent_problem(latent, channels: int, size: int) -> str | None:
     if min(latent.shape[2:]) < size:
         return (f"too small: {latent.shape[3]}x{latent.shape[2]} latent pixels (the training size needs at least "
                 f"{size} per side; a lower --resolution takes it)")
-    if not torch.isfinite(latent.float()).all():
+    if not torch.isfinite(latent).all():
         return "holds values that are not finite"
     return None
